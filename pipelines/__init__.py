@@ -1,0 +1,1 @@
+"""Idempotent data stages: download sources, tokenize them into shards, write manifests."""

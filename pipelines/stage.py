@@ -1,0 +1,37 @@
+"""What every stage shares: a config fingerprint, the output folder it names, and the finished-check.
+
+A stage writes into `DATA_DIR/<name>/<fingerprint>/`, so a changed config never mixes with old output.
+The folder is complete exactly when its `manifest.json` exists and records the same fingerprint;
+rerunning a complete stage does nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shards.io import sha256_json
+from shards.manifest import MANIFEST, ManifestError, load_manifest
+
+
+def fingerprint(config: dict) -> str:
+    """A short stable hash of a stage's config (JSON-able dict): it names the output folder."""
+    return sha256_json(config)[:12]
+
+
+def output_dir(data_dir: str | Path, name: str, config: dict) -> Path:
+    return Path(data_dir) / name / fingerprint(config)
+
+
+def finished(directory: str | Path, config: dict) -> dict | None:
+    """The manifest if `directory` holds the finished output of this exact config, else None.
+
+    A manifest recording another config is an error that says which fields differ.
+    """
+    if not (Path(directory) / MANIFEST).exists():
+        return None
+    manifest = load_manifest(directory)
+    if manifest.get("config") != config:
+        old = manifest.get("config") or {}
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        raise ManifestError(f"{directory}: holds output of another config (differs in: {', '.join(diff)})")
+    return manifest

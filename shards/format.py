@@ -1,0 +1,80 @@
+"""The shard file: llm.c's `.bin` layout, a 1024-byte header then little-endian uint16 tokens.
+
+Header: 256 little-endian int32.
+    [0] = 20240520 (magic, as llm.c)   [1] = 1 (version)   [2] = number of tokens
+    [3] = number of documents (pretraining) or examples (SFT) in the shard
+    [4..255] = 0 (reserved)
+llm.c and modded-nanogpt readers read these files as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write
+
+MAGIC = 20240520
+VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_DTYPE = np.dtype("<u2")
+
+
+class ShardError(ValueError):
+    """A shard file that is not what its header or manifest says."""
+
+
+def make_header(num_tokens: int, num_docs: int = 0) -> np.ndarray:
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2], header[3] = MAGIC, VERSION, num_tokens, num_docs
+    return header
+
+
+def write_shard(path: str | os.PathLike, chunks: Iterable[np.ndarray], num_docs: int = 0) -> dict:
+    """Write tokens (uint16 arrays, concatenated in order) to `path` atomically.
+
+    Returns {"num_tokens", "bytes", "sha256"} of the written file.
+    """
+    chunks = [np.ascontiguousarray(c, dtype=TOKEN_DTYPE) for c in chunks]
+    num_tokens = sum(len(c) for c in chunks)
+    h = hashlib.sha256()
+    with atomic_write(path) as f:
+        for block in (make_header(num_tokens, num_docs).tobytes(), *(c.tobytes() for c in chunks)):
+            h.update(block)
+            f.write(block)
+    return {"num_tokens": num_tokens, "bytes": HEADER_BYTES + 2 * num_tokens, "sha256": h.hexdigest()}
+
+
+def read_header(path: str | os.PathLike) -> np.ndarray:
+    """The header of a shard, checked against the file's size; ShardError names the file otherwise."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_BYTES)
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard file is missing") from None
+    if len(raw) < HEADER_BYTES:
+        raise ShardError(f"{path}: {len(raw)} bytes, shorter than the {HEADER_BYTES}-byte header")
+    header = np.frombuffer(raw, dtype="<i4")
+    if header[0] != MAGIC:
+        raise ShardError(f"{path}: bad magic {header[0]} (expected {MAGIC})")
+    if header[1] != VERSION:
+        raise ShardError(f"{path}: unsupported version {header[1]} (expected {VERSION})")
+    expected = HEADER_BYTES + 2 * int(header[2])
+    if size != expected:
+        raise ShardError(f"{path}: {size} bytes but the header says {header[2]} tokens ({expected} bytes)")
+    return header
+
+
+def open_tokens(path: str | os.PathLike) -> np.memmap:
+    """The tokens of a shard, memory-mapped read-only (uint16), after checking the header."""
+    header = read_header(path)
+    if header[2] == 0:
+        return np.zeros(0, dtype=TOKEN_DTYPE)
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(int(header[2]),))

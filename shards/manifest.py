@@ -1,0 +1,40 @@
+"""`manifest.json`: the completion marker and public description of a folder of shards.
+
+Written last and atomically by every stage. Its schema is documented in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .io import sha256_file, write_json
+
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A missing, unreadable or inconsistent manifest."""
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(directory) / MANIFEST
+    write_json(path, manifest)
+    return path
+
+
+def load_manifest(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / MANIFEST
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: no manifest (the stage has not finished; run it first)") from None
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from None
+
+
+def manifest_sha256(directory: str | os.PathLike) -> str:
+    """The hash of a manifest file: trainers record it to refuse resuming on changed data."""
+    return sha256_file(Path(directory) / MANIFEST)

@@ -1,0 +1,1 @@
+"""The trainer: one loop shared by pretraining and SFT, DDP with torchrun, checkpoints and logs."""
