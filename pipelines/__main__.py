@@ -1,0 +1,18 @@
+"""`python -m pipelines pretrain|sft [flags]`: run a data pipeline (each module parses its own flags)."""
+
+import importlib
+import sys
+
+COMMANDS = {"pretrain": "pipelines.pretrain", "sft": "pipelines.sft"}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m pipelines {{{','.join(COMMANDS)}}} [flags]  (--help for each)", file=sys.stderr)
+        return 2
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""`python -m shards inspect DIR [--verify] [--decode N]`."""
+
+import sys
+
+from .inspect import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""`python -m train pretrain|sft [flags]`: run a trainer (each module parses its own flags)."""
+
+import importlib
+import sys
+
+COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft"}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m train {{{','.join(COMMANDS)}}} [flags]  (--help for each)", file=sys.stderr)
+        return 2
+    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
