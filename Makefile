@@ -10,6 +10,8 @@ DATA_DIR ?= data
 DATASET ?= sample
 SFT_DATASET ?= $(if $(filter sample,$(DATASET)),sample,alpaca)
 SOURCE ?=
+# an Alpaca-format file for the SFT data; `make sft-shards SOURCE=f.jsonl` sets it, `make shards SOURCE=dir` does not
+SFT_SOURCE ?= $(if $(filter sft-shards,$(MAKECMDGOALS)),$(SOURCE))
 WORKERS ?= $(shell nproc)
 SHARD_TOKENS ?= 100000000
 VAL_TOKENS ?=
@@ -23,6 +25,17 @@ MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 RUN_DIR ?= runs/$(DATASET)
 ARGS ?=
+# Trainer flags, passed only when the variable is set (defaults follow DATASET; see python -m train pretrain --help)
+TRAIN_FLAGS = --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
+  $(if $(STEPS),--steps $(STEPS)) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) \
+  $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) \
+  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) \
+  $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) $(if $(filter 1 yes true,$(RESUME)),--resume) \
+  $(if $(INIT),--init $(INIT)) $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
+# One plain process for NGPU=1 on one node, else torchrun (--standalone on one node)
+TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
+  --nproc_per_node=$(NGPU) $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+  --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test shards pretrain-shards sft-shards inspect pretrain sft export-hf generate chat \
@@ -31,7 +44,7 @@ ARGS ?=
 help: ## list targets and variables
 	@echo "minigpt2 targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
-	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) SOURCE= WORKERS=$(WORKERS)"
+	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) SOURCE= SFT_SOURCE= WORKERS=$(WORKERS)"
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
 	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) RUN_DIR=$(RUN_DIR)"
 	@echo "  trainer: MODEL STEPS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME INIT COMPILE SEED"
@@ -47,6 +60,7 @@ setup: $(STAMP) ## create .venv and install the pinned packages (the only step t
 demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 	$(MAKE) --no-print-directory shards
 	$(MAKE) --no-print-directory inspect
+	$(MAKE) --no-print-directory pretrain RESUME=1
 
 test: $(STAMP) ## run the test suite (offline)
 	$(PY) -m pytest -q tests
@@ -59,15 +73,34 @@ pretrain-shards: $(STAMP) ## download (if needed) and tokenize the pretraining d
 	  --task-index $(TASK_INDEX) --num-tasks $(NUM_TASKS) $(ARGS)
 
 sft-shards: $(STAMP) ## download (if needed) and tokenize the SFT data into masked shards
-	$(PY) -m pipelines sft --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) $(if $(SOURCE),--source $(SOURCE)) $(ARGS)
+	$(PY) -m pipelines sft --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
+	  $(if $(SFT_SOURCE),--source $(SFT_SOURCE)) $(ARGS)
 
 inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
 	$(PY) -m shards inspect $(DATA_DIR) --verify --decode 2
 
-bench: bench-shards ## run every benchmark
+pretrain: $(STAMP) ## pretrain GPT-2 on the shards (NGPU=8 for a node; NNODES, NODE_RANK, MASTER_ADDR for several)
+	$(TRAIN_LAUNCH) -m train pretrain $(TRAIN_FLAGS) --run-dir $(RUN_DIR)/pretrain $(ARGS)
+
+# Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its latest checkpoint)
+CKPT ?= $(RUN_DIR)/sft
+PROMPT ?= Give three tips for staying healthy.
+GEN_FLAGS = --ckpt $(CKPT) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
+  $(if $(TOP_K),--top-k $(TOP_K)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(SEED),--seed $(SEED))
+
+generate: $(STAMP) ## print the completion of PROMPT by CKPT (TEMPERATURE, MAX_STEPS, TOP_K, TOP_P, SEED)
+	$(PY) -m gpt generate $(GEN_FLAGS) --prompt "$(PROMPT)" $(ARGS)
+
+chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template for SFT checkpoints)
+	$(PY) -m gpt chat $(GEN_FLAGS) $(ARGS)
+
+bench: bench-shards bench-generate ## run every benchmark
 
 bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak RSS per worker
 	$(PY) -m bench.shards $(ARGS)
 
 clean: ## remove the sample data and runs (not .venv)
 	rm -rf $(DATA_DIR)/sample* runs/
+
+bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
+	$(PY) -m bench.generate $(ARGS)

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from . import chat
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
@@ -11,9 +13,28 @@ def main(argv=None) -> int:
     p.add_argument("ckpt")
     p.add_argument("out")
     p = sub.add_parser("generate", help="print completions of prompts")
+    chat.add_arguments(p, chat=False)
     p = sub.add_parser("chat", help="interactive chat, streaming answers")
+    chat.add_arguments(p, chat=True)
     args = parser.parse_args(argv)
+    if args.command == "export-hf":
+        return _export_hf(args)
+    if args.command == "generate":
+        return chat.run_generate(args)
+    if args.command == "chat":
+        return chat.run_chat(args)
     raise SystemExit(f"{args.command}: not implemented yet")
+
+
+def _export_hf(args) -> int:
+    from .hf import export_hf
+
+    try:
+        out = export_hf(args.ckpt, args.out)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"export-hf: {e}") from None
+    print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
+    return 0
 
 
 if __name__ == "__main__":

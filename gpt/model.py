@@ -154,13 +154,12 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * seq_len
 
-    def forward(self, idx, targets=None, *, positions=None, key_mask=None, cache: KVCache | None = None,
-                reduction: str = "mean"):
-        """Logits [B, T, vocab_size] for tokens `idx` [B, T], and the loss when `targets` are given.
+    def hidden_states(self, idx, *, positions=None, key_mask=None, cache: KVCache | None = None):
+        """The final LayerNorm's output [B, T, n_embd] (what `forward` projects onto the vocabulary).
 
-        Training passes only `idx` and `targets` (-100 = ignored). Generation may pass `positions` [B, T]
-        (per-row position ids), `key_mask` [B, cache.length + T] (False on padding keys) and a `cache`
-        that this call appends its keys and values to. `reduction="sum"` returns the summed loss.
+        Arguments as in `forward`. With a `key_mask`, every query also sees its own key, so a padding
+        position whose keys are all masked stays finite (real positions are unaffected: their own key is
+        real); generation uses this to project only the positions it samples from.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -176,12 +175,24 @@ class GPT(nn.Module):
             causal = torch.ones(T, past + T, dtype=torch.bool, device=idx.device).tril(diagonal=past)
             mask = causal[None, None]
             if key_mask is not None:
-                mask = mask & key_mask[:, None, None, :].bool()
+                keys = torch.arange(past + T, device=idx.device)
+                own = keys[None, :] == keys[past:, None]  # [T, past + T]: query t's own key
+                mask = mask & (key_mask[:, None, None, :].bool() | own[None, None])
         for layer, block in enumerate(self.transformer.h):
             x = block(x, layer, mask, cache)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx, targets=None, *, positions=None, key_mask=None, cache: KVCache | None = None,
+                reduction: str = "mean"):
+        """Logits [B, T, vocab_size] for tokens `idx` [B, T], and the loss when `targets` are given.
+
+        Training passes only `idx` and `targets` (-100 = ignored). Generation may pass `positions` [B, T]
+        (per-row position ids), `key_mask` [B, cache.length + T] (False on padding keys) and a `cache`
+        that this call appends its keys and values to. `reduction="sum"` returns the summed loss.
+        """
+        x = self.hidden_states(idx, positions=positions, key_mask=key_mask, cache=cache)
         logits = self.lm_head(x)[..., :self.config.vocab_size]
         if targets is None:
             return logits

@@ -35,3 +35,9 @@ def finished(directory: str | Path, config: dict) -> dict | None:
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         raise ManifestError(f"{directory}: holds output of another config (differs in: {', '.join(diff)})")
     return manifest
+
+
+def latest(data_dir: str | Path, name: str) -> Path | None:
+    """The most recently finished output folder of stage `name` under `data_dir` (None if there is none)."""
+    done = [p.parent for p in (Path(data_dir) / name).glob(f"*/{MANIFEST}")]
+    return max(done, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name), default=None)

@@ -1,0 +1,149 @@
+"""`make bench-generate`: new tokens/s of our `generate` against transformers' `generate`, same run.
+
+Both models hold the same weights (ours at random init, converted with `gpt.hf.to_hf`; 124M fp32 by
+default), get the same prompts (batch 1: the first one; batch 8: prompts of different lengths, right-padded
+for ours, left-padded for transformers as it requires) and threads, and decode greedily with a KV cache for
+exactly `new_tokens` tokens (transformers: min_new_tokens = max_new_tokens; ours: no end token), prefill
+included. The greedy tokens are checked equal. Runs alternate between the two in rounds, after a warmup,
+so that load from other processes hits both alike; the median gives tokens/s.
+
+At batch 1 decoding reads every weight once per token, so the machine's read bandwidth bounds it: the
+bound is (read bandwidth, measured here by summing a buffer far larger than the caches) / (bytes of
+weights read per token: every parameter but the position table, of which one row is read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bench.train import cpu_name
+from gpt.hf import to_hf
+from gpt.inference import generate, tokenize_batch_input
+from gpt.model import GPT, preset
+from gpt.tokenizer import EOT
+
+PROMPTS = [
+    "The history of the printing press begins in",
+    "Once upon a time",
+    "In a shocking finding, scientists discovered a herd of unicorns living in a remote, previously unexplored "
+    "valley in the Andes Mountains.",
+    "Here is a recipe for bread:",
+    "The three laws of thermodynamics are",
+    "Q: What is the capital of France?\nA:",
+    "def fibonacci(n):",
+    "My favourite book is",
+]
+
+
+@dataclass
+class BenchConfig:
+    model: str = "gpt2"
+    new_tokens: int = 64
+    batch_sizes: str = "1,8"
+    warmup: int = 1
+    rounds: int = 3  # timed runs per model and batch size, alternating
+    threads: int = 0  # 0 = torch's default
+    bandwidth_mib: int = 1024  # buffer summed to measure read bandwidth
+    seed: int = 0
+
+
+def parse_args(argv=None) -> BenchConfig:
+    defaults = BenchConfig()
+    p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(BenchConfig):
+        default = getattr(defaults, field.name)
+        p.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=default)
+    return BenchConfig(**vars(p.parse_args(argv)))
+
+
+def read_bandwidth(mib: int, repeats: int = 5) -> float:
+    """Bytes/s of the best of `repeats` sums over a float32 buffer of `mib` MiB, on torch's threads."""
+    buffer = torch.ones(mib * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - t0)
+    return buffer.numel() * 4 / best
+
+
+def left_padded(input_ids, masks):
+    """The same prompts, their real tokens moved to the right end (transformers' batched generation)."""
+    ids, left = torch.full_like(input_ids, EOT), torch.zeros_like(masks)
+    width = input_ids.shape[1]
+    for i, n in enumerate(masks.sum(1).tolist()):
+        ids[i, width - n:] = input_ids[i, :n]
+        left[i, width - n:] = 1
+    return ids, left
+
+
+def run(cfg: BenchConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    ours = GPT(preset(cfg.model)).eval()
+    hf = to_hf(ours)
+    result = {"config": dataclasses.asdict(cfg), "device": f"{cpu_name()}, {torch.get_num_threads()} threads",
+              "tokens_per_s": {}, "same_tokens": {}}
+    for batch in (int(b) for b in cfg.batch_sizes.split(",")):
+        prompts = (PROMPTS * (batch // len(PROMPTS) + 1))[:batch]
+        input_ids, masks = tokenize_batch_input(prompts)
+        hf_ids, hf_masks = left_padded(input_ids, masks)
+
+        def run_ours():
+            return generate(ours, input_ids, masks, 0, cfg.new_tokens, eot=-1)
+
+        def run_hf():
+            with torch.inference_mode():
+                out = hf.generate(hf_ids, attention_mask=hf_masks, do_sample=False, max_new_tokens=cfg.new_tokens,
+                                  min_new_tokens=cfg.new_tokens, pad_token_id=EOT, eos_token_id=EOT)
+            return out[:, hf_ids.shape[1]:].tolist()
+
+        runs = {"ours": run_ours, "transformers": run_hf}
+        outputs = {name: fn() for name, fn in runs.items()}  # warmup, and the tokens compared
+        for _ in range(cfg.warmup - 1):
+            for fn in runs.values():
+                fn()
+        times = {name: [] for name in runs}
+        for _ in range(cfg.rounds):
+            for name, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        result["tokens_per_s"][batch] = {n: batch * cfg.new_tokens / statistics.median(t) for n, t in times.items()}
+        result["same_tokens"][batch] = outputs["ours"] == outputs["transformers"]
+    result["bandwidth"] = read_bandwidth(cfg.bandwidth_mib)
+    result["weight_bytes"] = 4 * (ours.num_params() - ours.transformer.wpe.weight.numel())
+    result["bound_tokens_per_s"] = result["bandwidth"] / result["weight_bytes"]
+    result["load_average"] = os.getloadavg()[0]  # other processes on the machine skew every figure
+    return result
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    r = run(cfg)
+    print(f"bench-generate: {cfg.model} fp32, greedy, KV cache, {cfg.new_tokens} new tokens per row, on {r['device']}")
+    for batch, tps in r["tokens_per_s"].items():
+        ratio = tps["ours"] / tps["transformers"]
+        print(f"  batch {batch}: ours {tps['ours']:8.1f} new tokens/s, transformers {tps['transformers']:8.1f}; "
+              f"ratio {ratio:.2f} (goal >= 1.5); same tokens: {r['same_tokens'][batch]}")
+    print(f"  read bandwidth {r['bandwidth'] / 1e9:.2f} GB/s, weights read per token {r['weight_bytes'] / 1e6:.0f} MB: "
+          f"bound {r['bound_tokens_per_s']:.1f} tokens/s at batch 1")
+    print(f"  load average during the run: {r['load_average']:.1f} on {os.cpu_count()} cores")
+    if 1 in r["tokens_per_s"]:
+        print(f"  batch 1: ours at {r['tokens_per_s'][1]['ours'] / r['bound_tokens_per_s']:.0%} of the bound "
+              "(goal >= 70%)")
+    if not all(r["same_tokens"].values()):
+        raise SystemExit("bench-generate: the two models generated different tokens; the comparison is void")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""`make bench-shards`: tokens/s of our tokenize stage against raw tiktoken, on the same documents and cores.
+
+Input: the built-in sample's 7,168 conversations repeated `--repeat` times (default 7: ~22.4M tokens),
+written as parquet files of 512-row row groups into a temporary folder. Baseline: tiktoken's
+`encode_ordinary_batch` on the same documents held in memory, with as many threads as the stage has
+workers. Ours: the whole stage (`pipelines.pretrain.run` on that folder: parquet reading, tokenizing in
+WORKERS processes, assembling the shards, sha256, manifest), from a cold start. Both count document tokens
+(not the EOTs). Rounds alternate baseline and stage; the best round of each is reported, with the ratio and
+the peak RSS of a tokenize worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpt.tokenizer import get_encoding
+from pipelines import pretrain, sources, tokenize
+
+
+@dataclass
+class BenchConfig:
+    repeat: int = 7
+    workers: int = os.cpu_count() or 1
+    rounds: int = 2
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_input(folder: Path, repeat: int) -> list[str]:
+    texts = pq.read_table(sources.build_sample(folder / "sample").files[0], columns=["text"]).column(0).to_pylist()
+    (folder / "in").mkdir()
+    for r in range(repeat):
+        pq.write_table(pa.table({"text": texts}), folder / "in" / f"{r:03d}.parquet",
+                       row_group_size=sources.SAMPLE_ROWS_PER_GROUP)
+    return texts * repeat
+
+
+def baseline(texts: list[str], threads: int) -> tuple[int, float]:
+    enc = get_encoding()
+    t0 = time.perf_counter()
+    n = sum(len(ids) for ids in enc.encode_ordinary_batch(texts, num_threads=threads))
+    return n, time.perf_counter() - t0
+
+
+def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
+    seen = []
+    original = tokenize.tokenize
+
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    tokenize.tokenize = spy
+    try:
+        cfg = pretrain.PretrainConfig(source=str(folder / "in"), data_dir=str(folder / f"data{round_}"),
+                                      workers=workers)
+        t0 = time.perf_counter()
+        out = pretrain.run(cfg)
+        seconds = time.perf_counter() - t0
+    finally:
+        tokenize.tokenize = original
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    return totals["tokens"] - totals["documents"], seconds, seen[0]["peak_rss_per_worker"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=d.repeat, help="copies of the sample (7 = ~22.4M tokens)")
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--rounds", type=int, default=d.rounds)
+    cfg = BenchConfig(**vars(p.parse_args(argv)))
+    with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
+        folder = Path(tmp)
+        texts = make_input(folder, cfg.repeat)
+        mb = sum(len(t.encode()) for t in texts) / 1e6
+        best_base, best_ours, rss = float("inf"), float("inf"), 0
+        for r in range(cfg.rounds):
+            n_base, s_base = baseline(texts, cfg.workers)
+            n_ours, s_ours, peak = ours(folder, cfg.workers, r)
+            if n_base != n_ours:
+                raise SystemExit(f"token counts differ: tiktoken {n_base:,}, stage {n_ours:,}")
+            best_base, best_ours, rss = min(best_base, s_base), min(best_ours, s_ours), max(rss, peak)
+            print(f"round {r}: tiktoken {n_base / s_base:,.0f} tokens/s, stage {n_ours / s_ours:,.0f} tokens/s")
+    print(f"\nmachine: {cpu_name()}, {os.cpu_count()} cores; workers/threads: {cfg.workers}")
+    print(f"input: {len(texts):,} documents, {mb:,.1f} MB of text, {n_base:,} tokens")
+    print(f"tiktoken encode_ordinary_batch: {n_base / best_base:,.0f} tokens/s ({best_base:.1f} s)")
+    print(f"our tokenize stage:             {n_ours / best_ours:,.0f} tokens/s ({best_ours:.1f} s)")
+    print(f"ratio stage / tiktoken:         {best_base / best_ours:.2f}  (goal >= 0.9)")
+    print(f"peak RSS per worker:            {rss / 2**20:,.0f} MiB  (goal <= 1024)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

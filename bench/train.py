@@ -1,0 +1,161 @@
+"""`make bench-train`: training tokens/s of our GPT against transformers' GPT2LMHeadModel, same run.
+
+Both models get the same config (124M by default), the same weights (ours converted with `gpt.hf.to_hf`,
+dropout 0 so both compute the same function: the first losses are checked equal), the same batch, threads
+and AdamW; a step is forward + backward + optimizer step. Steps alternate between the two models in
+rounds, after warmup steps, so that load from other processes hits both alike; the median step time
+gives tokens/s. The HF model keeps its default attention (sdpa). On CUDA: bf16 autocast, TF32, fused
+AdamW, and our MFU against the GPU's peak bf16 FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from gpt.hf import from_hf, to_hf
+from gpt.model import GPT, preset
+
+# Dense bf16 peak FLOP/s, by a substring of torch.cuda.get_device_name().
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+@dataclass
+class BenchConfig:
+    model: str = "gpt2"
+    batch: int = 2
+    seq_len: int = 256
+    warmup: int = 2
+    rounds: int = 4  # timed steps per model, alternating
+    threads: int = 0  # 0 = torch's default
+    padded_vocab_size: int | None = None  # ours only; None = the same vocabulary as HF
+    device: str = "cpu"  # cpu or cuda
+    compile: bool = False  # torch.compile both models (CUDA)
+    seed: int = 0
+
+
+def parse_args(argv=None) -> BenchConfig:
+    defaults = BenchConfig()
+    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
+    for field in dataclasses.fields(BenchConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if field.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif field.name == "padded_vocab_size":
+            p.add_argument(flag, type=int, default=default)
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    return BenchConfig(**vars(p.parse_args(argv)))
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class Trainer:
+    """One model, its AdamW, and a timed training step on a fixed batch."""
+
+    def __init__(self, name: str, model, ours: bool, cfg: BenchConfig):
+        self.name, self.ours, self.cfg = name, ours, cfg
+        self.model = model.to(cfg.device).train()
+        cuda = cfg.device == "cuda"
+        self.step_fn = torch.compile(self.model) if cfg.compile else self.model
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8,
+                                     weight_decay=0.1, fused=cuda or None)
+        self.times: list[float] = []
+
+    def loss(self, x, y):
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cfg.device == "cuda")
+        with autocast:
+            if self.ours:
+                return self.step_fn(x, y)[1]
+            # HF shifts labels itself: labels = x gives the same targets as our y (last position ignored).
+            return self.step_fn(input_ids=x, labels=x).loss
+
+    def step(self, x, y, timed: bool) -> float:
+        sync = torch.cuda.synchronize if self.cfg.device == "cuda" else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        loss = self.loss(x, y)
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sync()
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+        return loss.item()
+
+
+def run(cfg: BenchConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed)
+    config = preset(cfg.model, block_size=max(preset(cfg.model).block_size, cfg.seq_len))
+    ours = GPT(config)
+    hf = to_hf(ours)  # same weights, dropout 0, sdpa attention
+    if cfg.padded_vocab_size:
+        ours = from_hf(hf, padded_vocab_size=cfg.padded_vocab_size)
+    x = torch.randint(0, config.vocab_size, (cfg.batch, cfg.seq_len), generator=torch.Generator().manual_seed(1))
+    y = torch.cat([x[:, 1:], torch.full((cfg.batch, 1), -100)], dim=1)
+    x, y = x.to(cfg.device), y.to(cfg.device)
+    trainers = [Trainer("ours", ours, True, cfg), Trainer("transformers", hf, False, cfg)]
+    first = [t.step(x, y, timed=False) for t in trainers]
+    for _ in range(cfg.warmup - 1):
+        for t in trainers:
+            t.step(x, y, timed=False)
+    for _ in range(cfg.rounds):
+        for t in trainers:
+            t.step(x, y, timed=True)
+    tokens = cfg.batch * cfg.seq_len
+    result = {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
+              "first_loss": dict(zip((t.name for t in trainers), first)),
+              "tokens_per_s": {t.name: tokens / statistics.median(t.times) for t in trainers}}
+    result["ratio"] = result["tokens_per_s"]["ours"] / result["tokens_per_s"]["transformers"]
+    if cfg.device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        result["device"] = name
+        if peak:
+            flops = trainers[0].model.flops_per_token(cfg.seq_len)
+            result["mfu"] = {t.name: flops * result["tokens_per_s"][t.name] / peak for t in trainers}
+    else:
+        result["device"] = f"{cpu_name()}, {torch.get_num_threads()} threads"
+    return result
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    r = run(cfg)
+    print(f"bench-train: {cfg.model}, batch {cfg.batch} x seq {cfg.seq_len}, "
+          f"{'bf16 autocast' if cfg.device == 'cuda' else 'fp32'}, on {r['device']}")
+    print(f"  first loss: ours {r['first_loss']['ours']:.6f}, transformers {r['first_loss']['transformers']:.6f}")
+    for name, tps in r["tokens_per_s"].items():
+        mfu = f"   MFU {r['mfu'][name]:.1%}" if "mfu" in r else ""
+        print(f"  {name:<13} {tps:10.1f} tokens/s{mfu}")
+    print(f"  ratio ours/transformers: {r['ratio']:.2f}  (goal >= 1.3 on CPU)")
+    if abs(r["first_loss"]["ours"] - r["first_loss"]["transformers"]) > 1e-3:
+        raise SystemExit("bench-train: the two models disagree on the first loss; the comparison is void")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The `generate` and `chat` commands of `python -m gpt`: completions of prompts, and an interactive loop.
+
+Both load a checkpoint folder (ours or a Hugging Face GPT-2 folder), or the latest checkpoint of a
+training run folder (one holding `ckpt/latest`), on the CPU by default. With
+`--template alpaca` each prompt is wrapped in the Stanford Alpaca no-input template, as SFT models were
+trained; `--template auto` (the default) does so when the folder's training state (`state.json`, written
+by the trainer next to the model) says `"sft": true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .inference import generate, stream, tokenize_batch_input
+from .tokenizer import EOT, get_encoding
+
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
+                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
+    """The options of `generate` (chat=False: --prompt, repeatable) or `chat` (prompts read from stdin)."""
+    p.add_argument("--ckpt", required=True,
+                   help="checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint")
+    if not chat:
+        p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
+    p.add_argument("--template", choices=("auto", "alpaca", "none"), default="auto",
+                   help="wrap prompts in the Alpaca template (auto: when state.json has \"sft\": true)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--max-steps", type=int, default=256, help="most new tokens per prompt")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of probability p")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
+    p.add_argument("--truncate", action="store_true",
+                   help="left-truncate prompts that leave no room for --max-steps tokens instead of refusing them")
+    p.add_argument("--device", default="cpu")
+
+
+def uses_template(ckpt, choice: str) -> bool:
+    """Whether prompts get the Alpaca template: `choice` alpaca/none, or auto from state.json's "sft" key."""
+    if choice != "auto":
+        return choice == "alpaca"
+    state = Path(ckpt) / "state.json"
+    if not state.is_file():
+        return False  # a model folder without training state: an export, or Hugging Face's
+    try:
+        return json.loads(state.read_text()).get("sft") is True
+    except (ValueError, AttributeError):
+        raise SystemExit(f"{state}: not a JSON object; pass --template alpaca or none") from None
+
+
+def _load(args, command: str):
+    """The model of --ckpt; a run folder stands for its latest checkpoint (args.ckpt is updated to it)."""
+    from train.checkpoint import latest_checkpoint
+
+    from .checkpoint import load_model
+
+    try:
+        if (Path(args.ckpt) / "ckpt" / "latest").is_file():
+            args.ckpt = str(latest_checkpoint(args.ckpt))
+        return load_model(args.ckpt, device=args.device)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"{command}: {e}") from None
+
+
+def _options(args) -> dict:
+    return dict(temperature=args.temperature, max_steps=args.max_steps, top_k=args.top_k, top_p=args.top_p,
+                generator=torch.Generator(device=args.device).manual_seed(args.seed), truncate=args.truncate)
+
+
+def run_generate(args) -> int:
+    """Print the completion of every --prompt, generated as one batch."""
+    model = _load(args, "generate")
+    template = uses_template(args.ckpt, args.template)
+    prompts = [ALPACA_NO_INPUT.format(instruction=p) if template else p for p in args.prompt]
+    try:
+        input_ids, masks = tokenize_batch_input(prompts)
+        rows = generate(model, input_ids, masks, **_options(args))
+    except ValueError as e:
+        raise SystemExit(f"generate: {e}") from None
+    enc = get_encoding()
+    for i, (prompt, row) in enumerate(zip(args.prompt, rows), 1):
+        ended = bool(row) and row[-1] == EOT
+        text = enc.decode(row[:-1] if ended else row)
+        print(f"=== prompt {i}: {prompt}\n{text}\n=== ({len(row)} tokens, {'ended by EOT' if ended else 'cut'})")
+    return 0
+
+
+def run_chat(args, stdin=None, stdout=None) -> int:
+    """Read one prompt per line until EOF or /quit; stream each answer as it is generated (no history)."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    model = _load(args, "chat")
+    template = uses_template(args.ckpt, args.template)
+    interactive = stdin.isatty()
+    enc = get_encoding()
+    options = _options(args)
+    print(f"chat with {args.ckpt} ({'Alpaca template' if template else 'plain completion'}); /quit or EOF ends",
+          file=stdout)
+    while True:
+        if interactive:
+            print("> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line or line.strip() == "/quit":
+            return 0
+        text = line.rstrip("\n")
+        if not text.strip():
+            continue
+        try:
+            input_ids, masks = tokenize_batch_input([ALPACA_NO_INPUT.format(instruction=text) if template else text])
+            steps = stream(model, input_ids, masks, **options)
+        except ValueError as e:
+            print(f"error: {e}", file=stdout, flush=True)
+            continue
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for (token,) in steps:
+            if token is not None and token != EOT:
+                print(utf8.decode(enc.decode_single_token_bytes(token)), end="", file=stdout, flush=True)
+        print(utf8.decode(b"", final=True), file=stdout, flush=True)

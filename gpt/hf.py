@@ -1,0 +1,211 @@
+"""Conversion between our GPT and Hugging Face transformers' GPT-2 (`GPT2LMHeadModel`), both ways.
+
+The two models hold the same tensors under the same names up to three differences, handled here:
+HF's `Conv1D` layers store their weights transposed ([in, out]) where our `nn.Linear` stores [out, in];
+HF files may name tensors with or without the `transformer.` prefix and carry the causal-mask buffers
+`h.N.attn.bias` / `h.N.attn.masked_bias` of old versions; and our embedding may be padded past
+`vocab_size`, which never shows in HF files. `export_hf` writes a folder that
+`transformers.GPT2LMHeadModel.from_pretrained` loads with the same logits as our model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .model import GPT, GPTConfig
+from .tokenizer import EOT
+
+# Linear layers that HF implements as Conv1D (weight stored transposed).
+_CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
+# Causal-mask buffers that old HF checkpoints store; not weights.
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
+# What our architecture is, in HF config terms: anything else cannot be converted.
+_REQUIRED_HF = {
+    "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+    "layer_norm_epsilon": (1e-5,),
+    "scale_attn_weights": (True,),
+    "scale_attn_by_inverse_layer_idx": (False,),
+    "add_cross_attention": (False,),
+    "tie_word_embeddings": (True,),
+}
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: int | None = None) -> GPTConfig:
+    """Our GPTConfig for an HF GPT-2 config dict; a clear error naming `source` for anything we cannot represent."""
+    if hf.get("model_type") != "gpt2":
+        raise ValueError(f"{source}: model_type is {hf.get('model_type')!r}, not 'gpt2'")
+    for key, allowed in _REQUIRED_HF.items():
+        if key in hf and hf[key] not in allowed:
+            raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (GPT-2 uses {allowed[0]!r})")
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise ValueError(f"{source}: n_inner={hf['n_inner']} is not supported (GPT-2 uses 4 * n_embd)")
+    return GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=hf.get("vocab_size", 50257),
+                     n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+                     padded_vocab_size=padded_vocab_size)
+
+
+def hf_config(config: GPTConfig) -> dict:
+    """The `config.json` of transformers' GPT2Config for our config: same architecture, no dropout."""
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": EOT,
+        "eos_token_id": EOT,
+        "dtype": "float32",
+    }
+
+
+def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, *,
+                       source: str = "state dict") -> dict[str, torch.Tensor]:
+    """Our state dict (keys of `GPT(config).state_dict()`) from an HF GPT-2 one, with or without `transformer.`.
+
+    Conv1D weights are transposed, mask buffers dropped, the embedding padded with zero rows to
+    `config.embedding_rows`. Missing, unexpected or misshapen tensors raise a ValueError naming them and `source`.
+    """
+    ours: dict[str, torch.Tensor] = {}
+    lm_head = None
+    for key, tensor in hf_state.items():
+        name = key.removeprefix("transformer.")
+        if _MASK_BUFFER.search(name):
+            continue
+        if name == "lm_head.weight":
+            lm_head = tensor
+            continue
+        if _CONV1D.search(name):
+            tensor = tensor.t().contiguous()
+        ours[f"transformer.{name}"] = tensor
+    wte = ours.get("transformer.wte.weight")
+    if lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
+        raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied GPT-2 heads are supported")
+    return _complete(ours, config, source)
+
+
+def _complete(state: dict[str, torch.Tensor], config: GPTConfig, source: str) -> dict[str, torch.Tensor]:
+    """Check `state` (our names, no lm_head, unpadded wte) against the model's tensors; pad wte; add the tied head."""
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        raise ValueError(f"{source}: " + "; ".join(
+            f"{what} tensors: {', '.join(names)}" for what, names in (("missing", missing), ("unexpected", unexpected))
+            if names))
+    wte = state["transformer.wte.weight"]
+    if wte.ndim == 2 and wte.shape[0] == config.vocab_size < config.embedding_rows:
+        state["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(config.embedding_rows - wte.shape[0],
+                                                                       wte.shape[1])])
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}")
+    state["lm_head.weight"] = state["transformer.wte.weight"]
+    return state
+
+
+def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
+    """An HF GPT2LMHeadModel state dict (`transformer.`-prefixed, Conv1D weights transposed, no padding rows).
+
+    `lm_head.weight` is left out: it is tied to `transformer.wte.weight`, and HF's own files omit it too.
+    Tensors are contiguous copies, ready for safetensors.
+    """
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if name == "transformer.wte.weight":
+            tensor = tensor[:model.config.vocab_size]
+        elif _CONV1D.search(name):
+            tensor = tensor.t()
+        out[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
+    return out
+
+
+def from_hf(hf_model_or_state, config: GPTConfig | dict | None = None, *,
+            padded_vocab_size: int | None = None) -> GPT:
+    """Our GPT (eval mode) with the weights of a transformers GPT2LMHeadModel, or of an HF state dict + config dict."""
+    if isinstance(hf_model_or_state, dict):
+        state = hf_model_or_state
+        if config is None:
+            raise ValueError("from_hf: a state dict needs its config (GPTConfig or HF config dict)")
+    else:
+        state = hf_model_or_state.state_dict()
+        config = config or hf_model_or_state.config.to_dict()
+    state = {k: v.detach().clone() for k, v in state.items()}  # our parameters share no storage with the source
+    if isinstance(config, dict):
+        config = config_from_hf(config, padded_vocab_size=padded_vocab_size)
+    elif padded_vocab_size is not None:
+        config = dataclasses.replace(config, padded_vocab_size=padded_vocab_size)
+    return build(config, state_dict_from_hf(state, config))
+
+
+def build(config: GPTConfig, state: dict[str, torch.Tensor], device="cpu", dtype=torch.float32) -> GPT:
+    """A GPT in eval mode holding `state` (complete, our names), built without a random initialization."""
+    with torch.device("meta"):
+        model = GPT(config)
+    state = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in state.items()}
+    model.load_state_dict(state, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign=True made two parameters: tie them again
+    return model.eval()
+
+
+def to_hf(model: GPT):
+    """A transformers GPT2LMHeadModel (eval mode, sdpa attention) with our model's weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config)))
+    missing, unexpected = hf.load_state_dict(state_dict_to_hf(model), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"to_hf: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval()
+
+
+def export_hf(ckpt_path, out_dir) -> Path:
+    """Write `out_dir` (config.json, generation_config.json, model.safetensors, vocab.json, merges.txt) from a
+    checkpoint folder (ours or HF's) so that `GPT2LMHeadModel.from_pretrained(out_dir)` gives the same logits.
+
+    Each file is written atomically, config.json last.
+    """
+    from safetensors.torch import save
+
+    from shards.io import atomic_write, write_json
+
+    from .checkpoint import load_model
+    from .tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, _packaged_file
+
+    model = load_model(ckpt_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "model.safetensors") as f:
+        f.write(save(state_dict_to_hf(model), metadata={"format": "pt"}))
+    for name, (packaged, sha) in {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256),
+                                  "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}.items():
+        with atomic_write(out / name) as f, open(_packaged_file(packaged, sha), "rb") as src:
+            shutil.copyfileobj(src, f)
+    write_json(out / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
+    write_json(out / "config.json", hf_config(model.config))
+    return out

@@ -1,0 +1,180 @@
+"""Generation: prompts to a padded batch, and continuations sampled with a KV cache, streamed or collected.
+
+`tokenize_batch_input` turns prompts into `(input_ids, attention_masks)`, right-padded with 0.
+`stream` yields the new token of every row at each step; `generate` collects them. Internally the
+real tokens of each row are moved to the right end of the batch (left padding), so every row appends
+its next token at the same cache column; each row's positions count only its real tokens, and padding
+keys are masked out, so a row generates exactly what it would generate alone.
+
+The result of `generate` is one list of new tokens per row, EOT included when the row produced it (so
+`row[-1] == EOT` tells a finished answer from one cut by `max_steps` or the context).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .model import GPT, KVCache
+from .tokenizer import EOT, get_encoding
+
+
+def tokenize_batch_input(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPT-2 tokens of `prompts` as int64 `input_ids` [B, T] right-padded with 0, and `attention_masks`
+    [B, T] (1 on real tokens, 0 on padding). Special-token text such as "<|endoftext|>" stays text."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+    if len(prompts) == 0:
+        raise ValueError("no prompts: the prompt list is empty")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty")
+    tokens = get_encoding().encode_ordinary_batch(list(prompts))
+    width = max(len(t) for t in tokens)
+    input_ids = torch.zeros(len(tokens), width, dtype=torch.int64)
+    attention_masks = torch.zeros(len(tokens), width, dtype=torch.int64)
+    for i, t in enumerate(tokens):
+        input_ids[i, :len(t)] = torch.tensor(t, dtype=torch.int64)
+        attention_masks[i, :len(t)] = 1
+    return input_ids, attention_masks
+
+
+def _check_options(temperature, max_steps, top_k, top_p) -> None:
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+        raise ValueError(f"max_steps must be an integer >= 0, got {max_steps!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
+
+
+def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncate: bool) -> list[torch.Tensor]:
+    """The real tokens of each row, checked against the vocabulary and the context."""
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
+        raise ValueError("input_ids must be an integer tensor [B, T]")
+    if not torch.is_tensor(attention_masks) or attention_masks.shape != input_ids.shape:
+        raise ValueError(f"attention_masks must be a tensor of the same shape as input_ids {tuple(input_ids.shape)}")
+    if input_ids.shape[0] == 0:
+        raise ValueError("no prompts: the batch is empty")
+    if not ((attention_masks == 0) | (attention_masks == 1)).all():
+        raise ValueError("attention_masks must hold only 0 and 1")
+    block, vocab = model.config.block_size, model.config.vocab_size
+    keep = max(1, block - max_steps)  # with truncate: room for max_steps new tokens
+    rows = []
+    for i in range(input_ids.shape[0]):
+        row = input_ids[i][attention_masks[i].bool()]
+        if row.numel() == 0:
+            raise ValueError(f"prompt {i} is empty (its attention mask has no 1)")
+        if row.min() < 0 or row.max() >= vocab:
+            raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab})")
+        if truncate and row.numel() > keep:
+            row = row[-keep:]
+        elif row.numel() >= block:
+            raise ValueError(f"prompt {i} has {row.numel()} tokens: it leaves no room in the model's context of "
+                             f"{block} (ask for left-truncation to keep its last {keep} tokens)")
+        rows.append(row)
+    return rows
+
+
+def _next_tokens(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    """One token per row from logits [B, V]: argmax at temperature 0, else a sample from the
+    temperature-scaled distribution restricted to the top_k tokens and the top_p nucleus."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        probs = ordered.softmax(dim=-1)
+        outside = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches top_p
+        ordered = ordered.masked_fill(outside, -math.inf)
+        logits = torch.full_like(logits, -math.inf).scatter(-1, order, ordered)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
+           max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
+           truncate: bool = False) -> Iterator[list[int | None]]:
+    """Generate step by step: each item is a list with, for every row, its new token, or None once the
+    row has finished (it produced `eot`). Stops when every row has finished, after `max_steps` steps, or
+    when the longest prompt plus the new tokens fill the model's context (`block_size`).
+
+    `input_ids` and `attention_masks` are [B, T] (as `tokenize_batch_input` returns; the real tokens of a
+    row are those with mask 1, in order). `temperature` 0 is greedy; otherwise logits are divided by it
+    and sampled (with `generator` when given), after keeping the `top_k` most likely tokens and the
+    smallest set whose probability reaches `top_p`. A prompt that fills the context is refused, or, with
+    `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1) keeps its last tokens.
+    `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
+    Arguments are checked here, before the first step.
+    """
+    _check_options(temperature, max_steps, top_k, top_p)
+    rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
+    return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache)
+
+
+def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache):
+    param = next(model.parameters())
+    device, batch = param.device, len(rows)
+    lengths = torch.tensor([len(r) for r in rows], device=device)
+    width = int(lengths.max())
+    steps = min(max_steps, model.config.block_size - width)
+    if steps == 0:
+        return
+    # Left-pad: row i's real tokens end at column width - 1; every row then appends at the same column.
+    tokens = torch.zeros(batch, width + steps, dtype=torch.int64, device=device)
+    real = torch.zeros(batch, width + steps, dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row):width] = row.to(device)
+        real[i, width - len(row):] = True
+    ragged = bool((lengths != width).any())
+    key_mask = real if ragged else None  # equal lengths need no mask
+    positions = (real[:, :width].cumsum(dim=1) - 1).clamp(min=0) if ragged else None
+    head = model.lm_head.weight[:model.config.vocab_size]
+    cache = KVCache(model.config, batch, width + steps - 1, device=device, dtype=param.dtype) if use_cache else None
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    with torch.inference_mode():
+        for step in range(steps):
+            end = width + step  # columns filled so far
+            if cache is None:
+                pos = (real[:, :end].cumsum(dim=1) - 1).clamp(min=0)
+                hidden = model.hidden_states(tokens[:, :end], positions=pos,
+                                             key_mask=None if key_mask is None else key_mask[:, :end])
+            elif step == 0:
+                hidden = model.hidden_states(tokens[:, :end], positions=positions,
+                                             key_mask=None if key_mask is None else key_mask[:, :end],
+                                             cache=cache)
+            else:
+                hidden = model.hidden_states(tokens[:, end - 1:end], positions=(lengths + step - 1)[:, None],
+                                             key_mask=None if key_mask is None else key_mask[:, :end],
+                                             cache=cache)
+            new = _next_tokens(F.linear(hidden[:, -1], head), temperature, top_k, top_p, generator)
+            if end < tokens.shape[1]:
+                tokens[:, end] = new
+            yield [None if done else token for token, done in zip(new.tolist(), finished.tolist())]
+            finished |= new == eot
+            if bool(finished.all()):
+                return
+
+
+def generate(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
+             max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
+             generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
+             truncate: bool = False) -> list[list[int]]:
+    """The new tokens of every row (EOT included when the row produced it); arguments as in `stream`."""
+    out: list[list[int]] = [[] for _ in range(input_ids.shape[0] if torch.is_tensor(input_ids) else 0)]
+    for step in stream(model, input_ids, attention_masks, temperature, max_steps, top_k=top_k, top_p=top_p,
+                       generator=generator, eot=eot, use_cache=use_cache, truncate=truncate):
+        for row, token in zip(out, step):
+            if token is not None:
+                row.append(token)
+    return out

@@ -1,0 +1,132 @@
+"""`python -m pipelines pretrain`: the pretraining data pipeline, source stage then tokenize stage.
+
+    DATA_DIR/<name>-source/<fingerprint>/    the converted sample or the downloaded hub files + manifest.json
+    DATA_DIR/<name>-pretrain/<fingerprint>/  <name>_val_000000.bin, <name>_train_000001.bin, ... (+ .docs)
+                                             and manifest.json, written last
+
+A finished stage is not run again; a killed one resumes; a changed config gets a new folder.
+With --num-tasks N each of N machines (sharing DATA_DIR) runs --task-index i, then one runs --assemble.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from gpt.tokenizer import ranks_sha256
+from shards.io import directory_lock
+
+from . import sources, stage, tokenize
+
+DEFAULT_VAL_TOKENS = {"sample": 131_072, "fineweb10B": 100_000_000, "fineweb-edu10B": 100_000_000}
+
+
+@dataclass
+class PretrainConfig:
+    dataset: str = "sample"
+    source: str | None = None         # a folder or file of parquet/jsonl(.zst); overrides dataset
+    data_dir: str = "data"
+    workers: int = os.cpu_count() or 1
+    shard_tokens: int = 100_000_000
+    val_tokens: int | None = None     # default: per dataset; for a SOURCE folder 1% of the tokens (<= shard_tokens)
+    text_column: str = "text"
+    task_index: int = 0
+    num_tasks: int = 1
+    assemble: bool = False            # only assemble the parts that all tasks wrote
+    download_only: bool = False       # only run the source stage (download or conversion)
+
+
+def stage_config(cfg: PretrainConfig, source: sources.Source) -> dict:
+    """The dict whose fingerprint names the output folder: everything that changes the bytes, nothing else."""
+    val = cfg.val_tokens if cfg.val_tokens is not None else DEFAULT_VAL_TOKENS.get(source.name)
+    return {"stage": "pretrain", "format_version": tokenize.FORMAT_VERSION, "dataset": source.name,
+            "inputs": source.identity, "text_column": cfg.text_column, "shard_tokens": cfg.shard_tokens,
+            "val_tokens": val, "tokenizer": ranks_sha256()}
+
+
+def _check(cfg: PretrainConfig) -> None:
+    if cfg.shard_tokens <= 0:
+        raise ValueError(f"--shard-tokens must be positive, got {cfg.shard_tokens}")
+    if cfg.val_tokens is not None and cfg.val_tokens <= 0:
+        raise ValueError(f"--val-tokens must be positive, got {cfg.val_tokens}")
+    if not 0 <= cfg.task_index < cfg.num_tasks:
+        raise ValueError(f"--task-index {cfg.task_index} is not in [0, --num-tasks {cfg.num_tasks})")
+
+
+def run(cfg: PretrainConfig) -> Path | None:
+    """Run the pipeline; returns the shard folder (None after --download-only)."""
+    _check(cfg)
+    source = sources.prepare(cfg.dataset, cfg.source, cfg.data_dir)
+    if cfg.download_only:
+        print(f"source {source.name}: {len(source.files)} files ready")
+        return None
+    config = stage_config(cfg, source)
+    out = stage.output_dir(cfg.data_dir, f"{source.name}-pretrain", config)
+    if stage.finished(out, config):
+        print(f"{out}: already finished, nothing to do")
+        return out
+    parts = out / "parts"
+    units = tokenize.plan_units(source.files)
+    if cfg.num_tasks > 1 and not cfg.assemble:
+        with directory_lock(parts / f".task-{cfg.task_index}-of-{cfg.num_tasks}"):
+            stats = tokenize.tokenize(source.files, units, parts, cfg.text_column, cfg.workers, cfg.task_index,
+                                      cfg.num_tasks, desc=f"tokenize {source.name} task {cfg.task_index}/{cfg.num_tasks}")
+        _report(stats)
+        print(f"{out}: task {cfg.task_index} of {cfg.num_tasks} done; "
+              "when every task has finished, run once more with --assemble")
+        return out
+    with directory_lock(out):
+        if stage.finished(out, config):
+            return out
+        tokenize.remove_stale_temporaries(out)
+        if not cfg.assemble:
+            _report(tokenize.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
+                                      desc=f"tokenize {source.name}"))
+        shards, totals = tokenize.assemble(units, parts, out, source.name, cfg.shard_tokens, config["val_tokens"])
+        described = sources.describe_local(source) if cfg.source else source.description
+        manifest = tokenize.build_manifest(source.name, config, out.name, described, shards, totals)
+        tokenize.finish(out, parts, manifest)
+    print(f"{out}: {totals['shards']} shards, {totals['tokens']:,} tokens, {totals['documents']:,} documents "
+          f"({totals['empty_documents']:,} empty skipped)")
+    return out
+
+
+def _report(stats: dict) -> None:
+    print(f"tokenized {stats['units']} parts ({stats['skipped']} already done), {stats['tokens']:,} tokens, "
+          f"peak RSS per worker {stats['peak_rss_per_worker'] / 2**20:,.0f} MiB")
+
+
+def parse_args(argv: list[str] | None) -> PretrainConfig:
+    d = PretrainConfig()
+    p = argparse.ArgumentParser(prog="python -m pipelines pretrain", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sources.DATASETS, default=d.dataset)
+    p.add_argument("--source", default=d.source, help="folder or file of parquet/jsonl/jsonl.zst (overrides --dataset)")
+    p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--workers", type=int, default=d.workers, help="tokenizer processes (output does not depend on it)")
+    p.add_argument("--shard-tokens", type=int, default=d.shard_tokens)
+    p.add_argument("--val-tokens", type=int, default=d.val_tokens)
+    p.add_argument("--text-column", default=d.text_column)
+    p.add_argument("--task-index", type=int, default=d.task_index)
+    p.add_argument("--num-tasks", type=int, default=d.num_tasks)
+    p.add_argument("--assemble", action="store_true", help="write the shards and manifest from every task's parts")
+    p.add_argument("--download-only", action="store_true", help="only download or convert the source")
+    args = p.parse_args(argv)
+    return PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    try:
+        run(cfg)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

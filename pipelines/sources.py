@@ -1,0 +1,229 @@
+"""The pretraining sources: what to tokenize, where it comes from, and how its text is read.
+
+    sample          the 7,168 conversations of the PyPI package chitchat-dataset==0.9.0 (MIT), converted
+                    by a stage of its own into one parquet file with FineWeb's `text` column: one
+                    conversation per document, one message per line (the messages of every turn, in order,
+                    joined with "\\n"; sender ids, ratings and timestamps are dropped)
+    fineweb10B      HuggingFaceFW/fineweb, sample/10BT (15 parquet files, ~30.6 GB), downloaded by pipelines.hub
+    fineweb-edu10B  HuggingFaceFW/fineweb-edu, sample/10BT (14 parquet files, ~28.5 GB), likewise
+                    (repositories, revisions and file lists are pinned in pipelines.hub.SOURCES)
+    SOURCE=path     a folder (or one file) of parquet, jsonl or jsonl.zst files with a text column
+
+A source is read in units of work: one parquet row group, or one whole jsonl(.zst) file.
+Every reading error names the file (and the line for jsonl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from shards.io import atomic_write, directory_lock, sha256_file
+from shards.manifest import write_manifest
+
+from . import stage
+
+SAMPLE_PACKAGE = "chitchat-dataset==0.9.0"
+SAMPLE_SHA256 = "d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a"
+SAMPLE_ROWS_PER_GROUP = 512
+SAMPLE_FILE = "chitchat.parquet"
+
+HUB_DATASETS = ("fineweb10B", "fineweb-edu10B")  # pinned in pipelines.hub.SOURCES
+DATASETS = ("sample", *HUB_DATASETS)
+SUFFIXES = (".parquet", ".jsonl", ".jsonl.zst")
+BATCH_ROWS = 1024
+
+
+class SourceError(ValueError):
+    """Input that cannot be read as documents; the message names the file (and line)."""
+
+
+@dataclass
+class Source:
+    name: str            # prefix of the stage folders and shard files
+    files: list[Path]    # the input files, in document order
+    identity: list[dict]  # what the tokenize config fingerprints: one {"file", "bytes", ...} per input
+    description: dict    # the manifest's "source": dataset id, revision, files with bytes and sha256
+
+
+def sample_json_path() -> Path:
+    return Path(str(importlib.resources.files("chitchat_dataset") / "dataset.json"))
+
+
+def conversation_text(conversation: dict) -> str:
+    """One chitchat conversation as one document: every message on its own line, in order."""
+    return "\n".join(message["text"] for turn in conversation["messages"] for message in turn)
+
+
+def build_sample(data_dir: str | Path, json_path: Path | None = None) -> Source:
+    """The `sample` source stage: check the packaged dataset.json's sha256, convert it to parquet once."""
+    config = {"stage": "source", "package": SAMPLE_PACKAGE, "sha256": SAMPLE_SHA256,
+              "document": "one conversation, one message per line", "rows_per_group": SAMPLE_ROWS_PER_GROUP}
+    out = stage.output_dir(data_dir, "sample-source", config)
+    manifest = stage.finished(out, config)
+    if manifest is None:
+        with directory_lock(out):
+            manifest = stage.finished(out, config) or _convert_sample(out, config, json_path or sample_json_path())
+    return Source("sample", [out / SAMPLE_FILE], manifest["source"]["files"], manifest["source"])
+
+
+def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
+    raw = json_path.read_bytes()
+    actual = hashlib.sha256(raw).hexdigest()
+    if actual != SAMPLE_SHA256:
+        raise SourceError(f"{json_path}: sha256 {actual} != expected {SAMPLE_SHA256}; "
+                          f"reinstall {SAMPLE_PACKAGE}")
+    texts = [conversation_text(c) for c in json.loads(raw).values()]
+    table = pa.table({"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
+    with atomic_write(out / SAMPLE_FILE) as f:
+        pq.write_table(table, f, row_group_size=SAMPLE_ROWS_PER_GROUP)
+    files = [{"file": SAMPLE_FILE, "bytes": (out / SAMPLE_FILE).stat().st_size, "sha256": sha256_file(out / SAMPLE_FILE)}]
+    manifest = {"kind": "source", "config": config,
+                "source": {"dataset": SAMPLE_PACKAGE, "revision": SAMPLE_PACKAGE, "origin_file": "chitchat_dataset/dataset.json",
+                           "origin_sha256": SAMPLE_SHA256, "documents": len(texts), "files": files}}
+    write_manifest(out, manifest)
+    return manifest
+
+
+def download_hub(dataset: str, data_dir: str | Path) -> Source:
+    """The download stage of a hub dataset: every file verified by pipelines.hub, then a manifest."""
+    from . import hub
+    pinned = hub.SOURCES[dataset]
+    repo_id, filenames, revision = pinned.repo_id, list(pinned.files), pinned.revision
+    config = {"stage": "source", "repo_id": repo_id, "revision": revision, "files": filenames}
+    out = stage.output_dir(data_dir, f"{dataset}-source", config)
+    manifest = stage.finished(out, config)
+    if manifest is None:
+        with directory_lock(out):
+            manifest = stage.finished(out, config)
+            if manifest is None:
+                records = hub.download(repo_id, filenames, revision, out, repo_type=pinned.repo_type)
+                manifest = {"kind": "source", "config": config,
+                            "source": {"dataset": repo_id, "revision": revision, "files": records}}
+                write_manifest(out, manifest)
+    return Source(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"])
+
+
+def local_source(path: str | Path) -> Source:
+    """A user's folder (or file) of parquet / jsonl / jsonl.zst; fingerprinted by name, size and mtime."""
+    root = Path(path).resolve()
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+    else:
+        raise SourceError(f"{root}: no such file or folder")
+    if not files:
+        raise SourceError(f"{root}: no {', '.join(SUFFIXES)} files in it")
+    base = root.parent if root.is_file() else root
+    identity = [{"file": str(p.relative_to(base)), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+                for p in files]
+    return Source("custom", files, identity, {"dataset": str(root), "revision": None, "files": None})
+
+
+def describe_local(source: Source) -> dict:
+    """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now)."""
+    files = [{"file": ident["file"], "bytes": ident["bytes"], "sha256": sha256_file(path)}
+             for ident, path in zip(source.identity, source.files)]
+    return {**source.description, "files": files}
+
+
+def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> Source:
+    """The source a pretraining run tokenizes, its download or conversion stage run first if needed."""
+    if source_path:
+        return local_source(source_path)
+    if dataset == "sample":
+        return build_sample(data_dir)
+    if dataset in HUB_DATASETS:
+        return download_hub(dataset, data_dir)
+    raise SourceError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)}, or give SOURCE=path)")
+
+
+# ---- reading documents -------------------------------------------------------------------------
+
+def num_units(path: Path) -> int:
+    """How many units of work a file holds: its row groups (parquet) or 1 (jsonl)."""
+    if path.name.endswith(".parquet"):
+        try:
+            return pq.ParquetFile(path).num_row_groups
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(f"{path}: not a readable parquet file ({e})") from None
+    if path.name.endswith((".jsonl", ".jsonl.zst")):
+        return 1
+    raise SourceError(f"{path}: unsupported file type (expected {', '.join(SUFFIXES)})")
+
+
+def iter_texts(path: Path, unit: int, column: str) -> Iterator[list[str | None]]:
+    """The documents of one unit of work, in batches; None or "" marks an empty document."""
+    if path.name.endswith(".parquet"):
+        yield from _parquet_texts(path, unit, column)
+    else:
+        yield from _jsonl_texts(path, column)
+
+
+def _parquet_texts(path: Path, row_group: int, column: str) -> Iterator[list[str | None]]:
+    try:
+        pf = pq.ParquetFile(path)
+        field = pf.schema_arrow.field(column) if column in pf.schema_arrow.names else None
+        if field is None:
+            raise SourceError(f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)})")
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            raise SourceError(f"{path}: column {column!r} has type {field.type}, expected a string")
+        table = pf.read_row_group(row_group, columns=[column])
+    except (pa.ArrowException, OSError) as e:
+        raise SourceError(f"{path}: row group {row_group} is unreadable ({e})") from None
+    for batch in table.column(0).chunks:
+        for start in range(0, len(batch), BATCH_ROWS):
+            try:
+                yield batch.slice(start, BATCH_ROWS).to_pylist()
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{path}: row group {row_group}, rows from {start}: invalid UTF-8 ({e})") from None
+
+
+def _open_lines(path: Path):
+    raw = open(path, "rb")
+    if path.name.endswith(".zst"):
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return raw
+
+
+def _jsonl_texts(path: Path, column: str) -> Iterator[list[str | None]]:
+    batch: list[str | None] = []
+    with _open_lines(path) as f:
+        line_no = 0
+        while True:
+            try:
+                line = f.readline()
+            except zstandard.ZstdError as e:
+                raise SourceError(f"{path}: corrupt zstd stream after line {line_no} ({e})") from None
+            if not line:
+                break
+            line_no += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{path}, line {line_no}: invalid UTF-8 ({e})") from None
+            except json.JSONDecodeError as e:
+                raise SourceError(f"{path}, line {line_no}: not valid JSON ({e})") from None
+            if not isinstance(row, dict) or column not in row:
+                raise SourceError(f"{path}, line {line_no}: no {column!r} field")
+            text = row[column]
+            if text is not None and not isinstance(text, str):
+                raise SourceError(f"{path}, line {line_no}: {column!r} is a {type(text).__name__}, expected a string")
+            batch.append(text)
+            if len(batch) == BATCH_ROWS:
+                yield batch
+                batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,180 @@
+"""`python -m shards inspect DIR [--verify] [--decode N]`: show, check and decode the manifests under DIR.
+
+DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` below it is shown as a table
+(file, split, tokens, documents or examples, bytes). --verify checks every shard against its manifest:
+header, size and sha256 of the `.bin`, and of its sidecars (`.docs` for pretraining; `.mask` and `.idx`
+for SFT, with masks only 0/1 and offsets increasing); it exits with status 1 naming each bad file.
+--decode N prints N documents (pretraining) or examples, prompt and answer apart (SFT), of each folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .format import ShardError, open_tokens, read_header
+from .io import sha256_file
+from .manifest import MANIFEST, ManifestError, load_manifest
+from .sft import open_sft_shard
+
+DECODE_CHARS = 600
+
+
+def find_manifests(root: Path) -> list[Path]:
+    """The folders under `root` (itself included) that hold a manifest, sorted."""
+    if (root / MANIFEST).exists():
+        return [root]
+    return sorted(p.parent for p in root.rglob(MANIFEST))
+
+
+def _count_key(manifest: dict) -> str:
+    return "num_examples" if manifest.get("kind") == "sft" else "num_docs"
+
+
+def print_table(folder: Path, manifest: dict) -> None:
+    kind = manifest.get("kind", "?")
+    print(f"\n{folder}  [{kind}] {manifest.get('name', '')}")
+    shards = manifest.get("shards")
+    if not shards:
+        for f in manifest.get("source", {}).get("files") or []:
+            print(f"  {f['file']:<44} {f['bytes']:>16,} bytes  sha256 {f['sha256'][:16]}")
+        return
+    count = _count_key(manifest)
+    print(f"  {'file':<36} {'split':<6} {'tokens':>14} {count[4:]:>10} {'bytes':>15}")
+    for s in shards:
+        print(f"  {s['file']:<36} {s['split']:<6} {s['num_tokens']:>14,} {s.get(count, 0):>10,} {s['bytes']:>15,}")
+    tokens = sum(s["num_tokens"] for s in shards)
+    print(f"  {'total':<36} {'':<6} {tokens:>14,} {sum(s.get(count, 0) for s in shards):>10,} "
+          f"{sum(s['bytes'] for s in shards):>15,}")
+    totals = manifest.get("totals", {})
+    if totals:
+        print("  totals: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in totals.items()))
+
+
+def _check_file(path: Path, size: int, sha256: str) -> None:
+    if not path.exists():
+        raise ShardError(f"{path}: missing")
+    actual = path.stat().st_size
+    if actual != size:
+        raise ShardError(f"{path}: {actual} bytes, the manifest says {size}")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise ShardError(f"{path}: sha256 {digest} differs from the manifest's {sha256}")
+
+
+def verify_shard(folder: Path, manifest: dict, entry: dict) -> None:
+    """Raise ShardError naming the bad file if the shard (or a sidecar) disagrees with the manifest."""
+    path = folder / entry["file"]
+    header = read_header(path)
+    if header[2] != entry["num_tokens"]:
+        raise ShardError(f"{path}: header says {header[2]} tokens, the manifest {entry['num_tokens']}")
+    count = entry.get(_count_key(manifest), 0)
+    if header[3] != count:
+        raise ShardError(f"{path}: header says {header[3]} documents/examples, the manifest {count}")
+    _check_file(path, entry["bytes"], entry["sha256"])
+    if manifest.get("kind") == "sft":
+        for key in ("mask", "idx"):
+            _check_file(folder / entry[f"{key}_file"], entry[f"{key}_bytes"], entry[f"{key}_sha256"])
+        shard = open_sft_shard(path)
+        if len(shard) != count:
+            raise ShardError(f"{folder / entry['idx_file']}: {len(shard)} examples, the manifest says {count}")
+        if np.any(shard.mask > 1):
+            raise ShardError(f"{folder / entry['mask_file']}: mask values other than 0 and 1")
+        if "supervised_tokens" in entry and int(shard.mask.sum(dtype=np.int64)) != entry["supervised_tokens"]:
+            raise ShardError(f"{folder / entry['mask_file']}: {int(shard.mask.sum())} supervised tokens, "
+                             f"the manifest says {entry['supervised_tokens']}")
+    elif "docs_file" in entry:
+        docs_path = folder / entry["docs_file"]
+        _check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"])
+        docs = np.fromfile(docs_path, dtype="<u8").astype(np.int64)
+        if len(docs) != count:
+            raise ShardError(f"{docs_path}: {len(docs)} document starts, the manifest says {count}")
+        if len(docs) and (np.any(np.diff(docs) <= 0) or docs[-1] >= entry["num_tokens"]):
+            raise ShardError(f"{docs_path}: document starts do not increase within the shard")
+        if len(docs) and np.any(open_tokens(path)[docs] != 50256):
+            raise ShardError(f"{docs_path}: a document start is not an EOT token in {path.name}")
+
+
+def verify(folder: Path, manifest: dict) -> list[str]:
+    """Every problem found in the folder's shards, one message per bad file."""
+    problems = []
+    for entry in manifest.get("shards") or []:
+        try:
+            verify_shard(folder, manifest, entry)
+        except (ShardError, OSError) as e:
+            problems.append(str(e))
+    for f in (manifest.get("source", {}).get("files") or []) if manifest.get("kind") == "source" else []:
+        try:
+            _check_file(folder / f["file"], f["bytes"], f["sha256"])
+        except ShardError as e:
+            problems.append(str(e))
+    return problems
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= DECODE_CHARS else text[:DECODE_CHARS] + f" … [{len(text) - DECODE_CHARS:,} more chars]"
+
+
+def decode(folder: Path, manifest: dict, n: int) -> None:
+    """Print the first n documents (or examples) of the folder's first shard."""
+    from gpt.tokenizer import get_encoding
+    enc = get_encoding()
+    shards = manifest.get("shards") or []
+    if not shards or n <= 0:
+        return
+    path = folder / shards[0]["file"]
+    if manifest.get("kind") == "sft":
+        shard = open_sft_shard(path)
+        for i in range(min(n, len(shard))):
+            tokens, mask = shard.example(i)
+            start = int(np.argmax(mask)) if mask.any() else len(mask)
+            print(f"--- {path.name} example {i} ({len(tokens)} tokens, {len(tokens) - start} supervised)")
+            print("PROMPT: " + _clip(enc.decode(tokens[:start].tolist())))
+            print("ANSWER: " + _clip(enc.decode(tokens[start:].tolist())))
+        return
+    tokens = open_tokens(path)
+    docs = np.fromfile(folder / shards[0]["docs_file"], dtype="<u8").astype(np.int64).tolist() + [len(tokens)]
+    for i in range(min(n, len(docs) - 1)):
+        a, b = docs[i], docs[i + 1]
+        print(f"--- {path.name} document {i} (tokens {a}..{b})")
+        print(_clip(enc.decode(tokens[a + 1:b].tolist())))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "inspect":
+        argv = argv[1:]
+    p = argparse.ArgumentParser(prog="python -m shards inspect", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, help="a stage folder or DATA_DIR")
+    p.add_argument("--verify", action="store_true", help="check every file against its manifest")
+    p.add_argument("--decode", type=int, default=0, metavar="N", help="print N decoded documents per folder")
+    args = p.parse_args(argv)
+    folders = find_manifests(args.dir) if args.dir.is_dir() else []
+    if not folders:
+        print(f"error: no {MANIFEST} under {args.dir}", file=sys.stderr)
+        return 1
+    bad = 0
+    for folder in folders:
+        try:
+            manifest = load_manifest(folder)
+        except ManifestError as e:
+            print(f"BAD {e}", file=sys.stderr)
+            bad += 1
+            continue
+        print_table(folder, manifest)
+        if args.verify:
+            problems = verify(folder, manifest)
+            for msg in problems:
+                print(f"BAD {msg}", file=sys.stderr)
+            bad += len(problems)
+            if not problems:
+                print(f"  verified: every file matches {folder / MANIFEST}")
+        decode(folder, manifest, args.decode)
+    if bad:
+        print(f"error: {bad} bad file(s)", file=sys.stderr)
+        return 1
+    return 0

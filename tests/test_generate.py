@@ -1,0 +1,291 @@
+"""Inference: batched and padded generation, the KV cache, agreement with transformers, stopping, sampling,
+bad input, and the `generate` / `chat` commands."""
+
+import io
+import json
+
+import pytest
+import torch
+
+from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_batch_input
+from gpt.__main__ import main
+from gpt.chat import ALPACA_NO_INPUT
+from gpt.hf import from_hf
+from gpt.model import KVCache, preset
+
+PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog and then", "é 日本"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not stall when other processes load the cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = GPT(preset("nano"))
+    with torch.no_grad():  # larger weights than GPT-2's init: peaked, varied greedy choices
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(8)
+    return m.eval()
+
+
+def greedy(model, prompts, steps=12, **kw):
+    return generate(model, *tokenize_batch_input(prompts), 0, steps, eot=-1, **kw)
+
+
+def batch(token_lists):
+    """Right-padded (input_ids, attention_masks) for lists of token ids."""
+    width = max(map(len, token_lists))
+    ids = torch.tensor([t + [0] * (width - len(t)) for t in token_lists])
+    return ids, (torch.arange(width)[None] < torch.tensor([len(t) for t in token_lists])[:, None]).long()
+
+
+def test_tokenize_batch_input_pads_right_with_zero():
+    enc = get_encoding()
+    ids, masks = tokenize_batch_input(PROMPTS)
+    assert ids.dtype == masks.dtype == torch.int64
+    assert ids.shape == masks.shape == (len(PROMPTS), max(len(enc.encode_ordinary(p)) for p in PROMPTS))
+    for i, p in enumerate(PROMPTS):
+        tokens = enc.encode_ordinary(p)
+        assert ids[i, :len(tokens)].tolist() == tokens
+        assert masks[i].tolist() == [1] * len(tokens) + [0] * (ids.shape[1] - len(tokens))
+        assert ids[i, len(tokens):].eq(0).all()
+    assert tokenize_batch_input(["<|endoftext|>"])[0][0].tolist() == enc.encode_ordinary("<|endoftext|>")
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time(model):
+    batched = greedy(model, PROMPTS)
+    alone = [greedy(model, [p])[0] for p in PROMPTS]
+    assert batched == alone
+    assert all(len(row) == 12 for row in batched)
+    assert len({tuple(r) for r in batched}) == len(PROMPTS) and len(set(batched[0])) > 3
+
+
+def test_padding_is_read_from_the_mask_not_the_token_values(model):
+    ids, masks = tokenize_batch_input(PROMPTS)
+    expected = generate(model, ids, masks, 0, 8, eot=-1)
+    garbage = ids.masked_fill(masks == 0, EOT)
+    assert generate(model, garbage, masks, 0, 8, eot=-1) == expected
+    # the same prompts left-padded (as HF tokenizers may give them) mean the same thing
+    lengths = masks.sum(1)
+    left_ids, left_masks = torch.zeros_like(ids), torch.zeros_like(masks)
+    for i, n in enumerate(lengths.tolist()):
+        left_ids[i, ids.shape[1] - n:] = ids[i, :n]
+        left_masks[i, ids.shape[1] - n:] = 1
+    assert generate(model, left_ids, left_masks, 0, 8, eot=-1) == expected
+
+
+def test_kv_cache_gives_the_same_tokens_and_logits(model):
+    assert greedy(model, PROMPTS, use_cache=True) == greedy(model, PROMPTS, use_cache=False)
+    ids, masks = tokenize_batch_input(PROMPTS)
+    sampled = [generate(model, ids, masks, 1.0, 10, top_k=20, generator=torch.Generator().manual_seed(5),
+                        use_cache=c) for c in (True, False)]
+    assert sampled[0] == sampled[1]
+    # the model's cache, fed in pieces, reproduces the full forward's logits
+    x = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.config, 2, 20)
+        pieces = torch.cat([model(x[:, :7], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(7, 20)],
+                           dim=1)
+    torch.testing.assert_close(pieces, full, atol=1e-4, rtol=1e-4)
+
+
+def test_key_mask_leaves_real_positions_alone_and_padding_finite(model):
+    x = torch.randint(0, 50257, (2, 10), generator=torch.Generator().manual_seed(1))
+    key_mask = torch.ones(2, 10, dtype=torch.bool)
+    key_mask[1, :4] = False  # row 1: four left-padding positions, whose queries see no real key
+    positions = (key_mask.cumsum(1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model(x, positions=positions, key_mask=key_mask)
+        alone = model(x[1:, 4:])
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0], model(x[:1])[0].detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out[1, 4:], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_equals_transformers_generate():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, initializer_range=0.2,
+                                    resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).eval()
+    ours = from_hf(hf)
+    ids, masks = tokenize_batch_input(PROMPTS)
+    got = generate(ours, ids, masks, 0, 15, eot=-1)
+    for i, row in enumerate(got):
+        prompt = ids[i, :int(masks[i].sum())][None]
+        with torch.no_grad():
+            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=15,
+                              min_new_tokens=15, pad_token_id=EOT, eos_token_id=None)
+        assert row == out[0, prompt.shape[1]:].tolist(), f"prompt {i}"
+
+
+def test_eot_finishes_a_row_and_the_loop(model):
+    first = greedy(model, [PROMPTS[0]], steps=20)[0]
+    stop_at = next(j for j in range(3, 20) if first[j] not in first[:j])
+    eot = first[stop_at]
+    # row 1 is row 0 two tokens ahead, so it meets the same end token two steps earlier
+    prompt = get_encoding().encode_ordinary(PROMPTS[0])
+    ids, masks = batch([prompt, prompt + first[:2]])
+    steps = list(stream(model, ids, masks, 0, 20, eot=eot))
+    assert len(steps) == stop_at + 1  # the loop ends once every row has finished
+    assert [s[0] for s in steps] == first[:stop_at + 1]
+    assert [s[1] for s in steps] == first[2:stop_at + 1] + [None, None]
+    assert generate(model, ids, masks, 0, 20, eot=eot) == [first[:stop_at + 1], first[2:stop_at + 1]]
+
+
+def test_default_eot_stops_generation():
+    torch.manual_seed(0)
+    m = GPT(preset("nano")).eval()
+    with torch.no_grad():  # the final LayerNorm always outputs e_0, and EOT's embedding points there
+        m.transformer.ln_f.weight.zero_()
+        m.transformer.ln_f.bias.zero_()
+        m.transformer.ln_f.bias[0] = 1.0
+        m.transformer.wte.weight[EOT, 0] = 100.0
+    ids, masks = tokenize_batch_input(PROMPTS)
+    assert len(list(stream(m, ids, masks, 0, 30))) == 1
+    assert generate(m, ids, masks, 0, 30) == [[EOT]] * len(PROMPTS)
+    assert generate(m, ids, masks, 0.7, 30, generator=torch.Generator().manual_seed(0)) == [[EOT]] * len(PROMPTS)
+
+
+def test_max_steps_and_context_are_respected(model):
+    assert [len(r) for r in greedy(model, PROMPTS, steps=5)] == [5] * len(PROMPTS)
+    assert greedy(model, PROMPTS, steps=0) == [[]] * len(PROMPTS)
+    block = model.config.block_size
+    rows = generate(model, *batch([list(range(1000, 1000 + block - 4)), [32]]), 0, 100, eot=-1)
+    assert [len(r) for r in rows] == [4, 4]  # the longest prompt plus the new tokens fill the context
+
+
+def test_overlong_prompt_is_refused_or_left_truncated(model):
+    tokens = list(range(2000, 2000 + model.config.block_size + 6))
+    for n in (64, 70):
+        with pytest.raises(ValueError, match=f"prompt 1 has {n} tokens: it leaves no room in the model's context "
+                                             "of 64 \\(ask for left-truncation to keep its last 54 tokens\\)"):
+            generate(model, *batch([[32], tokens[:n]]), 0, 10)
+    truncated = generate(model, *batch([[32], tokens]), 0, 10, eot=-1, truncate=True)
+    assert truncated[1] == generate(model, *batch([tokens[-54:]]), 0, 10, eot=-1)[0]
+    assert [len(r) for r in truncated] == [10, 10]
+
+
+def test_seeded_sampling_is_reproducible(model):
+    ids, masks = tokenize_batch_input(PROMPTS)
+
+    def sample(seed, **kw):
+        return generate(model, ids, masks, 1.0, 12, eot=-1, generator=torch.Generator().manual_seed(seed), **kw)
+
+    assert sample(7) == sample(7)
+    assert sample(7) != sample(8)
+    assert sample(7, top_k=3, top_p=0.9) == sample(7, top_k=3, top_p=0.9)
+    greedy_rows = generate(model, ids, masks, 0, 12, eot=-1)
+    assert sample(7, top_k=1) == greedy_rows
+    assert sample(3, top_p=1e-6) == greedy_rows
+    assert all(t in set(range(50257)) for row in sample(9, top_k=5) for t in row)
+
+
+def test_top_k_and_top_p_restrict_the_choices():
+    torch.manual_seed(0)
+    model = GPT(preset("nano")).eval()  # GPT-2's init: nearly flat next-token distributions
+    ids, masks = tokenize_batch_input(["Hello"])
+    with torch.no_grad():
+        logits = model(ids)[0, -1]
+    top2 = set(logits.topk(2).indices.tolist())
+    gen = torch.Generator().manual_seed(0)
+    firsts = {generate(model, ids, masks, 1.0, 1, top_k=2, generator=gen)[0][0] for _ in range(40)}
+    assert firsts == top2
+    probs = logits.softmax(-1).sort(descending=True).values
+    p = float(probs[:2].sum() + probs[2] / 2)  # the nucleus is the top 3 tokens
+    firsts = {generate(model, ids, masks, 1.0, 1, top_p=p, generator=gen)[0][0] for _ in range(60)}
+    assert firsts <= set(logits.topk(3).indices.tolist()) and len(firsts) >= 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+    (dict(temperature=float("nan")), "temperature must be a finite number >= 0"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_k=0), "top_k must be an integer >= 1"),
+    (dict(max_steps=-1), "max_steps must be an integer >= 0"),
+])
+def test_bad_options_are_refused(model, kwargs, message):
+    ids, masks = tokenize_batch_input(["Hi"])
+    options = dict(temperature=1.0, max_steps=4) | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate(model, ids, masks, **options)
+    with pytest.raises(ValueError, match=message):
+        stream(model, ids, masks, **options)  # checked at the call, not at the first step
+
+
+def test_bad_prompts_are_refused(model):
+    with pytest.raises(ValueError, match="the prompt list is empty"):
+        tokenize_batch_input([])
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        tokenize_batch_input(["Hi", ""])
+    with pytest.raises(ValueError, match="prompts must be a list of strings"):
+        tokenize_batch_input("Hi")
+    ids, masks = tokenize_batch_input(["Hi there", "Hi"])
+    with pytest.raises(ValueError, match=r"prompt 1 is empty \(its attention mask has no 1\)"):
+        generate(model, ids, masks * torch.tensor([[1], [0]]), 0, 4)
+    with pytest.raises(ValueError, match="no prompts: the batch is empty"):
+        generate(model, ids[:0], masks[:0], 0, 4)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        generate(model, ids + 50257, masks, 0, 4)
+    with pytest.raises(ValueError, match="attention_masks must hold only 0 and 1"):
+        generate(model, ids, masks * 2, 0, 4)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, model):
+    root = tmp_path_factory.mktemp("ckpt")
+    plain = save_model(model, root / "plain")
+    run = root / "sft-run"  # a training run folder: --ckpt takes its latest checkpoint
+    sft = save_model(model, run / "ckpt" / "step-000010")
+    (sft / "state.json").write_text(json.dumps({"step": 10, "sft": True}))
+    (run / "ckpt" / "latest").write_text("step-000010\n")
+    return plain, run
+
+
+def test_generate_command_prints_completions(checkpoints, model, capsys):
+    plain, _ = checkpoints
+    assert main(["generate", "--ckpt", str(plain), "--prompt", "Hello there, how are", "--prompt", "A",
+                 "--max-steps", "6"]) == 0
+    out = capsys.readouterr().out
+    enc = get_encoding()
+    rows = generate(model, *tokenize_batch_input(["Hello there, how are", "A"]), 0, 6)
+    for i, row in enumerate(rows, 1):
+        assert EOT not in row
+        assert f"=== prompt {i}: " in out and enc.decode(row) in out
+    assert out.count("(6 tokens, cut)") == 2
+
+
+def test_generate_command_reports_bad_input(checkpoints, tmp_path):
+    plain, _ = checkpoints
+    with pytest.raises(SystemExit, match="generate: temperature must be"):
+        main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--temperature", "-1"])
+    with pytest.raises(SystemExit, match="generate: prompt 0 is empty"):
+        main(["generate", "--ckpt", str(plain), "--prompt", ""])
+    with pytest.raises(SystemExit, match=f"generate: {tmp_path / 'nowhere'}: no such checkpoint folder"):
+        main(["generate", "--ckpt", str(tmp_path / "nowhere"), "--prompt", "Hi"])
+
+
+def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model, monkeypatch, capsys):
+    plain, sft = checkpoints
+    enc = get_encoding()
+    for ckpt, template in ((plain, False), (sft, True)):
+        monkeypatch.setattr("sys.stdin", io.StringIO("Name a colour.\n\nSay hi\n/quit\nnever read\n"))
+        assert main(["chat", "--ckpt", str(ckpt), "--max-steps", "5"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        prompts = [ALPACA_NO_INPUT.format(instruction=q) if template else q for q in ("Name a colour.", "Say hi")]
+        answers = [enc.decode(generate(model, *tokenize_batch_input([p]), 0, 5)[0]) for p in prompts]
+        assert ("Alpaca template" in lines[0]) == template
+        assert "\n".join(lines[1:]) == "\n".join(answers)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Say hi"))  # EOF ends the loop too
+    assert main(["chat", "--ckpt", str(plain), "--max-steps", "3", "--template", "alpaca"]) == 0
+    assert "Alpaca template" in capsys.readouterr().out

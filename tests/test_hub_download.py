@@ -1,0 +1,179 @@
+"""pipelines.hub against a local fake hub (tests/fake_hub.py): retries, resume, verification, no-op rerun."""
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import RevisionNotFoundError
+
+from fake_hub import FakeHub
+from pipelines import hub
+from pipelines.hub import DownloadError, Retry, download
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO = "org/web-sample"
+_rng = random.Random(0)
+FILES = {
+    "sample/000.parquet": _rng.randbytes(300_000),
+    "sample/001.parquet": _rng.randbytes(200_001),
+    "README.md": "a dataset card, stored in git rather than LFS: é\n".encode(),
+    "sample/.keep": b"",
+}
+NAMES = list(FILES)
+
+
+def expected(names=NAMES) -> list[dict]:
+    return [{"file": n, "bytes": len(FILES[n]), "sha256": hashlib.sha256(FILES[n]).hexdigest()} for n in names]
+
+
+def cdn_path(name: str) -> str:
+    return f"/cdn/{hashlib.sha256(FILES[name]).hexdigest()}"
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setattr(hub, "RETRY", Retry(tries=4, first_s=0.001, max_s=0.01))
+
+
+def serve(monkeypatch, faults=None) -> FakeHub:
+    fake = FakeHub({REPO: FILES}, faults=faults, in_git=("README.md", "sample/.keep"))
+    fake.point_huggingface_hub(monkeypatch)
+    return fake
+
+
+def assert_exactly_the_files(dest: Path, names=NAMES) -> None:
+    for name in names:
+        assert (dest / name).read_bytes() == FILES[name], name
+    on_disk = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file() and ".download" not in p.parts}
+    assert on_disk == set(names)
+    assert not list(dest.rglob("*.part"))
+
+
+def test_download_survives_5xx_and_dropped_connections(tmp_path, monkeypatch):
+    faults = {"api": [503], "sample/000.parquet": [500, "drop", 502, "drop"],
+              "sample/001.parquet": ["drop", "ignore-range"], "README.md": [503, "drop"]}
+    with serve(monkeypatch, faults) as fake:
+        assert download(REPO, NAMES, "main", tmp_path) == expected()
+    assert_exactly_the_files(tmp_path)
+    assert all(not actions for actions in fake.faults.values())  # every scripted fault was met
+    gets = [(path, byte_range) for method, path, byte_range in fake.requests if method == "GET"]
+    # a dropped transfer is continued from the bytes already on disk, not restarted
+    assert (cdn_path("sample/000.parquet"), "bytes=150000-") in gets
+    assert (cdn_path("sample/000.parquet"), "bytes=225000-") in gets
+    # the server that ignored the range was answered by starting over, and the file is still exact
+    assert (cdn_path("sample/001.parquet"), "bytes=100000-") in gets
+
+
+def test_rerun_makes_no_request_and_detects_local_changes(tmp_path, monkeypatch):
+    with serve(monkeypatch) as fake:
+        assert download(REPO, NAMES, FakeHub.COMMIT, tmp_path) == expected()
+        seen = len(fake.requests)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # any request would now raise
+        assert download(REPO, NAMES, FakeHub.COMMIT, tmp_path) == expected()
+        path = tmp_path / "sample/001.parquet"
+        os.utime(path, ns=(1, 1))  # touched, same bytes: re-hashed locally, still accepted
+        assert download(REPO, NAMES, FakeHub.COMMIT, tmp_path) == expected()
+        assert len(fake.requests) == seen
+        damaged = bytearray(FILES["sample/001.parquet"])
+        damaged[7] ^= 1
+        path.write_bytes(damaged)
+        with pytest.raises(DownloadError, match=r"HF_HUB_OFFLINE.*sample/001\.parquet"):
+            download(REPO, NAMES, FakeHub.COMMIT, tmp_path)
+        assert not path.exists()  # a file that no longer matches its record leaves its final name
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        assert download(REPO, NAMES, FakeHub.COMMIT, tmp_path) == expected()
+    assert_exactly_the_files(tmp_path)
+
+
+@pytest.mark.parametrize("name, digest", [("sample/000.parquet", "sha256"), ("README.md", "git-sha1")])
+def test_corrupt_payload_fails_naming_the_file_and_leaves_nothing(tmp_path, monkeypatch, name, digest):
+    with serve(monkeypatch, {name: ["corrupt"]}):
+        with pytest.raises(DownloadError, match=rf"{REPO}@5eed01234567:{name}: downloaded bytes have {digest}"):
+            download(REPO, NAMES, "main", tmp_path)
+        assert not (tmp_path / name).exists()
+        assert not list(tmp_path.rglob("*.part"))
+        assert download(REPO, NAMES, "main", tmp_path) == expected()  # the next run fetches it again
+    assert_exactly_the_files(tmp_path)
+
+
+def test_giving_up_keeps_the_partial_file_and_the_next_run_continues_it(tmp_path, monkeypatch):
+    name = "sample/000.parquet"
+    with serve(monkeypatch, {name: ["drop", 503, 503, 503, 503]}) as fake:
+        with pytest.raises(DownloadError, match=rf"{name}: giving up after 4 failed tries in a row, "
+                                                r"150000 of 300000 bytes kept"):
+            download(REPO, [name], "main", tmp_path)
+        assert not (tmp_path / name).exists()
+        assert download(REPO, [name], "main", tmp_path) == expected([name])
+    assert (cdn_path(name), "bytes=150000-") in [(p, r) for _, p, r in fake.requests]
+    assert_exactly_the_files(tmp_path, [name])
+
+
+def test_partial_files_of_another_version_or_too_long_are_discarded(tmp_path, monkeypatch):
+    parts = tmp_path / ".download" / "sample"
+    parts.mkdir(parents=True)
+    (parts / f"000.parquet.{'0' * 64}.part").write_bytes(b"bytes of another version")
+    sha = hashlib.sha256(FILES["sample/001.parquet"]).hexdigest()
+    (parts / f"001.parquet.{sha}.part").write_bytes(b"x" * (len(FILES["sample/001.parquet"]) + 1))
+    (parts / "000.parquet.keep.part").write_bytes(b"not a partial of ours")
+    with serve(monkeypatch):
+        assert download(REPO, NAMES, "main", tmp_path) == expected()
+    assert sorted(p.name for p in parts.iterdir()) == [".keep.json", "000.parquet.json", "000.parquet.keep.part",
+                                                       "001.parquet.json"]
+    for name in NAMES:
+        assert (tmp_path / name).read_bytes() == FILES[name]
+
+
+def test_killed_download_resumes_from_its_partial_file(tmp_path, monkeypatch):
+    """SIGKILL a download (a fresh process pointed at the fake hub by HF_ENDPOINT) mid-file, then rerun."""
+    name = "sample/000.parquet"
+    dest = tmp_path / "dest"
+    with serve(monkeypatch, {name: ["hang"]}) as fake:
+        code = f"from pipelines.hub import download; download({REPO!r}, {[name]!r}, 'main', {str(dest)!r})"
+        with open(tmp_path / "child.log", "wb") as log:
+            child = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=log,
+                                     env={**os.environ, **fake.env(tmp_path / "hf_home")})
+        try:
+            deadline = time.monotonic() + 60
+            while not any(p.stat().st_size for p in dest.rglob("*.part")):
+                assert child.poll() is None, (tmp_path / "child.log").read_text()
+                assert time.monotonic() < deadline, "the child never started writing"
+                time.sleep(0.02)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        [part] = dest.rglob("*.part")
+        kept = part.stat().st_size
+        assert 0 < kept < len(FILES[name]) and not (dest / name).exists()
+        assert download(REPO, [name], "main", dest) == expected([name])
+    assert (cdn_path(name), f"bytes={kept}-") in [(p, r) for _, p, r in fake.requests]
+    assert_exactly_the_files(dest, [name])
+
+
+def test_missing_file_revision_and_offline_errors(tmp_path, monkeypatch):
+    with serve(monkeypatch):
+        with pytest.raises(DownloadError, match=rf"sample/404\.parquet: no such file in dataset {REPO}"):
+            download(REPO, ["README.md", "sample/404.parquet"], "main", tmp_path)
+        assert not (tmp_path / "README.md").exists()  # nothing is fetched before every name is known to exist
+        with pytest.raises(RevisionNotFoundError, match="no-such-branch"):
+            download(REPO, ["README.md"], "no-such-branch", tmp_path)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        with pytest.raises(DownloadError, match=r"HF_HUB_OFFLINE is set, and README\.md of org/web-sample"):
+            download(REPO, ["README.md"], "main", tmp_path)
+
+
+def test_fake_hub_answers_huggingface_hub_like_the_hub(tmp_path, monkeypatch):
+    """The fake serves what huggingface_hub's own download path expects, so other tests can rely on it."""
+    name = "sample/001.parquet"
+    with serve(monkeypatch):
+        meta = get_hf_file_metadata(hf_hub_url(REPO, name, repo_type="dataset", revision="main"))
+        path = hf_hub_download(REPO, name, repo_type="dataset", revision="main", cache_dir=tmp_path)
+    assert (meta.commit_hash, meta.etag, meta.size) == \
+        (FakeHub.COMMIT, hashlib.sha256(FILES[name]).hexdigest(), len(FILES[name]))
+    assert Path(path).read_bytes() == FILES[name]

@@ -1,0 +1,241 @@
+"""The model against transformers' GPT2LMHeadModel, checkpoints (ours and HF folders), export-hf, init, sizes."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from bench import train as bench_train
+from gpt import GPT, load_model, preset, save_model
+from gpt.__main__ import main as gpt_main
+from gpt.hf import from_hf, hf_config, to_hf
+
+transformers = pytest.importorskip("transformers")
+
+TINY_HF = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=50257)
+
+
+def tiny_hf_model(seed=0):
+    torch.manual_seed(seed)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(**TINY_HF)).eval()
+
+
+def tiny_gpt(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = preset("nano", block_size=128, n_layer=2, n_head=4, n_embd=64, **overrides)
+    model = GPT(config).eval()
+    with torch.no_grad():  # non-zero biases and LayerNorm parameters, so that a transposed or dropped one shows
+        for name, p in model.named_parameters():
+            if not name.endswith("wte.weight"):
+                p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def ids(batch=2, T=24, seed=1):
+    return torch.randint(0, 50257, (batch, T), generator=torch.Generator().manual_seed(seed))
+
+
+def max_diff(a, b):
+    return (a - b).abs().max().item()
+
+
+@torch.no_grad()
+def test_import_from_transformers_gives_the_same_logits():
+    hf = tiny_hf_model()
+    ours = from_hf(hf)
+    x = ids()
+    assert not ours.training
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+    assert max_diff(ours(x), hf(x).logits) <= 1e-4
+    padded = from_hf(hf, padded_vocab_size=50304)
+    assert padded.transformer.wte.weight.shape == (50304, 64)
+    logits = padded(x)
+    assert logits.shape == (2, 24, 50257)
+    assert max_diff(logits, hf(x).logits) <= 1e-4
+
+
+@torch.no_grad()
+def test_export_to_transformers_gives_the_same_logits_and_loss():
+    ours = tiny_gpt(padded_vocab_size=50304)
+    hf = to_hf(ours)
+    assert hf.config.vocab_size == 50257 and hf.config._attn_implementation == "sdpa"
+    x = ids()
+    y = torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1)  # HF shifts labels itself
+    logits, loss = ours(x, y)
+    out = hf(input_ids=x, labels=x)
+    assert max_diff(logits, out.logits) <= 1e-4
+    assert abs(loss.item() - out.loss.item()) <= 1e-5
+
+
+def test_transformers_model_and_ours_share_no_storage():
+    hf = tiny_hf_model()
+    ours = from_hf(hf)
+    before = hf.transformer.h[0].mlp.c_fc.weight.clone()
+    with torch.no_grad():
+        ours.transformer.h[0].mlp.c_fc.weight.add_(1.0)
+        ours.transformer.wte.weight.add_(1.0)
+    assert torch.equal(hf.transformer.h[0].mlp.c_fc.weight, before)
+    assert ours.transformer.h[0].mlp.c_fc.weight.is_contiguous()
+
+
+def test_save_and_load_our_checkpoint_strips_and_restores_padding(tmp_path):
+    model = tiny_gpt(padded_vocab_size=50304)
+    save_model(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["format"] == "minigpt2" and config["format_version"] == 1
+    assert config["padded_vocab_size"] == 50304 and config["vocab_size"] == 50257 and config["n_layer"] == 2
+    with safe_open(tmp_path / "ckpt" / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+        assert f.get_slice("transformer.wte.weight").get_shape() == [50257, 64]
+    loaded = load_model(tmp_path / "ckpt")
+    assert not loaded.training
+    assert loaded.config == model.config
+    assert loaded.transformer.wte.weight.shape == (50304, 64)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    assert len(list(loaded.parameters())) == len(list(model.parameters()))
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    for name, tensor in model.state_dict().items():
+        if "wte" not in name and name != "lm_head.weight":
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+    unpadded = load_model(tmp_path / "ckpt", padded_vocab_size=50257)
+    assert unpadded.transformer.wte.weight.shape == (50257, 64)
+
+
+def test_export_hf_folder_loads_in_transformers_with_the_same_logits(tmp_path, capsys):
+    model = tiny_gpt(padded_vocab_size=50304)
+    save_model(model, tmp_path / "ckpt")
+    assert gpt_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert "from_pretrained" in capsys.readouterr().out
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["activation_function"] == "gelu_new"
+    assert config["n_positions"] == config["n_ctx"] == 128 and config["vocab_size"] == 50257
+    assert config["layer_norm_epsilon"] == 1e-5 and config["bos_token_id"] == config["eos_token_id"] == 50256
+    assert config["tie_word_embeddings"] is True
+    assert load_file(tmp_path / "hf" / "model.safetensors")["transformer.wte.weight"].shape == (50257, 64)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    x = ids()
+    with torch.no_grad():
+        assert max_diff(hf(x).logits, model(x)) <= 1e-4
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.encode("Hello world!") == [15496, 995, 0]
+
+
+def test_load_a_transformers_safetensors_folder(tmp_path):
+    hf = tiny_hf_model(seed=3)
+    hf.save_pretrained(tmp_path / "hf")
+    ours = load_model(tmp_path / "hf")
+    x = ids()
+    with torch.no_grad():
+        assert max_diff(ours(x), hf(x).logits) <= 1e-4
+    assert load_model(tmp_path / "hf", padded_vocab_size=50304).transformer.wte.weight.shape == (50304, 64)
+
+
+@pytest.mark.parametrize("layout", ["transformer-prefixed with lm_head", "unprefixed with mask buffers"])
+def test_load_a_pytorch_model_bin_folder(tmp_path, layout):
+    """As transformers wrote with safe_serialization=False, and as the original openai-community/gpt2 files are."""
+    hf = tiny_hf_model(seed=4)
+    state = hf.state_dict()
+    if layout.startswith("unprefixed"):
+        state = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
+        for i in range(TINY_HF["n_layer"]):
+            state[f"h.{i}.attn.bias"] = torch.ones(1, 1, 128, 128).tril()
+            state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    torch.save(state, folder / "pytorch_model.bin")
+    hf.config.to_json_file(folder / "config.json")
+    ours = load_model(folder)
+    x = ids()
+    with torch.no_grad():
+        assert max_diff(ours(x), hf(x).logits) <= 1e-4
+
+
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}: no such checkpoint folder"):
+        load_model(tmp_path / "nope")
+
+
+def test_an_incomplete_checkpoint_names_the_missing_file(tmp_path):
+    save_model(tiny_gpt(), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt/model\.safetensors: missing"):
+        load_model(tmp_path / "ckpt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/config\.json: missing"):
+        load_model(tmp_path / "empty")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_config(tiny_gpt().config)))
+    with pytest.raises(FileNotFoundError, match="holds neither model.safetensors nor pytorch_model.bin"):
+        load_model(tmp_path / "hf")
+
+
+def test_missing_unexpected_and_misshapen_tensors_are_named(tmp_path):
+    save_model(tiny_gpt(), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    good = load_file(weights)
+    state = dict(good)
+    del state["transformer.h.1.mlp.c_fc.bias"]
+    state["transformer.h.9.attn.c_attn.weight"] = torch.zeros(3)
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"model\.safetensors: missing tensors: transformer\.h\.1\.mlp\.c_fc\.bias; "
+                                         r"unexpected tensors: transformer\.h\.9\.attn\.c_attn\.weight"):
+        load_model(tmp_path / "ckpt")
+    state = dict(good)
+    state["transformer.h.0.attn.c_proj.weight"] = torch.zeros(64, 32)
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"tensor transformer\.h\.0\.attn\.c_proj\.weight has shape \(64, 32\), "
+                                         r"expected \(64, 64\)"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
+    save_model(tiny_gpt(), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read"):
+        load_model(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match=r"config\.json: neither a minigpt2 checkpoint .* model_type 'llama'"):
+        load_model(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**hf_config(tiny_gpt().config),
+                                                               "activation_function": "relu"}))
+    with pytest.raises(ValueError, match=r"config\.json: activation_function='relu' is not supported"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_export_hf_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
+    with pytest.raises(SystemExit, match=f"export-hf: {tmp_path / 'nope'}: no such checkpoint folder"):
+        gpt_main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_init_scales_residual_projections():
+    torch.manual_seed(0)
+    n_layer = 8
+    model = GPT(preset("nano", n_layer=n_layer, n_head=4, n_embd=256))
+    block = model.transformer.h[3]
+    residual_std = 0.02 * (2 * n_layer) ** -0.5
+    for linear, std in [(block.attn.c_proj, residual_std), (block.mlp.c_proj, residual_std),
+                        (block.attn.c_attn, 0.02), (block.mlp.c_fc, 0.02)]:
+        assert linear.weight.std().item() == pytest.approx(std, rel=0.03)
+        assert torch.count_nonzero(linear.bias) == 0
+    assert model.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.03)
+    assert model.transformer.wpe.weight.std().item() == pytest.approx(0.02, rel=0.03)
+
+
+def test_gpt2_preset_has_124m_parameters():
+    with torch.device("meta"):
+        model = GPT(preset("gpt2"))
+    assert model.num_params() == 124_439_808  # tied head counted once
+
+
+def test_bench_train_runs_and_both_models_agree():
+    cfg = bench_train.BenchConfig(model="nano", batch=2, seq_len=32, warmup=1, rounds=1)
+    result = bench_train.run(cfg)
+    assert result["first_loss"]["ours"] == pytest.approx(result["first_loss"]["transformers"], abs=1e-5)
+    assert set(result["tokens_per_s"]) == {"ours", "transformers"} and result["ratio"] > 0

@@ -1,0 +1,320 @@
+"""The pretraining pipeline on small local data: tokens, manifest, WORKERS invariance, kill and resume,
+rerun no-op, config changes, locking, task splitting, bad input, the FineWeb path, inspect."""
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from gpt.tokenizer import EOT, get_encoding
+from pipelines import hub, pretrain, sources, stage, tokenize
+from shards import inspect
+from shards.format import open_tokens, read_header
+from shards.io import directory_lock, sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ["the", "cat", "sat", "on", "a", "mat.", "Naïve", "café", "日本語", "🎉", "it's", "1234", "<|endoftext|>",
+         "\n", "\n\n", "  ", "don't", "(x)", "—", "tab\tbed"]
+FLAGS = ["--shard-tokens", "3000", "--val-tokens", "1000", "--workers", "1"]
+
+
+def make_docs(rng: random.Random, n: int) -> list[str | None]:
+    docs = []
+    for i in range(n):
+        if i % 37 == 5:
+            docs.append("" if i % 2 else None)  # empty documents: skipped and counted
+        else:
+            docs.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 60))))
+    return docs
+
+
+def write_parquet(path: Path, docs, row_group_size: int, column: str = "text") -> None:
+    pq.write_table(pa.table({column: pa.array(docs, pa.string())}), path, row_group_size=row_group_size)
+
+
+def jsonl_bytes(docs) -> bytes:
+    return b"".join(json.dumps({"text": d, "id": i}).encode() + b"\n" for i, d in enumerate(docs))
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory) -> tuple[Path, list]:
+    """A folder with two parquet files (several row groups), a jsonl.zst and a jsonl, and its documents in order."""
+    root = tmp_path_factory.mktemp("src")
+    rng = random.Random(0)
+    a, b, c, d = make_docs(rng, 120), make_docs(rng, 90), make_docs(rng, 60), make_docs(rng, 40)
+    b[7] = " ".join(rng.choice(WORDS) for _ in range(3000))  # a long document
+    write_parquet(root / "a.parquet", a, 25)
+    write_parquet(root / "b.parquet", b, 40)
+    (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(c)))
+    (root / "d.jsonl").write_bytes(jsonl_bytes(d))
+    return root, a + b + c + d
+
+
+def run(data_dir: Path, source: Path, *extra: str) -> int:
+    return pretrain.main(["--source", str(source), "--data-dir", str(data_dir), *FLAGS, *extra])
+
+
+def out_dir(data_dir: Path, source: Path, *extra: str) -> Path:
+    cfg = pretrain.parse_args(["--source", str(source), "--data-dir", str(data_dir), *FLAGS, *extra])
+    s = sources.local_source(source)
+    return stage.output_dir(data_dir, f"{s.name}-pretrain", pretrain.stage_config(cfg, s))
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    """Every file of a finished folder (not the lock), by name."""
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def reference(src, tmp_path_factory) -> tuple[Path, dict]:
+    data = tmp_path_factory.mktemp("ref")
+    assert run(data, src[0]) == 0
+    out = out_dir(data, src[0])
+    return out, contents(out)
+
+
+def test_tokens_equal_tiktoken_and_manifest_is_complete(src, reference):
+    root, docs = src
+    out, files = reference
+    enc = get_encoding()
+    expected = [t for d in docs if d for t in [EOT, *enc.encode_ordinary(d)]]
+    m = json.loads(files["manifest.json"])
+    shards = m["shards"]
+    stream = np.concatenate([open_tokens(out / s["file"]) for s in shards])
+    assert stream.tolist() == expected
+    # documents: EOT before each, starts recorded per shard, empty ones counted
+    starts = np.concatenate([np.fromfile(out / s["docs_file"], "<u8").astype(np.int64) + off
+                             for s, off in zip(shards, np.cumsum([0] + [s["num_tokens"] for s in shards]))])
+    assert starts.tolist() == np.flatnonzero(stream == EOT).tolist()
+    assert m["totals"]["documents"] == sum(1 for d in docs if d) == len(starts)
+    assert m["totals"]["empty_documents"] == sum(1 for d in docs if not d) > 0
+    assert m["totals"]["tokens"] == len(expected)
+    # split: val first, ending at a document boundary at or after 1000 tokens; train shards of 3000
+    assert [s["split"] for s in shards] == ["val"] + ["train"] * (len(shards) - 1) and len(shards) >= 4
+    assert shards[0]["num_tokens"] >= 1000 and shards[0]["num_tokens"] in starts
+    assert all(s["num_tokens"] == 3000 for s in shards[1:-1]) and 0 < shards[-1]["num_tokens"] <= 3000
+    assert [s["file"] for s in shards[:2]] == ["custom_val_000000.bin", "custom_train_000001.bin"]
+    for s in shards:
+        header = read_header(out / s["file"])
+        assert header[2] == s["num_tokens"] and header[3] == s["num_docs"]
+        assert s["bytes"] == (out / s["file"]).stat().st_size and s["sha256"] == sha256_file(out / s["file"])
+        assert s["docs_sha256"] == sha256_file(out / s["docs_file"])
+    # provenance
+    assert m["kind"] == "pretrain" and m["fingerprint"] == out.name == stage.fingerprint(m["config"])
+    assert [f["file"] for f in m["source"]["files"]] == ["a.parquet", "b.parquet", "c.jsonl.zst", "d.jsonl"]
+    assert all(f["sha256"] == sha256_file(root / f["file"]) for f in m["source"]["files"])
+    assert m["tokenizer"]["name"] == "gpt2" and m["tokenizer"]["eot"] == EOT
+    assert not (out / "parts").exists()
+
+
+def test_output_does_not_depend_on_workers(src, reference, tmp_path):
+    assert run(tmp_path, src[0], "--workers", "2") == 0
+    assert contents(out_dir(tmp_path, src[0])) == reference[1]
+
+
+def test_small_buffers_and_pieces_give_the_same_bytes(src, reference, tmp_path, monkeypatch):
+    monkeypatch.setattr(tokenize, "BUFFER_TOKENS", 64)
+    monkeypatch.setattr(tokenize, "PIECE_CHARS", 100)
+    monkeypatch.setattr(tokenize, "COPY_TOKENS", 50)
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out_dir(tmp_path, src[0])) == reference[1]
+
+
+def test_rerun_is_a_noop(src, reference, tmp_path, capsys):
+    assert run(tmp_path, src[0]) == 0
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert run(tmp_path, src[0]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_changed_config_gets_a_new_folder(src, reference, tmp_path):
+    assert run(tmp_path, src[0]) == 0
+    assert run(tmp_path, src[0], "--shard-tokens", "5000") == 0
+    old, new = out_dir(tmp_path, src[0]), out_dir(tmp_path, src[0], "--shard-tokens", "5000")
+    assert old != new and contents(old) == reference[1]
+    assert json.loads((new / "manifest.json").read_text())["config"]["shard_tokens"] == 5000
+
+
+def test_concurrent_run_is_refused(src, tmp_path, capsys):
+    out = out_dir(tmp_path, src[0])
+    with directory_lock(out):
+        assert run(tmp_path, src[0]) == 1
+    assert "in use by another run" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+
+
+KILLER = """
+import os, signal, sys
+from pipelines import pretrain, tokenize
+name, after = sys.argv[1], int(sys.argv[2])
+original, calls = getattr(tokenize, name), [0]
+def killing(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == after:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(*args, **kwargs)
+setattr(tokenize, name, killing)
+sys.exit(pretrain.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("where, after", [("write_json", 3), ("write_shard", 3)])
+def test_killed_run_resumes_to_identical_bytes(src, reference, tmp_path, where, after):
+    # SIGKILL inside a unit (its tokens written, its completion marker not), or in the middle of assembling
+    args = ["--source", str(src[0]), "--data-dir", str(tmp_path), *FLAGS]
+    proc = subprocess.run([sys.executable, "-c", KILLER, where, str(after), *args], cwd=REPO,
+                          capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    out = out_dir(tmp_path, src[0])
+    assert not (out / "manifest.json").exists() and (out / "parts").exists()
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out) == reference[1]
+    assert not list(out.rglob(".*.tmp-*"))
+
+
+def test_full_disk_leaves_nothing_half_written_then_resumes(src, reference, tmp_path, monkeypatch, capsys):
+    real_fsync, calls = os.fsync, [0]
+
+    def fsync(fd):
+        calls[0] += 1
+        if calls[0] == 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert run(tmp_path, src[0]) == 1
+    assert "disk full while writing" in capsys.readouterr().err
+    out = out_dir(tmp_path, src[0])
+    assert not (out / "manifest.json").exists() and not list(tmp_path.rglob(".*.tmp-*"))
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out) == reference[1]
+
+
+def test_tasks_then_assemble_equal_one_run(src, reference, tmp_path, capsys):
+    assert run(tmp_path, src[0], "--num-tasks", "3", "--task-index", "0") == 0
+    assert run(tmp_path, src[0], "--num-tasks", "3", "--task-index", "2") == 0
+    assert run(tmp_path, src[0], "--assemble") == 1
+    assert "parts are not finished" in capsys.readouterr().err
+    assert run(tmp_path, src[0], "--num-tasks", "3", "--task-index", "1", "--workers", "2") == 0
+    assert run(tmp_path, src[0], "--assemble") == 0
+    assert contents(out_dir(tmp_path, src[0])) == reference[1]
+
+
+def _bad_input(tmp_path: Path, name: str) -> Path:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    docs = make_docs(random.Random(1), 30)
+    if name == "column":
+        write_parquet(folder / "x.parquet", docs, 10, column="content")
+    elif name == "corrupt":
+        (folder / "x.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 4 + b"PAR1")
+    elif name == "truncated":
+        write_parquet(tmp_path / "good.parquet", docs, 10)
+        raw = (tmp_path / "good.parquet").read_bytes()
+        (folder / "x.parquet").write_bytes(raw[: len(raw) // 2])
+    elif name == "utf8":
+        lines = jsonl_bytes(docs).splitlines(keepends=True)
+        lines[2] = b'{"text": "caf\xe9 au lait"}\n'
+        (folder / "x.jsonl").write_bytes(b"".join(lines))
+    elif name == "json":
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "unterminated\n')
+    elif name == "type":
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": 42}\n')
+    return folder
+
+
+@pytest.mark.parametrize("name, message", [
+    ("column", r"x\.parquet: no column 'text' \(columns: content\)"),
+    ("corrupt", r"x\.parquet: not a readable parquet file"),
+    ("truncated", r"x\.parquet: not a readable parquet file"),
+    ("utf8", r"x\.jsonl, line 3: invalid UTF-8"),
+    ("json", r"x\.jsonl, line 4: not valid JSON"),
+    ("type", r"x\.jsonl, line 4: 'text' is a int, expected a string"),
+])
+def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, message):
+    folder = _bad_input(tmp_path, name)
+    assert pretrain.main(["--source", str(folder), "--data-dir", str(tmp_path / "data"), *FLAGS]) == 1
+    err = capsys.readouterr().err
+    assert __import__("re").search(message, err), err
+    assert str(folder) in err
+    assert not list((tmp_path / "data").rglob("manifest.json")) and not list(tmp_path.rglob(".*.tmp-*"))
+
+
+def test_sample_source_checks_its_checksum(tmp_path):
+    fake = tmp_path / "dataset.json"
+    fake.write_text(json.dumps({"c": {"messages": [[{"text": "hi"}]]}}))
+    with pytest.raises(sources.SourceError, match=f"{fake}: sha256 .* != expected {sources.SAMPLE_SHA256}"):
+        sources.build_sample(tmp_path / "data", json_path=fake)
+    assert not list((tmp_path / "data").rglob("*.parquet")) and not list((tmp_path / "data").rglob("manifest.json"))
+
+
+def test_sample_source_one_conversation_per_document(tmp_path):
+    s = sources.build_sample(tmp_path)
+    table = pq.read_table(s.files[0])
+    assert table.num_rows == 7168 and pq.ParquetFile(s.files[0]).num_row_groups == 14
+    assert table.column("text")[0].as_py().startswith("Hello\nHow are you doing today?\nwhats up MD\n")
+    assert s.description["files"][0]["sha256"] == sha256_file(s.files[0])
+    again = sources.build_sample(tmp_path)
+    assert again.identity == s.identity
+
+
+def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake_download(repo_id, filenames, revision, dest_dir, repo_type="dataset"):
+        calls.append((repo_id, revision))
+        records = []
+        for k, name in enumerate(filenames):
+            path = Path(dest_dir) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet(path, make_docs(random.Random(k), 12), 6)
+            records.append({"file": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        return records
+
+    monkeypatch.setattr(hub, "download", fake_download)
+    args = ["--dataset", "fineweb10B", "--data-dir", str(tmp_path), "--shard-tokens", "2000", "--val-tokens", "500",
+            "--workers", "1"]
+    assert pretrain.main(args) == 0
+    out = stage.latest(tmp_path, "fineweb10B-pretrain")
+    m = json.loads((out / "manifest.json").read_text())
+    pinned = hub.SOURCES["fineweb10B"]
+    assert m["source"]["dataset"] == "HuggingFaceFW/fineweb" and m["source"]["revision"] == pinned.revision
+    assert [f["file"] for f in m["source"]["files"]] == list(pinned.files) and len(pinned.files) == 15
+    assert m["shards"][0]["file"] == "fineweb10B_val_000000.bin"
+    assert m["totals"]["units"] == 30
+    assert pretrain.main(args) == 0 and len(calls) == 1  # the finished download stage is not run again
+    assert inspect.main([str(tmp_path), "--verify"]) == 0
+
+
+def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    assert inspect.main([str(tmp_path), "--verify", "--decode", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "custom_val_000000.bin" in printed and "verified" in printed and printed.count("--- custom_val") == 2
+    shard = out / "custom_train_000002.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[1024] ^= 1  # first token byte
+    shard.write_bytes(bytes(raw))
+    assert inspect.main([str(out), "--verify"]) == 1
+    assert f"{shard}: sha256" in capsys.readouterr().err
+    shard.write_bytes(bytes(raw[:-10]))
+    assert inspect.main([str(out), "--verify"]) == 1
+    assert f"{shard}: " in capsys.readouterr().err
+    (out / "custom_val_000000.docs").unlink()
+    assert inspect.main([str(out), "--verify"]) == 1
+    assert "custom_val_000000.docs: missing" in capsys.readouterr().err

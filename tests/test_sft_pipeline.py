@@ -1,0 +1,293 @@
+"""The SFT data stage: masks, templates, split, idempotence, resume, bad input, sources (offline)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fake_hub import FakeHub
+from gpt.tokenizer import EOT, get_encoding
+from pipelines import alpaca, hub, sft, sft_sources
+from pipelines.stage import output_dir
+from shards.format import read_header
+from shards.inspect import main as inspect_main
+from shards.io import directory_lock, sha256_file, sha256_json
+from shards.manifest import load_manifest
+from shards.sft import open_sft_shard
+
+REPO = Path(__file__).resolve().parents[1]
+SHARD_KEYS = {"file", "split", "num_tokens", "num_examples", "bytes", "sha256", "mask_file", "mask_bytes",
+              "mask_sha256", "idx_file", "idx_bytes", "idx_sha256", "supervised_tokens"}
+
+TRICKY = [
+    {"instruction": "Shout.", "input": "", "output": "!Hi! Bye!!! !"},             # "!" is token 0
+    {"instruction": "Indent.", "input": "", "output": " starts with a space"},
+    {"instruction": "Break.", "input": "", "output": "\nstarts with a newline\n"},
+    {"instruction": "Translate to English.", "input": "bonjour", "output": "hello"},
+    {"instruction": "Écris en japonais.", "input": "日本語 🙂", "output": "Ça va? はい、元気です。🙂"},
+    {"instruction": "Say nothing.", "input": "", "output": ""},                   # skipped: empty
+    {"instruction": "Say spaces.", "input": "", "output": "  \n"},               # skipped: only whitespace
+    {"instruction": "Ramble.", "input": "", "output": "word " * 300},             # over a 128-token block
+]
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def run(tmp_path: Path, source: Path, data: str = "data", **kw) -> Path:
+    cfg = sft.SFTConfig(source=str(source), data_dir=str(tmp_path / data), workers=kw.pop("workers", 1), **kw)
+    return sft.run(cfg)
+
+
+def files_of(directory: Path) -> dict:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def many_examples(n: int, words: int = 5) -> list[dict]:
+    return [{"instruction": f"Question {i}?", "input": "ctx" if i % 3 == 0 else "",
+             "output": f"Answer {i} " + "lorem ipsum " * words} for i in range(n)]
+
+
+def test_templates_are_stanford_alpaca():
+    assert alpaca.render_prompt("Do X.") == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\nDo X.\n\n### Response:\n")
+    assert alpaca.render_prompt("Do X.", "on Y") == (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\nDo X.\n\n"
+        "### Input:\non Y\n\n### Response:\n")
+    assert alpaca.TEMPLATE_SHA256 == sha256_json({"prompt_input": alpaca.PROMPT_INPUT,
+                                                  "prompt_no_input": alpaca.PROMPT_NO_INPUT})
+
+
+def test_masks_on_tricky_examples(tmp_path):
+    enc = get_encoding()
+    out = run(tmp_path, write_jsonl(tmp_path / "tricky.jsonl", TRICKY), block_size=128, val_fraction=0.0)
+    manifest = load_manifest(out)
+    kept = TRICKY[:5]
+    shard = open_sft_shard(out / "train.bin")
+    assert len(shard) == len(kept) == read_header(out / "train.bin")[3]
+    assert len(open_sft_shard(out / "val.bin")) == 0
+    for i, ex in enumerate(kept):
+        tokens, mask = (np.asarray(a, dtype=np.int64) for a in shard.example(i))
+        n_prompt = int((mask == 0).sum())
+        assert mask.tolist() == [0] * n_prompt + [1] * (len(mask) - n_prompt), "mask is 0s then 1s"
+        assert enc.decode(tokens[:n_prompt].tolist()) == alpaca.render_prompt(ex["instruction"], ex["input"])
+        assert tokens[n_prompt:].tolist() == enc.encode_ordinary(ex["output"]) + [EOT]
+        assert enc.decode(tokens[n_prompt:-1].tolist()) == ex["output"]
+    first_tokens, first_mask = shard.example(0)
+    assert 0 in first_tokens[first_mask == 1].tolist(), "token 0 ('!') is a supervised target"
+    totals = manifest["totals"]
+    supervised = sum(len(enc.encode_ordinary(ex["output"])) + 1 for ex in kept)
+    assert totals["supervised_tokens"] == supervised == int(shard.mask.sum())
+    assert totals["prompt_tokens"] == len(shard.tokens) - supervised
+    assert (totals["rows"], totals["examples"], totals["empty_output"], totals["dropped_too_long"],
+            totals["truncated"]) == (8, 5, 2, 1, 0)
+    assert manifest["kind"] == "sft" and manifest["template"]["sha256"] == alpaca.TEMPLATE_SHA256
+    src = tmp_path / "tricky.jsonl"
+    assert manifest["source"]["files"] == [{"file": "tricky.jsonl", "bytes": src.stat().st_size,
+                                            "sha256": sha256_file(src)}]
+    for entry in manifest["shards"]:
+        assert set(entry) == SHARD_KEYS
+        for key in ("", "mask_", "idx_"):
+            path = out / entry[f"{key}file" if key else "file"]
+            assert path.stat().st_size == entry[f"{key}bytes"] and sha256_file(path) == entry[f"{key}sha256"]
+
+
+def test_truncate_keeps_eot_and_prompt(tmp_path):
+    enc = get_encoding()
+    long_prompt = {"instruction": "why " * 200, "input": "", "output": "ok"}  # prompt alone over the block
+    src = write_jsonl(tmp_path / "long.jsonl", [TRICKY[7], long_prompt])
+    out = run(tmp_path, src, block_size=128, truncate=True, val_fraction=0.0)
+    totals = load_manifest(out)["totals"]
+    assert (totals["examples"], totals["truncated"], totals["dropped_too_long"]) == (1, 1, 1)
+    tokens, mask = open_sft_shard(out / "train.bin").example(0)
+    assert len(tokens) == 128 and tokens[-1] == EOT and mask[-1] == 1
+    n_prompt = int((mask == 0).sum())
+    assert enc.decode(tokens[:n_prompt].tolist()) == alpaca.render_prompt("Ramble.")
+    assert tokens[n_prompt:-1].tolist() == enc.encode_ordinary(TRICKY[7]["output"])[: 127 - n_prompt]
+
+
+def test_split_is_by_prompt_hash_and_worker_invariant(tmp_path):
+    records = many_examples(150)
+    records += [dict(r, output="another answer") for r in records[:30]]  # repeated prompts
+    src = write_jsonl(tmp_path / "many.jsonl", records)
+    one = run(tmp_path, src, "one", val_fraction=0.2, chunk_examples=16, workers=1)
+    two = run(tmp_path, src, "two", val_fraction=0.2, chunk_examples=16, workers=2)
+    assert files_of(one) == files_of(two)
+    enc = get_encoding()
+    expected = {"val": [], "train": []}
+    for r in records:
+        split = "val" if sft.is_val(r["instruction"], r["input"], 0.2) else "train"
+        expected[split].append(alpaca.render_prompt(r["instruction"], r["input"]))
+    assert 15 < len(expected["val"]) < 60
+    for split, prompts in expected.items():
+        shard = open_sft_shard(one / f"{split}.bin")
+        got = [enc.decode(t[m == 0].tolist()) for t, m in map(shard.example, range(len(shard)))]
+        assert got == prompts, "each split keeps the source order"
+    assert not set(expected["val"]) & set(expected["train"]), "no validation prompt is trained on"
+
+
+def test_rerun_is_a_noop_and_changed_config_gets_its_own_folder(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "s.jsonl", many_examples(20))
+    out = run(tmp_path, src)
+    stat = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "data").rglob("*")}
+    assert run(tmp_path, src) == out
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "data").rglob("*")} == stat
+    other = run(tmp_path, src, block_size=512)
+    assert other != out and other.parent == out.parent
+    assert load_manifest(other)["config"]["block_size"] == 512
+
+
+def test_a_second_run_on_a_busy_folder_stops_with_a_message(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "s.jsonl", many_examples(20))
+    cfg = sft.SFTConfig(source=str(src), data_dir=str(tmp_path / "data"), workers=1)
+    config = sft.stage_config(cfg, sft_sources.path_source(src).describe())
+    out = output_dir(cfg.data_dir, "sft-custom", config)
+    with directory_lock(out):
+        assert sft.main(["--source", str(src), "--data-dir", cfg.data_dir, "--workers", "1"]) == 1
+    assert f"{out} is in use by another run" in capsys.readouterr().err
+    assert not (out / "manifest.json").exists()
+    assert sft.run(cfg) == out
+
+
+def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "s.jsonl", many_examples(100))
+    reference = files_of(run(tmp_path, src, "ref", chunk_examples=10))
+    real, calls = sft._tokenize_chunk, []
+
+    def crash_on_fourth(job):
+        calls.append(job[1])
+        if len(calls) == 4:
+            (job[0] / f"{job[1]:05d}.train.bin").write_bytes(b"half")  # a torn part, no .json marker
+            raise KeyboardInterrupt
+        real(job)
+
+    monkeypatch.setattr(sft, "_tokenize_chunk", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, src, "crash", chunk_examples=10)
+    out = next((tmp_path / "crash" / "sft-custom").iterdir())
+    assert not (out / "manifest.json").exists() and not (out / "train.bin").exists()
+    monkeypatch.setattr(sft, "_tokenize_chunk", lambda job: (calls.append(job[1]), real(job)))
+    calls.clear()
+    assert run(tmp_path, src, "crash", chunk_examples=10) == out
+    assert calls == list(range(3, 10)), "finished chunks are not redone"
+    assert files_of(out) == reference
+
+
+def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", many_examples(100))
+    args = ["--source", str(src), "--workers", "1", "--chunk-examples", "5"]  # 20 chunks, each fsynced
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "sft", "--data-dir", str(tmp_path / "killed"), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "killed" / "sft-custom"
+    deadline = time.monotonic() + 60
+    while not list(parts.glob("*/parts/*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the stage finished before it could be killed"
+    out = next(parts.iterdir())
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.bin")), "nothing under a final name"
+    assert sft.main(["--data-dir", str(tmp_path / "killed"), *args]) == 0
+    assert sft.main(["--data-dir", str(tmp_path / "clean"), *args]) == 0
+    assert files_of(out) == files_of(next((tmp_path / "clean" / "sft-custom").iterdir()))
+
+
+def test_sample_source(tmp_path):
+    out = sft.run(sft.SFTConfig(data_dir=str(tmp_path), workers=2))
+    assert out.parent == tmp_path / "sft-sample"
+    m = load_manifest(out)
+    assert m["source"]["dataset"] == "chatterbot-corpus==1.3.3" and len(m["source"]["files"]) == 21
+    assert (m["totals"]["rows"], m["totals"]["examples"], m["totals"]["val_examples"]) == (2306, 2306, 18)
+    assert inspect_main([str(out), "--verify"]) == 0
+    ex = next(sft_sources.sample_source().examples())
+    assert ex == ("What is AI?", "",
+                  "Artificial Intelligence is the branch of engineering and science devoted to constructing "
+                  "machines that think.")
+
+
+def test_sample_checksum_mismatch_is_refused(monkeypatch):
+    monkeypatch.setattr(sft_sources, "SAMPLE_SHA256", "0" * 64)
+    with pytest.raises(sft_sources.SourceError, match="chatterbot-corpus==1.3.3"):
+        sft_sources.sample_source()
+
+
+def _parquet(path: Path, table: dict) -> Path:
+    pq.write_table(pa.table(table), path)
+    return path
+
+
+def _put(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _truncated_parquet(path: Path) -> Path:
+    whole = _parquet(path.with_suffix(".whole"), {"instruction": ["a"] * 99, "input": [""] * 99, "output": ["b"] * 99})
+    return _put(path, whole.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: write_jsonl(d / "a.jsonl", [TRICKY[0], {"instruction": "x", "input": ""}]),
+     r"a\.jsonl: line 2: missing field 'output'"),
+    (lambda d: _put(d / "b.json", json.dumps([TRICKY[0], dict(TRICKY[0], output=3)]).encode()),
+     r"b\.json: row 1: field 'output' is int, not a string"),
+    (lambda d: _put(d / "c.jsonl", b'{"instruction": "\xff"}\n'), r"c\.jsonl: line 1: invalid UTF-8"),
+    (lambda d: _put(d / "c.json", b'[{"instruction": "a",'), r"c\.json: invalid JSON"),
+    (lambda d: _parquet(d / "d.parquet", {"instruction": ["a"], "input": [""]}),
+     r"d\.parquet: missing column\(s\) output"),
+    (lambda d: _parquet(d / "e.parquet", {"instruction": ["a", "b"], "input": ["", ""], "output": ["x", None]}),
+     r"e\.parquet: row 1: field 'output' is NoneType"),
+    (lambda d: _truncated_parquet(d / "f.parquet"), r"f\.parquet: unreadable parquet file"),
+    (lambda d: write_jsonl(d / "h.txt", [TRICKY[0]]), r"h\.txt: unsupported file type"),
+    (lambda d: write_jsonl(d / "i.jsonl", [TRICKY[5], TRICKY[6]]), r"i\.jsonl: every example was skipped"),
+])
+def test_bad_input_names_file_and_row(tmp_path, capsys, make, message):
+    src = make(tmp_path)
+    assert sft.main(["--source", str(src), "--data-dir", str(tmp_path / "data"), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert str(src) in err
+    assert re.search(message, err), err
+    data = tmp_path / "data"
+    assert not list(data.rglob("manifest.json"))
+    assert not [p for p in data.rglob("*.bin") if "parts" not in p.parts], "nothing under a final name"
+
+
+def test_alpaca_download_through_a_flaky_hub(tmp_path, monkeypatch):
+    records = TRICKY[:5] + many_examples(40)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({f: [r[f] for r in records] for f in ("instruction", "input", "output")}), buf)
+    payload = buf.getvalue()
+    name = hub.ALPACA.files[0]
+    monkeypatch.setitem(hub.SOURCES, "alpaca", dataclasses.replace(hub.ALPACA, revision=FakeHub.COMMIT))
+    monkeypatch.setattr(hub, "RETRY", hub.Retry(tries=6, first_s=0.01, max_s=0.05))
+    cfg = sft.SFTConfig(dataset="alpaca", data_dir=str(tmp_path), workers=1)
+    with FakeHub({"tatsu-lab/alpaca": {name: payload}}, faults={name: [503, "drop", 500, "drop"]}) as server:
+        server.point_huggingface_hub(monkeypatch)
+        out = sft.run(cfg)
+        assert any(r is not None and r != "bytes=0-" for _, _, r in server.requests), "a dropped download resumed"
+    m = load_manifest(out)
+    assert out.parent == tmp_path / "sft-alpaca"
+    assert m["source"]["dataset"] == "tatsu-lab/alpaca" and m["source"]["revision"] == FakeHub.COMMIT
+    assert m["source"]["files"] == [{"file": name, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}]
+    assert m["totals"]["rows"] == 45 and m["totals"]["examples"] == 45
+    stat = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert sft.run(cfg) == out, "a rerun with the hub gone needs no network"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat

@@ -1,0 +1,206 @@
+"""SFT training (`python -m train sft`): batches and masks, the global loss normalization, 1 vs 2 gloo ranks,
+learning on a small dataset, and the refusals. Tiny hand-made SFT shards and the `nano` model: seconds."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt.chat import uses_template
+from gpt.checkpoint import load_model, save_model
+from gpt.model import GPT, preset
+from gpt.tokenizer import EOT
+from pipelines.sft import SFTConfig
+from pipelines.sft import run as sft_pipeline
+from shards.manifest import write_manifest
+from shards.sft import write_sft_shard
+from train.checkpoint import latest_checkpoint, save_checkpoint
+from train.log import read_log
+from train.sft import SFTData, main
+
+ROOT = Path(__file__).resolve().parents[1]
+# Train examples (prompt, answer); the answer is followed by EOT. Token 0 is "!": a real answer token here.
+TRAIN = [([10, 11, 12], [0, 0, 5]), ([20], [0]), ([30, 31], [7, 8, 9, 10, 11, 12, 13, 14, 15]), ([40, 41, 42, 43], [0]),
+         ([50], [51, 52]), ([60, 61], [0, 62]), ([70], [71, 72, 73, 74, 75, 76]), ([80, 81, 82], [83])]
+VAL = [([90, 91], [92, 0]), ([93], [94, 95, 96])]
+FLAGS = ["--seq-len", "32", "--warmup", "1", "--eot-steps", "4", "--sample-tokens", "0", "--show", "0",
+         "--no-progress"]
+
+
+def write_examples(path: Path, examples) -> dict:
+    tokens = [np.array(p + a + [EOT], dtype=np.uint16) for p, a in examples]
+    masks = [np.array([0] * len(p) + [1] * (len(a) + 1), dtype=np.uint8) for p, a in examples]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.uint64)
+    info = write_sft_shard(path, np.concatenate(tokens), np.concatenate(masks), offsets)
+    return {"file": path.name, "num_tokens": info["num_tokens"], "num_examples": len(examples)}
+
+
+def write_shards(directory: Path, train=TRAIN, val=VAL) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = [{**write_examples(directory / "val.bin", val), "split": "val"},
+              {**write_examples(directory / "train.bin", train), "split": "train"}]
+    write_manifest(directory, {"kind": "sft", "shards": shards})
+    return directory
+
+
+def nano(directory: Path) -> Path:
+    torch.manual_seed(0)
+    return save_model(GPT(preset("nano")), directory)
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    return {"shards": write_shards(tmp_path / "shards"), "init": nano(tmp_path / "init"), "tmp": tmp_path}
+
+
+def sft(setup, run_dir, *flags):
+    return main(["--shards-dir", str(setup["shards"]), "--init", str(setup["init"]), "--run-dir", str(run_dir),
+                 *FLAGS, *flags])
+
+
+def expected_row(prompt, answer, width):
+    """By hand: inputs are the tokens but the last, targets the next token where it is supervised."""
+    tokens = prompt + answer + [EOT]
+    x = tokens[:-1] + [0] * (width - len(tokens) + 1)
+    y = [-100] * (len(prompt) - 1) + answer + [EOT] + [-100] * (width - len(tokens) + 1)
+    return x, y
+
+
+def test_rows_mask_the_prompt_and_the_padding_by_length_not_by_token_value(setup):
+    data = SFTData(setup["shards"], seq_len=32, batch_examples=8, seed=3)
+    ids = data.plan.global_rows(0)
+    assert sorted(ids) == list(range(8)) and list(ids) != list(range(8))  # shuffled, every example once
+    batches = data.train_batches(0, 0, 1, micro_batch=4)
+    for (x, y), group in zip(batches, (ids[:4], ids[4:])):
+        width = max(len(TRAIN[i][0]) + len(TRAIN[i][1]) for i in group)  # the longest row of the micro-batch
+        assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (4, width)
+        for row, i in enumerate(group):
+            want_x, want_y = expected_row(*TRAIN[i], width)
+            assert x[row].tolist() == want_x and y[row].tolist() == want_y, i
+    # Example 1 is prompt [20], answer "!" (0): its target 0 is supervised, the 0s of its padding are not.
+    x, y = data._batch(data.train, np.array([1, 2]))
+    assert x[0].tolist() == [20, 0] + [0] * 9 and y[0].tolist() == [0, EOT] + [-100] * 9
+    (vx, vy), = data.val_batches(0, 1, 4)
+    assert vx.tolist() == [[90, 91, 92, 0], [93, 94, 95, 96]] and vy.tolist() == [[-100, 92, 0, EOT], [94, 95, 96, EOT]]
+    assert data.val_prompt(0).tolist() == [90, 91] and data.val_answer(1).tolist() == [94, 95, 96, EOT]
+
+
+def test_long_examples_are_left_out_and_ranks_share_each_batch(setup):
+    data = SFTData(setup["shards"], seq_len=6, batch_examples=2, seed=3)
+    assert data.left_out == 2 and 2 not in data.train_ids  # 12 and 8 tokens > seq_len + 1 (7)
+    assert data.plan.steps_per_epoch == 3
+    seen = []
+    for step in range(3):  # one epoch: every kept example once, the same rows for 1 rank or 2 ranks x 1
+        whole = unpadded(data.train_batches(step, 0, 1, 2))
+        assert unpadded(data.train_batches(step, 0, 2, 1) + data.train_batches(step, 1, 2, 1)) == whole
+        seen += whole
+    kept = [TRAIN[i][0] + TRAIN[i][1] for i in (0, 1, 3, 4, 5, 7)]  # inputs: every token but the last (EOT)
+    assert sorted(seen) == sorted(kept)
+
+
+def unpadded(batches):
+    """The input rows of `batches` without their padding (a row ends at its last supervised target: EOT)."""
+    return [x[r, :int((y[r] != -100).nonzero().max()) + 1].tolist() for x, y in batches for r in range(len(x))]
+
+
+def test_loss_is_the_mean_over_all_supervised_tokens_of_the_global_batch(setup):
+    # Micro-batches of 1 example: 2 steps x 4 micro-batches with 2 to 10 supervised targets each.
+    run_dir = setup["tmp"] / "run"
+    assert sft(setup, run_dir, "--batch-examples", "4", "--micro-batch", "1", "--steps", "2", "--lr", "1e-2",
+               "--eval-every", "2", "--save-every", "2") == 0
+    log = read_log(run_dir)
+    data = SFTData(setup["shards"], seq_len=32, batch_examples=4, seed=1337)
+    model = load_model(setup["init"])  # the weights of step 1's forward pass
+    totals, means = [0.0, 0], []
+    with torch.no_grad():
+        for i in data.plan.global_rows(0):
+            x, y = data._batch(data.train, np.array([i]))
+            losses = F.cross_entropy(model(x)[0], y[0], ignore_index=-100, reduction="none")[y[0] != -100]
+            totals = [totals[0] + losses.sum().item(), totals[1] + len(losses)]
+            means.append(losses.mean().item())
+        assert log[1]["loss"] == pytest.approx(totals[0] / totals[1], abs=1e-5)
+        assert abs(np.mean(means) - totals[0] / totals[1]) > 1e-3  # the mean of means would be told apart
+        val = [(F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item(), (y != -100).sum().item())
+               for x, y in data.val_batches(0, 1, 4)]
+        assert log[0]["val_loss"] == pytest.approx(sum(v[0] for v in val) / sum(v[1] for v in val), abs=1e-5)
+    assert 0 <= log[0]["eot_rate"] <= 1 and "eot_rate" in log[2]
+    state = json.loads((latest_checkpoint(run_dir) / "state.json").read_text())
+    assert state["sft"] is True and state["config"]["batch_examples"] == 4
+    assert uses_template(latest_checkpoint(run_dir), "auto")  # the chat CLI applies the Alpaca template
+
+
+def torchrun(nproc, args):
+    command = [sys.executable, "-m", "train", "sft"]
+    if nproc > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                   "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "train", "sft"]
+    proc = subprocess.run(command + args, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(setup):
+    logs = {}
+    for nproc in (1, 2):
+        run_dir = setup["tmp"] / f"ranks-{nproc}"
+        torchrun(nproc, ["--shards-dir", str(setup["shards"]), "--init", str(setup["init"]), "--run-dir",
+                         str(run_dir), *FLAGS, "--batch-examples", "4", "--micro-batch", "1", "--steps", "4",
+                         "--lr", "1e-2", "--eval-every", "2", "--save-every", "4"])
+        logs[nproc] = read_log(run_dir)
+    assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[2]] == [0, 1, 2, 3, 4]
+    assert logs[1][1]["accumulation"] == 4 and logs[2][1]["accumulation"] == 2
+    for one, two in zip(logs[1], logs[2]):
+        for key in ("loss", "val_loss", "eot_rate"):
+            assert (key in one) == (key in two)
+            if key in one:
+                assert two[key] == pytest.approx(one[key], abs=1e-5), (one["step"], key)
+
+
+def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_rate(tmp_path, capsys):
+    # A repetitive Alpaca-format dataset through the real SFT pipeline: the answer is a colour named by i % 3.
+    colours = ["red", "green", "blue"]
+    rows = [{"instruction": f"Colour {i}?", "input": "", "output": colours[i % 3]} for i in range(240)]
+    (tmp_path / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shards = sft_pipeline(SFTConfig(source=str(tmp_path / "colours.jsonl"), data_dir=str(tmp_path / "data"),
+                                    workers=1, val_fraction=0.1, block_size=64))
+    assert shards.parent.name == "sft-custom"
+    torch.manual_seed(0)
+    pretrained = GPT(preset("nano"))  # stands for a pretraining run's last checkpoint
+    save_checkpoint(tmp_path / "pretrain", 1, pretrained, torch.optim.AdamW(pretrained.parameters()), {}, keep=1)
+    assert main(["--dataset", "custom", "--data-dir", str(tmp_path / "data"), "--pretrain-run",
+                 str(tmp_path / "pretrain"), "--run-dir", str(tmp_path / "sft"), "--seq-len", "64",
+                 "--batch-examples", "16", "--micro-batch", "16", "--steps", "30", "--lr", "1e-2", "--warmup", "2",
+                 "--eval-every", "30", "--save-every", "30", "--eot-steps", "8", "--sample-tokens", "0",
+                 "--show", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"starting from {tmp_path / 'pretrain' / 'ckpt' / 'step-000001'}" in out
+    assert "held-out prompts and greedy answers" in out and out.count("reference:") == 2
+    first, last = [r for r in read_log(tmp_path / "sft") if "val_loss" in r]
+    assert (first["step"], last["step"]) == (0, 30)
+    assert first["val_loss"] > 10 and last["val_loss"] < 2  # ~ln 3 / 2: the colour is a guess, EOT is not
+    assert first["eot_rate"] == 0 and last["eot_rate"] == 1
+
+
+def test_refusals_name_the_fix(setup, tmp_path, capsys):
+    assert main(["--shards-dir", str(setup["shards"]), "--pretrain-run", str(tmp_path / "nothing"),
+                 "--run-dir", str(tmp_path / "run"), *FLAGS]) == 1
+    assert f"no pretraining checkpoint under {tmp_path / 'nothing'}/ckpt" in capsys.readouterr().err
+    assert sft(setup, tmp_path / "run", "--batch-tokens", "4096") == 1
+    assert "--batch-tokens does not apply to SFT" in capsys.readouterr().err
+    assert sft(setup, tmp_path / "run", "--batch-examples", "4", "--micro-batch", "3") == 1
+    assert "the global batch of 4 examples is not a multiple of micro-batch 3" in capsys.readouterr().err
+    manifest = json.loads((setup["shards"] / "manifest.json").read_text())
+    (setup["shards"] / "manifest.json").write_text(json.dumps({**manifest, "kind": "pretrain"}))
+    assert sft(setup, tmp_path / "run") == 1
+    assert "kind 'pretrain', expected 'sft'" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "ckpt").exists()

@@ -1,0 +1,101 @@
+"""The shard file is llm.c's `.bin` byte for byte; bad files are named; inspect verifies SFT shards too."""
+
+import hashlib
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from shards import inspect
+from shards.format import HEADER_BYTES, ShardError, open_tokens, read_header, write_shard
+from shards.manifest import write_manifest
+from shards.sft import write_sft_shard
+
+
+def test_header_and_tokens_are_llmc_layout(tmp_path):
+    path = tmp_path / "x.bin"
+    tokens = np.array([50256, 0, 1, 65535, 31373, 995], dtype=np.uint16)
+    info = write_shard(path, [tokens[:2], tokens[2:]], num_docs=2)
+    raw = path.read_bytes()
+    expected = struct.pack("<256i", 20240520, 1, 6, 2, *([0] * 252)) + struct.pack("<6H", *tokens.tolist())
+    assert raw == expected
+    assert info == {"num_tokens": 6, "bytes": HEADER_BYTES + 12, "sha256": hashlib.sha256(expected).hexdigest()}
+    # read back the way llm.c's and modded-nanogpt's loaders do
+    header = np.frombuffer(raw[:HEADER_BYTES], dtype=np.int32)
+    assert header[0] == 20240520 and header[1] == 1 and header[2] == 6
+    assert np.array_equal(np.frombuffer(raw[HEADER_BYTES:], dtype=np.uint16), tokens)
+    assert np.array_equal(open_tokens(path), tokens)
+    assert read_header(path)[3] == 2
+
+
+def test_empty_shard(tmp_path):
+    write_shard(tmp_path / "e.bin", [], num_docs=0)
+    assert len(open_tokens(tmp_path / "e.bin")) == 0
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda raw: raw[:-2], "bytes but the header says 6 tokens"),
+    (lambda raw: raw[:100], "shorter than the 1024-byte header"),
+    (lambda raw: b"\0\0\0\0" + raw[4:], "bad magic 0"),
+    (lambda raw: raw[:4] + struct.pack("<i", 7) + raw[8:], "unsupported version 7"),
+    (lambda raw: raw + b"\0\0", "bytes but the header says 6 tokens"),
+])
+def test_bad_files_are_named(tmp_path, damage, message):
+    path = tmp_path / "bad.bin"
+    write_shard(path, [np.arange(6, dtype=np.uint16)])
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ShardError, match=message) as e:
+        open_tokens(path)
+    assert str(path) in str(e.value)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ShardError, match="missing"):
+        read_header(tmp_path / "nope.bin")
+
+
+def _sft_folder(tmp_path):
+    tokens = np.array([10, 11, 12, 0, 50256, 20, 21, 0, 50256], dtype=np.uint16)
+    mask = np.array([0, 0, 1, 1, 1, 0, 1, 1, 1], dtype=np.uint8)
+    offsets = np.array([0, 5, 9], dtype=np.uint64)
+    info = write_sft_shard(tmp_path / "sft_val_000000.bin", tokens, mask, offsets)
+    entry = {"file": "sft_val_000000.bin", "split": "val", "num_examples": 2, "mask_file": "sft_val_000000.mask",
+             "idx_file": "sft_val_000000.idx", "supervised_tokens": 6, **info}
+    manifest = {"kind": "sft", "name": "sft-test", "shards": [entry]}
+    write_manifest(tmp_path, manifest)
+    return manifest
+
+
+def test_inspect_verifies_and_decodes_sft(tmp_path, capsys):
+    _sft_folder(tmp_path)
+    assert inspect.main([str(tmp_path), "--verify", "--decode", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "examples" in out and "verified" in out
+    assert out.count("PROMPT: ") == 2 and out.count("ANSWER: ") == 2
+    assert "ANSWER: -!<|endoftext|>" in out  # tokens 12, 0 ("!"), EOT are the supervised part of example 0
+
+
+@pytest.mark.parametrize("which, values, message", [
+    ("mask", np.array([0, 0, 2, 1, 1, 0, 1, 1, 1], np.uint8), "mask values other than 0 and 1"),
+    ("idx", np.array([0, 5, 5, 9], np.uint64), "offsets do not strictly increase"),
+    ("mask", np.array([0, 0, 1, 1, 1, 0, 1, 1], np.uint8), "8 mask bytes for 9 tokens"),
+])
+def test_inspect_names_a_bad_sft_sidecar(tmp_path, capsys, which, values, message):
+    manifest = _sft_folder(tmp_path)
+    path = tmp_path / f"sft_val_000000.{which}"
+    path.write_bytes(values.tobytes())
+    entry = manifest["shards"][0]  # a manifest that agrees with the bad file: only the content checks catch it
+    entry[f"{which}_bytes"], entry[f"{which}_sha256"] = values.nbytes, hashlib.sha256(values.tobytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert inspect.main([str(tmp_path), "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and path.name in err
+
+
+def test_inspect_names_a_changed_sft_mask(tmp_path, capsys):
+    _sft_folder(tmp_path)
+    path = tmp_path / "sft_val_000000.mask"
+    path.write_bytes(np.array([0, 0, 0, 1, 1, 0, 1, 1, 1], np.uint8).tobytes())
+    assert inspect.main([str(tmp_path), "--verify"]) == 1
+    assert f"{path}: sha256" in capsys.readouterr().err

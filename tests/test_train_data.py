@@ -1,0 +1,122 @@
+"""The training data stream: windows, deterministic order, per-rank slices, accumulation errors, bad manifests."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shards.format import ShardError, open_tokens
+from shards.manifest import ManifestError
+from train.data import BatchPlan, PretrainData, accumulation_steps, find_shards_dir, micro_batches, rank_slice
+from train_shards import write_test_shards
+
+SEQ = 16
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    return write_test_shards(tmp_path / "sample-pretrain" / "abc123")
+
+
+def data(shards, batch_tokens=8 * SEQ, seed=1):
+    return PretrainData(shards, SEQ, batch_tokens, seed, eval_tokens=4 * SEQ)
+
+
+def global_batch(d, step, world, micro):
+    """Every (input row) of global batch `step` as the ranks see it, in rank then micro-batch order."""
+    rows = []
+    for rank in range(world):
+        for x, y in d.train_batches(step, rank, world, micro):
+            assert x.shape[0] <= micro
+            rows += [tuple(r) for r in x.tolist()]
+    return rows
+
+
+def test_windows_are_shard_slices_with_targets_shifted(shards):
+    d = data(shards)
+    tokens = open_tokens(shards / "train_000001.bin")
+    assert d.train.num_rows == (3000 - 1) // SEQ + (2000 - 1) // SEQ
+    assert np.array_equal(d.train.row(0), tokens[:SEQ + 1])
+    assert np.array_equal(d.train.row(3), tokens[3 * SEQ:4 * SEQ + 1])
+    second = open_tokens(shards / "train_000002.bin")
+    assert np.array_equal(d.train.row((3000 - 1) // SEQ), second[:SEQ + 1])  # never across shards
+    x, y = d.train_batches(0, 0, 1, 8)[0]
+    assert x.dtype == y.dtype == torch.int64
+    assert x.shape == y.shape == (8, SEQ)
+    assert (x[:, 1:] == y[:, :-1]).all()
+
+
+def test_same_global_batches_for_any_world_size_and_micro_batch(shards):
+    d = data(shards)
+    for step in (0, 1, 5):
+        reference = global_batch(d, step, 1, 8)
+        assert len(reference) == 8
+        for world, micro in ((1, 2), (2, 4), (2, 1), (4, 2), (8, 1)):
+            assert global_batch(d, step, world, micro) == reference
+
+
+def test_rank_slices_are_disjoint_and_cover_the_batch():
+    rows = np.arange(100, 112)
+    for world in (1, 2, 3, 4, 12):
+        parts = [rank_slice(rows, r, world) for r in range(world)]
+        assert sorted(np.concatenate(parts).tolist()) == rows.tolist()
+        assert sum(len(p) for p in parts) == len(rows)  # disjoint: nothing counted twice
+        assert np.array_equal(np.concatenate(parts), rows)  # contiguous, in order
+    assert [m.tolist() for m in micro_batches(np.arange(5), 2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_order_is_a_seeded_permutation_per_epoch():
+    plan = BatchPlan(num_rows=40, rows_per_step=8, seed=3)
+    assert plan.steps_per_epoch == 5
+    epoch0 = np.concatenate([plan.global_rows(s) for s in range(5)])
+    epoch1 = np.concatenate([plan.global_rows(s) for s in range(5, 10)])
+    assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == list(range(40))  # each row once per epoch
+    assert not np.array_equal(epoch0, epoch1)
+    assert not np.array_equal(epoch0, np.arange(40))  # shuffled
+    again = BatchPlan(40, 8, seed=3)  # asked in another order (epochs interleaved): the same batches
+    rows = {s: again.global_rows(s).copy() for s in (7, 0, 3, 9, 1, 4, 2)}
+    assert np.array_equal(np.concatenate([rows[s] for s in range(5)]), epoch0)
+    assert np.array_equal(np.concatenate([rows[7], rows[9]]), np.concatenate([epoch1[16:24], epoch1[32:40]]))
+    other = BatchPlan(40, 8, seed=4)
+    assert not np.array_equal(np.concatenate([other.global_rows(s) for s in range(5)]), epoch0)
+    assert plan.position(7) == {"epoch": 1, "batch": 2, "rows_per_step": 8, "num_rows": 40, "seed": 3}
+
+
+def test_validation_rows_are_fixed_and_split_over_ranks(shards):
+    d = data(shards)
+    one = [tuple(r) for x, _ in d.val_batches(0, 1, 3) for r in x.tolist()]
+    assert len(one) == 4
+    two = [tuple(r) for rank in range(2) for x, _ in d.val_batches(rank, 2, 3) for r in x.tolist()]
+    assert two == one
+    first = open_tokens(shards / "val_000000.bin")[:SEQ]
+    assert list(one[0]) == first.tolist()
+
+
+def test_accumulation_errors_are_clear():
+    assert accumulation_steps(32, 4, 2) == 4
+    with pytest.raises(ValueError, match=r"global batch of 32 rows is not a multiple of micro-batch 3 x 2 rank"):
+        accumulation_steps(32, 3, 2)
+    with pytest.raises(ValueError, match="not a multiple"):
+        accumulation_steps(8, 4, 4)
+
+
+def test_bad_batch_and_data_errors(shards, tmp_path):
+    with pytest.raises(ValueError, match="--batch-tokens 100 is not a multiple of --seq-len 16"):
+        data(shards, batch_tokens=100)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        data(shards, batch_tokens=1000 * SEQ)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["shards"][1]["num_tokens"] += 1
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="train_000001.bin: 3000 tokens, the manifest says 3001"):
+        data(shards)
+
+
+def test_find_shards_dir(shards, tmp_path):
+    assert find_shards_dir(tmp_path, "pretrain", "sample") == shards
+    with pytest.raises(ManifestError, match=r"no finished pretrain shards under .*fineweb10B-pretrain/ \(run `make"):
+        find_shards_dir(tmp_path, "pretrain", "fineweb10B")
+    write_test_shards(tmp_path / "sample-pretrain" / "def456")
+    with pytest.raises(ManifestError, match="several .*abc123, .*def456; choose one with --shards-dir"):
+        find_shards_dir(tmp_path, "pretrain", "sample")

@@ -1,0 +1,129 @@
+"""The training loop in one process: learning, schedule, checkpoints, refusals, non-finite loss."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from gpt.checkpoint import load_model
+from train.checkpoint import latest_checkpoint
+from train.config import TrainConfig, parse_args
+from train.log import read_log
+from train.loop import lr_at
+from train.pretrain import main
+from train_shards import small_model, write_test_shards
+
+NANO = ["--model", "nano", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--warmup", "2",
+        "--eval-tokens", "256", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: faster than two on a loaded 2-core machine, and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    return write_test_shards(tmp_path / "shards")
+
+
+@pytest.fixture()
+def small(tmp_path):
+    """Shards and an --init model with a 256-token vocabulary (the machinery tests do not need GPT-2's)."""
+    return write_test_shards(tmp_path / "small-shards", eot=99), small_model(tmp_path / "small-model")
+
+
+def run(shards, run_dir, *flags):
+    return main(["--shards-dir", str(shards), "--run-dir", str(run_dir), *NANO, *flags])
+
+
+def run_small(small, run_dir, *flags):
+    shards, init = small
+    return run(shards, run_dir, "--init", str(init), "--sample-tokens", "0", *flags)
+
+
+def test_loss_falls_and_outputs_are_written(shards, tmp_path):
+    assert run(shards, tmp_path / "run", "--steps", "24", "--lr", "1e-2", "--eval-every", "8", "--save-every", "8",
+               "--sample-tokens", "4") == 0
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == list(range(25))
+    for r in log[1:]:
+        assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= r.keys() and math.isfinite(r["loss"])
+    val = {r["step"]: r["val_loss"] for r in log if "val_loss" in r}
+    assert sorted(val) == [0, 8, 16, 24]
+    assert val[0] > 10.5  # ~ln(50257) at init
+    assert val[24] < val[0] - 5  # the progressions are learnable: it learns a lot in 24 steps
+    assert log[-1]["loss"] < log[1]["loss"] - 5
+    assert log[0]["samples"][0].startswith("Hello")
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert ckpt.name == "step-000024"
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt").glob("step-*")) == ["step-000008", "step-000016",
+                                                                              "step-000024"]
+    state = json.loads((ckpt / "state.json").read_text())
+    # 93 + 62 windows of 33 tokens, 8 per step: 19 steps per epoch
+    assert state["step"] == 24 and state["data_position"]["epoch"] == 1 and state["data_position"]["batch"] == 5
+    model = load_model(ckpt)  # the checkpoint is a model folder gpt.load_model reads
+    x = torch.tensor([[50256] + [100 + (7 * i) % 97 for i in range(10)]])
+    assert model(x)[0, -1].argmax().item() == 100 + (7 * 10) % 97  # it predicts the progression
+
+
+def test_keep_last_k_checkpoints(small, tmp_path):
+    assert run_small(small, tmp_path / "run", "--steps", "5", "--eval-every", "5", "--save-every", "1",
+                     "--keep-checkpoints", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "run" / "ckpt").glob("*")) == ["latest", "step-000004", "step-000005"]
+
+
+def test_lr_schedule_warmup_and_cosine():
+    cfg = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+    assert lr_at(500, cfg, 110) == pytest.approx(0.1)
+
+
+def test_dataset_defaults_and_flags():
+    sample = parse_args([])
+    assert (sample.model, sample.dataset) == ("tiny", "sample")
+    fineweb = parse_args(["--dataset", "fineweb10B", "--lr", "3e-4", "--compile"])
+    assert (fineweb.model, fineweb.batch_tokens, fineweb.seq_len, fineweb.micro_batch) == ("gpt2", 524288, 1024, 32)
+    assert (fineweb.warmup, fineweb.lr, fineweb.min_lr_ratio, fineweb.weight_decay) == (715, 3e-4, 0.1, 0.1)
+    assert (fineweb.beta1, fineweb.beta2, fineweb.eps, fineweb.grad_clip, fineweb.compile) == (0.9, 0.95, 1e-8, 1.0, True)
+    assert fineweb.steps is None  # one epoch
+
+
+def test_accumulation_error_is_clear(small, tmp_path, capsys):
+    assert run_small(small, tmp_path / "run", "--steps", "2", "--micro-batch", "3") == 1
+    assert "global batch of 8 sequences of 32 tokens is not a multiple of micro-batch 3 x 1 rank(s)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_changed_manifest_and_existing_run_are_refused(small, tmp_path, capsys):
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--save-every", "2") == 0
+    assert run_small(small, tmp_path / "run", "--steps", "4") == 1
+    assert "already holds checkpoints (latest step-000004); pass --resume" in capsys.readouterr().err
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--resume", "--lr", "1e-3") == 1
+    assert "the run's config changed (lr: 0.006 -> 0.001)" in capsys.readouterr().err
+    manifest = json.loads((small[0] / "manifest.json").read_text())
+    manifest["note"] = "re-tokenized"
+    (small[0] / "manifest.json").write_text(json.dumps(manifest))
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "step-000004" in err and "the data changed" in err
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_path, capsys):
+    # An absurd learning rate sends the weights to inf after the first update: step 2's loss is NaN.
+    assert run_small(small, tmp_path / "run", "--steps", "6", "--lr", "1e30", "--warmup", "1", "--save-every", "1") == 1
+    err = capsys.readouterr().err
+    assert "step 2: loss nan" in err and "the last good checkpoint is kept" in err
+    assert latest_checkpoint(tmp_path / "run").name == "step-000001"
+    assert not (tmp_path / "run" / "ckpt" / "step-000002").exists()
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [0, 1]

@@ -1,0 +1,128 @@
+"""The trainer as real processes: 2 gloo ranks equal 1 rank, SIGKILL/SIGTERM and resume equal an uninterrupted run.
+
+Every run is `python -m train pretrain` (under torchrun for 2 ranks on 127.0.0.1) with the same global batch
+of 8 sequences; a small-vocabulary model keeps each run to seconds.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from train.log import read_log
+from train_shards import small_model, write_test_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 10
+
+
+def flags(setup, run_dir, micro_batch=2):
+    return ["--shards-dir", str(setup["shards"]), "--init", str(setup["init"]), "--run-dir", str(run_dir),
+            "--model", "nano", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", str(micro_batch),
+            "--steps", str(STEPS), "--lr", "1e-2", "--warmup", "2", "--eval-every", "5", "--eval-tokens", "256",
+            "--save-every", "1", "--keep-checkpoints", "0", "--sample-tokens", "0", "--no-progress"]
+
+
+def command(nproc):
+    if nproc == 1:
+        return [sys.executable, "-m", "train", "pretrain"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "-m", "train", "pretrain"]
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def train(setup, run_dir, nproc=1, micro_batch=2, extra=()):
+    proc = subprocess.run(command(nproc) + flags(setup, run_dir, micro_batch) + list(extra), cwd=ROOT, env=env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return losses(run_dir)
+
+
+def losses(run_dir):
+    return {r["step"]: (r.get("loss"), r.get("val_loss")) for r in read_log(run_dir)}
+
+
+def interrupt(setup, run_dir, sig):
+    """Start a 1-rank run, send `sig` as soon as its first checkpoint exists, and return its exit status."""
+    proc = subprocess.Popen(command(1) + flags(setup, run_dir), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train-resume")
+    setup = {"shards": write_test_shards(tmp / "shards", eot=99), "init": small_model(tmp / "init"), "tmp": tmp}
+    setup["reference"] = train(setup, tmp / "reference")  # 1 rank, 4 micro-batches of 2 per step
+    return setup
+
+
+def test_reference_run_learns(setup):
+    ref = setup["reference"]
+    assert sorted(ref) == list(range(STEPS + 1))
+    assert ref[STEPS][1] < ref[0][1] - 1.0
+
+
+def test_two_gloo_ranks_equal_one_rank_with_twice_the_accumulation(setup):
+    ddp = train(setup, setup["tmp"] / "ddp", nproc=2)  # 2 ranks, 2 micro-batches of 2 each
+    ref = setup["reference"]
+    assert sorted(ddp) == sorted(ref)
+    for step, (loss, val) in ref.items():
+        if loss is not None:
+            assert ddp[step][0] == pytest.approx(loss, abs=1e-5), step
+        if val is not None:
+            assert ddp[step][1] == pytest.approx(val, abs=1e-5), step
+    log = read_log(setup["tmp"] / "ddp")
+    assert log[1]["accumulation"] == 2 and read_log(setup["tmp"] / "reference")[1]["accumulation"] == 4
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)])
+def test_interrupted_and_resumed_run_is_bitwise_identical(setup, sig, status):
+    run_dir = setup["tmp"] / f"interrupted-{sig.name}"
+    code, out = interrupt(setup, run_dir, sig)
+    assert code == status, out[-3000:]
+    stopped_at = max(losses(run_dir))
+    assert 1 <= stopped_at < STEPS
+    if sig == signal.SIGTERM:  # preemption: a checkpoint of the step it stopped at
+        assert (run_dir / "ckpt" / "latest").read_text().strip() == f"step-{stopped_at:06d}"
+        assert "continue with --resume" in out
+    resumed = train(setup, run_dir, extra=["--resume"])
+    assert resumed == setup["reference"]  # every loss, bit for bit
+    final = f"ckpt/step-{STEPS:06d}/model.safetensors"
+    assert (run_dir / final).read_bytes() == (setup["tmp"] / "reference" / final).read_bytes()
+
+
+def test_resume_with_another_number_of_ranks_keeps_the_data_order(setup):
+    run_dir = setup["tmp"] / "regrouped"
+    shutil.copytree(setup["tmp"] / "reference", run_dir)
+    for folder in (run_dir / "ckpt").glob("step-*"):
+        if int(folder.name[5:]) > 4:
+            shutil.rmtree(folder)
+    (run_dir / "ckpt" / "latest").write_text("step-000004\n")
+    state = json.loads((run_dir / "ckpt" / "step-000004" / "state.json").read_text())
+    assert state["world_size"] == 1 and state["data_position"]["batch"] == 4
+    resumed = train(setup, run_dir, nproc=2, micro_batch=1, extra=["--resume"])  # 2 ranks x 4 micro-batches of 1
+    assert sorted(resumed) == sorted(setup["reference"])
+    for step, (loss, val) in setup["reference"].items():
+        if loss is not None:
+            assert resumed[step][0] == pytest.approx(loss, abs=1e-5), step
+        if val is not None:
+            assert resumed[step][1] == pytest.approx(val, abs=1e-5), step

@@ -1,0 +1,133 @@
+"""Training checkpoints: `RUN_DIR/ckpt/step-XXXXXX/` folders, written atomically, and a `latest` pointer.
+
+A folder holds the model (`model.safetensors` + `config.json`, by gpt.checkpoint.save_model, so it is also
+a model folder that gpt.load_model and INIT read), the optimizer (`optimizer.safetensors`: every state
+tensor as `state.<param index>.<name>`; `optimizer.json`: param groups and non-tensor state), the torch RNG
+states (`rng.safetensors`) and `state.json` (step, data position, manifest sha256, train config, Python and
+NumPy RNG states). Nothing is unpickled when loading. The folder is built under a temporary name and
+renamed; `latest` (a text file naming the folder) is replaced atomically after it; the last K folders stay.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from gpt.checkpoint import save_model
+from shards.io import _fsync_dir, atomic_write, write_json
+
+LATEST = "latest"
+STATE = "state.json"
+
+
+def ckpt_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ckpt"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
+    pointer = ckpt_root(run_dir) / LATEST
+    if not pointer.exists():
+        return None
+    folder = ckpt_root(run_dir) / pointer.read_text().strip()
+    if not (folder / STATE).is_file():
+        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
+    return folder
+
+
+def _write_tensors(path: Path, tensors: dict) -> None:
+    with atomic_write(path) as f:
+        f.write(save(tensors))
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = optimizer.state_dict()
+    tensors, other = {}, {}
+    for index, state in sd["state"].items():
+        for name, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                other[f"{index}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "state": other}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict] = {}
+    for key, tensor in load_file(folder / "optimizer.safetensors").items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = tensor
+    for key, value in meta["state"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _rng_state() -> tuple[dict, dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    plain = {"numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "python": [py_version, list(py_state), py_gauss]}
+    return tensors, plain
+
+
+def _set_rng_state(folder: Path, plain: dict) -> None:
+    tensors = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
+    name, keys, pos, has_gauss, gauss = plain["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, state, py_gauss = plain["python"]
+    random.setstate((version, tuple(state), py_gauss))
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int) -> Path:
+    """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last `keep`."""
+    root = ckpt_root(run_dir)
+    final = root / f"step-{step:06d}"
+    if (final / STATE).is_file():  # already saved (e.g. stopped right after a resume): same content
+        return final
+    for stale in root.glob(".step-*.tmp"):  # left by a killed run (the run folder is locked: none is in use)
+        shutil.rmtree(stale)
+    tmp = root / f".{final.name}.tmp"
+    save_model(model, tmp)
+    tensors, meta = _optimizer_tensors(optimizer)
+    _write_tensors(tmp / "optimizer.safetensors", tensors)
+    write_json(tmp / "optimizer.json", meta)
+    rng_tensors, rng_plain = _rng_state()
+    _write_tensors(tmp / "rng.safetensors", rng_tensors)
+    write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
+    shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (no state.json)
+    tmp.rename(final)
+    _fsync_dir(root)
+    with atomic_write(root / LATEST, "w") as f:
+        f.write(final.name + "\n")
+    _prune(root, final, keep)
+    return final
+
+
+def _prune(root: Path, latest: Path, keep: int) -> None:
+    folders = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for folder in folders[:-keep] if keep > 0 else []:
+        if folder != latest:
+            shutil.rmtree(folder)
+
+
+def load_training_state(folder: Path, optimizer) -> dict:
+    """Restore the optimizer and RNG states of checkpoint `folder`; returns its state.json."""
+    state = json.loads((folder / STATE).read_text())
+    _load_optimizer(optimizer, folder)
+    _set_rng_state(folder, state["rng"])
+    return state

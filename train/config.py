@@ -1,0 +1,107 @@
+"""TrainConfig: every knob of a training run as a plain dataclass, with argparse flags and per-dataset defaults.
+
+A field left at None takes its default from the dataset: on `sample` a small CPU model that finishes in
+minutes, on FineWeb the GPT-2 124M recipe (build-nanogpt / llm.c). `parse_args(argv)` builds one from
+flags: `--batch-tokens 524288` sets `batch_tokens`, and so on for every field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+# The 124M recipe: global batch 2**19 tokens, sequence 1024, micro-batch 32 per GPU, max lr 6e-4,
+# 715 warmup steps, cosine to 10%, AdamW (0.9, 0.95) eps 1e-8, weight decay 0.1, clip 1.0.
+FINEWEB_DEFAULTS = dict(model="gpt2", batch_tokens=524288, micro_batch=32, seq_len=1024, lr=6e-4, warmup=715,
+                        eval_every=250, eval_tokens=10485760, save_every=1000)
+# The CPU demo: the `tiny` model on the built-in sample, a few minutes on 2 cores.
+SAMPLE_DEFAULTS = dict(model="tiny", batch_tokens=4096, micro_batch=16, seq_len=128, lr=6e-3, warmup=20,
+                       eval_every=25, eval_tokens=32768, save_every=100, steps=150)
+DATASET_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
+
+
+@dataclass
+class TrainConfig:
+    STAGE: ClassVar[str] = "pretrain"  # names the default run folder; a subclass for SFT sets "sft"
+
+    # data
+    dataset: str = "sample"
+    data_dir: str = "data"
+    shards_dir: str | None = None  # a folder with a manifest; default: the one under data_dir for dataset
+    # model
+    model: str | None = None  # a preset of gpt.model.PRESETS
+    init: str | None = None  # start from these weights (our checkpoint or a Hugging Face GPT-2 folder)
+    padded_vocab: int | None = None  # embedding rows; default 50304 on CUDA, none on CPU
+    # batch and schedule
+    steps: int | None = None  # optimizer steps; default `epochs` epochs of the train shards
+    epochs: int = 1
+    batch_tokens: int | None = None  # global batch in tokens (all ranks and accumulation steps)
+    micro_batch: int | None = None  # sequences per forward pass per rank
+    seq_len: int | None = None
+    lr: float | None = None  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup: int | None = None  # linear warmup steps
+    weight_decay: float = 0.1  # on matrices and embeddings only (dim >= 2)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping
+    # evaluation, checkpoints, logs
+    eval_every: int | None = None
+    eval_tokens: int | None = None  # validation tokens evaluated each time (always the same ones)
+    sample_tokens: int = 32  # tokens generated greedily from a fixed prompt at each eval (0: none)
+    save_every: int | None = None
+    keep_checkpoints: int = 3  # the last K checkpoint folders stay (0: all)
+    run_dir: str | None = None  # default runs/<dataset>/<stage> (stage: pretrain, sft)
+    resume: bool = False
+    # execution
+    compile: bool = False
+    seed: int = 1337
+    device: str = "auto"  # auto, cpu, cuda
+    dtype: str = "auto"  # auto (bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16
+    progress: bool = True  # a progress bar on rank 0
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None that has a dataset default filled in (FineWeb recipe for other datasets)."""
+        defaults = DATASET_DEFAULTS.get(self.dataset, FINEWEB_DEFAULTS)
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.run_dir is None:
+            filled["run_dir"] = f"runs/{self.dataset}/{self.STAGE}"
+        return dataclasses.replace(self, **filled)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _flag_type(field):
+    kind = str(field.type)
+    if "bool" in kind:
+        return None
+    if "int" in kind:
+        return int
+    if "float" in kind:
+        return float
+    return str
+
+
+def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain") -> argparse.ArgumentParser:
+    """One flag per field of `config_cls` (a TrainConfig or a subclass), defaults from the dataclass."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = config_cls()
+    for f in fields(config_cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if _flag_type(f) is None:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=_flag_type(f), default=default,
+                                help="default: follows --dataset" if default is None else None)
+    return parser
+
+
+def parse_args(argv=None, config_cls=TrainConfig, prog: str = "python -m train pretrain"):
+    args = build_parser(config_cls, prog).parse_args(argv)
+    return config_cls(**vars(args)).resolved()

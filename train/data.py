@@ -1,0 +1,148 @@
+"""The training data stream: memory-mapped shards from a manifest, cut into rows and dealt out per step and rank.
+
+Shared by every trainer. `BatchPlan` decides which rows (pretraining windows, SFT examples) make each global
+batch: a shuffled order that is a function of (number of rows, seed, epoch) only, so the same global batches
+come out for any number of ranks x micro-batch x accumulation with the same global batch. Each rank then takes
+its own contiguous slice of the batch (`rank_slice`) and cuts it into micro-batches; it reads only those rows.
+
+`PretrainData` serves llm.c-format token shards: row i is the i-th window of seq_len + 1 tokens (windows start
+every seq_len tokens inside a shard and never cross shards); inputs are its first seq_len tokens, targets its
+last seq_len. The validation rows are the first windows of the validation split, always the same ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shards.format import ShardError, open_tokens
+from shards.manifest import ManifestError, load_manifest, manifest_sha256
+
+VAL_SPLITS = ("val", "validation")
+
+
+def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
+    """The one finished shard folder of `dataset` that the `kind` pipeline wrote: `DATA_DIR/<dataset>-<kind>/
+    <fingerprint>/` (or `DATA_DIR/<kind>-<dataset>/<fingerprint>/`); a clear error if none or several."""
+    bases = [Path(data_dir) / f"{dataset}-{kind}", Path(data_dir) / f"{kind}-{dataset}"]
+    found = sorted(p.parent for base in bases for p in base.glob("*/manifest.json"))
+    if not found:
+        raise ManifestError(f"no finished {kind} shards under {bases[0]}/ "
+                            f"(run `make {kind}-shards DATASET={dataset}` first, or pass --shards-dir)")
+    if len(found) > 1:
+        raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
+                            "choose one with --shards-dir")
+    return found[0]
+
+
+class BatchPlan:
+    """Which of `num_rows` rows make global batch `step`: `rows_per_step` rows of a seeded permutation per epoch."""
+
+    def __init__(self, num_rows: int, rows_per_step: int, seed: int, what: str = "rows"):
+        if num_rows < rows_per_step:
+            raise ValueError(f"the train split has {num_rows} {what}, fewer than one global batch of {rows_per_step}")
+        self.num_rows, self.rows_per_step, self.seed = num_rows, rows_per_step, seed
+        self.steps_per_epoch = num_rows // rows_per_step  # the remainder of each epoch is left out
+        self._epoch, self._order = -1, None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+        return self._order
+
+    def position(self, step: int) -> dict:
+        """Where global batch `step` sits in the data: epoch and batch within the epoch."""
+        return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch,
+                "rows_per_step": self.rows_per_step, "num_rows": self.num_rows, "seed": self.seed}
+
+    def global_rows(self, step: int) -> np.ndarray:
+        epoch, batch = divmod(step, self.steps_per_epoch)
+        return self.order(epoch)[batch * self.rows_per_step:(batch + 1) * self.rows_per_step]
+
+
+def rank_slice(rows: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank `rank`'s contiguous share of `rows` (shares differ by at most one row when they do not divide)."""
+    return np.array_split(rows, world_size)[rank]
+
+
+def micro_batches(rows: np.ndarray, micro_batch: int) -> list[np.ndarray]:
+    return [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
+
+
+def accumulation_steps(rows_per_step: int, micro_batch: int, world_size: int, what: str = "rows") -> int:
+    """Micro-batches per rank per step; a clear error when the global batch does not divide."""
+    per_pass = micro_batch * world_size
+    if micro_batch < 1 or rows_per_step % per_pass:
+        raise ValueError(f"the global batch of {rows_per_step} {what} is not a multiple of micro-batch "
+                         f"{micro_batch} x {world_size} rank(s) = {per_pass}; change --batch-tokens, "
+                         f"--micro-batch or the number of GPUs")
+    return rows_per_step // per_pass
+
+
+class PretrainData:
+    """Windows of token shards listed by a pretraining manifest, served per step, rank and micro-batch."""
+
+    def __init__(self, shards_dir: str | Path, seq_len: int, batch_tokens: int, seed: int, eval_tokens: int):
+        self.dir = Path(shards_dir)
+        manifest = load_manifest(self.dir)
+        if manifest.get("kind", "pretrain") != "pretrain":
+            raise ManifestError(f"{self.dir / 'manifest.json'}: kind {manifest.get('kind')!r}, expected 'pretrain'")
+        if batch_tokens % seq_len:
+            raise ValueError(f"--batch-tokens {batch_tokens} is not a multiple of --seq-len {seq_len}")
+        self.manifest_sha256 = manifest_sha256(self.dir)
+        self.seq_len = seq_len
+        train = [self._open(s) for s in manifest["shards"] if s["split"] == "train"]
+        val = [self._open(s) for s in manifest["shards"] if s["split"] in VAL_SPLITS]
+        if not train:
+            raise ManifestError(f"{self.dir / 'manifest.json'}: no train shards")
+        if not val:
+            raise ManifestError(f"{self.dir / 'manifest.json'}: no validation shard")
+        self.train = _Windows(train, seq_len)
+        self.val = _Windows(val, seq_len)
+        self.num_val_rows = min(eval_tokens // seq_len, self.val.num_rows)
+        if self.num_val_rows < 1:
+            raise ValueError(f"{self.dir}: the validation split holds no window of {seq_len + 1} tokens "
+                             f"(or --eval-tokens {eval_tokens} < --seq-len {seq_len})")
+        self.plan = BatchPlan(self.train.num_rows, batch_tokens // seq_len, seed, f"windows of {seq_len + 1} tokens")
+        self.rows_per_step = self.plan.rows_per_step
+
+    def _open(self, shard: dict) -> np.ndarray:
+        path = self.dir / shard["file"]
+        tokens = open_tokens(path)
+        if len(tokens) != shard["num_tokens"]:
+            raise ShardError(f"{path}: {len(tokens)} tokens, the manifest says {shard['num_tokens']}")
+        return tokens
+
+    def _batch(self, windows: "_Windows", rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = torch.from_numpy(np.stack([windows.row(int(i)) for i in rows]).astype(np.int64))
+        return buf[:, :-1], buf[:, 1:]
+
+    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches (inputs, targets) of global batch `step`."""
+        rows = rank_slice(self.plan.global_rows(step), rank, world_size)
+        return [self._batch(self.train, r) for r in micro_batches(rows, micro_batch)]
+
+    def val_batches(self, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches of the validation rows (the same rows at every evaluation)."""
+        rows = rank_slice(np.arange(self.num_val_rows), rank, world_size)
+        return [self._batch(self.val, r) for r in micro_batches(rows, micro_batch)]
+
+    def position(self, step: int) -> dict:
+        return self.plan.position(step)
+
+
+class _Windows:
+    """Row i = the i-th window of seq_len + 1 tokens, windows every seq_len tokens, never across shards."""
+
+    def __init__(self, shards: list[np.ndarray], seq_len: int):
+        self.shards, self.seq_len = shards, seq_len
+        counts = [max(len(t) - 1, 0) // seq_len for t in shards]
+        self.starts = np.cumsum([0] + counts)
+        self.num_rows = int(self.starts[-1])
+
+    def row(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
+        offset = (i - int(self.starts[shard])) * self.seq_len
+        return self.shards[shard][offset:offset + self.seq_len + 1]

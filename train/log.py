@@ -1,0 +1,106 @@
+"""Run logs on rank 0: `RUN_DIR/log.jsonl` (one object per step), a progress bar, and `RUN_DIR/loss.png`.
+
+Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
+and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU). A resumed run
+first drops the lines after its checkpoint, so the file reads like one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from shards.io import atomic_write  # noqa: E402
+
+LOG = "log.jsonl"
+PLOT = "loss.png"
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """The records of RUN_DIR/log.jsonl; a last line cut short by a killed run is left out."""
+    path = Path(run_dir) / LOG
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    try:
+        records += [json.loads(line) for line in lines[-1:]]
+    except json.JSONDecodeError:
+        pass
+    return records
+
+
+class RunLog:
+    """Appends step records and redraws the loss plot; does nothing on ranks other than 0."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, total_steps: int, progress: bool,
+                 desc: str = "train", plot_metrics: tuple[str, ...] = ()):
+        self.dir, self.enabled, self.plot_metrics = Path(run_dir), enabled, plot_metrics
+        self.records: list[dict] = []
+        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
+                        disable=not (enabled and progress))
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.records = [r for r in read_log(self.dir) if r["step"] <= start_step]
+        with atomic_write(self.dir / LOG, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self._file = open(self.dir / LOG, "a")
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if record["step"] > self.bar.n:
+            self.bar.update(record["step"] - self.bar.n)
+        shown = {k: record[k] for k in ("loss", "val_loss") if k in record}
+        self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, refresh=False)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def plot(self) -> None:
+        """Redraw RUN_DIR/loss.png: train loss per step and validation loss at each evaluation (and the
+        `plot_metrics`, e.g. SFT's EOT rate, on a right axis)."""
+        if not self.enabled:
+            return
+        train = [(r["step"], r["loss"]) for r in self.records if "loss" in r and math.isfinite(r["loss"])]
+        val = [(r["step"], r["val_loss"]) for r in self.records if "val_loss" in r]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        if train:
+            ax.plot(*zip(*train), label="train", linewidth=1)
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        lines, labels = ax.get_legend_handles_labels()
+        extra = {k: [(r["step"], r[k]) for r in self.records if k in r] for k in self.plot_metrics}
+        if any(extra.values()):
+            right = ax.twinx()
+            for i, (name, points) in enumerate(extra.items()):
+                if points:
+                    right.plot(*zip(*points), "s--", label=name, color=f"C{2 + i}")  # C0, C1: the losses
+            right.set_ylabel(", ".join(extra))
+            more, more_labels = right.get_legend_handles_labels()
+            lines, labels = lines + more, labels + more_labels
+        ax.legend(lines, labels)
+        fig.tight_layout()
+        with atomic_write(self.dir / PLOT) as f:
+            fig.savefig(f, format="png", dpi=100)
+        plt.close(fig)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.enabled:
+            self._file.close()

@@ -1,0 +1,275 @@
+"""THE training loop, shared by pretraining and SFT: accumulation, DDP, schedule, eval, checkpoints, resume.
+
+`train(cfg, data, dist, build_model, hooks)` runs `cfg.steps` optimizer steps (default: `cfg.epochs` epochs)
+over `data`, any object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`,
+`dir` (the shards folder), `train_batches(step, rank, world_size, micro_batch)` and `val_batches(rank, world_size, micro_batch)`
+returning lists of (inputs, targets) int64 tensors, targets -100 where not supervised (and optionally
+`rows_name`, what a row is, for error messages).
+
+The loss of a step is the sum of per-token losses over every supervised target of the global batch divided
+by the global number of supervised targets (all ranks, all micro-batches): the usual mean for pretraining,
+the right normalization for SFT. Each rank backpropagates its summed loss times world_size / global count,
+so DDP's gradient average is exactly the gradient of that loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gpt.checkpoint import load_model
+from gpt.model import GPT
+from shards.io import directory_lock
+
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .config import TrainConfig
+from .data import accumulation_steps
+from .distributed import Dist
+from .log import RunLog
+
+# A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
+RESUME_KEYS = ("model", "seq_len", "batch_tokens", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
+               "beta2", "eps", "grad_clip", "seed")
+# Dense bf16 peak FLOP/s per GPU, for MFU.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: a non-finite loss, a refused resume."""
+
+
+@dataclass
+class Hooks:
+    """What a trainer adds to the shared loop."""
+    extra_eval: Callable[[GPT, Dist], dict] | None = None  # more metrics at each evaluation (e.g. SFT's EOT rate)
+    samples: Callable[[GPT], list[str]] | None = None  # texts generated at each evaluation (rank 0)
+    plot_metrics: tuple[str, ...] = ()  # extra_eval metrics drawn in loss.png (right axis), e.g. ("eot_rate",)
+    state: dict = field(default_factory=dict)  # extra keys for each checkpoint's state.json (e.g. {"sft": True})
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warmup over `warmup` steps to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    progress = min(1.0, (step - cfg.warmup) / max(1, total_steps - cfg.warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings (dim >= 2) only; fused on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             fused=device.type == "cuda")
+
+
+def autocast(cfg: TrainConfig, device: torch.device):
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    raise ValueError(f"--dtype {cfg.dtype!r}: choose auto, float32 or bfloat16")
+
+
+def total_steps(cfg: TrainConfig, data) -> int:
+    return cfg.steps if cfg.steps else cfg.epochs * data.plan.steps_per_epoch
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data, dist: Dist, cfg: TrainConfig) -> float:
+    """Mean loss over the supervised targets of the validation rows (the same rows every time), all ranks."""
+    model.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
+    for x, y in data.val_batches(dist.rank, dist.world_size, cfg.micro_batch):
+        x, y = x.to(dist.device), y.to(dist.device)
+        with autocast(cfg, dist.device):
+            _, loss = model(x, y, reduction="sum")
+        totals += torch.stack([loss.double(), (y != -100).sum().double()])
+    dist.all_reduce_sum(totals)
+    model.train()
+    return (totals[0] / totals[1]).item()
+
+
+def _resume(cfg: TrainConfig, data, dist: Dist, total: int):
+    """The checkpoint to resume from and its model, or (None, None) when the run starts fresh."""
+    folder = latest_checkpoint(cfg.run_dir)
+    if folder is None:
+        if cfg.resume and dist.is_main:
+            print(f"--resume: no checkpoint under {cfg.run_dir}/ckpt yet, starting from step 0")
+        return None, None
+    if not cfg.resume:
+        raise TrainingError(f"{cfg.run_dir} already holds checkpoints (latest {folder.name}); "
+                            "pass --resume (RESUME=1) to continue that run, or choose another --run-dir")
+    state = _read_state(folder)
+    if state["manifest_sha256"] != data.manifest_sha256:
+        raise TrainingError(f"cannot resume from {folder}: it was trained on shards whose manifest had sha256 "
+                            f"{state['manifest_sha256'][:16]}…, and {data.dir}/manifest.json is now "
+                            f"{data.manifest_sha256[:16]}… (the data changed; start a new --run-dir)")
+    old = state["config"]
+    keys = RESUME_KEYS + getattr(cfg, "extra_resume_keys", ())  # a trainer's config may add its own
+    diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
+    if state["total_steps"] != total:
+        diff.append(f"total steps: {state['total_steps']} -> {total}")
+    if diff:
+        raise TrainingError(f"cannot resume from {folder}: the run's config changed ({'; '.join(diff)})")
+    model = load_model(folder, device=dist.device, padded_vocab_size=cfg.padded_vocab).train()
+    return folder, model
+
+
+def _read_state(folder):
+    return json.loads((folder / "state.json").read_text())
+
+
+class _StopFlag:
+    """Set by SIGTERM (preemption): the loop saves a checkpoint at the end of the step and returns."""
+
+    def __init__(self):
+        self.set = False
+
+    def __call__(self, signum, frame):
+        self.set = True
+
+
+def train(cfg: TrainConfig, data, dist: Dist, build_model: Callable[[], GPT], hooks: Hooks | None = None,
+          desc: str = "train") -> dict:
+    """Run (or resume) training; returns {"step", "stopped", "val_loss"}. Raises TrainingError on a bad loss."""
+    hooks = hooks or Hooks()
+    total = total_steps(cfg, data)
+    accum = accumulation_steps(data.rows_per_step, cfg.micro_batch, dist.world_size,
+                               what=getattr(data, "rows_name", f"sequences of {cfg.seq_len} tokens"))
+    with contextlib.ExitStack() as lock:
+        if dist.is_main:
+            try:
+                lock.enter_context(directory_lock(cfg.run_dir))
+            except RuntimeError as e:  # another run holds this run folder
+                raise TrainingError(str(e)) from None
+        folder, model = _resume(cfg, data, dist, total)
+        start = 0
+        if model is None:
+            torch.manual_seed(cfg.seed)
+            model = build_model().to(dist.device).train()
+        optimizer = make_optimizer(model, cfg, dist.device)
+        if folder is not None:
+            start = load_training_state(folder, optimizer)["step"]
+        starts = dist.all_reduce_sum(torch.tensor([float(start)], device=dist.device))
+        if starts.item() != start * dist.world_size:
+            raise TrainingError(f"ranks disagree on the step to resume from (rank {dist.rank}: {start}); "
+                                f"{cfg.run_dir} must be on a filesystem that every node shares")
+        if dist.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        raw = model
+        if cfg.compile:
+            model = torch.compile(model)
+        if dist.enabled:
+            model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+        log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
+        if folder is not None:
+            log.print(f"resumed from {folder} at step {start}")
+        stop = _StopFlag()
+        previous = signal.signal(signal.SIGTERM, stop)
+        try:
+            return _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            log.close()
+
+
+def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
+    record = {"val_loss": evaluate(raw, data, dist, cfg)}
+    if hooks.extra_eval is not None:
+        raw.eval()
+        record.update(hooks.extra_eval(raw, dist))
+        raw.train()
+    if hooks.samples is not None and dist.is_main:
+        raw.eval()
+        with autocast(cfg, dist.device):
+            record["samples"] = hooks.samples(raw)
+        raw.train()
+        for text in record["samples"]:
+            log.print(f"sample: {text!r}")
+    return record
+
+
+def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop) -> dict:
+    device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in torch.cuda.get_device_name(device)), None) \
+        if device.type == "cuda" else None
+    flops_per_token = raw.flops_per_token(cfg.seq_len)
+    val_loss = next((r["val_loss"] for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
+    if start >= total:
+        log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do")
+    if start == 0:
+        record = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
+        val_loss = record["val_loss"]
+        log.write(record)
+        log.plot()
+    step = start
+    while step < total:
+        t0 = time.perf_counter()
+        batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
+        count = torch.tensor([float(sum(int((y != -100).sum()) for _, y in batches))], device=device)
+        dist.all_reduce_sum(count)
+        if count.item() == 0:
+            raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
+        scale = dist.world_size / count.item()
+        stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, stop requests
+        for i, (x, y) in enumerate(batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
+            with sync:
+                with autocast(cfg, device):
+                    _, loss = model(x, y, reduction="sum")
+                (loss * scale).backward()
+            stats[0] += loss.detach().double()
+            stats[1] += x.numel()
+        stats[2] = float(stop.set)
+        dist.all_reduce_sum(stats)
+        loss = (stats[0] / count.double()).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise TrainingError(f"step {step + 1}: loss {loss}, grad norm {grad_norm} — stopping; the last good "
+                                f"checkpoint is kept under {cfg.run_dir}/ckpt (lower --lr, or check the data)")
+        lr = lr_at(step, cfg, total)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        step += 1
+        dt = time.perf_counter() - t0
+        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": stats[1].item() / dt, "accumulation": accum}
+        if peak is not None:
+            record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * dist.world_size)
+        if step % cfg.eval_every == 0 or step == total:
+            record.update(_eval_record(cfg, data, dist, raw, log, hooks))
+            val_loss = record["val_loss"]
+        log.write(record)
+        if "val_loss" in record:
+            log.plot()
+        stopped = stats[2].item() > 0
+        if step % cfg.save_every == 0 or step == total or stopped:
+            if dist.is_main:
+                save_checkpoint(cfg.run_dir, step, raw, optimizer, {
+                    **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
+                    "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
+                    "shards_dir": str(data.dir), "config": cfg.to_dict()},
+                    cfg.keep_checkpoints)
+            dist.barrier()
+        if stopped:
+            log.print(f"stopped by SIGTERM after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
+            return {"step": step, "stopped": True, "val_loss": val_loss}
+    return {"step": step, "stopped": False, "val_loss": val_loss}

@@ -1,0 +1,72 @@
+"""`python -m train pretrain [flags]`: pretrain GPT-2 on token shards, in one process or under torchrun.
+
+Builds the model (a preset, or `--init` weights), the shard stream of the dataset's manifest, and runs the
+shared loop (train/loop.py). Exit status: 0 when done, 143 when stopped by SIGTERM after saving a checkpoint,
+1 with a message on bad input or a non-finite loss.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gpt.checkpoint import load_model
+from gpt.inference import generate, tokenize_batch_input
+from gpt.model import GPT, preset
+from gpt.tokenizer import get_encoding
+from shards.format import ShardError
+from shards.manifest import ManifestError
+
+from .config import TrainConfig, parse_args
+from .data import PretrainData, find_shards_dir
+from .distributed import Dist, setup
+from .loop import Hooks, TrainingError, train
+
+SAMPLE_PROMPT = "Hello, how are you today?"
+PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
+
+
+def build_model(cfg: TrainConfig, dist: Dist) -> GPT:
+    """`cfg.init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh `cfg.model` preset."""
+    padded = cfg.padded_vocab or (PADDED_VOCAB_CUDA if dist.device.type == "cuda" else None)
+    if cfg.init:
+        model = load_model(cfg.init, device=dist.device, padded_vocab_size=padded)
+    else:
+        model = GPT(preset(cfg.model, padded_vocab_size=padded))
+    if model.config.block_size < cfg.seq_len:
+        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.config.block_size}")
+    return model.train()
+
+
+def sample_hook(prompt: str, max_steps: int):
+    """Greedy continuation of a fixed prompt, decoded, for the log at each evaluation."""
+    input_ids, masks = tokenize_batch_input([prompt])
+
+    def samples(model: GPT) -> list[str]:
+        device = next(model.parameters()).device
+        new = generate(model, input_ids.to(device), masks.to(device), 0.0, max_steps, truncate=True)
+        return [prompt + get_encoding().decode(new[0])]
+
+    return samples
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    dist = setup(cfg.device)
+    try:
+        shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
+        data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
+        hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)
+        result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="pretrain")
+    except (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError) as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dist.close()
+    if dist.is_main:
+        val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
+        print(f"pretrain: {result['step']} steps, validation loss {val}, checkpoints in {cfg.run_dir}/ckpt")
+    return 143 if result["stopped"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

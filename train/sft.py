@@ -1,0 +1,260 @@
+"""`python -m train sft [flags]`: supervised fine-tuning on SFT shards, a configuration of the shared loop.
+
+The model starts from `--init` (our checkpoint or a Hugging Face GPT-2 folder) or, by default, from the
+latest checkpoint of the pretraining run `--pretrain-run`. A row is one example of the SFT shards
+(shards/sft.py): its prompt and answer tokens, right-padded with 0 to the longest row of the micro-batch;
+inputs are tokens[:-1], targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or
+padding (past the example's length, from its `.idx` offsets; never from a token value: 0 is "!"). The
+global batch is `--batch-examples` examples, shuffled per (manifest, seed, epoch) by train.data.BatchPlan,
+so any NGPU x micro-batch x accumulation with the same global batch trains on the same batches, and the
+loop's loss is the mean over every supervised token of the global batch.
+
+At each evaluation: the answer-only loss on the validation split (`val_loss`) and `eot_rate`, the fraction
+of validation prompts whose greedy answer ends with EOT within `--eot-steps` new tokens; both go to
+log.jsonl and loss.png. Checkpoints say `"sft": true` in state.json (the chat CLI then applies the
+Alpaca template). At the end, rank 0 prints `--show` validation prompts with their greedy answers.
+Exit status as `train pretrain`: 0 done, 143 stopped by SIGTERM after a checkpoint, 1 with a message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from gpt.checkpoint import load_model
+from gpt.inference import generate
+from gpt.model import GPT
+from gpt.tokenizer import EOT, get_encoding
+from shards.format import ShardError
+from shards.manifest import ManifestError, load_manifest, manifest_sha256
+from shards.sft import SFTShard, open_sft_shard
+
+from .checkpoint import latest_checkpoint
+from .config import TrainConfig, parse_args
+from .data import VAL_SPLITS, BatchPlan, find_shards_dir, micro_batches, rank_slice
+from .distributed import Dist, setup
+from .log import read_log
+from .loop import Hooks, TrainingError, autocast, train
+from .pretrain import build_model
+
+# Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
+ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
+                       save_every=400, pretrain_run="runs/fineweb10B")
+# The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
+SAMPLE_DEFAULTS = dict(batch_examples=32, micro_batch=16, seq_len=256, lr=1e-3, warmup=10, eval_every=20,
+                       save_every=100, pretrain_run="runs/sample")
+SFT_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
+
+
+@dataclass
+class SFTTrainConfig(TrainConfig):
+    """TrainConfig for SFT: the global batch counts examples; fields left at None follow the dataset."""
+    extra_resume_keys: ClassVar[tuple[str, ...]] = ("batch_examples",)
+    dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/sft-<dataset>/)
+    epochs: int = 2
+    batch_examples: int | None = None  # global batch in examples (all ranks and accumulation steps)
+    pretrain_run: str | None = None  # without --init: start from this pretraining run's latest checkpoint
+    eval_examples: int = 0  # validation examples evaluated (loss and EOT rate) each time; 0: all of them
+    eot_steps: int = 64  # new tokens within which a greedy answer must end with EOT to count in eot_rate
+    sample_tokens: int = 64  # new tokens of the answers to two validation prompts logged at each eval (0: none)
+    show: int = 4  # validation prompts printed with their greedy answers at the end (0: none)
+    run_dir: str = "runs/sft-sample"
+
+    def resolved(self) -> "SFTTrainConfig":
+        defaults = SFT_DEFAULTS.get(self.dataset, ALPACA_DEFAULTS)
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+
+class SFTData:
+    """Examples of an SFT manifest's shards as padded (inputs, targets) micro-batches per step and rank."""
+
+    rows_name = "examples"
+
+    def __init__(self, shards_dir: str | Path, seq_len: int, batch_examples: int, seed: int, eval_examples: int = 0):
+        self.dir = Path(shards_dir)
+        manifest = load_manifest(self.dir)
+        if manifest.get("kind") != "sft":
+            raise ManifestError(f"{self.dir / 'manifest.json'}: kind {manifest.get('kind')!r}, expected 'sft' "
+                                f"(SFT shards are written by `make sft-shards`)")
+        self.manifest_sha256 = manifest_sha256(self.dir)
+        self.seq_len = seq_len
+        self.train, self.train_ids = self._split(manifest, ("train",), "train")
+        self.val, self.val_ids = self._split(manifest, VAL_SPLITS, "validation")
+        if eval_examples > 0:
+            self.val_ids = self.val_ids[:eval_examples]
+        self.plan = BatchPlan(len(self.train_ids), batch_examples, seed, f"examples of at most {seq_len + 1} tokens")
+        self.rows_per_step = self.plan.rows_per_step
+
+    def _split(self, manifest: dict, splits: tuple[str, ...], what: str) -> tuple[SFTShard, np.ndarray]:
+        """The split's shard and the ids of its examples that fit in seq_len + 1 tokens (longer ones are left out)."""
+        entries = [s for s in manifest["shards"] if s["split"] in splits]
+        if len(entries) != 1:
+            raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
+        path = self.dir / entries[0]["file"]
+        shard = open_sft_shard(path)
+        if len(shard.tokens) != entries[0]["num_tokens"] or len(shard) != entries[0]["num_examples"]:
+            raise ShardError(f"{path}: {len(shard.tokens)} tokens in {len(shard)} examples, the manifest says "
+                             f"{entries[0]['num_tokens']} in {entries[0]['num_examples']}")
+        ids = np.flatnonzero(np.diff(shard.offsets.astype(np.int64)) <= self.seq_len + 1)
+        if len(ids) == 0:
+            raise ValueError(f"{path}: no example fits in --seq-len {self.seq_len} + 1 tokens")
+        self.left_out = getattr(self, "left_out", 0) + len(shard) - len(ids)
+        return shard, ids
+
+    def _batch(self, shard: SFTShard, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs padded with 0 and targets with -100 where the target is a prompt token or past the example."""
+        examples = [shard.example(int(i)) for i in ids]
+        width = max(len(tokens) for tokens, _ in examples) - 1
+        x = torch.zeros(len(ids), width, dtype=torch.int64)
+        y = torch.full((len(ids), width), -100, dtype=torch.int64)
+        for row, (tokens, mask) in enumerate(examples):
+            n = len(tokens) - 1
+            tokens = torch.from_numpy(tokens.astype(np.int64))
+            x[row, :n] = tokens[:-1]
+            y[row, :n] = tokens[1:].masked_fill(torch.from_numpy(mask[1:] == 0), -100)
+        return x, y
+
+    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches (inputs, targets) of global batch `step`."""
+        rows = self.train_ids[rank_slice(self.plan.global_rows(step), rank, world_size)]
+        return [self._batch(self.train, r) for r in micro_batches(rows, micro_batch)]
+
+    def val_batches(self, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches of the validation examples (the same ones at every evaluation)."""
+        rows = rank_slice(self.val_ids, rank, world_size)
+        return [self._batch(self.val, r) for r in micro_batches(rows, micro_batch)]
+
+    def val_prompt(self, i: int) -> np.ndarray:
+        """The prompt tokens of validation example `i` (those before its first supervised token)."""
+        tokens, mask = self.val.example(int(self.val_ids[i]))
+        return tokens[:int(np.argmax(mask))]
+
+    def val_answer(self, i: int) -> np.ndarray:
+        tokens, mask = self.val.example(int(self.val_ids[i]))
+        return tokens[int(np.argmax(mask)):]
+
+
+def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int) -> list[list[int]]:
+    """Greedy new tokens for each prompt, generated `batch` prompts at a time (similar lengths together)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch):
+        group = order[start:start + batch]
+        width = max(len(prompts[i]) for i in group)
+        ids = torch.zeros(len(group), width, dtype=torch.int64)
+        masks = torch.zeros(len(group), width, dtype=torch.int64)
+        for row, i in enumerate(group):
+            ids[row, :len(prompts[i])] = torch.from_numpy(prompts[i].astype(np.int64))
+            masks[row, :len(prompts[i])] = 1
+        for i, new in zip(group, generate(model, ids.to(device), masks.to(device), 0.0, max_steps)):
+            answers[i] = new
+    return answers
+
+
+def eot_rate_hook(data: SFTData, cfg: SFTTrainConfig):
+    """`eot_rate` at each evaluation: validation prompts whose greedy answer ends with EOT within eot_steps."""
+
+    def extra_eval(model: GPT, dist: Dist) -> dict:
+        ids = rank_slice(np.arange(len(data.val_ids)), dist.rank, dist.world_size)
+        with autocast(cfg, dist.device):
+            answers = greedy_answers(model, [data.val_prompt(i) for i in ids], cfg.eot_steps, cfg.micro_batch)
+        counts = torch.tensor([sum(bool(a) and a[-1] == EOT for a in answers), len(answers)],
+                              dtype=torch.float64, device=dist.device)
+        dist.all_reduce_sum(counts)
+        return {"eot_rate": (counts[0] / counts[1]).item()}
+
+    return extra_eval
+
+
+def _instruction(prompt: str) -> str:
+    """The instruction (and input) of an Alpaca prompt, for display."""
+    body = prompt.split("### Instruction:\n", 1)[-1]
+    return body.removesuffix("\n\n### Response:\n").replace("\n\n### Input:\n", " | ")
+
+
+def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[tuple[str, str, str]]:
+    """(instruction, reference answer, greedy answer) for the first `count` validation examples."""
+    enc = get_encoding()
+    count = min(count, len(data.val_ids))
+    answers = greedy_answers(model, [data.val_prompt(i) for i in range(count)], max_steps, count or 1)
+    shown = []
+    for i, answer in enumerate(answers):
+        ended = bool(answer) and answer[-1] == EOT
+        text = enc.decode(answer[:-1] if ended else answer) + ("" if ended else " [no EOT]")
+        reference = enc.decode(data.val_answer(i)[:-1].tolist())
+        shown.append((_instruction(enc.decode(data.val_prompt(i).tolist())), reference, text))
+    return shown
+
+
+def samples_hook(data: SFTData, max_steps: int):
+    def samples(model: GPT) -> list[str]:
+        return [f"{q} => {a}" for q, _, a in show_answers(model, data, 2, max_steps)]
+
+    return samples
+
+
+def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
+    """Fill `init` with the pretraining run's latest checkpoint unless given (or unless resuming an SFT run)."""
+    if cfg.init or (cfg.resume and latest_checkpoint(cfg.run_dir) is not None):
+        return cfg
+    folder = latest_checkpoint(cfg.pretrain_run)
+    if folder is None:
+        raise FileNotFoundError(f"no pretraining checkpoint under {cfg.pretrain_run}/ckpt to start SFT from: run "
+                                f"`make pretrain` first, or pass --pretrain-run RUN_DIR or --init FOLDER "
+                                f"(our checkpoint or a Hugging Face GPT-2 folder)")
+    return dataclasses.replace(cfg, init=str(folder))
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv, SFTTrainConfig, prog="python -m train sft")
+    dist = setup(cfg.device)
+    try:
+        for flag in ("model", "batch_tokens", "eval_tokens"):
+            if getattr(cfg, flag) is not None:
+                raise ValueError(f"--{flag.replace('_', '-')} does not apply to SFT (the model comes from --init or "
+                                 f"--pretrain-run; batches and evaluation count examples: --batch-examples, "
+                                 f"--eval-examples)")
+        cfg = resolve_init(cfg)
+        shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
+        data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
+        if dist.is_main:
+            print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from {shards_dir}"
+                  f" ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
+                  f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
+        hooks = Hooks(extra_eval=eot_rate_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True},
+                      samples=samples_hook(data, cfg.sample_tokens) if cfg.sample_tokens else None)
+        result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
+        if dist.is_main:
+            _report(cfg, data, dist.device)
+    except (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError) as e:
+        print(f"sft: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        dist.close()
+    return 143 if result["stopped"] else 0
+
+
+def _report(cfg: SFTTrainConfig, data: SFTData, device: torch.device) -> None:
+    """Validation answer loss and EOT rate before and after, then a few held-out prompts with their answers."""
+    evals = [r for r in read_log(cfg.run_dir) if "val_loss" in r]
+    if evals:
+        first, last = evals[0], evals[-1]
+        print(f"sft: validation answer loss {first['val_loss']:.4f} (step {first['step']}) -> "
+              f"{last['val_loss']:.4f} (step {last['step']}); EOT rate within {cfg.eot_steps} tokens "
+              f"{first['eot_rate']:.0%} -> {last['eot_rate']:.0%}; checkpoints in {cfg.run_dir}/ckpt")
+    if cfg.show:
+        model = load_model(latest_checkpoint(cfg.run_dir), device=device)
+        print(f"held-out prompts and greedy answers ({cfg.run_dir}):")
+        for question, reference, answer in show_answers(model, data, cfg.show, cfg.eot_steps):
+            print(f"  prompt:    {question}\n  reference: {reference}\n  answer:    {answer}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
