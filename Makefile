@@ -32,6 +32,13 @@ TRAIN_FLAGS = --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model 
   $(if $(WARMUP),--warmup $(WARMUP)) $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) \
   $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) $(if $(filter 1 yes true,$(RESUME)),--resume) \
   $(if $(INIT),--init $(INIT)) $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
+# SFT flags (defaults follow SFT_DATASET; see python -m train sft --help); the global batch counts examples
+SFT_FLAGS = --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) $(if $(STEPS),--steps $(STEPS)) \
+  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) \
+  $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) \
+  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) \
+  $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) $(if $(filter 1 yes true,$(RESUME)),--resume) \
+  $(if $(INIT),--init $(INIT)) $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node)
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
   --nproc_per_node=$(NGPU) $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
@@ -48,6 +55,7 @@ help: ## list targets and variables
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
 	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) RUN_DIR=$(RUN_DIR)"
 	@echo "  trainer: MODEL STEPS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME INIT COMPILE SEED"
+	@echo "  sft: SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 $(STAMP): requirements.lock
@@ -61,6 +69,7 @@ demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 	$(MAKE) --no-print-directory shards
 	$(MAKE) --no-print-directory inspect
 	$(MAKE) --no-print-directory pretrain RESUME=1
+	$(MAKE) --no-print-directory sft RESUME=1
 
 test: $(STAMP) ## run the test suite (offline)
 	$(PY) -m pytest -q tests
@@ -82,6 +91,9 @@ inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
 pretrain: $(STAMP) ## pretrain GPT-2 on the shards (NGPU=8 for a node; NNODES, NODE_RANK, MASTER_ADDR for several)
 	$(TRAIN_LAUNCH) -m train pretrain $(TRAIN_FLAGS) --run-dir $(RUN_DIR)/pretrain $(ARGS)
 
+sft: $(STAMP) ## fine-tune the latest pretraining checkpoint (or INIT) on the SFT shards; NGPU as for pretrain
+	$(TRAIN_LAUNCH) -m train sft $(SFT_FLAGS) --pretrain-run $(RUN_DIR)/pretrain --run-dir $(RUN_DIR)/sft $(ARGS)
+
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its latest checkpoint)
 CKPT ?= $(RUN_DIR)/sft
 PROMPT ?= Give three tips for staying healthy.
@@ -94,10 +106,16 @@ generate: $(STAMP) ## print the completion of PROMPT by CKPT (TEMPERATURE, MAX_S
 chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template for SFT checkpoints)
 	$(PY) -m gpt chat $(GEN_FLAGS) $(ARGS)
 
-bench: bench-shards bench-generate ## run every benchmark
+export-hf: $(STAMP) ## write OUT (default: CKPT-hf), a folder transformers.GPT2LMHeadModel loads, from CKPT
+	$(PY) -m gpt export-hf $(CKPT) $(or $(OUT),$(CKPT)-hf) $(ARGS)
+
+bench: bench-shards bench-train bench-generate ## run every benchmark
 
 bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak RSS per worker
 	$(PY) -m bench.shards $(ARGS)
+
+bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124M fp32 CPU; bf16 and MFU on a GPU)
+	$(PY) -m bench.train $(ARGS)
 
 clean: ## remove the sample data and runs (not .venv)
 	rm -rf $(DATA_DIR)/sample* runs/

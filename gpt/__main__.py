@@ -10,8 +10,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export-hf", help="write a folder that transformers.GPT2LMHeadModel loads")
-    p.add_argument("ckpt")
-    p.add_argument("out")
+    p.add_argument("ckpt", help="checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint")
+    p.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer files)")
     p = sub.add_parser("generate", help="print completions of prompts")
     chat.add_arguments(p, chat=False)
     p = sub.add_parser("chat", help="interactive chat, streaming answers")
@@ -27,10 +27,17 @@ def main(argv=None) -> int:
 
 
 def _export_hf(args) -> int:
+    from pathlib import Path
+
+    from train.checkpoint import latest_checkpoint
+
     from .hf import export_hf
 
     try:
-        out = export_hf(args.ckpt, args.out)
+        ckpt = Path(args.ckpt)
+        if (ckpt / "ckpt" / "latest").is_file():
+            ckpt = latest_checkpoint(ckpt)
+        out = export_hf(ckpt, args.out)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save
 
 from shards.io import atomic_write, write_json
 
-from .hf import _complete, build, config_from_hf, state_dict_from_hf
+from .hf import build, complete_state_dict, config_from_hf, state_dict_from_hf
 from .model import GPT, GPTConfig
 
 FORMAT = "minigpt2"
@@ -67,7 +67,7 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
     if raw.get("format") == FORMAT:
         config = _our_config(raw, config_path, padded_vocab_size)
         weights = folder / WEIGHTS
-        state = _complete(_read_safetensors(weights, folder), config, str(weights))
+        state = complete_state_dict(_read_safetensors(weights, folder), config, str(weights))
     elif raw.get("model_type") == "gpt2":
         config = config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size)
         weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS

@@ -102,11 +102,13 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, *,
     wte = ours.get("transformer.wte.weight")
     if lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
         raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied GPT-2 heads are supported")
-    return _complete(ours, config, source)
+    return complete_state_dict(ours, config, source)
 
 
-def _complete(state: dict[str, torch.Tensor], config: GPTConfig, source: str) -> dict[str, torch.Tensor]:
-    """Check `state` (our names, no lm_head, unpadded wte) against the model's tensors; pad wte; add the tied head."""
+def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, source: str = "state dict"
+                        ) -> dict[str, torch.Tensor]:
+    """Check `state` (our names, no lm_head, wte unpadded or padded) against `GPT(config)`'s tensors, pad wte
+    with zero rows to `config.embedding_rows` and add the tied head; errors name `source` and the tensors."""
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
     missing = sorted(expected.keys() - state.keys())

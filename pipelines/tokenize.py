@@ -10,6 +10,8 @@ documents up to the first document boundary at or after `val_tokens`, then train
 never on WORKERS or on how the units were split over tasks (`--task-index/--num-tasks`).
 Memory per worker is bounded: a unit is read a batch of rows at a time into a preallocated uint16
 buffer, and a very long document is encoded in pieces cut where the GPT-2 pre-tokenizer always cuts.
+Workers receive the parent's encoding (pickled) and never import the `gpt` package, so they start in
+a fraction of a second without torch.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt.tokenizer import EOT, describe, get_encoding
 from shards.format import TOKEN_DTYPE, write_shard
 from shards.io import atomic_write, write_json
 from shards.manifest import write_manifest
@@ -43,6 +44,23 @@ DOCS_DTYPE = np.dtype("<u8")
 # A cut before " " or "\n" that follows a printable ASCII non-space character: GPT-2's pre-tokenizer
 # (r50k pattern) always ends a piece there, so encoding the two sides apart gives the same tokens.
 _SAFE_CUT = re.compile(r"[!-~][ \n]")
+
+
+_encoding = None  # the tiktoken gpt2 Encoding: given to workers by _init_worker, else gpt.tokenizer's
+
+
+def _init_worker(encoding) -> None:
+    global _encoding
+    _encoding = encoding
+
+
+def get_encoding():
+    """The GPT-2 encoding; imported lazily so that worker processes do not import torch with `gpt`."""
+    global _encoding
+    if _encoding is None:
+        from gpt.tokenizer import get_encoding as build
+        _encoding = build()
+    return _encoding
 
 
 class StageError(RuntimeError):
@@ -90,6 +108,7 @@ def tokenize_unit(job: tuple[str, int, int, str, str]) -> dict:
     """Tokenize one unit into its part files; the `.json` is written last. Runs in a worker process."""
     path, file_index, part, column, parts_dir = job
     path, parts_dir, unit = Path(path), Path(parts_dir), Unit(file_index, part)
+    eot = get_encoding().eot_token
     buf = np.empty(BUFFER_TOKENS, dtype=TOKEN_DTYPE)
     starts = array.array("Q")
     n = written = docs = empty = 0
@@ -103,7 +122,7 @@ def tokenize_unit(job: tuple[str, int, int, str, str]) -> dict:
                     f.write(buf[:n].tobytes())
                     written, n = written + n, 0
                 starts.append(written + n)
-                buf[n] = EOT
+                buf[n] = eot
                 n += 1
                 for piece in split_pieces(text):
                     ids = encode(piece)
@@ -163,7 +182,8 @@ def tokenize(files: list[Path], units: list[Unit], parts_dir: Path, column: str,
             results = map(tokenize_unit, jobs)
             _collect(results, stats, bar)
         else:
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), _init_worker, (get_encoding(),))
+            with pool:
                 _collect(pool.imap_unordered(tokenize_unit, jobs), stats, bar)
     return stats
 
@@ -258,6 +278,7 @@ def finish(out_dir: Path, parts_dir: Path, manifest: dict) -> None:
 
 
 def build_manifest(name: str, config: dict, fingerprint: str, source: dict, shards: list[dict], totals: dict) -> dict:
+    from gpt.tokenizer import describe
     return {"kind": "pretrain", "name": name, "fingerprint": fingerprint, "config": config,
             "format": {"header": "llm.c: 256 little-endian int32, [0]=20240520 [1]=1 [2]=tokens [3]=documents",
                        "tokens": "little-endian uint16", "docs": "little-endian uint64 offset of the EOT "

@@ -200,7 +200,7 @@ def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"model\.safetensors: cannot read"):
         load_model(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match=r"config\.json: neither a minigpt2 checkpoint .* model_type 'llama'"):
+    with pytest.raises(ValueError, match=r"config\.json: neither a minigpt2 checkpoint .* \(model_type 'llama'\)"):
         load_model(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**hf_config(tiny_gpt().config),
                                                                "activation_function": "relu"}))
@@ -239,3 +239,15 @@ def test_bench_train_runs_and_both_models_agree():
     result = bench_train.run(cfg)
     assert result["first_loss"]["ours"] == pytest.approx(result["first_loss"]["transformers"], abs=1e-5)
     assert set(result["tokens_per_s"]) == {"ours", "transformers"} and result["ratio"] > 0
+
+
+def test_export_hf_of_a_run_folder_uses_its_latest_checkpoint(tmp_path):
+    from train.checkpoint import save_checkpoint
+
+    model = tiny_gpt()
+    save_checkpoint(tmp_path / "run", 3, model, torch.optim.AdamW(model.parameters()), {}, keep=1)
+    assert gpt_main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    x = ids()
+    with torch.no_grad():
+        assert max_diff(hf(x).logits, model(x)) <= 1e-4

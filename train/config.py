@@ -86,6 +86,15 @@ def _flag_type(field):
     return str
 
 
+def _dataset_default(name: str) -> str | None:
+    if name == "run_dir":
+        return "default: runs/<dataset>/<stage>"
+    if name in SAMPLE_DEFAULTS or name in FINEWEB_DEFAULTS:
+        sample, fineweb = SAMPLE_DEFAULTS.get(name, "one epoch"), FINEWEB_DEFAULTS.get(name, "one epoch")
+        return f"default follows --dataset: sample {sample}, fineweb {fineweb}"
+    return None
+
+
 def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain") -> argparse.ArgumentParser:
     """One flag per field of `config_cls` (a TrainConfig or a subclass), defaults from the dataclass."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
@@ -97,8 +106,7 @@ def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain")
         if _flag_type(f) is None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            parser.add_argument(flag, type=_flag_type(f), default=default,
-                                help="default: follows --dataset" if default is None else None)
+            parser.add_argument(flag, type=_flag_type(f), default=default, help=_dataset_default(f.name))
     return parser
 
 

@@ -2,7 +2,8 @@
 
 The model starts from `--init` (our checkpoint or a Hugging Face GPT-2 folder) or, by default, from the
 latest checkpoint of the pretraining run `--pretrain-run`. A row is one example of the SFT shards
-(shards/sft.py): its prompt and answer tokens, right-padded with 0 to the longest row of the micro-batch;
+(shards/sft.py): its prompt and answer tokens, right-padded with 0 to the longest row of the micro-batch
+(each rank orders its share of the global batch by length first, so little is padding);
 inputs are tokens[:-1], targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or
 padding (past the example's length, from its `.idx` offsets; never from a token value: 0 is "!"). The
 global batch is `--batch-examples` examples, shuffled per (manifest, seed, epoch) by train.data.BatchPlan,
@@ -45,10 +46,10 @@ from .pretrain import build_model
 
 # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
 ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
-                       save_every=400, pretrain_run="runs/fineweb10B")
+                       save_every=400, pretrain_run="runs/fineweb10B/pretrain")
 # The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
 SAMPLE_DEFAULTS = dict(batch_examples=32, micro_batch=16, seq_len=256, lr=1e-3, warmup=10, eval_every=20,
-                       save_every=100, pretrain_run="runs/sample")
+                       save_every=100, pretrain_run="runs/sample/pretrain")
 SFT_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
 
@@ -64,7 +65,7 @@ class SFTTrainConfig(TrainConfig):
     eot_steps: int = 64  # new tokens within which a greedy answer must end with EOT to count in eot_rate
     sample_tokens: int = 64  # new tokens of the answers to two validation prompts logged at each eval (0: none)
     show: int = 4  # validation prompts printed with their greedy answers at the end (0: none)
-    run_dir: str = "runs/sft-sample"
+    run_dir: str = "runs/sample/sft"
 
     def resolved(self) -> "SFTTrainConfig":
         defaults = SFT_DEFAULTS.get(self.dataset, ALPACA_DEFAULTS)
@@ -107,6 +108,12 @@ class SFTData:
         self.left_out = getattr(self, "left_out", 0) + len(shard) - len(ids)
         return shard, ids
 
+    def _micro_batches(self, shard: SFTShard, ids: np.ndarray, micro_batch: int):
+        """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
+        lengths = np.diff(shard.offsets.astype(np.int64))[ids]
+        ids = ids[np.lexsort((ids, lengths))]
+        return [self._batch(shard, rows) for rows in micro_batches(ids, micro_batch)]
+
     def _batch(self, shard: SFTShard, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs padded with 0 and targets with -100 where the target is a prompt token or past the example."""
         examples = [shard.example(int(i)) for i in ids]
@@ -122,13 +129,12 @@ class SFTData:
 
     def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
         """This rank's micro-batches (inputs, targets) of global batch `step`."""
-        rows = self.train_ids[rank_slice(self.plan.global_rows(step), rank, world_size)]
-        return [self._batch(self.train, r) for r in micro_batches(rows, micro_batch)]
+        rows = rank_slice(self.plan.global_rows(step), rank, world_size)
+        return self._micro_batches(self.train, self.train_ids[rows], micro_batch)
 
     def val_batches(self, rank: int, world_size: int, micro_batch: int):
         """This rank's micro-batches of the validation examples (the same ones at every evaluation)."""
-        rows = rank_slice(self.val_ids, rank, world_size)
-        return [self._batch(self.val, r) for r in micro_batches(rows, micro_batch)]
+        return self._micro_batches(self.val, rank_slice(self.val_ids, rank, world_size), micro_batch)
 
     def val_prompt(self, i: int) -> np.ndarray:
         """The prompt tokens of validation example `i` (those before its first supervised token)."""
