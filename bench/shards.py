@@ -5,10 +5,10 @@ written as parquet files of 512-row row groups into a temporary folder. Baseline
 `encode_ordinary_batch` on the same documents held in memory, with as many threads as the stage has
 workers. Ours: the whole stage (`pipelines.pretrain.run` on that folder: parquet reading, tokenizing in
 WORKERS processes, assembling the shards, sha256, manifest), from a cold start. Both count document tokens
-(not the EOTs). Rounds alternate baseline and stage; the best round of each is reported, the ratio of the two and the
-median of the per-round ratios (the machine may be shared), and
-the peak RSS of a tokenize worker. The parent has imported everything before the clock starts; the
-workers start from scratch (spawn) inside the timed run.
+(not the EOTs). Rounds alternate baseline and stage; reported: the best round of each, their ratio, the
+median of the per-round ratios (the machine may be shared), and the peak RSS of a tokenize worker.
+The parent has imported everything before the clock starts; the workers start from scratch (spawn)
+inside the timed run.
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, sourc
                         ) -> dict[str, torch.Tensor]:
     """Check `state` (our names, no lm_head, wte unpadded or padded) against `GPT(config)`'s tensors, pad wte
     with zero rows to `config.embedding_rows` and add the tied head; errors name `source` and the tensors."""
+    state = dict(state)
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
     missing = sorted(expected.keys() - state.keys())

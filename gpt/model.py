@@ -46,7 +46,7 @@ PRESETS: dict[str, GPTConfig] = {
     "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600),
     # CPU presets: `tiny` for the demo on the built-in sample, `nano` for tests.
-    "tiny": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=256),
+    "tiny": GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128),
     "nano": GPTConfig(block_size=64, n_layer=2, n_head=2, n_embd=32),
 }
 

@@ -87,7 +87,7 @@ def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
     with atomic_write(out / SAMPLE_FILE) as f:
         pq.write_table(table, f, row_group_size=SAMPLE_ROWS_PER_GROUP)
     files = [{"file": SAMPLE_FILE, "bytes": (out / SAMPLE_FILE).stat().st_size, "sha256": sha256_file(out / SAMPLE_FILE)}]
-    manifest = {"kind": "source", "config": config,
+    manifest = {"kind": "source", "name": "sample", "config": config,
                 "source": {"dataset": SAMPLE_PACKAGE, "revision": SAMPLE_PACKAGE, "origin_file": "chitchat_dataset/dataset.json",
                            "origin_sha256": SAMPLE_SHA256, "documents": len(texts), "files": files}}
     write_manifest(out, manifest)
@@ -107,7 +107,7 @@ def download_hub(dataset: str, data_dir: str | Path) -> Source:
             manifest = stage.finished(out, config)
             if manifest is None:
                 records = hub.download(repo_id, filenames, revision, out, repo_type=pinned.repo_type)
-                manifest = {"kind": "source", "config": config,
+                manifest = {"kind": "source", "name": dataset, "config": config,
                             "source": {"dataset": repo_id, "revision": revision, "files": records}}
                 write_manifest(out, manifest)
     return Source(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"])

@@ -142,6 +142,15 @@ def test_eot_finishes_a_row_and_the_loop(model):
     assert generate(model, ids, masks, 0, 20, eot=eot) == [first[:stop_at + 1], first[2:stop_at + 1]]
 
 
+def test_stream_leaves_the_callers_grad_mode_alone(model):
+    steps = stream(model, *tokenize_batch_input(PROMPTS), 0, 10)
+    next(steps)  # a caller that stops early (e.g. an evaluation inside training) and never closes the stream
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    x = torch.ones(2, requires_grad=True)
+    (x * 2).sum().backward()
+    assert x.grad.tolist() == [2.0, 2.0]
+
+
 def test_default_eot_stops_generation():
     torch.manual_seed(0)
     m = GPT(preset("nano")).eval()

@@ -5,11 +5,11 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +249,7 @@ def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, mess
     folder = _bad_input(tmp_path, name)
     assert pretrain.main(["--source", str(folder), "--data-dir", str(tmp_path / "data"), *FLAGS]) == 1
     err = capsys.readouterr().err
-    assert __import__("re").search(message, err), err
+    assert re.search(message, err), err
     assert str(folder) in err
     assert not list((tmp_path / "data").rglob("manifest.json")) and not list(tmp_path.rglob(".*.tmp-*"))
 

@@ -63,7 +63,7 @@ class SFTTrainConfig(TrainConfig):
     pretrain_run: str | None = None  # without --init: start from this pretraining run's latest checkpoint
     eval_examples: int = 0  # validation examples evaluated (loss and EOT rate) each time; 0: all of them
     eot_steps: int = 64  # new tokens within which a greedy answer must end with EOT to count in eot_rate
-    sample_tokens: int = 64  # new tokens of the answers to two validation prompts logged at each eval (0: none)
+    sample_tokens: int = 64  # tokens shown of the answers to two validation prompts at each eval (0: none)
     show: int = 4  # validation prompts printed with their greedy answers at the end (0: none)
     run_dir: str = "runs/sample/sft"
 
@@ -87,6 +87,7 @@ class SFTData:
         self.seq_len = seq_len
         self.train, self.train_ids = self._split(manifest, ("train",), "train")
         self.val, self.val_ids = self._split(manifest, VAL_SPLITS, "validation")
+        self.left_out = len(self.train) - len(self.train_ids) + len(self.val) - len(self.val_ids)
         if eval_examples > 0:
             self.val_ids = self.val_ids[:eval_examples]
         self.plan = BatchPlan(len(self.train_ids), batch_examples, seed, f"examples of at most {seq_len + 1} tokens")
@@ -105,12 +106,11 @@ class SFTData:
         ids = np.flatnonzero(np.diff(shard.offsets.astype(np.int64)) <= self.seq_len + 1)
         if len(ids) == 0:
             raise ValueError(f"{path}: no example fits in --seq-len {self.seq_len} + 1 tokens")
-        self.left_out = getattr(self, "left_out", 0) + len(shard) - len(ids)
         return shard, ids
 
     def _micro_batches(self, shard: SFTShard, ids: np.ndarray, micro_batch: int):
         """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
-        lengths = np.diff(shard.offsets.astype(np.int64))[ids]
+        lengths = shard.offsets[ids + 1].astype(np.int64) - shard.offsets[ids].astype(np.int64)
         ids = ids[np.lexsort((ids, lengths))]
         return [self._batch(shard, rows) for rows in micro_batches(ids, micro_batch)]
 
@@ -164,8 +164,9 @@ def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch:
     return answers
 
 
-def eot_rate_hook(data: SFTData, cfg: SFTTrainConfig):
-    """`eot_rate` at each evaluation: validation prompts whose greedy answer ends with EOT within eot_steps."""
+def eval_hook(data: SFTData, cfg: SFTTrainConfig):
+    """At each evaluation: `eot_rate`, the fraction of validation prompts whose greedy answer ends with EOT
+    within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
 
     def extra_eval(model: GPT, dist: Dist) -> dict:
         ids = rank_slice(np.arange(len(data.val_ids)), dist.rank, dist.world_size)
@@ -174,7 +175,11 @@ def eot_rate_hook(data: SFTData, cfg: SFTTrainConfig):
         counts = torch.tensor([sum(bool(a) and a[-1] == EOT for a in answers), len(answers)],
                               dtype=torch.float64, device=dist.device)
         dist.all_reduce_sum(counts)
-        return {"eot_rate": (counts[0] / counts[1]).item()}
+        record = {"eot_rate": (counts[0] / counts[1]).item()}
+        if dist.is_main and cfg.sample_tokens:  # rank 0's share starts at validation example 0
+            shown = [_format(data, i, answer[:cfg.sample_tokens]) for i, answer in zip(ids[:2], answers)]
+            record["samples"] = [f"{question} => {answer}" for question, _, answer in shown]
+        return record
 
     return extra_eval
 
@@ -185,25 +190,20 @@ def _instruction(prompt: str) -> str:
     return body.removesuffix("\n\n### Response:\n").replace("\n\n### Input:\n", " | ")
 
 
+def _format(data: SFTData, i: int, answer: list[int]) -> tuple[str, str, str]:
+    """(instruction, reference answer, `answer`) of validation example `i`, as text."""
+    enc = get_encoding()
+    ended = bool(answer) and answer[-1] == EOT
+    text = enc.decode(answer[:-1] if ended else answer) + ("" if ended else " [no EOT]")
+    reference = enc.decode(data.val_answer(i)[:-1].tolist())
+    return _instruction(enc.decode(data.val_prompt(i).tolist())), reference, text
+
+
 def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[tuple[str, str, str]]:
     """(instruction, reference answer, greedy answer) for the first `count` validation examples."""
-    enc = get_encoding()
     count = min(count, len(data.val_ids))
-    answers = greedy_answers(model, [data.val_prompt(i) for i in range(count)], max_steps, count or 1)
-    shown = []
-    for i, answer in enumerate(answers):
-        ended = bool(answer) and answer[-1] == EOT
-        text = enc.decode(answer[:-1] if ended else answer) + ("" if ended else " [no EOT]")
-        reference = enc.decode(data.val_answer(i)[:-1].tolist())
-        shown.append((_instruction(enc.decode(data.val_prompt(i).tolist())), reference, text))
-    return shown
-
-
-def samples_hook(data: SFTData, max_steps: int):
-    def samples(model: GPT) -> list[str]:
-        return [f"{q} => {a}" for q, _, a in show_answers(model, data, 2, max_steps)]
-
-    return samples
+    answers = greedy_answers(model, [data.val_prompt(i) for i in range(count)], max_steps, max(count, 1))
+    return [_format(data, i, answer) for i, answer in enumerate(answers)]
 
 
 def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
@@ -234,8 +234,7 @@ def main(argv=None) -> int:
             print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from {shards_dir}"
                   f" ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
                   f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
-        hooks = Hooks(extra_eval=eot_rate_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True},
-                      samples=samples_hook(data, cfg.sample_tokens) if cfg.sample_tokens else None)
+        hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True})
         result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
         if dist.is_main:
             _report(cfg, data, dist.device)
