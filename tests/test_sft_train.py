@@ -23,7 +23,8 @@ from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
 from train.checkpoint import latest_checkpoint, save_checkpoint
 from train.log import read_log
-from train.sft import SFTData, main
+from train.config import parse_args
+from train.sft import SFTData, SFTTrainConfig, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Train examples (prompt, answer); the answer is followed by EOT. Token 0 is "!": a real answer token here.
@@ -210,3 +211,12 @@ def test_refusals_name_the_fix(setup, tmp_path, capsys):
     assert sft(setup, tmp_path / "run") == 1
     assert "kind 'pretrain', expected 'sft'" in capsys.readouterr().err
     assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_dataset_defaults():
+    sample = parse_args([], SFTTrainConfig)
+    assert (sample.epochs, sample.seq_len, sample.pretrain_run) == (2, 128, "runs/sample/pretrain")
+    alpaca = parse_args(["--dataset", "alpaca", "--lr", "3e-5"], SFTTrainConfig)
+    assert (alpaca.epochs, alpaca.batch_examples, alpaca.micro_batch, alpaca.seq_len) == (2, 64, 16, 1024)
+    assert (alpaca.lr, alpaca.warmup, alpaca.min_lr_ratio, alpaca.model, alpaca.batch_tokens) == \
+        (3e-5, 50, 0.1, None, None)

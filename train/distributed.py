@@ -34,8 +34,12 @@ class Dist:
         if self.enabled:
             torch_dist.barrier()
 
-    def close(self) -> None:
+    def close(self, ok: bool = True) -> None:
+        """Leave the process group; after a normal end, wait for every rank first (a rank that tears gloo
+        down while another is still in a collective can abort the other)."""
         if torch_dist.is_initialized():
+            if ok:
+                torch_dist.barrier()
             torch_dist.destroy_process_group()
 
 

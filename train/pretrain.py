@@ -52,16 +52,18 @@ def sample_hook(prompt: str, max_steps: int):
 def main(argv=None) -> int:
     cfg = parse_args(argv)
     dist = setup(cfg.device)
+    ok = False
     try:
         shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
         data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
         hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)
         result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="pretrain")
+        ok = True
     except (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError) as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 1
     finally:
-        dist.close()
+        dist.close(ok)
     if dist.is_main:
         val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
         print(f"pretrain: {result['step']} steps, validation loss {val}, checkpoints in {cfg.run_dir}/ckpt")

@@ -48,7 +48,9 @@ from .pretrain import build_model
 ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
                        save_every=400, pretrain_run="runs/fineweb10B/pretrain")
 # The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
-SAMPLE_DEFAULTS = dict(batch_examples=32, micro_batch=16, seq_len=256, lr=1e-3, warmup=10, eval_every=20,
+# Examples of at most 129 tokens: that leaves out the ~100 long code answers, whose runs of whitespace tokens
+# would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
+SAMPLE_DEFAULTS = dict(batch_examples=32, micro_batch=16, seq_len=128, lr=3e-3, warmup=10, eval_every=20,
                        save_every=100, pretrain_run="runs/sample/pretrain")
 SFT_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
