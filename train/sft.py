@@ -50,7 +50,7 @@ ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5,
 # The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
 # Examples of at most 129 tokens: that leaves out the ~100 long code answers, whose runs of whitespace tokens
 # would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
-SAMPLE_DEFAULTS = dict(batch_examples=32, micro_batch=16, seq_len=128, lr=3e-3, warmup=10, eval_every=20,
+SAMPLE_DEFAULTS = dict(batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=10, eval_every=40,
                        save_every=100, pretrain_run="runs/sample/pretrain")
 SFT_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
@@ -223,6 +223,7 @@ def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
 def main(argv=None) -> int:
     cfg = parse_args(argv, SFTTrainConfig, prog="python -m train sft")
     dist = setup(cfg.device)
+    ok = False
     try:
         for flag in ("model", "batch_tokens", "eval_tokens"):
             if getattr(cfg, flag) is not None:
@@ -238,13 +239,14 @@ def main(argv=None) -> int:
                   f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
         hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True})
         result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
-        if dist.is_main:
+        if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
             _report(cfg, data, dist.device)
+        ok = True
     except (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError) as e:
         print(f"sft: error: {e}", file=sys.stderr)
         return 1
     finally:
-        dist.close()
+        dist.close(ok)
     return 143 if result["stopped"] else 0
 
 
