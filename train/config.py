@@ -18,7 +18,7 @@ FINEWEB_DEFAULTS = dict(model="gpt2", batch_tokens=524288, micro_batch=32, seq_l
                         eval_every=250, eval_tokens=10485760, save_every=1000)
 # The CPU demo: the `tiny` model on the built-in sample, a few minutes on 2 cores.
 SAMPLE_DEFAULTS = dict(model="tiny", batch_tokens=1024, micro_batch=8, seq_len=128, lr=6e-3, warmup=40,
-                       eval_every=60, eval_tokens=16384, save_every=100, steps=600)
+                       eval_every=60, eval_tokens=16384, save_every=120, steps=720)
 DATASET_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
 
