@@ -9,7 +9,6 @@ the padding rows never show in logits, checkpoints or exports.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch

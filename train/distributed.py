@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -67,3 +68,16 @@ def setup(device: str = "auto") -> Dist:
     torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                   device_id=dev if dev.type == "cuda" else None)
     return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto"):
+    """`setup(device)` for the block, then leave the group: after a barrier when the block ended normally,
+    at once when it raised (another rank may never reach the barrier)."""
+    dist = setup(device)
+    ok = False
+    try:
+        yield dist
+        ok = True
+    finally:
+        dist.close(ok)

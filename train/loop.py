@@ -27,7 +27,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gpt.checkpoint import load_model
 from gpt.model import GPT
+from shards.format import ShardError
 from shards.io import directory_lock
+from shards.manifest import ManifestError
 
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
@@ -44,6 +46,10 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 
 class TrainingError(RuntimeError):
     """A run that cannot go on: a non-finite loss, a refused resume."""
+
+
+# What a trainer's command line reports as a one-line message (exit status 1) rather than a traceback.
+RUN_ERRORS = (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError)
 
 
 @dataclass

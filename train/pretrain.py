@@ -13,13 +13,11 @@ from gpt.checkpoint import load_model
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
 from gpt.tokenizer import get_encoding
-from shards.format import ShardError
-from shards.manifest import ManifestError
 
 from .config import TrainConfig, parse_args
 from .data import PretrainData, find_shards_dir
-from .distributed import Dist, setup
-from .loop import Hooks, TrainingError, train
+from .distributed import Dist, process_group
+from .loop import RUN_ERRORS, Hooks, train
 
 SAMPLE_PROMPT = "Hello, how are you today?"
 PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
@@ -51,19 +49,15 @@ def sample_hook(prompt: str, max_steps: int):
 
 def main(argv=None) -> int:
     cfg = parse_args(argv)
-    dist = setup(cfg.device)
-    ok = False
     try:
-        shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
-        data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
-        hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)
-        result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="pretrain")
-        ok = True
-    except (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError) as e:
+        with process_group(cfg.device) as dist:
+            shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
+            data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
+            hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)
+            result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="pretrain")
+    except RUN_ERRORS as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        dist.close(ok)
     if dist.is_main:
         val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
         print(f"pretrain: {result['step']} steps, validation loss {val}, checkpoints in {cfg.run_dir}/ckpt")

@@ -39,9 +39,9 @@ from shards.sft import SFTShard, open_sft_shard
 from .checkpoint import latest_checkpoint
 from .config import TrainConfig, parse_args
 from .data import VAL_SPLITS, BatchPlan, find_shards_dir, micro_batches, rank_slice
-from .distributed import Dist, setup
+from .distributed import Dist, process_group
 from .log import read_log
-from .loop import Hooks, TrainingError, autocast, train
+from .loop import RUN_ERRORS, Hooks, autocast, train
 from .pretrain import build_model
 
 # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
@@ -222,31 +222,27 @@ def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
 
 def main(argv=None) -> int:
     cfg = parse_args(argv, SFTTrainConfig, prog="python -m train sft")
-    dist = setup(cfg.device)
-    ok = False
     try:
-        for flag in ("model", "batch_tokens", "eval_tokens"):
-            if getattr(cfg, flag) is not None:
-                raise ValueError(f"--{flag.replace('_', '-')} does not apply to SFT (the model comes from --init or "
-                                 f"--pretrain-run; batches and evaluation count examples: --batch-examples, "
-                                 f"--eval-examples)")
-        cfg = resolve_init(cfg)
-        shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
-        data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
-        if dist.is_main:
-            print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from {shards_dir}"
-                  f" ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
-                  f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
-        hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True})
-        result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
-        if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
-            _report(cfg, data, dist.device)
-        ok = True
-    except (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError) as e:
+        with process_group(cfg.device) as dist:
+            for flag in ("model", "batch_tokens", "eval_tokens"):
+                if getattr(cfg, flag) is not None:
+                    raise ValueError(f"--{flag.replace('_', '-')} does not apply to SFT (the model comes from "
+                                     f"--init or --pretrain-run; batches and evaluation count examples: "
+                                     f"--batch-examples, --eval-examples)")
+            cfg = resolve_init(cfg)
+            shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
+            data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
+            if dist.is_main:
+                print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from "
+                      f"{shards_dir} ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
+                      f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
+            hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True})
+            result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
+            if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
+                _report(cfg, data, dist.device)
+    except RUN_ERRORS as e:
         print(f"sft: error: {e}", file=sys.stderr)
         return 1
-    finally:
-        dist.close(ok)
     return 143 if result["stopped"] else 0
 
 
