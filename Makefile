@@ -25,20 +25,18 @@ MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 RUN_DIR ?= runs/$(DATASET)
 ARGS ?=
-# Trainer flags, passed only when the variable is set (defaults follow DATASET; see python -m train pretrain --help)
+# Flags of both trainers, passed only when the variable is set (defaults follow the dataset: --help)
+RUN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) \
+  $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) $(if $(WARMUP),--warmup $(WARMUP)) \
+  $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) \
+  $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(INIT),--init $(INIT)) \
+  $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
+# Pretraining: the global batch counts tokens (python -m train pretrain --help)
 TRAIN_FLAGS = --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
-  $(if $(STEPS),--steps $(STEPS)) $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) \
-  $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) \
-  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) \
-  $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) $(if $(filter 1 yes true,$(RESUME)),--resume) \
-  $(if $(INIT),--init $(INIT)) $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
-# SFT flags (defaults follow SFT_DATASET; see python -m train sft --help); the global batch counts examples
-SFT_FLAGS = --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) $(if $(STEPS),--steps $(STEPS)) \
-  $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) \
-  $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) \
-  $(if $(WARMUP),--warmup $(WARMUP)) $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) \
-  $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) $(if $(filter 1 yes true,$(RESUME)),--resume) \
-  $(if $(INIT),--init $(INIT)) $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
+  $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(RUN_FLAGS)
+# SFT: the global batch counts examples (python -m train sft --help)
+SFT_FLAGS = --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) $(if $(EPOCHS),--epochs $(EPOCHS)) \
+  $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node)
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
   --nproc_per_node=$(NGPU) $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from pipelines.alpaca import render_prompt
+
 from .inference import generate, stream, tokenize_batch_input
 from .tokenizer import EOT, get_encoding
 
-ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately completes "
-                   "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 
 def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
@@ -78,7 +78,7 @@ def run_generate(args) -> int:
     """Print the completion of every --prompt, generated as one batch."""
     model = _load(args, "generate")
     template = uses_template(args.ckpt, args.template)
-    prompts = [ALPACA_NO_INPUT.format(instruction=p) if template else p for p in args.prompt]
+    prompts = [render_prompt(p) if template else p for p in args.prompt]
     try:
         input_ids, masks = tokenize_batch_input(prompts)
         rows = generate(model, input_ids, masks, **_options(args))
@@ -112,7 +112,7 @@ def run_chat(args, stdin=None, stdout=None) -> int:
         if not text.strip():
             continue
         try:
-            input_ids, masks = tokenize_batch_input([ALPACA_NO_INPUT.format(instruction=text) if template else text])
+            input_ids, masks = tokenize_batch_input([render_prompt(text) if template else text])
             steps = stream(model, input_ids, masks, **options)
         except ValueError as e:
             print(f"error: {e}", file=stdout, flush=True)

@@ -17,7 +17,6 @@ a fraction of a second without torch.
 from __future__ import annotations
 
 import array
-import hashlib
 import json
 import multiprocessing
 import re
@@ -31,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.format import TOKEN_DTYPE, write_shard
-from shards.io import atomic_write, write_json
+from shards.io import atomic_write, write_bytes, write_json
 from shards.manifest import write_manifest
 
 from . import sources
@@ -249,11 +248,10 @@ def assemble(units: list[Unit], parts_dir: Path, out_dir: Path, name: str, shard
         path = out_dir / f"{name}_{split}_{k:06d}.bin"
         info = write_shard(path, _chunks(tokens, part_starts, a, b), num_docs=len(docs))
         docs_path = path.with_suffix(".docs")
-        with atomic_write(docs_path) as f:
-            f.write(docs.tobytes())
+        docs_info = write_bytes(docs_path, docs.tobytes())
         shards.append({"file": path.name, "split": split, "num_tokens": info["num_tokens"], "num_docs": len(docs),
                        "bytes": info["bytes"], "sha256": info["sha256"], "docs_file": docs_path.name,
-                       "docs_bytes": docs.nbytes, "docs_sha256": hashlib.sha256(docs.tobytes()).hexdigest()})
+                       "docs_bytes": docs_info["bytes"], "docs_sha256": docs_info["sha256"]})
     totals = {"documents": sum(i["num_docs"] for i in infos), "empty_documents": sum(i["empty_docs"] for i in infos),
               "tokens": total, "val_tokens": bounds[0][2], "train_tokens": total - bounds[0][2],
               "shards": len(shards), "units": len(units)}

@@ -49,6 +49,13 @@ def write_json(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes) -> dict:
+    """Write `data` to `path` atomically; returns {"bytes", "sha256"} of it, for a manifest."""
+    with atomic_write(path) as f:
+        f.write(data)
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .format import ShardError, open_tokens, write_shard
-from .io import atomic_write
+from .io import write_bytes
 
 MASK_DTYPE = np.dtype("u1")
 IDX_DTYPE = np.dtype("<u8")
@@ -26,21 +25,14 @@ def sidecar(bin_path: str | os.PathLike, suffix: str) -> Path:
     return Path(bin_path).with_suffix(suffix)
 
 
-def _write_array(path: Path, array: np.ndarray) -> dict:
-    data = array.tobytes()
-    with atomic_write(path) as f:
-        f.write(data)
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
 def write_sft_shard(bin_path: str | os.PathLike, tokens: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> dict:
     """Write the three files of an SFT shard atomically; returns their sizes and sha256 for the manifest."""
     tokens, mask, offsets = np.asarray(tokens), np.asarray(mask), np.asarray(offsets)
     if len(mask) != len(tokens) or offsets[-1] != len(tokens):
         raise ValueError(f"{bin_path}: tokens ({len(tokens)}), mask ({len(mask)}) and offsets (end {offsets[-1]}) disagree")
     info = write_shard(bin_path, [tokens], num_docs=len(offsets) - 1)
-    mask_info = _write_array(sidecar(bin_path, ".mask"), mask.astype(MASK_DTYPE))
-    idx_info = _write_array(sidecar(bin_path, ".idx"), offsets.astype(IDX_DTYPE))
+    mask_info = write_bytes(sidecar(bin_path, ".mask"), mask.astype(MASK_DTYPE).tobytes())
+    idx_info = write_bytes(sidecar(bin_path, ".idx"), offsets.astype(IDX_DTYPE).tobytes())
     return {**info, "mask_bytes": mask_info["bytes"], "mask_sha256": mask_info["sha256"],
             "idx_bytes": idx_info["bytes"], "idx_sha256": idx_info["sha256"]}
 

@@ -9,9 +9,9 @@ import torch
 
 from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_batch_input
 from gpt.__main__ import main
-from gpt.chat import ALPACA_NO_INPUT
 from gpt.hf import from_hf
 from gpt.model import KVCache, preset
+from pipelines.alpaca import PROMPT_NO_INPUT as ALPACA_NO_INPUT
 
 PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog and then", "é 日本"]
 
