@@ -16,9 +16,8 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .model import GPT, KVCache
+from .model import GPT, KVCache, linear
 from .tokenizer import EOT, get_encoding
 
 
@@ -158,10 +157,7 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
                                              key_mask=None if key_mask is None else key_mask[:, :end],
                                              cache=cache)
             last = hidden[:, -1]
-            # Only the last position is projected. For a few rows MKL runs [V, C] @ [C, B] faster than
-            # F.linear's [B, C] @ [C, V] (8 rows on the 2-core Xeon: 2.9 against 2.0 GB/s of weights read);
-            # for one row F.linear is as fast or faster.
-            logits = F.linear(last, head) if batch == 1 else torch.mm(head, last.t()).t()
+            logits = linear(last, head)  # only the last position is projected
             new = _next_tokens(logits, temperature, top_k, top_p, generator)
             if end < tokens.shape[1]:
                 tokens[:, end] = new

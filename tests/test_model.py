@@ -11,6 +11,7 @@ from bench import train as bench_train
 from gpt import GPT, load_model, preset, save_model
 from gpt.__main__ import main as gpt_main
 from gpt.hf import from_hf, hf_config, to_hf
+from gpt.model import DECODE_BLOCK, linear
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,6 +40,22 @@ def ids(batch=2, T=24, seed=1):
 
 def max_diff(a, b):
     return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("out_features", [DECODE_BLOCK, 3 * DECODE_BLOCK + 17, 50257])
+def test_blocked_decoding_product_equals_f_linear(out_features):
+    """`linear`'s blocked path (4 to 15 rows without autograd, on a CPU) computes F.linear for every shape,
+    including a last partial block, a bias, and leading dimensions; with autograd it is F.linear itself."""
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(out_features, 96, generator=g), torch.randn(out_features, generator=g)
+    for shape in [(1, 96), (4, 96), (8, 1, 96), (3, 5, 96), (15, 96), (16, 96)]:
+        x = torch.randn(*shape, generator=g)
+        expected = torch.nn.functional.linear(x, weight, bias)
+        with torch.no_grad():
+            got, no_bias = linear(x, weight, bias), linear(x, weight)
+        assert got.shape == expected.shape
+        assert max_diff(got, expected) < 1e-4 and max_diff(no_bias + bias, expected) < 1e-4
+        assert torch.equal(linear(x, weight, bias), expected)
 
 
 @torch.no_grad()
