@@ -94,6 +94,35 @@ class Linear(nn.Linear):
         return linear(x, self.weight, self.bias)
 
 
+class CrossEntropy(torch.autograd.Function):
+    """`F.cross_entropy(logits [N, V], targets [N], ignore_index=-100)`, summed or averaged over the
+    supervised targets, with a leaner backward: the saved log-probabilities become the gradient in place
+    (softmax minus one-hot, as llm.c's fused classifier does), so the loss holds one [N, V] float buffer
+    where F.cross_entropy allocates three. A second backward through the same graph is refused by
+    autograd (the saved buffer was modified)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, mean: bool):
+        logp = torch.log_softmax(logits, dim=-1)
+        supervised = targets != -100
+        index = targets.clamp(min=0).unsqueeze(1)
+        loss = -logp.gather(1, index).squeeze(1).masked_fill(~supervised, 0).sum()
+        scale = supervised.to(logp.dtype)  # d(loss)/d(picked log-probability), negated
+        if mean:
+            count = supervised.sum()
+            loss, scale = loss / count, scale / count
+        ctx.save_for_backward(logp, index, scale)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        logp, index, scale = ctx.saved_tensors
+        grad = logp.exp_()  # softmax
+        grad.scatter_add_(1, index, torch.full_like(index, -1, dtype=grad.dtype))
+        grad.mul_((scale * grad_loss).unsqueeze(1))  # ignored rows: 0
+        return grad, None, None
+
+
 class KVCache:
     """Keys and values of every layer for up to `max_len` positions of a batch, filled left to right."""
 
@@ -232,6 +261,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)[..., :self.config.vocab_size]
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                               ignore_index=-100, reduction=reduction)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        loss = CrossEntropy.apply(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction == "mean")
         return logits, loss

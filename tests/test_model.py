@@ -11,7 +11,7 @@ from bench import train as bench_train
 from gpt import GPT, load_model, preset, save_model
 from gpt.__main__ import main as gpt_main
 from gpt.hf import from_hf, hf_config, to_hf
-from gpt.model import DECODE_BLOCK, linear
+from gpt.model import DECODE_BLOCK, CrossEntropy, linear
 
 transformers = pytest.importorskip("transformers")
 
@@ -56,6 +56,23 @@ def test_blocked_decoding_product_equals_f_linear(out_features):
         assert got.shape == expected.shape
         assert max_diff(got, expected) < 1e-4 and max_diff(no_bias + bias, expected) < 1e-4
         assert torch.equal(linear(x, weight, bias), expected)
+
+
+@pytest.mark.parametrize("mean", [True, False])
+def test_cross_entropy_equals_torch_in_value_and_gradient(mean):
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(12, 50, generator=g)).requires_grad_()
+    targets = torch.randint(0, 50, (12,), generator=g)
+    targets[[0, 5, 6]] = -100
+    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="mean" if mean else "sum")
+    (expected_grad,) = torch.autograd.grad(2.5 * expected, logits)
+    loss = CrossEntropy.apply(logits, targets, mean)
+    (2.5 * loss).backward(retain_graph=True)
+    assert abs(loss.item() - expected.item()) < 1e-5
+    assert max_diff(logits.grad, expected_grad) < 1e-6
+    assert logits.grad[[0, 5, 6]].eq(0).all()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()  # the saved log-probabilities became the gradient: no second backward
 
 
 @torch.no_grad()
