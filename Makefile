@@ -37,9 +37,10 @@ TRAIN_FLAGS = --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model 
 # SFT: the global batch counts examples (python -m train sft --help)
 SFT_FLAGS = --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) $(if $(EPOCHS),--epochs $(EPOCHS)) \
   $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) $(RUN_FLAGS)
-# One plain process for NGPU=1 on one node, else torchrun (--standalone on one node)
+# One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
+# gives the workers 300 s (not its default 30) to write their checkpoint before it kills them
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
-  --nproc_per_node=$(NGPU) $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
+  --shutdown-timeout=300 --nproc_per_node=$(NGPU) $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
 
 .DEFAULT_GOAL := help

@@ -22,9 +22,8 @@ import torch
 
 from gpt.hf import from_hf, to_hf
 from gpt.model import GPT, preset
+from train.loop import peak_bf16_flops
 
-# Dense bf16 peak FLOP/s, by a substring of torch.cuda.get_device_name().
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
 @dataclass
@@ -143,7 +142,7 @@ def run(cfg: BenchConfig) -> dict:
     result["forward_backward_ratio"] = fb["ours"] / fb["transformers"]
     if cfg.device == "cuda":
         name = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
+        peak = peak_bf16_flops(name)
         result["device"] = name
         if peak:
             flops = trainers[0].model.flops_per_token(cfg.seq_len)

@@ -95,15 +95,19 @@ class Linear(nn.Linear):
 
 
 class CrossEntropy(torch.autograd.Function):
-    """`F.cross_entropy(logits [N, V], targets [N], ignore_index=-100)`, summed or averaged over the
-    supervised targets, with a leaner backward: the saved log-probabilities become the gradient in place
-    (softmax minus one-hot, as llm.c's fused classifier does), so the loss holds one [N, V] float buffer
-    where F.cross_entropy allocates three. A second backward through the same graph is refused by
-    autograd (the saved buffer was modified)."""
+    """`F.cross_entropy(logits [..., V], targets [...], ignore_index=-100)`, summed or averaged over the
+    supervised targets, computed in float32 whatever the logits' dtype, with a leaner backward: the saved
+    log-probabilities become the gradient in place (softmax minus one-hot, as llm.c's fused classifier does).
+    The loss holds one float32 [N, V] buffer where `F.cross_entropy(logits.float())` holds three, and no
+    float32 copy of bf16 logits. A second backward through the same graph is refused by autograd (the saved
+    buffer was modified)."""
 
     @staticmethod
     def forward(ctx, logits, targets, mean: bool):
-        logp = torch.log_softmax(logits, dim=-1)
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        with torch.autocast(logits.device.type, enabled=False):  # autocast would make a float32 copy first
+            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).reshape(-1, logits.shape[-1])
+        targets = targets.reshape(-1)
         supervised = targets != -100
         index = targets.clamp(min=0).unsqueeze(1)
         loss = -logp.gather(1, index).squeeze(1).masked_fill(~supervised, 0).sum()
@@ -120,7 +124,7 @@ class CrossEntropy(torch.autograd.Function):
         grad = logp.exp_()  # softmax
         grad.scatter_add_(1, index, torch.full_like(index, -1, dtype=grad.dtype))
         grad.mul_((scale * grad_loss).unsqueeze(1))  # ignored rows: 0
-        return grad, None, None
+        return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None
 
 
 class KVCache:
@@ -263,5 +267,5 @@ class GPT(nn.Module):
             return logits
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        loss = CrossEntropy.apply(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction == "mean")
+        loss = CrossEntropy.apply(logits, targets, reduction == "mean")
         return logits, loss

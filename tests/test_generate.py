@@ -298,3 +298,13 @@ def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model
     monkeypatch.setattr("sys.stdin", io.StringIO("Say hi"))  # EOF ends the loop too
     assert main(["chat", "--ckpt", str(plain), "--max-steps", "3", "--template", "alpaca"]) == 0
     assert "Alpaca template" in capsys.readouterr().out
+
+
+def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):
+    """`make bench-generate` on the nano model: batch 8 goes through the blocked decoding product."""
+    from bench import generate as bench_generate
+
+    pytest.importorskip("transformers")
+    assert bench_generate.main(["--model", "nano", "--new-tokens", "6", "--rounds", "1", "--bandwidth-mib", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "same tokens: True" in out and "batch 8: ours at" in out and "(goal >= 70%)" in out

@@ -59,18 +59,26 @@ def test_blocked_decoding_product_equals_f_linear(out_features):
 
 
 @pytest.mark.parametrize("mean", [True, False])
-def test_cross_entropy_equals_torch_in_value_and_gradient(mean):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_equals_torch_in_value_and_gradient(mean, dtype):
+    """Same loss and gradient as F.cross_entropy on float32 logits, for [B, T, V] logits (a padded
+    vocabulary's slice included) in float32 or bf16 (whose loss is computed in float32 from the bf16 values)."""
     g = torch.Generator().manual_seed(0)
-    logits = (3 * torch.randn(12, 50, generator=g)).requires_grad_()
-    targets = torch.randint(0, 50, (12,), generator=g)
-    targets[[0, 5, 6]] = -100
-    expected = torch.nn.functional.cross_entropy(logits, targets, reduction="mean" if mean else "sum")
-    (expected_grad,) = torch.autograd.grad(2.5 * expected, logits)
+    padded = (3 * torch.randn(2, 6, 64, generator=g)).to(dtype).requires_grad_()
+    logits = padded[..., :50]
+    targets = torch.randint(0, 50, (2, 6), generator=g)
+    targets[0, 0] = targets[0, 5] = targets[1, 0] = -100
+    reference = logits.detach().float().requires_grad_()
+    expected = torch.nn.functional.cross_entropy(reference.reshape(-1, 50), targets.reshape(-1),
+                                                 reduction="mean" if mean else "sum")
+    (2.5 * expected).backward()
     loss = CrossEntropy.apply(logits, targets, mean)
     (2.5 * loss).backward(retain_graph=True)
-    assert abs(loss.item() - expected.item()) < 1e-5
-    assert max_diff(logits.grad, expected_grad) < 1e-6
-    assert logits.grad[[0, 5, 6]].eq(0).all()
+    assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) < 1e-5
+    assert padded.grad.dtype == dtype and padded.grad[..., 50:].eq(0).all()
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2 * reference.grad.abs().max().item()
+    assert max_diff(padded.grad[..., :50].float(), reference.grad) <= tolerance
+    assert padded.grad[0, 0].eq(0).all() and padded.grad[1, 0].eq(0).all()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()  # the saved log-probabilities became the gradient: no second backward
 

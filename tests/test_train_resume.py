@@ -126,3 +126,17 @@ def test_resume_with_another_number_of_ranks_keeps_the_data_order(setup):
             assert resumed[step][0] == pytest.approx(loss, abs=1e-5), step
         if val is not None:
             assert resumed[step][1] == pytest.approx(val, abs=1e-5), step
+
+
+def test_a_failure_on_rank_0_alone_stops_every_rank_with_its_message(setup):
+    """Rank 0 cannot lock the run folder (another run holds it): rank 1 must not wait in the next collective
+    (gloo's or NCCL's timeout, tens of minutes) but stop at once, and the command reports rank 0's reason."""
+    from shards.io import directory_lock
+
+    run_dir = setup["tmp"] / "locked"
+    with directory_lock(run_dir):
+        proc = subprocess.run(command(2) + flags(setup, run_dir), cwd=ROOT, env=env(), capture_output=True,
+                              text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is in use by another run" in out and "other rank(s) failed" in out, out[-3000:]

@@ -10,6 +10,10 @@ import torch
 import torch.distributed as torch_dist
 
 
+class RankFailed(RuntimeError):
+    """Another rank failed in a block that every rank runs (`Dist.unanimous`)."""
+
+
 @dataclass
 class Dist:
     rank: int = 0
@@ -34,6 +38,23 @@ class Dist:
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()
+
+    @contextlib.contextmanager
+    def unanimous(self):
+        """For a block that may fail on some ranks only (rank 0's file lock and checkpoint writes, reads of
+        a node's files): when it raises on any rank, every rank raises, the failed ones their own error, the
+        others RankFailed, instead of the others waiting in the next collective until NCCL's timeout. Every
+        rank must enter the block; it must hold no collective itself."""
+        error = None
+        try:
+            yield
+        except Exception as e:  # re-raised below, after the other ranks have heard of it
+            error = e
+        failed = self.all_reduce_sum(torch.tensor([float(error is not None)], device=self.device)).item()
+        if error is not None:
+            raise error
+        if failed:
+            raise RankFailed(f"rank {self.rank}: {int(failed)} other rank(s) failed (see their message); stopping")
 
     def close(self, ok: bool = True) -> None:
         """Leave the process group; after a normal end, wait for every rank first (a rank that tears gloo

@@ -34,14 +34,17 @@ from shards.manifest import ManifestError
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .data import accumulation_steps
-from .distributed import Dist
+from .distributed import Dist, RankFailed
 from .log import RunLog
 
 # A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
 RESUME_KEYS = ("model", "seq_len", "batch_tokens", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
-               "beta2", "eps", "grad_clip", "seed")
-# Dense bf16 peak FLOP/s per GPU, for MFU.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+               "beta2", "eps", "grad_clip", "seed", "padded_vocab")
+# Dense bf16 peak FLOP/s per GPU (datasheets, without sparsity), for MFU; the first name found in
+# torch.cuda.get_device_name() wins, so the more specific names come first.
+PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989e12),
+                   ("H200", 989e12), ("A100", 312e12), ("A10G", 70e12), ("A10", 125e12), ("L40S", 362e12),
+                   ("L40", 181e12), ("L4", 121e12))
 
 
 class TrainingError(RuntimeError):
@@ -49,7 +52,7 @@ class TrainingError(RuntimeError):
 
 
 # What a trainer's command line reports as a one-line message (exit status 1) rather than a traceback.
-RUN_ERRORS = (TrainingError, ManifestError, ShardError, ValueError, FileNotFoundError)
+RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, FileNotFoundError)
 
 
 @dataclass
@@ -80,8 +83,25 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
                              fused=device.type in ("cuda", "cpu"))
 
 
+def _dtype(cfg: TrainConfig, device: torch.device) -> str:
+    """--dtype auto: bf16 autocast on a GPU with native bf16 (Ampere and later), else float32."""
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bfloat16" if native_bf16 else "float32"
+
+
+def _device_name(device: torch.device) -> str:
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of the GPU named `device_name` (torch.cuda.get_device_name), for MFU."""
+    return next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
+
+
 def autocast(cfg: TrainConfig, device: torch.device):
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = _dtype(cfg, device)
     if dtype == "float32":
         return contextlib.nullcontext()
     if dtype == "bfloat16":
@@ -101,7 +121,7 @@ def evaluate(model: GPT, data, dist: Dist, cfg: TrainConfig) -> float:
     for x, y in data.val_batches(dist.rank, dist.world_size, cfg.micro_batch):
         x, y = x.to(dist.device), y.to(dist.device)
         with autocast(cfg, dist.device):
-            _, loss = model(x, y, reduction="sum")
+            loss = model(x, y, reduction="sum")[1]
         totals += torch.stack([loss.double(), (y != -100).sum().double()])
     dist.all_reduce_sum(totals)
     model.train()
@@ -156,19 +176,20 @@ def train(cfg: TrainConfig, data, dist: Dist, build_model: Callable[[], GPT], ho
     accum = accumulation_steps(data.rows_per_step, cfg.micro_batch, dist.world_size,
                                what=getattr(data, "rows_name", f"sequences of {cfg.seq_len} tokens"))
     with contextlib.ExitStack() as lock:
-        if dist.is_main:
-            try:
-                lock.enter_context(directory_lock(cfg.run_dir))
-            except RuntimeError as e:  # another run holds this run folder
-                raise TrainingError(str(e)) from None
-        folder, model = _resume(cfg, data, dist, total)
-        start = 0
-        if model is None:
-            torch.manual_seed(cfg.seed)
-            model = build_model().to(dist.device).train()
-        optimizer = make_optimizer(model, cfg, dist.device)
-        if folder is not None:
-            start = load_training_state(folder, optimizer)["step"]
+        with dist.unanimous():
+            if dist.is_main:
+                try:
+                    lock.enter_context(directory_lock(cfg.run_dir))
+                except RuntimeError as e:  # another run holds this run folder
+                    raise TrainingError(str(e)) from None
+            folder, model = _resume(cfg, data, dist, total)
+            start = 0
+            if model is None:
+                torch.manual_seed(cfg.seed)
+                model = build_model().to(dist.device).train()
+            optimizer = make_optimizer(model, cfg, dist.device)
+            if folder is not None:
+                start = load_training_state(folder, optimizer)["step"]
         starts = dist.all_reduce_sum(torch.tensor([float(start)], device=dist.device))
         if starts.item() != start * dist.world_size:
             raise TrainingError(f"ranks disagree on the step to resume from (rank {dist.rank}: {start}); "
@@ -177,11 +198,14 @@ def train(cfg: TrainConfig, data, dist: Dist, build_model: Callable[[], GPT], ho
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         raw = model
-        if cfg.compile:
-            model = torch.compile(model)
         if dist.enabled:
             model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+        if cfg.compile:  # after DDP: dynamo then splits the graph at DDP's buckets, overlapping the all-reduces
+            model = torch.compile(model)
         log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
+        log.print(f"{desc}: {dist.world_size} process(es) on {_device_name(dist.device)}, "
+                  f"{_dtype(cfg, dist.device)}{', compiled' if cfg.compile else ''}, "
+                  f"{accum} micro-batch(es) of {cfg.micro_batch} per step and process")
         if folder is not None:
             log.print(f"resumed from {folder} at step {start}")
         stop = _StopFlag()
@@ -211,8 +235,7 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
 
 def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
-    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in torch.cuda.get_device_name(device)), None) \
-        if device.type == "cuda" else None
+    peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     flops_per_token = raw.flops_per_token(cfg.seq_len)
     val_loss = next((r["val_loss"] for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
     if start >= total:
@@ -237,12 +260,13 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg, device):
-                    _, loss = model(x, y, reduction="sum")
+                    loss = model(x, y, reduction="sum")[1]  # the logits are not kept
                 (loss * scale).backward()
             stats[0] += loss.detach().double()
             stats[1] += x.numel()
         stats[2] = float(stop.set)
         dist.all_reduce_sum(stats)
+        stopped = stats[2].item() > 0  # SIGTERM on any rank: save at once, skip this step's evaluation
         loss = (stats[0] / count.double()).item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -261,21 +285,20 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                   "tokens_per_s": stats[1].item() / dt, "accumulation": accum}
         if peak is not None:
             record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * dist.world_size)
-        if step % cfg.eval_every == 0 or step == total:
+        if (step % cfg.eval_every == 0 or step == total) and not stopped:
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             val_loss = record["val_loss"]
         log.write(record)
         if "val_loss" in record:
             log.plot()
-        stopped = stats[2].item() > 0
         if step % cfg.save_every == 0 or step == total or stopped:
-            if dist.is_main:
-                save_checkpoint(cfg.run_dir, step, raw, optimizer, {
-                    **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
-                    "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
-                    "shards_dir": str(data.dir), "config": cfg.to_dict()},
-                    cfg.keep_checkpoints)
-            dist.barrier()
+            with dist.unanimous():  # a failed write (disk full) stops every rank with rank 0's message
+                if dist.is_main:
+                    save_checkpoint(cfg.run_dir, step, raw, optimizer, {
+                        **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
+                        "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
+                        "shards_dir": str(data.dir), "config": cfg.to_dict()},
+                        cfg.keep_checkpoints)
         if stopped:
             log.print(f"stopped by SIGTERM after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
             return {"step": step, "stopped": True, "val_loss": val_loss}
