@@ -4,8 +4,9 @@ Both models get the same config (124M by default), the same weights (HF's conver
 `gpt.hf.to_hf`, dropout 0 so both compute the same function: the first losses are checked equal), the same
 batch, threads and AdamW (fused); a step is forward + backward + optimizer step. The HF model keeps its default
 attention (sdpa). Steps alternate between the two models in rounds, after warmup steps, so that load from
-other processes hits both alike; the fastest step gives tokens/s (the least disturbed by other processes;
-the median is printed too). With CUDA available, a second run on the GPU: bf16 autocast, TF32, fused AdamW,
+other processes hits both alike. Tokens/s is the throughput of the timed steps (their tokens over their
+time, what a training run sees); the fastest step of each is printed too (the least disturbed by other
+processes, and for transformers the step that lost least to page faults: see docs/benchmarks.md). With CUDA available, a second run on the GPU: bf16 autocast, TF32, fused AdamW,
 sequence 1024, padded vocabulary, and MFU against the GPU's peak dense bf16 FLOP/s.
 """
 
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import statistics
 import time
 from dataclasses import dataclass
 
@@ -32,7 +32,7 @@ class BenchConfig:
     batch: int = 4
     seq_len: int = 256
     warmup: int = 2
-    rounds: int = 4  # timed steps per model, alternating
+    rounds: int = 8  # timed steps per model, alternating
     threads: int = 0  # 0 = torch's default
     padded_vocab_size: int | None = None  # ours only; None = the same vocabulary as HF
     device: str = "cpu"  # cpu or cuda
@@ -134,12 +134,12 @@ def run(cfg: BenchConfig) -> dict:
     tokens = cfg.batch * cfg.seq_len
     result = {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
               "first_loss": dict(zip((t.name for t in trainers), first)),
-              "tokens_per_s": {t.name: tokens / min(t.times) for t in trainers},
-              "tokens_per_s_median": {t.name: tokens / statistics.median(t.times) for t in trainers},
-              "forward_backward_tokens_per_s": {t.name: tokens / min(t.fb_times) for t in trainers}}
-    result["ratio"] = result["tokens_per_s"]["ours"] / result["tokens_per_s"]["transformers"]
-    fb = result["forward_backward_tokens_per_s"]
-    result["forward_backward_ratio"] = fb["ours"] / fb["transformers"]
+              "tokens_per_s": {t.name: tokens * len(t.times) / sum(t.times) for t in trainers},
+              "tokens_per_s_fastest": {t.name: tokens / min(t.times) for t in trainers},
+              "forward_backward_tokens_per_s": {t.name: tokens * len(t.fb_times) / sum(t.fb_times) for t in trainers}}
+    for key, prefix in (("tokens_per_s", ""), ("tokens_per_s_fastest", "fastest_"),
+                        ("forward_backward_tokens_per_s", "forward_backward_")):
+        result[prefix + "ratio"] = result[key]["ours"] / result[key]["transformers"]
     if cfg.device == "cuda":
         name = torch.cuda.get_device_name()
         peak = peak_bf16_flops(name)
@@ -170,9 +170,10 @@ def report(cfg: BenchConfig) -> None:
     print(f"  first loss: ours {r['first_loss']['ours']:.6f}, transformers {r['first_loss']['transformers']:.6f}")
     for name, tps in r["tokens_per_s"].items():
         mfu = f"   MFU {r['mfu'][name]:.1%}" if "mfu" in r else ""
-        print(f"  {name:<13} {tps:10.1f} tokens/s (median step: {r['tokens_per_s_median'][name]:.1f}){mfu}")
-    print(f"  ratio ours/transformers: {r['ratio']:.2f}  (goal >= 1.3 on CPU); "
-          f"forward + backward only: {r['forward_backward_ratio']:.2f}")
+        print(f"  {name:<13} {tps:10.1f} tokens/s over {cfg.rounds} steps "
+              f"(fastest step: {r['tokens_per_s_fastest'][name]:.1f}){mfu}")
+    print(f"  ratio ours/transformers: {r['ratio']:.2f}  (goal >= 1.3 on CPU); fastest steps: "
+          f"{r['fastest_ratio']:.2f}; forward + backward only: {r['forward_backward_ratio']:.2f}")
     tolerance = 1e-3 if cfg.device == "cpu" else 5e-2  # bf16 autocast rounds differently in the two models
     if abs(r["first_loss"]["ours"] - r["first_loss"]["transformers"]) > tolerance:
         raise SystemExit("bench-train: the two models disagree on the first loss; the comparison is void")
