@@ -10,7 +10,7 @@ from gpt.checkpoint import load_model
 from train.checkpoint import latest_checkpoint
 from train.config import TrainConfig, parse_args
 from train.log import read_log
-from train.loop import lr_at
+from train.loop import lr_at, peak_bf16_flops
 from train.pretrain import main
 from train_shards import small_model, write_test_shards
 
@@ -86,6 +86,14 @@ def test_lr_schedule_warmup_and_cosine():
     assert lr_at(60, cfg, 110) == pytest.approx(0.55)  # halfway down the cosine
     assert lr_at(110, cfg, 110) == pytest.approx(0.1)
     assert lr_at(500, cfg, 110) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", 70e12), ("NVIDIA A10", 125e12),
+    ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12), ("Tesla T4", None)])
+def test_mfu_peak_is_the_most_specific_gpu_name(name, peak):
+    assert peak_bf16_flops(name) == peak
 
 
 def test_dataset_defaults_and_flags():
