@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from shards.io import atomic_write, write_json
@@ -67,12 +66,13 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
     if raw.get("format") == FORMAT:
         config = _our_config(raw, config_path, padded_vocab_size)
         weights = folder / WEIGHTS
-        state = complete_state_dict(_read_safetensors(weights, folder), config, str(weights))
+        tensors = _read_weights(weights, f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)")
+        state = complete_state_dict(tensors, config, str(weights))
     elif raw.get("model_type") == "gpt2":
         config = config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size)
         weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
-        reader = _read_safetensors if weights.name == WEIGHTS else _read_torch
-        state = state_dict_from_hf(reader(weights, folder), config, source=str(weights))
+        tensors = _read_weights(weights, f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
+        state = state_dict_from_hf(tensors, config, source=str(weights))
     else:
         raise ValueError(f"{config_path}: neither a {FORMAT} checkpoint (no \"format\": \"{FORMAT}\") "
                          f"nor a GPT-2 model (model_type {raw.get('model_type')!r})")
@@ -95,19 +95,13 @@ def _our_config(raw: dict, config_path: Path, padded_vocab_size: int | None) -> 
         raise ValueError(f"{config_path}: {e}") from None
 
 
-def _read_safetensors(path: Path, folder: Path) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path, missing: str) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, or of a pickled torch file read with `weights_only=True`."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; {folder} holds no weights (incomplete checkpoint?)")
+        raise FileNotFoundError(missing)
     try:
-        return load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: cannot read safetensors file ({e})") from None
-
-
-def _read_torch(path: Path, folder: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
-    try:
+        if path.suffix == ".safetensors":
+            return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+    except Exception as e:  # SafetensorError, OSError; torch's UnpicklingError, RuntimeError, EOFError...
         raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
