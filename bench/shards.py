@@ -14,7 +14,6 @@ inside the timed run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import sources, tokenize
-from pipelines.tokenize import get_encoding
+from shards.manifest import load_manifest
 
 
 @dataclass
@@ -57,7 +56,7 @@ def make_input(folder: Path, repeat: int) -> list[str]:
 
 
 def baseline(texts: list[str], threads: int) -> tuple[int, float]:
-    enc = get_encoding()
+    enc = tokenize.get_encoding()
     t0 = time.perf_counter()
     n = sum(len(ids) for ids in enc.encode_ordinary_batch(texts, num_threads=threads))
     return n, time.perf_counter() - t0
@@ -81,7 +80,7 @@ def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
         seconds = time.perf_counter() - t0
     finally:
         tokenize.tokenize = original
-    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    totals = load_manifest(out)["totals"]
     return totals["tokens"] - totals["documents"], seconds, seen[0]["peak_rss_per_worker"]
 
 

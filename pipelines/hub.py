@@ -29,7 +29,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 from tqdm import tqdm
 
-from shards.io import directory_lock, write_json
+from shards.io import directory_lock, fsync_dir, sha256_file, write_json
 
 
 @dataclass(frozen=True)
@@ -201,10 +201,9 @@ def _fetch_missing(repo_id: str, names: list[str], revision: str, dest_dir: Path
 def _digest(path: Path, algorithm: str) -> str:
     """The sha256 of a file, or its git blob sha1 ("git-sha1": sha1 of b"blob <size>\\0" + bytes)."""
     if algorithm == "sha256":
-        h = hashlib.sha256()
-    else:
-        h = hashlib.sha1()
-        h.update(b"blob %d\0" % path.stat().st_size)
+        return sha256_file(path)
+    h = hashlib.sha1()
+    h.update(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         while block := f.read(1 << 22):
             h.update(block)
@@ -260,11 +259,7 @@ def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, whe
     final = dest_dir / name
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(part, final)
-    directory = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
+    fsync_dir(final.parent)  # the rename itself survives a crash
 
 
 def _get_range(url: str, part: Path, have: int, size: int, bar: tqdm, where: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from gpt.tokenizer import ranks_sha256
@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None) -> PretrainConfig:
     p.add_argument("--assemble", action="store_true", help="write the shards and manifest from every task's parts")
     p.add_argument("--download-only", action="store_true", help="only download or convert the source")
     args = p.parse_args(argv)
-    return PretrainConfig(**{f.name: getattr(args, f.name) for f in fields(PretrainConfig)})
+    return PretrainConfig(**vars(args))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,8 +125,9 @@ def local_source(path: str | Path) -> Source:
     if not files:
         raise SourceError(f"{root}: no {', '.join(SUFFIXES)} files in it")
     base = root.parent if root.is_file() else root
-    identity = [{"file": str(p.relative_to(base)), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-                for p in files]
+    stats = [p.stat() for p in files]
+    identity = [{"file": str(p.relative_to(base)), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+                for p, st in zip(files, stats)]
     return Source("custom", files, identity, {"dataset": str(root), "revision": None, "files": None})
 
 

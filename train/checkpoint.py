@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from gpt.checkpoint import save_model
-from shards.io import _fsync_dir, atomic_write, write_json
+from shards.io import fsync_dir, atomic_write, write_json
 
 LATEST = "latest"
 STATE = "state.json"
@@ -111,7 +111,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
     shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (no state.json)
     tmp.rename(final)
-    _fsync_dir(root)
+    fsync_dir(root)
     with atomic_write(root / LATEST, "w") as f:
         f.write(final.name + "\n")
     _prune(root, final, keep)
