@@ -1,1 +1,15 @@
 """Benchmarks (`make bench`): speeds reported as ratios against a baseline measured in the same run."""
+
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the machine line of every benchmark."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.train import cpu_name
+from bench import cpu_name
 from gpt.hf import to_hf
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench import cpu_name
 from pipelines import sources, tokenize
 from shards.manifest import load_manifest
 
@@ -34,16 +34,6 @@ class BenchConfig:
     repeat: int = 7
     workers: int = os.cpu_count() or 1
     rounds: int = 3
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_input(folder: Path, repeat: int) -> list[str]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import time
 from dataclasses import dataclass
 
 import torch
 
+from bench import cpu_name
 from gpt.hf import from_hf, to_hf
 from gpt.model import GPT, preset
 from train.loop import peak_bf16_flops
@@ -57,17 +57,6 @@ def parse_args(argv=None) -> BenchConfig:
         else:
             p.add_argument(flag, type=type(default), default=default)
     return BenchConfig(**vars(p.parse_args(argv)))
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 class Trainer:

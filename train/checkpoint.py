@@ -125,9 +125,12 @@ def _prune(root: Path, latest: Path, keep: int) -> None:
             shutil.rmtree(folder)
 
 
-def load_training_state(folder: Path, optimizer) -> dict:
-    """Restore the optimizer and RNG states of checkpoint `folder`; returns its state.json."""
-    state = json.loads((folder / STATE).read_text())
+def read_state(folder: Path) -> dict:
+    """The state.json of checkpoint `folder`."""
+    return json.loads((folder / STATE).read_text())
+
+
+def load_training_state(folder: Path, optimizer, state: dict) -> None:
+    """Restore the optimizer and RNG states of checkpoint `folder`, whose state.json is `state`."""
     _load_optimizer(optimizer, folder)
     _set_rng_state(folder, state["rng"])
-    return state

@@ -24,7 +24,8 @@ DATASET_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
 @dataclass
 class TrainConfig:
-    STAGE: ClassVar[str] = "pretrain"  # names the default run folder; a subclass for SFT sets "sft"
+    STAGE: ClassVar[str] = "pretrain"  # names the default run folder, runs/DATASET/STAGE
+    extra_resume_keys: ClassVar[tuple[str, ...]] = ()  # a trainer's own settings that a resume must keep
 
     # data
     dataset: str = "sample"
@@ -60,7 +61,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
     device: str = "auto"  # auto, cpu, cuda
-    dtype: str = "auto"  # auto (bfloat16 autocast on CUDA, float32 on CPU), float32, bfloat16
+    dtype: str = "auto"  # auto (bfloat16 autocast on GPUs with native bf16, else float32), float32, bfloat16
     progress: bool = True  # a progress bar on rank 0
 
     def resolved(self) -> "TrainConfig":

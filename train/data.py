@@ -92,7 +92,6 @@ class PretrainData:
         if batch_tokens % seq_len:
             raise ValueError(f"--batch-tokens {batch_tokens} is not a multiple of --seq-len {seq_len}")
         self.manifest_sha256 = manifest_sha256(self.dir)
-        self.seq_len = seq_len
         train = [self._open(s) for s in manifest["shards"] if s["split"] == "train"]
         val = [self._open(s) for s in manifest["shards"] if s["split"] in VAL_SPLITS]
         if not train:
@@ -128,9 +127,6 @@ class PretrainData:
         """This rank's micro-batches of the validation rows (the same rows at every evaluation)."""
         rows = rank_slice(np.arange(self.num_val_rows), rank, world_size)
         return [self._batch(self.val, r) for r in micro_batches(rows, micro_batch)]
-
-    def position(self, step: int) -> dict:
-        return self.plan.position(step)
 
 
 class _Windows:

@@ -61,7 +61,7 @@ class Dist:
         down while another is still in a collective can abort the other)."""
         if torch_dist.is_initialized():
             if ok:
-                torch_dist.barrier()
+                self.barrier()
             torch_dist.destroy_process_group()
 
 

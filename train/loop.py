@@ -15,7 +15,6 @@ so DDP's gradient average is exactly the gradient of that loss.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -31,7 +30,7 @@ from shards.format import ShardError
 from shards.io import directory_lock
 from shards.manifest import ManifestError
 
-from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .checkpoint import latest_checkpoint, load_training_state, read_state, save_checkpoint
 from .config import TrainConfig
 from .data import accumulation_steps
 from .distributed import Dist, RankFailed
@@ -129,33 +128,30 @@ def evaluate(model: GPT, data, dist: Dist, cfg: TrainConfig) -> float:
 
 
 def _resume(cfg: TrainConfig, data, dist: Dist, total: int):
-    """The checkpoint to resume from and its model, or (None, None) when the run starts fresh."""
+    """The checkpoint to resume from, its state.json and its model, or (None, None, None) for a fresh start."""
     folder = latest_checkpoint(cfg.run_dir)
     if folder is None:
         if cfg.resume and dist.is_main:
             print(f"--resume: no checkpoint under {cfg.run_dir}/ckpt yet, starting from step 0")
-        return None, None
+        return None, None, None
     if not cfg.resume:
         raise TrainingError(f"{cfg.run_dir} already holds checkpoints (latest {folder.name}); "
                             "pass --resume (RESUME=1) to continue that run, or choose another --run-dir")
-    state = _read_state(folder)
+    state = read_state(folder)
     if state["manifest_sha256"] != data.manifest_sha256:
         raise TrainingError(f"cannot resume from {folder}: it was trained on shards whose manifest had sha256 "
                             f"{state['manifest_sha256'][:16]}…, and {data.dir}/manifest.json is now "
                             f"{data.manifest_sha256[:16]}… (the data changed; start a new --run-dir)")
     old = state["config"]
-    keys = RESUME_KEYS + getattr(cfg, "extra_resume_keys", ())  # a trainer's config may add its own
+    keys = RESUME_KEYS + cfg.extra_resume_keys
     diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
     if state["total_steps"] != total:
         diff.append(f"total steps: {state['total_steps']} -> {total}")
     if diff:
         raise TrainingError(f"cannot resume from {folder}: the run's config changed ({'; '.join(diff)})")
     model = load_model(folder, device=dist.device, padded_vocab_size=cfg.padded_vocab).train()
-    return folder, model
+    return folder, state, model
 
-
-def _read_state(folder):
-    return json.loads((folder / "state.json").read_text())
 
 
 class _StopFlag:
@@ -182,14 +178,15 @@ def train(cfg: TrainConfig, data, dist: Dist, build_model: Callable[[], GPT], ho
                     lock.enter_context(directory_lock(cfg.run_dir))
                 except RuntimeError as e:  # another run holds this run folder
                     raise TrainingError(str(e)) from None
-            folder, model = _resume(cfg, data, dist, total)
+            folder, state, model = _resume(cfg, data, dist, total)
             start = 0
             if model is None:
                 torch.manual_seed(cfg.seed)
                 model = build_model().to(dist.device).train()
             optimizer = make_optimizer(model, cfg, dist.device)
             if folder is not None:
-                start = load_training_state(folder, optimizer)["step"]
+                load_training_state(folder, optimizer, state)
+                start = state["step"]
         starts = dist.all_reduce_sum(torch.tensor([float(start)], device=dist.device))
         if starts.item() != start * dist.world_size:
             raise TrainingError(f"ranks disagree on the step to resume from (rank {dist.rank}: {start}); "
@@ -250,11 +247,11 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         t0 = time.perf_counter()
         batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
         count = torch.tensor([float(sum(int((y != -100).sum()) for _, y in batches))], device=device)
-        dist.all_reduce_sum(count)
-        if count.item() == 0:
+        count = dist.all_reduce_sum(count).item()
+        if count == 0:
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
-        scale = dist.world_size / count.item()
-        stats = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, stop requests
+        scale = dist.world_size / count
+        losses = torch.zeros((), dtype=torch.float64, device=device)
         for i, (x, y) in enumerate(batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
@@ -262,12 +259,12 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                 with autocast(cfg, device):
                     loss = model(x, y, reduction="sum")[1]  # the logits are not kept
                 (loss * scale).backward()
-            stats[0] += loss.detach().double()
-            stats[1] += x.numel()
-        stats[2] = float(stop.set)
-        dist.all_reduce_sum(stats)
-        stopped = stats[2].item() > 0  # SIGTERM on any rank: save at once, skip this step's evaluation
-        loss = (stats[0] / count.double()).item()
+            losses += loss.detach().double()
+        tokens = sum(x.numel() for x, _ in batches)
+        stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(float(stop.set))])
+        loss_sum, tokens, stops = dist.all_reduce_sum(stats).tolist()
+        stopped = stops > 0  # SIGTERM on any rank: save at once, skip this step's evaluation
+        loss = loss_sum / count
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingError(f"step {step + 1}: loss {loss}, grad norm {grad_norm} — stopping; the last good "
@@ -282,7 +279,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         step += 1
         dt = time.perf_counter() - t0
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": stats[1].item() / dt, "accumulation": accum}
+                  "tokens_per_s": tokens / dt, "accumulation": accum}
         if peak is not None:
             record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * dist.world_size)
         if (step % cfg.eval_every == 0 or step == total) and not stopped:
