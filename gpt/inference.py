@@ -124,8 +124,8 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
 def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache):
     param = next(model.parameters())
     device, batch = param.device, len(rows)
-    lengths = torch.tensor([len(r) for r in rows], device=device)
-    width = int(lengths.max())
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
     steps = min(max_steps, model.config.block_size - width)
     if steps == 0:
         return
@@ -135,36 +135,24 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     for i, row in enumerate(rows):
         tokens[i, width - len(row):width] = row.to(device)
         real[i, width - len(row):] = True
-    ragged = bool((lengths != width).any())
-    key_mask = real if ragged else None  # equal lengths need no mask
-    positions = (real[:, :width].cumsum(dim=1) - 1).clamp(min=0) if ragged else None
+    key_mask = real if min(lengths) != width else None  # equal lengths need no mask
+    positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # each row counts only its real tokens
     head = model.lm_head.weight[:model.config.vocab_size]
     cache = KVCache(model.config, batch, width + steps - 1, device=device, dtype=param.dtype) if use_cache else None
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = [False] * batch
     for step in range(steps):
         end = width + step  # columns filled so far
+        start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
         with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
-            if cache is None:
-                pos = (real[:, :end].cumsum(dim=1) - 1).clamp(min=0)
-                hidden = model.hidden_states(tokens[:, :end], positions=pos,
-                                             key_mask=None if key_mask is None else key_mask[:, :end])
-            elif step == 0:
-                hidden = model.hidden_states(tokens[:, :end], positions=positions,
-                                             key_mask=None if key_mask is None else key_mask[:, :end],
-                                             cache=cache)
-            else:
-                hidden = model.hidden_states(tokens[:, end - 1:end], positions=(lengths + step - 1)[:, None],
-                                             key_mask=None if key_mask is None else key_mask[:, :end],
-                                             cache=cache)
-            last = hidden[:, -1]
-            logits = linear(last, head)  # only the last position is projected
+            hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
+                                         key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
+            logits = linear(hidden[:, -1], head)  # only the last position is projected
             new = _next_tokens(logits, temperature, top_k, top_p, generator)
-            if end < tokens.shape[1]:
-                tokens[:, end] = new
-            done_before = finished.tolist()
-            finished |= new == eot
-        yield [None if done else token for token, done in zip(new.tolist(), done_before)]
-        if bool(finished.all()):
+            tokens[:, end] = new
+        new = new.tolist()
+        yield [None if done else token for token, done in zip(new, finished)]
+        finished = [done or token == eot for token, done in zip(new, finished)]
+        if all(finished):
             return
 
 
