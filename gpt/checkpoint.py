@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save
 
 from shards.io import atomic_write, write_json
 
-from .hf import build, complete_state_dict, config_from_hf, state_dict_from_hf
+from .hf import build, complete_state_dict, config_from_hf, file_state_dict, state_dict_from_hf
 from .model import GPT, GPTConfig
 
 FORMAT = "minigpt2"
@@ -32,15 +32,8 @@ def save_model(model: GPT, directory) -> Path:
         raise TypeError(f"save_model expects a gpt.GPT, got {type(model).__name__} (unwrap DDP / torch.compile first)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied to transformer.wte.weight
-        if name == "transformer.wte.weight":
-            tensor = tensor[:model.config.vocab_size]
-        tensors[name] = tensor.detach().cpu().contiguous()
     with atomic_write(directory / WEIGHTS) as f:
-        f.write(save(tensors, metadata={"format": "pt"}))
+        f.write(save(file_state_dict(model), metadata={"format": "pt"}))
     write_json(directory / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
                                            **model.config.to_dict()})
     return directory

@@ -129,21 +129,20 @@ def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, sourc
     return state
 
 
-def state_dict_to_hf(model: GPT) -> dict[str, torch.Tensor]:
-    """An HF GPT2LMHeadModel state dict (`transformer.`-prefixed, Conv1D weights transposed, no padding rows).
-
-    `lm_head.weight` is left out: it is tied to `transformer.wte.weight`, and HF's own files omit it too.
-    Tensors are contiguous copies, ready for safetensors.
-    """
+def file_state_dict(model: GPT, *, hf_layout: bool = False) -> dict[str, torch.Tensor]:
+    """`model`'s tensors as a weights file holds them: contiguous CPU tensors (the model's own where they
+    already are), without the padding rows of a padded vocabulary and without `lm_head.weight` (tied to
+    `transformer.wte.weight`; HF's own files omit it too). With `hf_layout`, HF GPT2LMHeadModel's layout:
+    the same `transformer.`-prefixed names, Conv1D weights transposed."""
     out = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
             continue
         if name == "transformer.wte.weight":
             tensor = tensor[:model.config.vocab_size]
-        elif _CONV1D.search(name):
+        elif hf_layout and _CONV1D.search(name):
             tensor = tensor.t()
-        out[name] = tensor.detach().clone(memory_format=torch.contiguous_format)
+        out[name] = tensor.detach().cpu().contiguous()
     return out
 
 
@@ -180,7 +179,7 @@ def to_hf(model: GPT):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config)))
-    missing, unexpected = hf.load_state_dict(state_dict_to_hf(model), strict=False)
+    missing, unexpected = hf.load_state_dict(file_state_dict(model, hf_layout=True), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise RuntimeError(f"to_hf: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
@@ -204,7 +203,7 @@ def export_hf(ckpt_path, out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_write(out / "model.safetensors") as f:
-        f.write(save(state_dict_to_hf(model), metadata={"format": "pt"}))
+        f.write(save(file_state_dict(model, hf_layout=True), metadata={"format": "pt"}))
     for name, (packaged, sha) in {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256),
                                   "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}.items():
         with atomic_write(out / name) as f, open(packaged_file(packaged, sha), "rb") as src:
