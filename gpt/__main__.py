@@ -10,7 +10,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export-hf", help="write a folder that transformers.GPT2LMHeadModel loads")
-    p.add_argument("ckpt", help="checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint")
+    p.add_argument("ckpt", help=chat.CKPT_HELP)
     p.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer files)")
     p = sub.add_parser("generate", help="print completions of prompts")
     chat.add_arguments(p, chat=False)
@@ -25,17 +25,10 @@ def main(argv=None) -> int:
 
 
 def _export_hf(args) -> int:
-    from pathlib import Path
-
-    from train.checkpoint import latest_checkpoint
-
     from .hf import export_hf
 
     try:
-        ckpt = Path(args.ckpt)
-        if (ckpt / "ckpt" / "latest").is_file():
-            ckpt = latest_checkpoint(ckpt)
-        out = export_hf(ckpt, args.out)
+        out = export_hf(chat.resolve_ckpt(args.ckpt), args.out)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")

@@ -22,12 +22,19 @@ from pipelines.alpaca import render_prompt
 from .inference import generate, stream, tokenize_batch_input
 from .tokenizer import EOT, get_encoding
 
+CKPT_HELP = "checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint"
+
+
+def resolve_ckpt(path) -> Path:
+    """`path`, or its latest checkpoint when it is a run folder (it holds ckpt/latest)."""
+    from train.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(path) if (Path(path) / "ckpt" / "latest").is_file() else Path(path)
 
 
 def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     """The options of `generate` (chat=False: --prompt, repeatable) or `chat` (prompts read from stdin)."""
-    p.add_argument("--ckpt", required=True,
-                   help="checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint")
+    p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     if not chat:
         p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--template", choices=("auto", "alpaca", "none"), default="auto",
@@ -57,13 +64,10 @@ def uses_template(ckpt, choice: str) -> bool:
 
 def _load(args, command: str):
     """The model of --ckpt; a run folder stands for its latest checkpoint (args.ckpt is updated to it)."""
-    from train.checkpoint import latest_checkpoint
-
     from .checkpoint import load_model
 
     try:
-        if (Path(args.ckpt) / "ckpt" / "latest").is_file():
-            args.ckpt = str(latest_checkpoint(args.ckpt))
+        args.ckpt = str(resolve_ckpt(args.ckpt))
         return load_model(args.ckpt, device=args.device)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{command}: {e}") from None
