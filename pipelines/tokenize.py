@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shards.format import TOKEN_DTYPE, write_shard
+from shards.format import DOCS_DTYPE, TOKEN_DTYPE, read_docs, write_shard
 from shards.io import atomic_write, write_bytes, write_json
 from shards.manifest import write_manifest
 
@@ -39,7 +39,6 @@ FORMAT_VERSION = 1
 PIECE_CHARS = 1 << 20        # documents longer than this are encoded piece by piece (same tokens)
 BUFFER_TOKENS = 1 << 22      # per-worker uint16 buffer (8 MiB)
 COPY_TOKENS = 1 << 24        # assemble copies at most this many tokens at a time
-DOCS_DTYPE = np.dtype("<u8")
 # A cut before " " or "\n" that follows a printable ASCII non-space character: GPT-2's pre-tokenizer
 # (r50k pattern) always ends a piece there, so encoding the two sides apart gives the same tokens.
 _SAFE_CUT = re.compile(r"[!-~][ \n]")
@@ -235,7 +234,7 @@ def assemble(units: list[Unit], parts_dir: Path, out_dir: Path, name: str, shard
     sizes = np.array([i["num_tokens"] for i in infos], dtype=np.int64)
     part_starts = np.concatenate([[0], np.cumsum(sizes)])
     total = int(part_starts[-1])
-    doc_starts = np.concatenate([np.fromfile(parts_dir / f"{u.stem}.docs", dtype=DOCS_DTYPE).astype(np.int64) + off
+    doc_starts = np.concatenate([read_docs(parts_dir / f"{u.stem}.docs") + off
                                  for u, off in zip(units, part_starts[:-1])] or [np.zeros(0, np.int64)])
     if val_tokens is None:
         val_tokens = max(1, min(shard_tokens, total // 100))

@@ -23,6 +23,7 @@ VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
+DOCS_DTYPE = np.dtype("<u8")  # a shard's `.docs` sidecar: the token offset of each document's EOT
 
 
 class ShardError(ValueError):
@@ -78,3 +79,8 @@ def open_tokens(path: str | os.PathLike) -> np.memmap:
     if header[2] == 0:
         return np.zeros(0, dtype=TOKEN_DTYPE)
     return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(int(header[2]),))
+
+
+def read_docs(path: str | os.PathLike) -> np.ndarray:
+    """The document start offsets of a `.docs` sidecar (or a part's), as int64."""
+    return np.fromfile(path, dtype=DOCS_DTYPE).astype(np.int64)

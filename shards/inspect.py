@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import ShardError, open_tokens, read_header
+from .format import ShardError, open_tokens, read_docs, read_header
 from .io import sha256_file
 from .manifest import MANIFEST, ManifestError, load_manifest
 from .sft import open_sft_shard
@@ -89,7 +89,7 @@ def verify_shard(folder: Path, manifest: dict, entry: dict) -> None:
     elif "docs_file" in entry:
         docs_path = folder / entry["docs_file"]
         _check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"])
-        docs = np.fromfile(docs_path, dtype="<u8").astype(np.int64)
+        docs = read_docs(docs_path)
         if len(docs) != count:
             raise ShardError(f"{docs_path}: {len(docs)} document starts, the manifest says {count}")
         if len(docs) and (np.any(np.diff(docs) <= 0) or docs[-1] >= entry["num_tokens"]):
@@ -136,7 +136,7 @@ def decode(folder: Path, manifest: dict, n: int) -> None:
             print("ANSWER: " + _clip(enc.decode(tokens[start:].tolist())))
         return
     tokens = open_tokens(path)
-    docs = np.fromfile(folder / shards[0]["docs_file"], dtype="<u8").astype(np.int64).tolist() + [len(tokens)]
+    docs = read_docs(folder / shards[0]["docs_file"]).tolist() + [len(tokens)]
     for i in range(min(n, len(docs) - 1)):
         a, b = docs[i], docs[i + 1]
         print(f"--- {path.name} document {i} (tokens {a}..{b})")
