@@ -33,11 +33,15 @@ def tokenize_batch_input(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
             raise ValueError(f"prompt {i} is a {type(prompt).__name__}, not a string")
         if not prompt:
             raise ValueError(f"prompt {i} is empty")
-    tokens = get_encoding().encode_ordinary_batch(list(prompts))
-    width = max(len(t) for t in tokens)
-    input_ids = torch.zeros(len(tokens), width, dtype=torch.int64)
-    attention_masks = torch.zeros(len(tokens), width, dtype=torch.int64)
-    for i, t in enumerate(tokens):
+    return pad_batch(get_encoding().encode_ordinary_batch(list(prompts)))
+
+
+def pad_batch(token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists (or arrays) as int64 `input_ids` [B, T] right-padded with 0, and their `attention_masks`."""
+    width = max(len(t) for t in token_lists)
+    input_ids = torch.zeros(len(token_lists), width, dtype=torch.int64)
+    attention_masks = torch.zeros(len(token_lists), width, dtype=torch.int64)
+    for i, t in enumerate(token_lists):
         input_ids[i, :len(t)] = torch.tensor(t, dtype=torch.int64)
         attention_masks[i, :len(t)] = 1
     return input_ids, attention_masks

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from gpt.checkpoint import load_model
-from gpt.inference import generate
+from gpt.inference import generate, pad_batch
 from gpt.model import GPT
 from gpt.tokenizer import EOT, get_encoding
 from shards.format import ShardError
@@ -155,12 +155,7 @@ def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch:
     answers: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch):
         group = order[start:start + batch]
-        width = max(len(prompts[i]) for i in group)
-        ids = torch.zeros(len(group), width, dtype=torch.int64)
-        masks = torch.zeros(len(group), width, dtype=torch.int64)
-        for row, i in enumerate(group):
-            ids[row, :len(prompts[i])] = torch.from_numpy(prompts[i].astype(np.int64))
-            masks[row, :len(prompts[i])] = 1
+        ids, masks = pad_batch([prompts[i] for i in group])
         for i, new in zip(group, generate(model, ids.to(device), masks.to(device), 0.0, max_steps)):
             answers[i] = new
     return answers
