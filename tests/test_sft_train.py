@@ -23,7 +23,7 @@ from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
 from train.checkpoint import latest_checkpoint, save_checkpoint
 from train.log import read_log
-from train.config import parse_args
+from train.config import build_parser, parse_args
 from train.sft import SFTData, SFTTrainConfig, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,3 +220,7 @@ def test_dataset_defaults():
     assert (alpaca.epochs, alpaca.batch_examples, alpaca.micro_batch, alpaca.seq_len) == (2, 64, 16, 1024)
     assert (alpaca.lr, alpaca.warmup, alpaca.min_lr_ratio, alpaca.model, alpaca.batch_tokens) == \
         (3e-5, 50, 0.1, None, None)
+    assert (sample.run_dir, alpaca.run_dir) == ("runs/sample/sft", "runs/alpaca/sft")
+    help_text = " ".join(build_parser(SFTTrainConfig).format_help().split())
+    assert "--lr LR default follows --dataset: sample 0.003, alpaca 2e-05" in help_text
+    assert "default: runs/<dataset>/sft" in help_text

@@ -8,7 +8,7 @@ import torch
 
 from gpt.checkpoint import load_model
 from train.checkpoint import latest_checkpoint
-from train.config import TrainConfig, parse_args
+from train.config import TrainConfig, build_parser, parse_args
 from train.log import read_log
 from train.loop import lr_at, peak_bf16_flops
 from train.pretrain import main
@@ -104,6 +104,9 @@ def test_dataset_defaults_and_flags():
     assert (fineweb.warmup, fineweb.lr, fineweb.min_lr_ratio, fineweb.weight_decay) == (715, 3e-4, 0.1, 0.1)
     assert (fineweb.beta1, fineweb.beta2, fineweb.eps, fineweb.grad_clip, fineweb.compile) == (0.9, 0.95, 1e-8, 1.0, True)
     assert fineweb.steps is None  # one epoch
+    assert (sample.run_dir, fineweb.run_dir) == ("runs/sample/pretrain", "runs/fineweb10B/pretrain")
+    help_text = " ".join(build_parser().format_help().split())
+    assert "--lr LR default follows --dataset: sample 0.006, fineweb 0.0006" in help_text
 
 
 def test_accumulation_error_is_clear(small, tmp_path, capsys):

@@ -19,12 +19,14 @@ FINEWEB_DEFAULTS = dict(model="gpt2", batch_tokens=524288, micro_batch=32, seq_l
 # The CPU demo: the `tiny` model on the built-in sample, a few minutes on 2 cores.
 SAMPLE_DEFAULTS = dict(model="tiny", batch_tokens=1024, micro_batch=8, seq_len=128, lr=6e-3, warmup=40,
                        eval_every=60, eval_tokens=16384, save_every=120, steps=720)
-DATASET_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
 
 @dataclass
 class TrainConfig:
     STAGE: ClassVar[str] = "pretrain"  # names the default run folder, runs/DATASET/STAGE
+    # What the fields left at None become: on the built-in sample, and on every other dataset (named in --help)
+    SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
+    RECIPE: ClassVar[tuple[str, dict]] = ("fineweb", FINEWEB_DEFAULTS)
     extra_resume_keys: ClassVar[tuple[str, ...]] = ()  # a trainer's own settings that a resume must keep
 
     # data
@@ -65,8 +67,8 @@ class TrainConfig:
     progress: bool = True  # a progress bar on rank 0
 
     def resolved(self) -> "TrainConfig":
-        """A copy with every None that has a dataset default filled in (FineWeb recipe for other datasets)."""
-        defaults = DATASET_DEFAULTS.get(self.dataset, FINEWEB_DEFAULTS)
+        """A copy with every None that has a dataset default filled in (the recipe for other datasets)."""
+        defaults = self.SAMPLE_DEFAULTS if self.dataset == "sample" else self.RECIPE[1]
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.run_dir is None:
             filled["run_dir"] = f"runs/{self.dataset}/{self.STAGE}"
@@ -87,12 +89,14 @@ def _flag_type(field):
     return str
 
 
-def _dataset_default(name: str) -> str | None:
+def _dataset_default(config_cls, name: str) -> str | None:
+    """The --help text of a field whose default follows the dataset."""
     if name == "run_dir":
-        return "default: runs/<dataset>/<stage>"
-    if name in SAMPLE_DEFAULTS or name in FINEWEB_DEFAULTS:
-        sample, fineweb = SAMPLE_DEFAULTS.get(name, "one epoch"), FINEWEB_DEFAULTS.get(name, "one epoch")
-        return f"default follows --dataset: sample {sample}, fineweb {fineweb}"
+        return f"default: runs/<dataset>/{config_cls.STAGE}"
+    recipe, defaults = config_cls.RECIPE
+    if name in config_cls.SAMPLE_DEFAULTS or name in defaults:
+        sample, other = config_cls.SAMPLE_DEFAULTS.get(name, "--epochs epochs"), defaults.get(name, "--epochs epochs")
+        return f"default follows --dataset: sample {sample}, {recipe} {other}"
     return None
 
 
@@ -107,7 +111,7 @@ def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain")
         if _flag_type(f) is None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            parser.add_argument(flag, type=_flag_type(f), default=default, help=_dataset_default(f.name))
+            parser.add_argument(flag, type=_flag_type(f), default=default, help=_dataset_default(config_cls, f.name))
     return parser
 
 

@@ -52,12 +52,14 @@ ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5,
 # would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
 SAMPLE_DEFAULTS = dict(batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=10, eval_every=40,
                        save_every=100, pretrain_run="runs/sample/pretrain")
-SFT_DEFAULTS = {"sample": SAMPLE_DEFAULTS}
 
 
 @dataclass
 class SFTTrainConfig(TrainConfig):
     """TrainConfig for SFT: the global batch counts examples; fields left at None follow the dataset."""
+    STAGE: ClassVar[str] = "sft"
+    SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
+    RECIPE: ClassVar[tuple[str, dict]] = ("alpaca", ALPACA_DEFAULTS)
     extra_resume_keys: ClassVar[tuple[str, ...]] = ("batch_examples",)
     dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/sft-<dataset>/)
     epochs: int = 2
@@ -67,11 +69,6 @@ class SFTTrainConfig(TrainConfig):
     eot_steps: int = 64  # new tokens within which a greedy answer must end with EOT to count in eot_rate
     sample_tokens: int = 64  # tokens shown of the answers to two validation prompts at each eval (0: none)
     show: int = 4  # validation prompts printed with their greedy answers at the end (0: none)
-    run_dir: str = "runs/sample/sft"
-
-    def resolved(self) -> "SFTTrainConfig":
-        defaults = SFT_DEFAULTS.get(self.dataset, ALPACA_DEFAULTS)
-        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
 
 class SFTData:
