@@ -97,18 +97,21 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, (httpx2.TransportError, _ShortRead))
 
 
-def _with_retries(what: str, call, retry: Retry):
-    """`call()`, retried with backoff on connection errors and 408/429/5xx."""
-    failures = 0
+def _with_retries(what: str, call, retry: Retry, received=lambda: 0, size: int = 0):
+    """`call()`, retried with backoff on connection errors and 408/429/5xx. For a download, `received()` is
+    the bytes of `size` kept so far: a failed try that added some starts the count of failures in a row again."""
+    failures, have = 0, received()
     while True:
         try:
             return call()
         except Exception as e:
             if not _transient(e):
                 raise
-            failures += 1
+            now = received()
+            failures, have = (1 if now > have else failures + 1), now
             if failures >= retry.tries:
-                raise DownloadError(f"{what}: giving up after {failures} failed tries: {e}") from e
+                kept = f", {now} of {size} bytes kept for the next run" if size else ""
+                raise DownloadError(f"{what}: giving up after {failures} failed tries in a row{kept}: {e}") from e
             time.sleep(retry.wait(failures))
 
 
@@ -232,25 +235,15 @@ def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, whe
         if stale != part and version.fullmatch(stale.name):
             stale.unlink()
     size = expected.size
-    have = part.stat().st_size
-    if have > size:
+    if part.stat().st_size > size:
         os.truncate(part, 0)
-        have = 0
-    failures = 0
-    with tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
-        while have < size:
-            try:
-                _get_range(url, part, have, size, bar, where)
-            except Exception as e:
-                if not _transient(e):
-                    raise
-                now = part.stat().st_size
-                failures = 1 if now > have else failures + 1
-                if failures >= retry.tries:
-                    raise DownloadError(f"{where}: giving up after {failures} failed tries in a row, "
-                                        f"{now} of {size} bytes kept for the next run: {e}") from e
-                time.sleep(retry.wait(failures))
-            have = part.stat().st_size
+
+    def received() -> int:
+        return part.stat().st_size
+
+    with tqdm(total=size, initial=received(), unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
+        if received() < size:
+            _with_retries(where, lambda: _get_range(url, part, received(), size, bar, where), retry, received, size)
     got = _digest(part, expected.algorithm)
     if got != expected.digest:
         part.unlink()

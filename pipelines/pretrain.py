@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpt.tokenizer import ranks_sha256
-from shards.io import directory_lock
+from shards.io import directory_lock, remove_temporaries
 
 from . import sources, stage, tokenize
 
@@ -78,10 +78,9 @@ def run(cfg: PretrainConfig) -> Path | None:
         print(f"{out}: task {cfg.task_index} of {cfg.num_tasks} done; "
               "when every task has finished, run once more with --assemble")
         return out
-    with directory_lock(out):
-        if stage.finished(out, config):
-            return out
-        tokenize.remove_stale_temporaries(out)
+
+    def build() -> dict:
+        remove_temporaries(out)
         if not cfg.assemble:
             _report(tokenize.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
                                       desc=f"tokenize {source.name}"))
@@ -89,6 +88,9 @@ def run(cfg: PretrainConfig) -> Path | None:
         described = sources.describe_local(source) if cfg.source else source.description
         manifest = tokenize.build_manifest(source.name, config, out.name, described, shards, totals)
         tokenize.finish(out, parts, manifest)
+        return manifest
+
+    totals = stage.run_once(out, config, build)["totals"]
     print(f"{out}: {totals['shards']} shards, {totals['tokens']:,} tokens, {totals['documents']:,} documents "
           f"({totals['empty_documents']:,} empty skipped)")
     return out

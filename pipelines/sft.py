@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from gpt.tokenizer import EOT, describe, ranks_sha256
 from pipelines import alpaca, sft_sources
-from pipelines.stage import finished, output_dir
-from shards.io import directory_lock, sha256_json, write_json
+from pipelines.stage import finished, output_dir, run_once
+from shards.io import remove_temporaries, sha256_json, write_json
 from shards.manifest import write_manifest
 from shards.sft import open_sft_shard, write_sft_shard
 
@@ -167,9 +167,9 @@ def run(cfg: SFTConfig) -> Path:
     if rows == 0:
         raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: no examples")
     num_chunks = -(-rows // cfg.chunk_examples)
-    with directory_lock(out):
-        if finished(out, config):  # another run may have finished it before we took the lock
-            return out
+
+    def build() -> dict:
+        remove_temporaries(out)
         parts = out / "parts"
         parts.mkdir(exist_ok=True)
         pending = {i for i in range(num_chunks) if not (parts / f"{i:05d}.json").exists()}
@@ -198,6 +198,9 @@ def run(cfg: SFTConfig) -> Path:
                     "split": {"method": "sha256 of [instruction, input] < val_fraction", "val_fraction": cfg.val_fraction},
                     "totals": totals, "shards": entries}
         write_manifest(out, manifest)
+        return manifest
+
+    totals = run_once(out, config, build)["totals"]
     print(f"sft: {totals['examples']} examples ({totals['val_examples']} val), {totals['tokens']} tokens "
           f"({totals['supervised_tokens']} supervised); skipped {totals['empty_output']} empty, dropped "
           f"{totals['dropped_too_long']} too long, truncated {totals['truncated']} -> {out}")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from shards.io import atomic_write, directory_lock, sha256_file
+from shards.io import atomic_write, sha256_file
 from shards.manifest import write_manifest
 
 from . import stage
@@ -69,10 +69,7 @@ def build_sample(data_dir: str | Path, json_path: Path | None = None) -> Source:
     config = {"stage": "source", "package": SAMPLE_PACKAGE, "sha256": SAMPLE_SHA256,
               "document": "one conversation, one message per line", "rows_per_group": SAMPLE_ROWS_PER_GROUP}
     out = stage.output_dir(data_dir, "sample-source", config)
-    manifest = stage.finished(out, config)
-    if manifest is None:
-        with directory_lock(out):
-            manifest = stage.finished(out, config) or _convert_sample(out, config, json_path or sample_json_path())
+    manifest = stage.run_once(out, config, lambda: _convert_sample(out, config, json_path or sample_json_path()))
     return Source("sample", [out / SAMPLE_FILE], manifest["source"]["files"], manifest["source"])
 
 
@@ -101,15 +98,15 @@ def download_hub(dataset: str, data_dir: str | Path) -> Source:
     repo_id, filenames, revision = pinned.repo_id, list(pinned.files), pinned.revision
     config = {"stage": "source", "repo_id": repo_id, "revision": revision, "files": filenames}
     out = stage.output_dir(data_dir, f"{dataset}-source", config)
-    manifest = stage.finished(out, config)
-    if manifest is None:
-        with directory_lock(out):
-            manifest = stage.finished(out, config)
-            if manifest is None:
-                records = hub.download(repo_id, filenames, revision, out, repo_type=pinned.repo_type)
-                manifest = {"kind": "source", "name": dataset, "config": config,
-                            "source": {"dataset": repo_id, "revision": revision, "files": records}}
-                write_manifest(out, manifest)
+
+    def fetch() -> dict:
+        records = hub.download(repo_id, filenames, revision, out, repo_type=pinned.repo_type)
+        manifest = {"kind": "source", "name": dataset, "config": config,
+                    "source": {"dataset": repo_id, "revision": revision, "files": records}}
+        write_manifest(out, manifest)
+        return manifest
+
+    manifest = stage.run_once(out, config, fetch)
     return Source(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"])
 
 

@@ -1,15 +1,16 @@
 """What every stage shares: a config fingerprint, the output folder it names, and the finished-check.
 
 A stage writes into `DATA_DIR/<name>/<fingerprint>/`, so a changed config never mixes with old output.
-The folder is complete exactly when its `manifest.json` exists and records the same fingerprint;
-rerunning a complete stage does nothing.
+The folder is complete exactly when its `manifest.json` exists and records the same config;
+rerunning a complete stage does nothing (`run_once`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
-from shards.io import sha256_json
+from shards.io import directory_lock, sha256_json
 from shards.manifest import MANIFEST, ManifestError, load_manifest
 
 
@@ -34,6 +35,16 @@ def finished(directory: str | Path, config: dict) -> dict | None:
         old = manifest.get("config") or {}
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         raise ManifestError(f"{directory}: holds output of another config (differs in: {', '.join(diff)})")
+    return manifest
+
+
+def run_once(directory: Path, config: dict, build: Callable[[], dict]) -> dict:
+    """The manifest of `directory`'s finished output; `build()` (which writes the manifest last and returns
+    it) runs only when there is none, under the folder's lock, so two runs never build it at once."""
+    manifest = finished(directory, config)
+    if manifest is None:
+        with directory_lock(directory):
+            manifest = finished(directory, config) or build()
     return manifest
 
 

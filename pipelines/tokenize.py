@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.format import DOCS_DTYPE, TOKEN_DTYPE, read_docs, write_shard
-from shards.io import atomic_write, write_bytes, write_json
+from shards.io import atomic_write, remove_temporaries, write_bytes, write_json
 from shards.manifest import write_manifest
 
 from . import sources
@@ -156,13 +156,6 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def remove_stale_temporaries(directory: Path, stems: list[str] | None = None) -> None:
-    """Delete the temporary files a killed run left (`.<name>.tmp-<pid>`), only those of `stems` if given."""
-    for p in directory.glob(".*.tmp-*"):
-        if stems is None or p.name[1:].split(".", 1)[0] in stems:
-            p.unlink(missing_ok=True)
-
-
 def tokenize(files: list[Path], units: list[Unit], parts_dir: Path, column: str, workers: int,
              task_index: int = 0, num_tasks: int = 1, desc: str = "tokenize") -> dict:
     """Tokenize the units of task `task_index` of `num_tasks` that have no finished part yet.
@@ -171,7 +164,7 @@ def tokenize(files: list[Path], units: list[Unit], parts_dir: Path, column: str,
     """
     parts_dir.mkdir(parents=True, exist_ok=True)
     mine = [u for k, u in enumerate(units) if k % num_tasks == task_index]
-    remove_stale_temporaries(parts_dir, [u.stem for u in mine])
+    remove_temporaries(parts_dir, [u.stem for u in mine])
     todo = [u for u in mine if not (parts_dir / f"{u.stem}.json").exists()]
     jobs = [(str(files[u.file_index]), u.file_index, u.part, column, str(parts_dir)) for u in todo]
     stats = {"units": len(todo), "skipped": len(mine) - len(todo), "tokens": 0, "peak_rss_per_worker": 0}

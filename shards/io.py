@@ -22,7 +22,10 @@ def fsync_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb"):
-    """Yield a file that appears at `path` only if the block completes; a failure leaves nothing there."""
+    """Yield a file that appears at `path` only if the block completes; a failure leaves nothing there.
+
+    The bytes go to `.<name>.tmp-<pid>` first; a killed process can leave that behind (remove_temporaries).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -41,6 +44,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(directory: Path, stems: list[str] | None = None) -> None:
+    """Delete what atomic_write left in `directory` when killed; only names starting `<stem>.` if `stems` is given.
+
+    Call it while holding the directory's lock (or the lock on those stems' work), never beside a live writer.
+    """
+    for p in directory.glob(".*.tmp-*"):
+        if stems is None or p.name[1:].split(".", 1)[0] in stems:
+            p.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

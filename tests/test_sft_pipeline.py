@@ -185,6 +185,7 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
         run(tmp_path, src, "crash", chunk_examples=10)
     out = next((tmp_path / "crash" / "sft-custom").iterdir())
     assert not (out / "manifest.json").exists() and not (out / "train.bin").exists()
+    (out / ".train.bin.tmp-99999").write_bytes(b"torn")  # what a kill during the assembly leaves
     monkeypatch.setattr(sft, "_tokenize_chunk", lambda job: (calls.append(job[1]), real(job)))
     calls.clear()
     assert run(tmp_path, src, "crash", chunk_examples=10) == out
