@@ -9,7 +9,8 @@ from . import chat
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("export-hf", help="write a folder that transformers.GPT2LMHeadModel loads")
+    p = sub.add_parser("export-hf", help="write the model alone (no training state) as a folder that "
+                                         "transformers.GPT2LMHeadModel loads, from any checkpoint")
     p.add_argument("ckpt", help=chat.CKPT_HELP)
     p.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer files)")
     p = sub.add_parser("generate", help="print completions of prompts")
@@ -25,10 +26,10 @@ def main(argv=None) -> int:
 
 
 def _export_hf(args) -> int:
-    from .hf import export_hf
+    from .checkpoint import load_model, save_model
 
     try:
-        out = export_hf(chat.resolve_ckpt(args.ckpt), args.out)
+        out = save_model(load_model(chat.resolve_ckpt(args.ckpt)), args.out)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")

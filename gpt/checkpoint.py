@@ -1,15 +1,20 @@
-"""Model checkpoints: `save_model` writes our folder, `load_model` reads it or a Hugging Face GPT-2 folder.
+"""Model checkpoints: `save_model` writes a Hugging Face GPT-2 folder, `load_model` reads it or any other.
 
-Our folder holds `model.safetensors` (our tensor names; the tied `lm_head.weight` and the padding rows
-of a padded vocabulary are not written) and `config.json` (`{"format": "minigpt2", "format_version": 1,
-...GPTConfig fields}`), each written atomically, config.json last: a folder without it is incomplete.
-Nothing is unpickled: HF's `pytorch_model.bin` is read with `torch.load(weights_only=True)`.
+Our folder is a transformers GPT-2 folder: `GPT2LMHeadModel.from_pretrained(folder)` and
+`AutoTokenizer.from_pretrained(folder)` load it as it is. It holds `model.safetensors` (HF's names and
+layout, Conv1D weights [in, out]; the tied `lm_head.weight` and the padding rows of a padded vocabulary are
+not written), `vocab.json` and `merges.txt` (the GPT-2 tokenizer), `generation_config.json`, and
+`config.json` (GPT2Config plus `"minigpt2": {"format_version": 2, "padded_vocab_size": ...}`), each written
+atomically, config.json last: a folder without it is incomplete. Folders of format_version 1 (our tensor
+names in `nn.Linear` layout, our own config.json) still load. Nothing is unpickled: HF's
+`pytorch_model.bin` is read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,25 +22,32 @@ from safetensors.torch import load_file, save
 
 from shards.io import atomic_write, write_json
 
-from .hf import build, complete_state_dict, config_from_hf, file_state_dict, state_dict_from_hf
+from .hf import build, complete_state_dict, config_from_hf, file_state_dict, hf_config, state_dict_from_hf
 from .model import GPT, GPTConfig
+from .tokenizer import ENCODER_JSON_SHA256, EOT, VOCAB_BPE_SHA256, packaged_file
 
-FORMAT = "minigpt2"
-FORMAT_VERSION = 1
+FORMAT = "minigpt2"  # the key of our own fields in config.json
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 HF_PICKLE_WEIGHTS = "pytorch_model.bin"
+# transformers' GPT-2 tokenizer files: the packaged files tiktoken's gpt2 encoding is built from
+TOKENIZER_FILES = {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256), "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}
 
 
 def save_model(model: GPT, directory) -> Path:
-    """Write `model`'s weights and config to `directory` (created if needed); return the folder."""
+    """Write `model` to `directory` (created if needed) as a transformers GPT-2 folder; return the folder."""
     if not isinstance(model, GPT):
         raise TypeError(f"save_model expects a gpt.GPT, got {type(model).__name__} (unwrap DDP / torch.compile first)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_write(directory / WEIGHTS) as f:
         f.write(save(file_state_dict(model), metadata={"format": "pt"}))
-    write_json(directory / "config.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                           **model.config.to_dict()})
+    for name, (packaged, sha256) in TOKENIZER_FILES.items():
+        with atomic_write(directory / name) as f, open(packaged_file(packaged, sha256), "rb") as src:
+            shutil.copyfileobj(src, f)
+    write_json(directory / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
+    write_json(directory / "config.json", {**hf_config(model.config), FORMAT: {
+        "format_version": FORMAT_VERSION, "padded_vocab_size": model.config.padded_vocab_size}})
     return directory
 
 
@@ -43,8 +55,8 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
     """Our GPT, in eval mode on `device`, from our checkpoint folder or a Hugging Face GPT-2 folder.
 
     `padded_vocab_size` pads the embedding (e.g. 50304 for speed); by default our checkpoints keep the padding
-    they were trained with and HF folders get none. Raises FileNotFoundError for a missing folder or file and
-    ValueError for a config or tensors that do not fit, naming the file at fault.
+    they were trained with and other HF folders get none. Raises FileNotFoundError for a missing folder or
+    file and ValueError for a config or tensors that do not fit, naming the file at fault.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -56,26 +68,37 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-    if raw.get("format") == FORMAT:
-        config = _our_config(raw, config_path, padded_vocab_size)
-        weights = folder / WEIGHTS
-        tensors = _read_weights(weights, f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)")
-        state = complete_state_dict(tensors, config, str(weights))
+    ours = raw.get("format") == FORMAT or FORMAT in raw
+    weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
+    missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
+               else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
+    if raw.get("format") == FORMAT:  # format_version 1: our names and layout, our config
+        config = _v1_config(raw, config_path, padded_vocab_size)
+        state = complete_state_dict(_read_weights(weights, missing), config, str(weights))
     elif raw.get("model_type") == "gpt2":
+        saved_padding = _saved_padding(raw[FORMAT], config_path) if FORMAT in raw else None
+        padded_vocab_size = saved_padding if padded_vocab_size is None else padded_vocab_size
         config = config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size)
-        weights = folder / WEIGHTS if (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
-        tensors = _read_weights(weights, f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
-        state = state_dict_from_hf(tensors, config, source=str(weights))
+        state = state_dict_from_hf(_read_weights(weights, missing), config, source=str(weights))
     else:
-        raise ValueError(f"{config_path}: neither a {FORMAT} checkpoint (no \"format\": \"{FORMAT}\") "
-                         f"nor a GPT-2 model (model_type {raw.get('model_type')!r})")
+        raise ValueError(f"{config_path}: neither a GPT-2 model (model_type {raw.get('model_type')!r}) "
+                         f"nor a {FORMAT} checkpoint")
     return build(config, state, device=device, dtype=dtype)
 
 
-def _our_config(raw: dict, config_path: Path, padded_vocab_size: int | None) -> GPTConfig:
-    if raw.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{config_path}: format_version {raw.get('format_version')!r}, "
-                         f"this code reads {FORMAT_VERSION}")
+def _saved_padding(fields: dict, config_path: Path) -> int | None:
+    """The padded_vocab_size in our `"minigpt2"` fields of an HF config.json, after checking their version."""
+    if not isinstance(fields, dict) or fields.get("format_version") != FORMAT_VERSION:
+        version = fields.get("format_version") if isinstance(fields, dict) else fields
+        raise ValueError(f"{config_path}: {FORMAT} format_version {version!r}, this code reads {FORMAT_VERSION}")
+    return fields.get("padded_vocab_size")
+
+
+def _v1_config(raw: dict, config_path: Path, padded_vocab_size: int | None) -> GPTConfig:
+    """The GPTConfig of a format_version 1 config.json: {"format": "minigpt2", "format_version": 1, fields}."""
+    if raw.get("format_version") != 1:
+        raise ValueError(f"{config_path}: {FORMAT} format_version {raw.get('format_version')!r}, "
+                         f"this code reads {FORMAT_VERSION} (and 1)")
     fields = {k: v for k, v in raw.items() if k not in ("format", "format_version")}
     known = {f.name for f in dataclasses.fields(GPTConfig)}
     if unknown := sorted(fields.keys() - known):

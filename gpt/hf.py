@@ -4,16 +4,14 @@ The two models hold the same tensors under the same names up to three difference
 HF's `Conv1D` layers store their weights transposed ([in, out]) where our `nn.Linear` stores [out, in];
 HF files may name tensors with or without the `transformer.` prefix and carry the causal-mask buffers
 `h.N.attn.bias` / `h.N.attn.masked_bias` of old versions; and our embedding may be padded past
-`vocab_size`, which never shows in HF files. `export_hf` writes a folder that
-`transformers.GPT2LMHeadModel.from_pretrained` loads with the same logits as our model.
+`vocab_size`, which never shows in HF files. gpt.checkpoint.save_model writes, with `file_state_dict`
+and `hf_config`, a folder that `transformers.GPT2LMHeadModel.from_pretrained` loads with our logits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
-from pathlib import Path
 
 import torch
 
@@ -129,18 +127,17 @@ def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, sourc
     return state
 
 
-def file_state_dict(model: GPT, *, hf_layout: bool = False) -> dict[str, torch.Tensor]:
-    """`model`'s tensors as a weights file holds them: contiguous CPU tensors (the model's own where they
-    already are), without the padding rows of a padded vocabulary and without `lm_head.weight` (tied to
-    `transformer.wte.weight`; HF's own files omit it too). With `hf_layout`, HF GPT2LMHeadModel's layout:
-    the same `transformer.`-prefixed names, Conv1D weights transposed."""
+def file_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """`model`'s tensors as HF GPT2LMHeadModel's files hold them: the same `transformer.`-prefixed names,
+    Conv1D weights transposed, no padding rows of a padded vocabulary, no `lm_head.weight` (tied to
+    `transformer.wte.weight`); contiguous CPU tensors."""
     out = {}
     for name, tensor in model.state_dict().items():
         if name == "lm_head.weight":
             continue
         if name == "transformer.wte.weight":
             tensor = tensor[:model.config.vocab_size]
-        elif hf_layout and _CONV1D.search(name):
+        elif _CONV1D.search(name):
             tensor = tensor.t()
         out[name] = tensor.detach().cpu().contiguous()
     return out
@@ -179,35 +176,8 @@ def to_hf(model: GPT):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     hf = GPT2LMHeadModel(GPT2Config(**hf_config(model.config)))
-    missing, unexpected = hf.load_state_dict(file_state_dict(model, hf_layout=True), strict=False)
+    missing, unexpected = hf.load_state_dict(file_state_dict(model), strict=False)
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise RuntimeError(f"to_hf: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     return hf.eval()
-
-
-def export_hf(ckpt_path, out_dir) -> Path:
-    """Write `out_dir` (config.json, generation_config.json, model.safetensors, vocab.json, merges.txt) from a
-    checkpoint folder (ours or HF's) so that `GPT2LMHeadModel.from_pretrained(out_dir)` gives the same logits.
-
-    Each file is written atomically, config.json last.
-    """
-    from safetensors.torch import save
-
-    from shards.io import atomic_write, write_json
-
-    from .checkpoint import load_model
-    from .tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, packaged_file
-
-    model = load_model(ckpt_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "model.safetensors") as f:
-        f.write(save(file_state_dict(model, hf_layout=True), metadata={"format": "pt"}))
-    for name, (packaged, sha) in {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256),
-                                  "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}.items():
-        with atomic_write(out / name) as f, open(packaged_file(packaged, sha), "rb") as src:
-            shutil.copyfileobj(src, f)
-    write_json(out / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
-    write_json(out / "config.json", hf_config(model.config))
-    return out

@@ -125,13 +125,15 @@ def test_transformers_model_and_ours_share_no_storage():
 def test_save_and_load_our_checkpoint_strips_and_restores_padding(tmp_path):
     model = tiny_gpt(padded_vocab_size=50304)
     save_model(model, tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json", "generation_config.json", "merges.txt", "model.safetensors", "vocab.json"]
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert config["format"] == "minigpt2" and config["format_version"] == 1
-    assert config["padded_vocab_size"] == 50304 and config["vocab_size"] == 50257 and config["n_layer"] == 2
+    assert config == {**hf_config(model.config), "minigpt2": {"format_version": 2, "padded_vocab_size": 50304}}
+    assert config["vocab_size"] == 50257 and config["n_layer"] == 2
     with safe_open(tmp_path / "ckpt" / "model.safetensors", "pt") as f:
         assert "lm_head.weight" not in f.keys()
         assert f.get_slice("transformer.wte.weight").get_shape() == [50257, 64]
+        assert f.get_slice("transformer.h.0.mlp.c_fc.weight").get_shape() == [64, 256]  # HF's Conv1D [in, out]
     loaded = load_model(tmp_path / "ckpt")
     assert not loaded.training
     assert loaded.config == model.config
@@ -146,6 +148,38 @@ def test_save_and_load_our_checkpoint_strips_and_restores_padding(tmp_path):
             assert torch.equal(loaded.state_dict()[name], tensor), name
     unpadded = load_model(tmp_path / "ckpt", padded_vocab_size=50257)
     assert unpadded.transformer.wte.weight.shape == (50257, 64)
+
+
+def test_our_checkpoint_is_a_transformers_folder(tmp_path):
+    from train.checkpoint import save_checkpoint
+
+    model = tiny_gpt(padded_vocab_size=50304)
+    folder = save_checkpoint(tmp_path / "run", 3, model, torch.optim.AdamW(model.parameters()), {}, keep=1)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    x = ids()
+    with torch.no_grad():
+        assert max_diff(hf(x).logits, model(x)) <= 1e-4
+    assert transformers.AutoTokenizer.from_pretrained(folder).encode("Hello world!") == [15496, 995, 0]
+
+
+def test_a_format_version_1_checkpoint_still_loads(tmp_path):
+    """Our folders before they were transformers folders: our names, nn.Linear layout, our config.json."""
+    model = tiny_gpt(padded_vocab_size=50304)
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    state = model.state_dict()
+    save_file({k: v[:50257] if k.endswith("wte.weight") else v for k, v in state.items() if k != "lm_head.weight"},
+              folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps({"format": "minigpt2", "format_version": 1,
+                                                    **model.config.to_dict()}))
+    loaded = load_model(folder)
+    assert loaded.config == model.config
+    x = ids()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    (folder / "config.json").write_text(json.dumps({"format": "minigpt2", "format_version": 3}))
+    with pytest.raises(ValueError, match=r"config\.json: minigpt2 format_version 3, this code reads 2"):
+        load_model(folder)
 
 
 def test_export_hf_folder_loads_in_transformers_with_the_same_logits(tmp_path, capsys):
@@ -228,7 +262,7 @@ def test_missing_unexpected_and_misshapen_tensors_are_named(tmp_path):
                                          r"unexpected tensors: transformer\.h\.9\.attn\.c_attn\.weight"):
         load_model(tmp_path / "ckpt")
     state = dict(good)
-    state["transformer.h.0.attn.c_proj.weight"] = torch.zeros(64, 32)
+    state["transformer.h.0.attn.c_proj.weight"] = torch.zeros(32, 64)  # [in, out] in the file: [out, in] in ours
     save_file(state, weights)
     with pytest.raises(ValueError, match=r"tensor transformer\.h\.0\.attn\.c_proj\.weight has shape \(64, 32\), "
                                          r"expected \(64, 64\)"):
@@ -242,7 +276,7 @@ def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"model\.safetensors: cannot read"):
         load_model(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ValueError, match=r"config\.json: neither a minigpt2 checkpoint .* \(model_type 'llama'\)"):
+    with pytest.raises(ValueError, match=r"config\.json: neither a GPT-2 model \(model_type 'llama'\) nor a minigpt2"):
         load_model(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**hf_config(tiny_gpt().config),
                                                                "activation_function": "relu"}))

@@ -1,7 +1,7 @@
 """Training checkpoints: `RUN_DIR/ckpt/step-XXXXXX/` folders, written atomically, and a `latest` pointer.
 
-A folder holds the model (`model.safetensors` + `config.json`, by gpt.checkpoint.save_model, so it is also
-a model folder that gpt.load_model and INIT read), the optimizer (`optimizer.safetensors`: every state
+A folder holds the model (by gpt.checkpoint.save_model: a transformers GPT-2 folder, which gpt.load_model,
+INIT and GPT2LMHeadModel.from_pretrained read), the optimizer (`optimizer.safetensors`: every state
 tensor as `state.<param index>.<name>`; `optimizer.json`: param groups and non-tensor state), the torch RNG
 states (`rng.safetensors`) and `state.json` (step, data position, manifest sha256, train config, Python and
 NumPy RNG states). Nothing is unpickled when loading. The folder is built under a temporary name and
