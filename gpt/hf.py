@@ -165,7 +165,8 @@ def build(config: GPTConfig, state: dict[str, torch.Tensor], device="cpu", dtype
     """A GPT in eval mode holding `state` (complete, our names), built without a random initialization."""
     with torch.device("meta"):
         model = GPT(config)
-    state = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in state.items()}
+    state = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in state.items() if k != "lm_head.weight"}
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # one copy of the tied matrix, not two
     model.load_state_dict(state, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True made two parameters: tie them again
     return model.eval()
