@@ -3,7 +3,8 @@
 Our folder is a transformers GPT-2 folder: `GPT2LMHeadModel.from_pretrained(folder)` and
 `AutoTokenizer.from_pretrained(folder)` load it as it is. It holds `model.safetensors` (HF's names and
 layout, Conv1D weights [in, out]; the tied `lm_head.weight` and the padding rows of a padded vocabulary are
-not written), `vocab.json` and `merges.txt` (the GPT-2 tokenizer), `generation_config.json`, and
+not written), `vocab.json`, `merges.txt` and `tokenizer_config.json` (the GPT-2 tokenizer, decoding as
+tiktoken does), `generation_config.json`, and
 `config.json` (GPT2Config plus `"minigpt2": {"format_version": 2, "padded_vocab_size": ...}`), each written
 atomically, config.json last: a folder without it is incomplete. Folders of format_version 1 (our tensor
 names in `nn.Linear` layout, our own config.json) still load. Nothing is unpickled: HF's
@@ -45,10 +46,19 @@ def save_model(model: GPT, directory) -> Path:
     for name, (packaged, sha256) in TOKENIZER_FILES.items():
         with atomic_write(directory / name) as f, open(packaged_file(packaged, sha256), "rb") as src:
             shutil.copyfileobj(src, f)
+    write_json(directory / "tokenizer_config.json", tokenizer_config(model.config.block_size))
     write_json(directory / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
     write_json(directory / "config.json", {**hf_config(model.config), FORMAT: {
         "format_version": FORMAT_VERSION, "padded_vocab_size": model.config.padded_vocab_size}})
     return directory
+
+
+def tokenizer_config(context: int) -> dict:
+    """transformers' GPT2Tokenizer settings: the context as model_max_length, <|endoftext|> as bos/eos/unk,
+    and decoding exactly as tiktoken's (no clean-up of spaces before punctuation)."""
+    eot = "<|endoftext|>"
+    return {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context, "bos_token": eot, "eos_token": eot,
+            "unk_token": eot, "add_prefix_space": False, "clean_up_tokenization_spaces": False}
 
 
 def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtype=torch.float32) -> GPT:
@@ -88,10 +98,15 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
 
 def _saved_padding(fields: dict, config_path: Path) -> int | None:
     """The padded_vocab_size in our `"minigpt2"` fields of an HF config.json, after checking their version."""
-    if not isinstance(fields, dict) or fields.get("format_version") != FORMAT_VERSION:
-        version = fields.get("format_version") if isinstance(fields, dict) else fields
-        raise ValueError(f"{config_path}: {FORMAT} format_version {version!r}, this code reads {FORMAT_VERSION}")
-    return fields.get("padded_vocab_size")
+    if not isinstance(fields, dict):
+        raise ValueError(f"{config_path}: \"{FORMAT}\" is {fields!r}, not an object")
+    if fields.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{config_path}: {FORMAT} format_version {fields.get('format_version')!r}, "
+                         f"this code reads {FORMAT_VERSION}")
+    padded = fields.get("padded_vocab_size")
+    if padded is not None and (not isinstance(padded, int) or isinstance(padded, bool)):
+        raise ValueError(f"{config_path}: {FORMAT} padded_vocab_size {padded!r} is not an integer")
+    return padded
 
 
 def _v1_config(raw: dict, config_path: Path, padded_vocab_size: int | None) -> GPTConfig:

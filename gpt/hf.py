@@ -43,9 +43,12 @@ def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: 
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise ValueError(f"{source}: n_inner={hf['n_inner']} is not supported (GPT-2 uses 4 * n_embd)")
-    return GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=hf.get("vocab_size", 50257),
-                     n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-                     padded_vocab_size=padded_vocab_size)
+    try:
+        return GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=hf.get("vocab_size", 50257),
+                         n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
+                         padded_vocab_size=padded_vocab_size)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from None
 
 
 def hf_config(config: GPTConfig) -> dict:
@@ -82,7 +85,7 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, *,
                        source: str = "state dict") -> dict[str, torch.Tensor]:
     """Our state dict (keys of `GPT(config).state_dict()`) from an HF GPT-2 one, with or without `transformer.`.
 
-    Conv1D weights are transposed, mask buffers dropped, the embedding padded with zero rows to
+    Conv1D weights are checked in HF's layout and transposed, mask buffers dropped, the embedding padded with zero rows to
     `config.embedding_rows`. Missing, unexpected or misshapen tensors raise a ValueError naming them and `source`.
     """
     ours: dict[str, torch.Tensor] = {}
@@ -94,19 +97,18 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, *,
         if name == "lm_head.weight":
             lm_head = tensor
             continue
-        if _CONV1D.search(name):
-            tensor = tensor.t().contiguous()
         ours[f"transformer.{name}"] = tensor
     wte = ours.get("transformer.wte.weight")
     if lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
         raise ValueError(f"{source}: lm_head.weight differs from wte.weight; only tied GPT-2 heads are supported")
-    return complete_state_dict(ours, config, source)
+    return complete_state_dict(ours, config, source, hf_layout=True)
 
 
-def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, source: str = "state dict"
-                        ) -> dict[str, torch.Tensor]:
+def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, source: str = "state dict", *,
+                        hf_layout: bool = False) -> dict[str, torch.Tensor]:
     """Check `state` (our names, no lm_head, wte unpadded or padded) against `GPT(config)`'s tensors, pad wte
-    with zero rows to `config.embedding_rows` and add the tied head; errors name `source` and the tensors."""
+    with zero rows to `config.embedding_rows` and add the tied head; errors name `source` and the tensors.
+    With `hf_layout`, the Conv1D weights of `state` are [in, out]: checked as such, then transposed."""
     state = dict(state)
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(config).state_dict().items() if k != "lm_head.weight"}
@@ -121,8 +123,12 @@ def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, sourc
         state["transformer.wte.weight"] = torch.cat([wte, wte.new_zeros(config.embedding_rows - wte.shape[0],
                                                                        wte.shape[1])])
     for name, shape in expected.items():
-        if state[name].shape != shape:
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, expected {tuple(shape)}")
+        transposed = hf_layout and _CONV1D.search(name)
+        if tuple(state[name].shape) != (tuple(shape)[::-1] if transposed else tuple(shape)):
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
+                             f"expected {tuple(shape)[::-1] if transposed else tuple(shape)}")
+        if transposed:
+            state[name] = state[name].t().contiguous()
     state["lm_head.weight"] = state["transformer.wte.weight"]
     return state
 

@@ -68,7 +68,7 @@ def run(cfg: PretrainConfig) -> Path | None:
     if stage.finished(out, config):
         print(f"{out}: already finished, nothing to do")
         return out
-    parts = out / "parts"
+    parts = out / stage.PARTS
     units = tokenize.plan_units(source.files)
     if cfg.num_tasks > 1 and not cfg.assemble:
         with directory_lock(parts / f".task-{cfg.task_index}-of-{cfg.num_tasks}"):
@@ -87,7 +87,7 @@ def run(cfg: PretrainConfig) -> Path | None:
         shards, totals = tokenize.assemble(units, parts, out, source.name, cfg.shard_tokens, config["val_tokens"])
         described = sources.describe_local(source) if cfg.source else source.description
         manifest = tokenize.build_manifest(source.name, config, out.name, described, shards, totals)
-        tokenize.finish(out, parts, manifest)
+        stage.finish(out, manifest)
         return manifest
 
     totals = stage.run_once(out, config, build)["totals"]

@@ -21,7 +21,6 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,8 @@ from tqdm import tqdm
 
 from gpt.tokenizer import EOT, describe, ranks_sha256
 from pipelines import alpaca, sft_sources
-from pipelines.stage import finished, output_dir, run_once
+from pipelines.stage import PARTS, finish, finished, output_dir, run_once
 from shards.io import remove_temporaries, sha256_json, write_json
-from shards.manifest import write_manifest
 from shards.sft import open_sft_shard, write_sft_shard
 
 SPLITS = ("val", "train")
@@ -170,7 +168,7 @@ def run(cfg: SFTConfig) -> Path:
 
     def build() -> dict:
         remove_temporaries(out)
-        parts = out / "parts"
+        parts = out / PARTS
         parts.mkdir(exist_ok=True)
         pending = {i for i in range(num_chunks) if not (parts / f"{i:05d}.json").exists()}
         jobs = ((parts, i, chunk, cfg) for i, chunk in _chunks(source, cfg.chunk_examples) if i in pending)
@@ -190,14 +188,13 @@ def run(cfg: SFTConfig) -> Path:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
                                           f"(empty output or longer than block_size {cfg.block_size})")
         entries, totals = _assemble(out, parts, num_chunks, totals)
-        shutil.rmtree(parts)
         manifest = {"kind": "sft", "name": f"sft-{cfg.name()}", "config": config, "source": source_info,
                     "tokenizer": describe(),
                     "template": {"name": "alpaca", "sha256": alpaca.TEMPLATE_SHA256,
                                  "prompt_input": alpaca.PROMPT_INPUT, "prompt_no_input": alpaca.PROMPT_NO_INPUT},
                     "split": {"method": "sha256 of [instruction, input] < val_fraction", "val_fraction": cfg.val_fraction},
                     "totals": totals, "shards": entries}
-        write_manifest(out, manifest)
+        finish(out, manifest)
         return manifest
 
     totals = run_once(out, config, build)["totals"]

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from shards.io import atomic_write, sha256_file
+from shards.io import atomic_write, remove_temporaries, sha256_file
 from shards.manifest import write_manifest
 
 from . import stage
@@ -74,6 +74,7 @@ def build_sample(data_dir: str | Path, json_path: Path | None = None) -> Source:
 
 
 def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
+    remove_temporaries(out)
     raw = json_path.read_bytes()
     actual = hashlib.sha256(raw).hexdigest()
     if actual != SAMPLE_SHA256:

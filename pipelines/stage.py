@@ -1,17 +1,21 @@
 """What every stage shares: a config fingerprint, the output folder it names, and the finished-check.
 
 A stage writes into `DATA_DIR/<name>/<fingerprint>/`, so a changed config never mixes with old output.
-The folder is complete exactly when its `manifest.json` exists and records the same config;
+Its work in progress lives in the folder's `parts/`. The folder is complete exactly when its
+`manifest.json` exists and records the same config (`finish` writes it, then drops `parts/`);
 rerunning a complete stage does nothing (`run_once`).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Callable
 
 from shards.io import directory_lock, sha256_json
-from shards.manifest import MANIFEST, ManifestError, load_manifest
+from shards.manifest import MANIFEST, ManifestError, load_manifest, write_manifest
+
+PARTS = "parts"  # a stage's work in progress, inside its output folder
 
 
 def fingerprint(config: dict) -> str:
@@ -35,7 +39,14 @@ def finished(directory: str | Path, config: dict) -> dict | None:
         old = manifest.get("config") or {}
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         raise ManifestError(f"{directory}: holds output of another config (differs in: {', '.join(diff)})")
+    shutil.rmtree(Path(directory) / PARTS, ignore_errors=True)  # left if a run was killed in `finish`
     return manifest
+
+
+def finish(directory: Path, manifest: dict) -> None:
+    """Mark the stage complete: write the manifest, then drop the work in progress."""
+    write_manifest(directory, manifest)
+    shutil.rmtree(directory / PARTS, ignore_errors=True)
 
 
 def run_once(directory: Path, config: dict, build: Callable[[], dict]) -> dict:

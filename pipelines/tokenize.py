@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import re
 import resource
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from tqdm import tqdm
 
 from shards.format import DOCS_DTYPE, TOKEN_DTYPE, read_docs, write_shard
 from shards.io import atomic_write, remove_temporaries, write_bytes, write_json
-from shards.manifest import write_manifest
 
 from . import sources
 
@@ -259,12 +257,6 @@ def _chunks(tokens: list[np.ndarray], part_starts: np.ndarray, a: int, b: int) -
         for s in range(0, len(view), COPY_TOKENS):
             yield view[s:s + COPY_TOKENS]
         a, p = end, p + 1
-
-
-def finish(out_dir: Path, parts_dir: Path, manifest: dict) -> None:
-    """Write the manifest (the completion marker), then drop the parts."""
-    write_manifest(out_dir, manifest)
-    shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 def build_manifest(name: str, config: dict, fingerprint: str, source: dict, shards: list[dict], totals: dict) -> dict:

@@ -1,6 +1,7 @@
 """The model against transformers' GPT2LMHeadModel, checkpoints (ours and HF folders), export-hf, init, sizes."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bench import train as bench_train
-from gpt import GPT, load_model, preset, save_model
+from gpt import GPT, get_encoding, load_model, preset, save_model
 from gpt.__main__ import main as gpt_main
 from gpt.hf import from_hf, hf_config, to_hf
 from gpt.model import DECODE_BLOCK, CrossEntropy, linear
@@ -126,7 +127,8 @@ def test_save_and_load_our_checkpoint_strips_and_restores_padding(tmp_path):
     model = tiny_gpt(padded_vocab_size=50304)
     save_model(model, tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "config.json", "generation_config.json", "merges.txt", "model.safetensors", "vocab.json"]
+        "config.json", "generation_config.json", "merges.txt", "model.safetensors", "tokenizer_config.json",
+        "vocab.json"]
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config == {**hf_config(model.config), "minigpt2": {"format_version": 2, "padded_vocab_size": 50304}}
     assert config["vocab_size"] == 50257 and config["n_layer"] == 2
@@ -159,7 +161,11 @@ def test_our_checkpoint_is_a_transformers_folder(tmp_path):
     x = ids()
     with torch.no_grad():
         assert max_diff(hf(x).logits, model(x)) <= 1e-4
-    assert transformers.AutoTokenizer.from_pretrained(folder).encode("Hello world!") == [15496, 995, 0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    text = "Hello , world !  It's 2026.<|endoftext|>"
+    ids_ = get_encoding().encode(text, allowed_special="all")
+    assert tokenizer.encode(text) == ids_ and tokenizer.decode(ids_) == text
+    assert tokenizer.model_max_length == 128 and tokenizer.eos_token_id == 50256
 
 
 def test_a_format_version_1_checkpoint_still_loads(tmp_path):
@@ -262,11 +268,23 @@ def test_missing_unexpected_and_misshapen_tensors_are_named(tmp_path):
                                          r"unexpected tensors: transformer\.h\.9\.attn\.c_attn\.weight"):
         load_model(tmp_path / "ckpt")
     state = dict(good)
-    state["transformer.h.0.attn.c_proj.weight"] = torch.zeros(32, 64)  # [in, out] in the file: [out, in] in ours
+    state["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(64, 128)  # shapes as the file holds them: [in, out]
     save_file(state, weights)
-    with pytest.raises(ValueError, match=r"tensor transformer\.h\.0\.attn\.c_proj\.weight has shape \(64, 32\), "
-                                         r"expected \(64, 64\)"):
+    with pytest.raises(ValueError, match=r"tensor transformer\.h\.0\.mlp\.c_fc\.weight has shape \(64, 128\), "
+                                         r"expected \(64, 256\)"):
         load_model(tmp_path / "ckpt")
+    state["transformer.h.0.mlp.c_fc.weight"] = torch.zeros(64, 256, 1)
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"c_fc\.weight has shape \(64, 256, 1\), expected \(64, 256\)"):
+        load_model(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    for ours, message in [(2, '"minigpt2" is 2, not an object'),
+                          ({"format_version": 3}, "minigpt2 format_version 3, this code reads 2"),
+                          ({"format_version": 2, "padded_vocab_size": "50304"}, "padded_vocab_size '50304' is not"),
+                          ({"format_version": 2, "padded_vocab_size": 100}, "padded_vocab_size=100 < vocab_size")]:
+        (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "minigpt2": ours}))
+        with pytest.raises(ValueError, match=rf"config\.json: .*{re.escape(message)}"):
+            load_model(tmp_path / "ckpt")
 
 
 def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
@@ -323,6 +341,9 @@ def test_export_hf_of_a_run_folder_uses_its_latest_checkpoint(tmp_path):
     model = tiny_gpt()
     save_checkpoint(tmp_path / "run", 3, model, torch.optim.AdamW(model.parameters()), {}, keep=1)
     assert gpt_main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [  # the model without the training state
+        "config.json", "generation_config.json", "merges.txt", "model.safetensors", "tokenizer_config.json",
+        "vocab.json"]
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     x = ids()
     with torch.no_grad():

@@ -151,6 +151,11 @@ def test_rerun_is_a_noop_and_changed_config_gets_its_own_folder(tmp_path, capsys
     assert run(tmp_path, src) == out
     assert "nothing to do" in capsys.readouterr().out
     assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "data").rglob("*")} == stat
+    (out / "parts").mkdir()  # what a kill after the manifest, while dropping the parts, leaves
+    (out / "parts" / "00000.json").write_text("{}")
+    assert run(tmp_path, src) == out and not (out / "parts").exists()
+    files = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    assert files == {p: v for p, v in stat.items() if p.is_file()}
     other = run(tmp_path, src, block_size=512)
     assert other != out and other.parent == out.parent
     assert load_manifest(other)["config"]["block_size"] == 512
