@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from train.checkpoint import latest_checkpoint
 from train.log import read_log
 from train_shards import small_model, write_test_shards
 
@@ -113,9 +114,9 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(setup, sig, status):
 def test_resume_with_another_number_of_ranks_keeps_the_data_order(setup):
     run_dir = setup["tmp"] / "regrouped"
     shutil.copytree(setup["tmp"] / "reference", run_dir)
-    for folder in (run_dir / "ckpt").glob("step-*"):
-        if int(folder.name[5:]) > 4:
-            shutil.rmtree(folder)
+    # `latest` one checkpoint back, as when a run is killed between writing a checkpoint and pointing at it
+    later = sorted(p.name for p in (run_dir / "ckpt").glob("step-*") if int(p.name[5:]) > 4)
+    assert later
     (run_dir / "ckpt" / "latest").write_text("step-000004\n")
     state = json.loads((run_dir / "ckpt" / "step-000004" / "state.json").read_text())
     assert state["world_size"] == 1 and state["data_position"]["batch"] == 4
@@ -126,6 +127,8 @@ def test_resume_with_another_number_of_ranks_keeps_the_data_order(setup):
             assert resumed[step][0] == pytest.approx(loss, abs=1e-5), step
         if val is not None:
             assert resumed[step][1] == pytest.approx(val, abs=1e-5), step
+    final = latest_checkpoint(run_dir)  # the resumed run's checkpoints replaced the killed run's later ones
+    assert final.name == later[-1] and json.loads((final / "state.json").read_text())["world_size"] == 2
 
 
 def test_a_failure_on_rank_0_alone_stops_every_rank_with_its_message(setup):

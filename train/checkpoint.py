@@ -97,8 +97,6 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last `keep`."""
     root = ckpt_root(run_dir)
     final = root / f"step-{step:06d}"
-    if (final / STATE).is_file():  # already saved (e.g. stopped right after a resume): same content
-        return final
     for stale in root.glob(".step-*.tmp"):  # left by a killed run (the run folder is locked: none is in use)
         shutil.rmtree(stale)
     tmp = root / f".{final.name}.tmp"
@@ -109,7 +107,11 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     rng_tensors, rng_plain = _rng_state()
     _write_tensors(tmp / "rng.safetensors", rng_tensors)
     write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
-    shutil.rmtree(final, ignore_errors=True)  # an incomplete folder of that name (no state.json)
+    # This step's folder and later ones are of a run killed before `latest` named them (the loop saves only
+    # after a step, so never the step `latest` names): this run's future replaces them.
+    for folder in root.glob("step-*"):
+        if folder.is_dir() and int(folder.name.removeprefix("step-")) >= step:
+            shutil.rmtree(folder)
     tmp.rename(final)
     fsync_dir(root)
     with atomic_write(root / LATEST, "w") as f:
