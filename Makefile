@@ -116,8 +116,8 @@ bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak
 bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124M fp32 CPU; bf16 and MFU on a GPU)
 	$(PY) -m bench.train $(ARGS)
 
-clean: ## remove the sample data and runs (not .venv)
-	rm -rf $(DATA_DIR)/sample* runs/
+clean: ## remove the sample's data and runs (not FineWeb's or Alpaca's, not .venv)
+	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sft-sample runs/sample
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

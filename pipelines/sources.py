@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from shards.io import atomic_write, remove_temporaries, sha256_file
+from shards.io import atomic_write, bytes_bar, remove_temporaries, sha256_file
 from shards.manifest import write_manifest
 
 from . import stage
@@ -131,8 +131,9 @@ def local_source(path: str | Path) -> Source:
 
 def describe_local(source: Source) -> dict:
     """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now)."""
-    files = [{"file": ident["file"], "bytes": ident["bytes"], "sha256": sha256_file(path)}
-             for ident, path in zip(source.identity, source.files)]
+    with bytes_bar(sum(ident["bytes"] for ident in source.identity), "hash the source files") as bar:
+        files = [{"file": ident["file"], "bytes": ident["bytes"], "sha256": sha256_file(path, progress=bar.update)}
+                 for ident, path in zip(source.identity, source.files)]
     return {**source.description, "files": files}
 
 

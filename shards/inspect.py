@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
-from .io import sha256_file
+from .io import bytes_bar, sha256_file
 from .manifest import MANIFEST, ManifestError, load_manifest
 from .sft import open_sft_shard
 
@@ -54,19 +54,20 @@ def print_table(folder: Path, manifest: dict) -> None:
         print("  totals: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in totals.items()))
 
 
-def _check_file(path: Path, size: int, sha256: str) -> None:
+def _check_file(path: Path, size: int, sha256: str, progress=None) -> None:
     if not path.exists():
         raise ShardError(f"{path}: missing")
     actual = path.stat().st_size
     if actual != size:
         raise ShardError(f"{path}: {actual} bytes, the manifest says {size}")
-    digest = sha256_file(path)
+    digest = sha256_file(path, progress=progress)
     if digest != sha256:
         raise ShardError(f"{path}: sha256 {digest} differs from the manifest's {sha256}")
 
 
-def verify_shard(folder: Path, manifest: dict, entry: dict) -> None:
-    """Raise ShardError naming the bad file if the shard (or a sidecar) disagrees with the manifest."""
+def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> None:
+    """Raise ShardError naming the bad file if the shard (or a sidecar) disagrees with the manifest;
+    `progress(n)` counts the bytes hashed."""
     path = folder / entry["file"]
     header = read_header(path)
     if header[2] != entry["num_tokens"]:
@@ -74,10 +75,10 @@ def verify_shard(folder: Path, manifest: dict, entry: dict) -> None:
     count = entry.get(_count_key(manifest), 0)
     if header[3] != count:
         raise ShardError(f"{path}: header says {header[3]} documents/examples, the manifest {count}")
-    _check_file(path, entry["bytes"], entry["sha256"])
+    _check_file(path, entry["bytes"], entry["sha256"], progress)
     if manifest.get("kind") == "sft":
         for key in ("mask", "idx"):
-            _check_file(folder / entry[f"{key}_file"], entry[f"{key}_bytes"], entry[f"{key}_sha256"])
+            _check_file(folder / entry[f"{key}_file"], entry[f"{key}_bytes"], entry[f"{key}_sha256"], progress)
         shard = open_sft_shard(path)
         if len(shard) != count:
             raise ShardError(f"{folder / entry['idx_file']}: {len(shard)} examples, the manifest says {count}")
@@ -88,7 +89,7 @@ def verify_shard(folder: Path, manifest: dict, entry: dict) -> None:
                              f"the manifest says {entry['supervised_tokens']}")
     elif "docs_file" in entry:
         docs_path = folder / entry["docs_file"]
-        _check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"])
+        _check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"], progress)
         docs = read_docs(docs_path)
         if len(docs) != count:
             raise ShardError(f"{docs_path}: {len(docs)} document starts, the manifest says {count}")
@@ -99,18 +100,22 @@ def verify_shard(folder: Path, manifest: dict, entry: dict) -> None:
 
 
 def verify(folder: Path, manifest: dict) -> list[str]:
-    """Every problem found in the folder's shards, one message per bad file."""
+    """Every problem found in the folder's shards, one message per bad file, with a progress bar."""
     problems = []
-    for entry in manifest.get("shards") or []:
-        try:
-            verify_shard(folder, manifest, entry)
-        except (ShardError, OSError) as e:
-            problems.append(str(e))
-    for f in (manifest.get("source", {}).get("files") or []) if manifest.get("kind") == "source" else []:
-        try:
-            _check_file(folder / f["file"], f["bytes"], f["sha256"])
-        except ShardError as e:
-            problems.append(str(e))
+    entries = manifest.get("shards") or []
+    sources = (manifest.get("source", {}).get("files") or []) if manifest.get("kind") == "source" else []
+    total = sum(e[key] for e in entries for key in ("bytes", "docs_bytes", "mask_bytes", "idx_bytes") if key in e)
+    with bytes_bar(total + sum(f["bytes"] for f in sources), f"verify {folder.name}") as bar:
+        for entry in entries:
+            try:
+                verify_shard(folder, manifest, entry, bar.update)
+            except (ShardError, OSError) as e:
+                problems.append(str(e))
+        for f in sources:
+            try:
+                _check_file(folder / f["file"], f["bytes"], f["sha256"], bar.update)
+            except (ShardError, OSError) as e:
+                problems.append(str(e))
     return problems
 
 
@@ -165,15 +170,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"BAD {e}", file=sys.stderr)
             bad += 1
             continue
-        print_table(folder, manifest)
-        if args.verify:
-            problems = verify(folder, manifest)
-            for msg in problems:
-                print(f"BAD {msg}", file=sys.stderr)
-            bad += len(problems)
-            if not problems:
+        try:
+            print_table(folder, manifest)
+            problems = verify(folder, manifest) if args.verify else []
+            if args.verify and not problems:
                 print(f"  verified: every file matches {folder / MANIFEST}")
-        decode(folder, manifest, args.decode)
+            if not problems:  # decoding a bad shard would only fail again
+                decode(folder, manifest, args.decode)
+        except KeyError as e:
+            problems = [f"{folder / MANIFEST}: an entry has no {e} (written by another version?)"]
+        except (ShardError, OSError) as e:  # their messages name the file
+            problems = [str(e)]
+        except (TypeError, ValueError) as e:
+            problems = [f"{folder / MANIFEST}: {e}"]
+        for msg in problems:
+            print(f"BAD {msg}", file=sys.stderr)
+        bad += len(problems)
     if bad:
         print(f"error: {bad} bad file(s)", file=sys.stderr)
         return 1

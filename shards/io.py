@@ -8,7 +8,10 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+from tqdm import tqdm
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,12 +73,20 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, progress: Callable[[int], object] | None = None) -> str:
+    """The file's sha256; `progress(n)` is called after each block of n bytes (a progress bar's update)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            if progress is not None:
+                progress(len(block))
     return h.hexdigest()
+
+
+def bytes_bar(total: int, desc: str) -> tqdm:
+    """A progress bar (with ETA) over `total` bytes, shown on a terminal and cleared when done."""
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=None, leave=False)
 
 
 def sha256_json(obj) -> str:

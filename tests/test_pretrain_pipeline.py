@@ -316,5 +316,12 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     assert inspect.main([str(out), "--verify"]) == 1
     assert f"{shard}: " in capsys.readouterr().err
     (out / "custom_val_000000.docs").unlink()
-    assert inspect.main([str(out), "--verify"]) == 1
+    assert inspect.main([str(out), "--verify", "--decode", "2"]) == 1  # a message, no traceback from decoding
     assert "custom_val_000000.docs: missing" in capsys.readouterr().err
+    assert inspect.main([str(out), "--decode", "2"]) == 1
+    assert "custom_val_000000.docs" in capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["shards"][1]["split"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert inspect.main([str(out)]) == 1
+    assert f"{out / 'manifest.json'}: an entry has no 'split'" in capsys.readouterr().err
