@@ -109,6 +109,9 @@ def directory_lock(directory: str | os.PathLike):
         except BlockingIOError:
             raise RuntimeError(f"{directory} is in use by another run (lock {directory / '.lock'}); "
                                "wait for it to finish or stop it") from None
+        except OSError as e:  # e.g. ENOLCK / ENOSYS: a network file system mounted without flock
+            raise OSError(e.errno, f"cannot lock {directory / '.lock'} ({e.strerror}); put it on a file "
+                                   "system with flock (for Lustre or NFS: mount with flock / local_lock)") from None
         yield
     finally:
         os.close(fd)

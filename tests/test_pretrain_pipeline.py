@@ -156,6 +156,19 @@ def test_concurrent_run_is_refused(src, tmp_path, capsys):
     assert not (out / "manifest.json").exists()
 
 
+def test_a_file_system_without_locks_is_named(src, tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert run(tmp_path, src[0]) == 1
+    err = capsys.readouterr().err
+    assert "cannot lock" in err and ".lock (No locks available); put it on a file system with flock" in err
+
+
 KILLER = """
 import os, signal, sys
 from pipelines import pretrain, tokenize

@@ -138,3 +138,22 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_pat
     assert latest_checkpoint(tmp_path / "run").name == "step-000001"
     assert not (tmp_path / "run" / "ckpt" / "step-000002").exists()
     assert [r["step"] for r in read_log(tmp_path / "run")] == [0, 1]
+
+
+def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(small, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import train.checkpoint as checkpoint
+
+    real, saves = checkpoint.save_model, []
+
+    def fills_the_disk(model, directory):
+        saves.append(directory)
+        if len(saves) == 2:
+            raise OSError(errno.ENOSPC, f"disk full while writing {directory}/model.safetensors")
+        return real(model, directory)
+
+    monkeypatch.setattr(checkpoint, "save_model", fills_the_disk)
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--save-every", "2") == 1
+    assert "pretrain: error: [Errno 28] disk full while writing" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "run").name == "step-000002"

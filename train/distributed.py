@@ -70,7 +70,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: no CUDA device is available")
+            raise ValueError("--device cuda: no CUDA device is available")
         return torch.device("cuda", local_rank)
     if name == "cpu":
         return torch.device("cpu")

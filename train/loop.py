@@ -50,8 +50,9 @@ class TrainingError(RuntimeError):
     """A run that cannot go on: a non-finite loss, a refused resume."""
 
 
-# What a trainer's command line reports as a one-line message (exit status 1) rather than a traceback.
-RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, FileNotFoundError)
+# What a trainer's command line reports as a one-line message (exit status 1) rather than a traceback:
+# OSError covers a full disk or a permission error on the run folder, whose messages name the file.
+RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, OSError)
 
 
 @dataclass
