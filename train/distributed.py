@@ -35,6 +35,14 @@ class Dist:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
 
+    def same_on_every_rank(self, values: torch.Tensor) -> bool:
+        """Whether the float64 `values` are equal on every rank; every rank gets the same answer."""
+        if not self.enabled:
+            return True
+        extremes = torch.cat([values, -values])
+        torch_dist.all_reduce(extremes, op=torch_dist.ReduceOp.MIN)  # the minimum and minus the maximum
+        return torch.equal(extremes[:len(values)], -extremes[len(values):])
+
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()

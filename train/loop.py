@@ -188,10 +188,11 @@ def train(cfg: TrainConfig, data, dist: Dist, build_model: Callable[[], GPT], ho
             if folder is not None:
                 load_training_state(folder, optimizer, state)
                 start = state["step"]
-        starts = dist.all_reduce_sum(torch.tensor([float(start)], device=dist.device))
-        if starts.item() != start * dist.world_size:
-            raise TrainingError(f"ranks disagree on the step to resume from (rank {dist.rank}: {start}); "
-                                f"{cfg.run_dir} must be on a filesystem that every node shares")
+        mine = torch.tensor([start, int(data.manifest_sha256[:12], 16)], dtype=torch.float64, device=dist.device)
+        if not dist.same_on_every_rank(mine):
+            raise TrainingError(f"ranks disagree on the step to resume from or on the data (rank {dist.rank}: step "
+                                f"{start}, {data.dir}/manifest.json sha256 {data.manifest_sha256[:16]}…); every "
+                                f"node must see the same {cfg.run_dir} and shards (a shared file system)")
         if dist.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

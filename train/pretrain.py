@@ -51,8 +51,9 @@ def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
         with process_group(cfg.device) as dist:
-            shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
-            data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
+            with dist.unanimous():  # a node that cannot read the shards stops every rank
+                shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
+                data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)
             result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="pretrain")
     except RUN_ERRORS as e:

@@ -221,9 +221,10 @@ def main(argv=None) -> int:
                     raise ValueError(f"--{flag.replace('_', '-')} does not apply to SFT (the model comes from "
                                      f"--init or --pretrain-run; batches and evaluation count examples: "
                                      f"--batch-examples, --eval-examples)")
-            cfg = resolve_init(cfg)
-            shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
-            data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
+            with dist.unanimous():  # a node that cannot read the shards or the pretraining run stops every rank
+                cfg = resolve_init(cfg)
+                shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
+                data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
             if dist.is_main:
                 print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from "
                       f"{shards_dir} ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
