@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
 from gpt.checkpoint import load_model
 from gpt.model import GPT
@@ -118,7 +119,8 @@ def evaluate(model: GPT, data, dist: Dist, cfg: TrainConfig) -> float:
     """Mean loss over the supervised targets of the validation rows (the same rows every time), all ranks."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
-    for x, y in data.val_batches(dist.rank, dist.world_size, cfg.micro_batch):
+    batches = data.val_batches(dist.rank, dist.world_size, cfg.micro_batch)
+    for x, y in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not (dist.is_main and cfg.progress)):
         x, y = x.to(dist.device), y.to(dist.device)
         with autocast(cfg, dist.device):
             loss = model(x, y, reduction="sum")[1]

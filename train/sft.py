@@ -27,6 +27,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from gpt.checkpoint import load_model
 from gpt.inference import generate, pad_batch
@@ -145,12 +146,14 @@ class SFTData:
         return tokens[int(np.argmax(mask)):]
 
 
-def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int) -> list[list[int]]:
+def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int,
+                   progress: bool = False) -> list[list[int]]:
     """Greedy new tokens for each prompt, generated `batch` prompts at a time (similar lengths together)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch):
+    for start in tqdm(range(0, len(order), batch), desc="eval answers", unit="batch", leave=False,
+                      disable=not progress):
         group = order[start:start + batch]
         ids, masks = pad_batch([prompts[i] for i in group])
         for i, new in zip(group, generate(model, ids.to(device), masks.to(device), 0.0, max_steps)):
@@ -165,7 +168,8 @@ def eval_hook(data: SFTData, cfg: SFTTrainConfig):
     def extra_eval(model: GPT, dist: Dist) -> dict:
         ids = rank_slice(np.arange(len(data.val_ids)), dist.rank, dist.world_size)
         with autocast(cfg, dist.device):
-            answers = greedy_answers(model, [data.val_prompt(i) for i in ids], cfg.eot_steps, cfg.micro_batch)
+            answers = greedy_answers(model, [data.val_prompt(i) for i in ids], cfg.eot_steps, cfg.micro_batch,
+                                     progress=dist.is_main and cfg.progress)
         counts = torch.tensor([sum(bool(a) and a[-1] == EOT for a in answers), len(answers)],
                               dtype=torch.float64, device=dist.device)
         dist.all_reduce_sum(counts)
