@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from . import chat
 
@@ -26,10 +27,17 @@ def main(argv=None) -> int:
 
 
 def _export_hf(args) -> int:
+    from shards.io import atomic_directory
+
     from .checkpoint import load_model, save_model
 
+    out = Path(args.out)
+    if out.exists():
+        raise SystemExit(f"export-hf: {out} exists; choose another OUT or remove it first")
     try:
-        out = save_model(load_model(chat.resolve_ckpt(args.ckpt)), args.out)
+        model = load_model(chat.resolve_ckpt(args.ckpt))
+        with atomic_directory(out) as tmp:  # a killed export leaves no half-written folder under OUT
+            save_model(model, tmp)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")

@@ -181,12 +181,15 @@ def _parquet_texts(path: Path, row_group: int, column: str) -> Iterator[list[str
         table = pf.read_row_group(row_group, columns=[column])
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{path}: row group {row_group} is unreadable ({e})") from None
+    offset = 0  # of the chunk in the row group
     for batch in table.column(0).chunks:
         for start in range(0, len(batch), BATCH_ROWS):
             try:
                 yield batch.slice(start, BATCH_ROWS).to_pylist()
             except UnicodeDecodeError as e:
-                raise SourceError(f"{path}: row group {row_group}, rows from {start}: invalid UTF-8 ({e})") from None
+                raise SourceError(f"{path}: row group {row_group}, rows from {offset + start}: invalid UTF-8 "
+                                  f"({e})") from None
+        offset += len(batch)
 
 
 def _open_lines(path: Path):

@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,14 +50,36 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike):
+    """Yield an empty temporary folder (`.<name>.tmp-<pid>` beside `path`) that becomes `path` only if the
+    block completes; a failure leaves nothing there. `path` must not exist (or be an empty folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        os.rename(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def remove_temporaries(directory: Path, stems: list[str] | None = None) -> None:
-    """Delete what atomic_write left in `directory` when killed; only names starting `<stem>.` if `stems` is given.
+    """Delete what atomic_write and atomic_directory left in `directory` when killed; only names starting
+    `<stem>.` if `stems` is given.
 
     Call it while holding the directory's lock (or the lock on those stems' work), never beside a live writer.
     """
     for p in directory.glob(".*.tmp-*"):
         if stems is None or p.name[1:].split(".", 1)[0] in stems:
-            p.unlink(missing_ok=True)
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

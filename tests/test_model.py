@@ -344,6 +344,8 @@ def test_export_hf_of_a_run_folder_uses_its_latest_checkpoint(tmp_path):
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == [  # the model without the training state
         "config.json", "generation_config.json", "merges.txt", "model.safetensors", "tokenizer_config.json",
         "vocab.json"]
+    with pytest.raises(SystemExit, match=f"export-hf: {tmp_path / 'hf'} exists; choose another OUT"):
+        gpt_main(["export-hf", str(tmp_path / "run"), str(tmp_path / "hf")])
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     x = ids()
     with torch.no_grad():

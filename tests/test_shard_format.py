@@ -1,4 +1,4 @@
-"""The shard file is llm.c's `.bin` byte for byte; bad files are named; inspect verifies SFT shards too."""
+"""The shard file is llm.c's `.bin` byte for byte; bad files are named; inspect verifies SFT shards too; atomic folders."""
 
 import hashlib
 import json
@@ -9,6 +9,7 @@ import pytest
 
 from shards import inspect
 from shards.format import HEADER_BYTES, ShardError, open_tokens, read_header, write_shard
+from shards.io import atomic_directory, remove_temporaries
 from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
 
@@ -99,3 +100,19 @@ def test_inspect_names_a_changed_sft_mask(tmp_path, capsys):
     path.write_bytes(np.array([0, 0, 0, 1, 1, 0, 1, 1, 1], np.uint8).tobytes())
     assert inspect.main([str(tmp_path), "--verify"]) == 1
     assert f"{path}: sha256" in capsys.readouterr().err
+
+
+def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("x")
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and (tmp_path / "d" / "f").read_text() == "x"
+    (tmp_path / ".e.tmp-1").mkdir()  # what a killed atomic_directory and atomic_write leave
+    (tmp_path / ".e.tmp-1" / "f").write_text("")
+    (tmp_path / ".g.bin.tmp-2").write_text("")
+    remove_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]

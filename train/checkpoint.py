@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from gpt.checkpoint import save_model
-from shards.io import fsync_dir, atomic_write, write_json
+from shards.io import atomic_directory, atomic_write, remove_temporaries, write_json
 
 LATEST = "latest"
 STATE = "state.json"
@@ -97,23 +97,21 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last `keep`."""
     root = ckpt_root(run_dir)
     final = root / f"step-{step:06d}"
-    for stale in root.glob(".step-*.tmp"):  # left by a killed run (the run folder is locked: none is in use)
-        shutil.rmtree(stale)
-    tmp = root / f".{final.name}.tmp"
-    save_model(model, tmp)
-    tensors, meta = _optimizer_tensors(optimizer)
-    _write_tensors(tmp / "optimizer.safetensors", tensors)
-    write_json(tmp / "optimizer.json", meta)
-    rng_tensors, rng_plain = _rng_state()
-    _write_tensors(tmp / "rng.safetensors", rng_tensors)
-    write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
+    if root.exists():
+        remove_temporaries(root)  # left by a killed run (the run folder is locked: none is in use)
     # This step's folder and later ones are of a run killed before `latest` named them (the loop saves only
     # after a step, so never the step `latest` names): this run's future replaces them.
     for folder in root.glob("step-*"):
         if folder.is_dir() and int(folder.name.removeprefix("step-")) >= step:
             shutil.rmtree(folder)
-    tmp.rename(final)
-    fsync_dir(root)
+    with atomic_directory(final) as tmp:
+        save_model(model, tmp)
+        tensors, meta = _optimizer_tensors(optimizer)
+        _write_tensors(tmp / "optimizer.safetensors", tensors)
+        write_json(tmp / "optimizer.json", meta)
+        rng_tensors, rng_plain = _rng_state()
+        _write_tensors(tmp / "rng.safetensors", rng_tensors)
+        write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
     with atomic_write(root / LATEST, "w") as f:
         f.write(final.name + "\n")
     _prune(root, final, keep)
