@@ -85,7 +85,7 @@ def run_generate(args) -> int:
     prompts = [render_prompt(p) if template else p for p in args.prompt]
     try:
         input_ids, masks = tokenize_batch_input(prompts)
-        rows = generate(model, input_ids, masks, **_options(args))
+        rows = generate(model, input_ids, masks, **_options(args), progress=True)
     except ValueError as e:
         raise SystemExit(f"generate: {e}") from None
     enc = get_encoding()

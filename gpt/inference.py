@@ -16,6 +16,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 import torch
+from tqdm import tqdm
 
 from .model import GPT, KVCache, linear
 from .tokenizer import EOT, get_encoding
@@ -163,11 +164,14 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
 def generate(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
              max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
-             truncate: bool = False) -> list[list[int]]:
-    """The new tokens of every row (EOT included when the row produced it); arguments as in `stream`."""
+             truncate: bool = False, progress: bool = False) -> list[list[int]]:
+    """The new tokens of every row (EOT included when the row produced it); arguments as in `stream`;
+    `progress` shows a bar over the steps on a terminal."""
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0] if torch.is_tensor(input_ids) else 0)]
-    for step in stream(model, input_ids, attention_masks, temperature, max_steps, top_k=top_k, top_p=top_p,
-                       generator=generator, eot=eot, use_cache=use_cache, truncate=truncate):
+    steps = stream(model, input_ids, attention_masks, temperature, max_steps, top_k=top_k, top_p=top_p,
+                   generator=generator, eot=eot, use_cache=use_cache, truncate=truncate)
+    for step in tqdm(steps, total=max_steps, desc="generate", unit="step", leave=False,
+                     disable=None if progress else True):
         for row, token in zip(out, step):
             if token is not None:
                 row.append(token)
