@@ -115,8 +115,12 @@ def test_bad_batch_and_data_errors(shards, tmp_path):
 
 def test_find_shards_dir(shards, tmp_path):
     assert find_shards_dir(tmp_path, "pretrain", "sample") == shards
-    with pytest.raises(ManifestError, match=r"no finished pretrain shards under .*fineweb10B-pretrain/ \(run `make"):
+    with pytest.raises(ManifestError, match=r"no finished pretrain shards under .*fineweb10B-pretrain/ \(run `make "
+                                            r"pretrain-shards DATASET=fineweb10B`"):
         find_shards_dir(tmp_path, "pretrain", "fineweb10B")
+    with pytest.raises(ManifestError, match=r"no finished sft shards under .*sft-alpaca/ \(run `make sft-shards "
+                                            r"SFT_DATASET=alpaca`"):
+        find_shards_dir(tmp_path, "sft", "alpaca")
     write_test_shards(tmp_path / "sample-pretrain" / "def456")
     with pytest.raises(ManifestError, match="several .*abc123, .*def456; choose one with --shards-dir"):
         find_shards_dir(tmp_path, "pretrain", "sample")

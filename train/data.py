@@ -24,16 +24,18 @@ VAL_SPLITS = ("val", "validation")
 
 
 def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
-    """The one finished shard folder of `dataset` that the `kind` pipeline wrote: `DATA_DIR/<dataset>-<kind>/
-    <fingerprint>/` (or `DATA_DIR/<kind>-<dataset>/<fingerprint>/`); a clear error if none or several."""
-    bases = [Path(data_dir) / f"{dataset}-{kind}", Path(data_dir) / f"{kind}-{dataset}"]
-    found = sorted(p.parent for base in bases for p in base.glob("*/manifest.json"))
+    """The one finished shard folder of `dataset` that the `kind` ("pretrain" or "sft") pipeline wrote:
+    `DATA_DIR/<dataset>-pretrain/<fingerprint>/` or `DATA_DIR/sft-<dataset>/<fingerprint>/`; a clear error
+    if none or several (a changed data setting writes a folder of its own)."""
+    base = Path(data_dir) / (f"{dataset}-pretrain" if kind == "pretrain" else f"sft-{dataset}")
+    found = sorted(p.parent for p in base.glob("*/manifest.json"))
     if not found:
-        raise ManifestError(f"no finished {kind} shards under {bases[0]}/ "
-                            f"(run `make {kind}-shards DATASET={dataset}` first, or pass --shards-dir)")
+        make = f"make {kind}-shards {'DATASET' if kind == 'pretrain' else 'SFT_DATASET'}={dataset}"
+        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, with SOURCE= for "
+                            f"custom data, or pass --shards-dir)")
     if len(found) > 1:
         raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
-                            "choose one with --shards-dir")
+                            "choose one with --shards-dir (ARGS=\"--shards-dir ...\"), or delete the old ones")
     return found[0]
 
 
