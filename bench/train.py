@@ -6,8 +6,9 @@ batch, threads and AdamW (fused); a step is forward + backward + optimizer step.
 attention (sdpa). Steps alternate between the two models in rounds, after warmup steps, so that load from
 other processes hits both alike. Tokens/s is the throughput of the timed steps (their tokens over their
 time, what a training run sees); the fastest step of each is printed too (the least disturbed by other
-processes, and for transformers the step that lost least to page faults: see docs/benchmarks.md). With CUDA available, a second run on the GPU: bf16 autocast, TF32, fused AdamW,
-sequence 1024, padded vocabulary, and MFU against the GPU's peak dense bf16 FLOP/s.
+processes, and for transformers the step that lost least to page faults: see docs/benchmarks.md). With CUDA
+available, a second run on the GPU: bf16 autocast, TF32, fused AdamW, sequence 1024, padded vocabulary, and
+MFU against the GPU's peak dense bf16 FLOP/s.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench import cpu_name
 from gpt.hf import from_hf, to_hf
 from gpt.model import GPT, preset
 from train.loop import peak_bf16_flops
+from train.pretrain import PADDED_VOCAB_CUDA
 
 
 
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
     report(cfg)
     if cfg.device == "cpu" and cfg.gpu and torch.cuda.is_available():
         report(dataclasses.replace(cfg, device="cuda", batch=cfg.gpu_batch, seq_len=1024, warmup=max(cfg.warmup, 3),
-                                   rounds=max(cfg.rounds, 10), padded_vocab_size=cfg.padded_vocab_size or 50304))
+                                   rounds=max(cfg.rounds, 10), padded_vocab_size=cfg.padded_vocab_size or PADDED_VOCAB_CUDA))
     return 0
 
 

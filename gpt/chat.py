@@ -29,7 +29,7 @@ def resolve_ckpt(path) -> Path:
     """`path`, or its latest checkpoint when it is a run folder (it holds ckpt/latest)."""
     from train.checkpoint import latest_checkpoint
 
-    return latest_checkpoint(path) if (Path(path) / "ckpt" / "latest").is_file() else Path(path)
+    return latest_checkpoint(path) or Path(path)
 
 
 def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:

@@ -84,7 +84,7 @@ class Retry:
         return min(self.max_s, self.first_s * 2 ** (failures - 1))
 
 
-RETRY = Retry()  # the policy download() uses when none is given
+RETRY = Retry()  # the policy of every request (tests shorten it)
 
 
 class _ShortRead(Exception):
@@ -97,7 +97,7 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, (httpx2.TransportError, _ShortRead))
 
 
-def _with_retries(what: str, call, retry: Retry, received=lambda: 0, size: int = 0):
+def _with_retries(what: str, call, received=lambda: 0, size: int = 0):
     """`call()`, retried with backoff on connection errors and 408/429/5xx. For a download, `received()` is
     the bytes of `size` kept so far: a failed try that added some starts the count of failures in a row again."""
     failures, have = 0, received()
@@ -109,14 +109,14 @@ def _with_retries(what: str, call, retry: Retry, received=lambda: 0, size: int =
                 raise
             now = received()
             failures, have = (1 if now > have else failures + 1), now
-            if failures >= retry.tries:
+            if failures >= RETRY.tries:
                 kept = f", {now} of {size} bytes kept for the next run" if size else ""
                 raise DownloadError(f"{what}: giving up after {failures} failed tries in a row{kept}: {e}") from e
-            time.sleep(retry.wait(failures))
+            time.sleep(RETRY.wait(failures))
 
 
 def download(repo_id: str, filenames: list[str], revision: str, dest_dir: Path,
-             repo_type: str = "dataset", *, retry: Retry | None = None) -> list[dict]:
+             repo_type: str = "dataset") -> list[dict]:
     """Make `dest_dir/<name>` the verified file `name` of `repo_id` at `revision`, for every name.
 
     Returns one {"file", "bytes", "sha256"} per name, in order. Files verified by an earlier call are not
@@ -124,13 +124,12 @@ def download(repo_id: str, filenames: list[str], revision: str, dest_dir: Path,
     missing file, a size or checksum mismatch (the partial bytes are deleted), or when the retries run out
     (the partial bytes are kept, and the next call continues them).
     """
-    retry = retry or RETRY
     dest_dir = Path(dest_dir)
     with directory_lock(dest_dir / BOOKKEEPING):
         records = {name: _trusted_record(dest_dir, name, repo_id, repo_type, revision) for name in filenames}
         missing = [name for name, record in records.items() if record is None]
         if missing:
-            records.update(_fetch_missing(repo_id, missing, revision, dest_dir, repo_type, retry))
+            records.update(_fetch_missing(repo_id, missing, revision, dest_dir, repo_type))
     return [{"file": name, "bytes": records[name]["bytes"], "sha256": records[name]["sha256"]}
             for name in filenames]
 
@@ -164,17 +163,16 @@ def _trusted_record(dest_dir: Path, name: str, repo_id: str, repo_type: str, rev
     return record
 
 
-def _fetch_missing(repo_id: str, names: list[str], revision: str, dest_dir: Path, repo_type: str,
-                   retry: Retry) -> dict[str, dict]:
+def _fetch_missing(repo_id: str, names: list[str], revision: str, dest_dir: Path, repo_type: str) -> dict[str, dict]:
     if constants.is_offline_mode():
         raise DownloadError(f"HF_HUB_OFFLINE is set, and {', '.join(names)} of {repo_id} at {revision} "
                             f"are not downloaded and verified in {dest_dir}")
     api = HfApi()
     commit = revision if _COMMIT.fullmatch(revision) else _with_retries(
         f"{repo_id}: resolving revision {revision}",
-        lambda: api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha, retry)
+        lambda: api.repo_info(repo_id, revision=revision, repo_type=repo_type).sha)
     infos = _with_retries(f"{repo_id}: metadata of {len(names)} files at {commit}",
-                          lambda: api.get_paths_info(repo_id, names, revision=commit, repo_type=repo_type), retry)
+                          lambda: api.get_paths_info(repo_id, names, revision=commit, repo_type=repo_type))
     by_path = {info.path: info for info in infos if isinstance(info, RepoFile)}
     if absent := [name for name in names if name not in by_path]:
         raise DownloadError(f"{', '.join(absent)}: no such file in {repo_type} {repo_id} at {commit}")
@@ -192,7 +190,7 @@ def _fetch_missing(repo_id: str, names: list[str], revision: str, dest_dir: Path
                 print(f"{path}: differs from the hub's {expected.algorithm}; deleted, to be downloaded again")
                 path.unlink()
             url = hf_hub_url(repo_id, name, repo_type=repo_type, revision=commit)
-            _download_file(url, dest_dir, name, expected, where, retry)
+            _download_file(url, dest_dir, name, expected, where)
         sha256 = expected.digest if expected.algorithm == "sha256" else _digest(path, "sha256")
         record = {"repo_id": repo_id, "repo_type": repo_type, "revision": revision, "commit": commit, "file": name,
                   "bytes": info.size, "sha256": sha256, "mtime_ns": path.stat().st_mtime_ns}
@@ -225,7 +223,7 @@ class _Expected:
         return path.stat().st_size == self.size and _digest(path, self.algorithm) == self.digest
 
 
-def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, where: str, retry: Retry) -> None:
+def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, where: str) -> None:
     """Fetch `url` into a partial file, continuing what an earlier try left, verify it, rename it to `name`."""
     part = dest_dir / BOOKKEEPING / f"{name}.{expected.digest}.part"
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +241,7 @@ def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, whe
 
     with tqdm(total=size, initial=received(), unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
         if received() < size:
-            _with_retries(where, lambda: _get_range(url, part, received(), size, bar, where), retry, received, size)
+            _with_retries(where, lambda: _get_range(url, part, received(), size, bar, where), received, size)
     got = _digest(part, expected.algorithm)
     if got != expected.digest:
         part.unlink()

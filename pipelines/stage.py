@@ -28,7 +28,8 @@ def output_dir(data_dir: str | Path, name: str, config: dict) -> Path:
 
 
 def finished(directory: str | Path, config: dict) -> dict | None:
-    """The manifest if `directory` holds the finished output of this exact config, else None.
+    """The manifest if `directory` holds the finished output of this exact config, else None; a finished
+    folder's leftover `parts/` (a run killed inside `finish`) is removed.
 
     A manifest recording another config is an error that says which fields differ.
     """

@@ -10,8 +10,7 @@ documents up to the first document boundary at or after `val_tokens`, then train
 never on WORKERS or on how the units were split over tasks (`--task-index/--num-tasks`).
 Memory per worker is bounded: a unit is read a batch of rows at a time into a preallocated uint16
 buffer, and a very long document is encoded in pieces cut where the GPT-2 pre-tokenizer always cuts.
-Workers receive the parent's encoding (pickled) and never import the `gpt` package, so they start in
-a fraction of a second without torch.
+Workers receive the parent's encoding (pickled), so they do not build it again, and never import torch.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ def _init_worker(encoding) -> None:
 
 
 def get_encoding():
-    """The GPT-2 encoding; imported lazily so that worker processes do not import torch with `gpt`."""
+    """The GPT-2 encoding: the one the parent gave this worker, else gpt.tokenizer's (built once)."""
     global _encoding
     if _encoding is None:
         from gpt.tokenizer import get_encoding as build

@@ -1,6 +1,7 @@
 """SFT training (`python -m train sft`): batches and masks, the global loss normalization, 1 vs 2 gloo ranks,
 learning on a small dataset, and the refusals. Tiny hand-made SFT shards and the `nano` model: seconds."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -187,10 +188,11 @@ def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_
     assert main(["--dataset", "custom", "--data-dir", str(tmp_path / "data"), "--pretrain-run",
                  str(tmp_path / "pretrain"), "--run-dir", str(tmp_path / "sft"), "--seq-len", "64",
                  "--batch-examples", "16", "--micro-batch", "16", "--steps", "30", "--lr", "1e-2", "--warmup", "2",
-                 "--eval-every", "30", "--save-every", "30", "--eot-steps", "8", "--sample-tokens", "0",
+                 "--eval-every", "30", "--save-every", "30", "--eot-steps", "8", "--sample-tokens", "4",
                  "--show", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert f"starting from {tmp_path / 'pretrain' / 'ckpt' / 'step-000001'}" in out
+    assert out.count("sample: 'Colour") == 4  # two validation prompts' answers at each of the two evaluations
     assert "held-out prompts and greedy answers" in out and out.count("reference:") == 2
     first, last = [r for r in read_log(tmp_path / "sft") if "val_loss" in r]
     assert (first["step"], last["step"]) == (0, 30)
@@ -202,10 +204,12 @@ def test_refusals_name_the_fix(setup, tmp_path, capsys):
     assert main(["--shards-dir", str(setup["shards"]), "--pretrain-run", str(tmp_path / "nothing"),
                  "--run-dir", str(tmp_path / "run"), *FLAGS]) == 1
     assert f"no pretraining checkpoint under {tmp_path / 'nothing'}/ckpt" in capsys.readouterr().err
-    assert sft(setup, tmp_path / "run", "--batch-tokens", "4096") == 1
-    assert "--batch-tokens does not apply to SFT" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # pretraining's batch in tokens is no SFT flag
+        sft(setup, tmp_path / "run", "--batch-tokens", "4096")
+    assert "unrecognized arguments: --batch-tokens 4096" in capsys.readouterr().err
     assert sft(setup, tmp_path / "run", "--batch-examples", "4", "--micro-batch", "3") == 1
-    assert "the global batch of 4 examples is not a multiple of micro-batch 3" in capsys.readouterr().err
+    assert "the global batch of 4 examples is not a multiple of micro-batch 3 x 1 rank(s) = 3; change " \
+           "--batch-examples" in capsys.readouterr().err
     manifest = json.loads((setup["shards"] / "manifest.json").read_text())
     (setup["shards"] / "manifest.json").write_text(json.dumps({**manifest, "kind": "pretrain"}))
     assert sft(setup, tmp_path / "run") == 1
@@ -218,8 +222,8 @@ def test_dataset_defaults():
     assert (sample.epochs, sample.seq_len, sample.pretrain_run) == (2, 128, "runs/sample/pretrain")
     alpaca = parse_args(["--dataset", "alpaca", "--lr", "3e-5"], SFTTrainConfig)
     assert (alpaca.epochs, alpaca.batch_examples, alpaca.micro_batch, alpaca.seq_len) == (2, 64, 16, 1024)
-    assert (alpaca.lr, alpaca.warmup, alpaca.min_lr_ratio, alpaca.model, alpaca.batch_tokens) == \
-        (3e-5, 50, 0.1, None, None)
+    assert (alpaca.lr, alpaca.warmup, alpaca.min_lr_ratio) == (3e-5, 50, 0.1)
+    assert not {"model", "batch_tokens", "eval_tokens"} & {f.name for f in dataclasses.fields(SFTTrainConfig)}
     assert (sample.run_dir, alpaca.run_dir) == ("runs/sample/sft", "runs/alpaca/sft")
     help_text = " ".join(build_parser(SFTTrainConfig).format_help().split())
     assert "--lr LR default follows --dataset: sample 0.003, alpaca 2e-05" in help_text

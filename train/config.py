@@ -1,8 +1,10 @@
-"""TrainConfig: every knob of a training run as a plain dataclass, with argparse flags and per-dataset defaults.
+"""Every knob of a training run as a plain dataclass, with argparse flags and per-dataset defaults.
 
-A field left at None takes its default from the dataset: on `sample` a small CPU model that finishes in
-minutes, on FineWeb the GPT-2 124M recipe (build-nanogpt / llm.c). `parse_args(argv)` builds one from
-flags: `--batch-tokens 524288` sets `batch_tokens`, and so on for every field.
+`RunConfig` holds what pretraining and SFT share; `TrainConfig` (pretraining, here) and `train.sft`'s
+`SFTTrainConfig` add their own fields. A field left at None takes its default from the dataset: on
+`sample` a small CPU model that finishes in minutes, on FineWeb the GPT-2 124M recipe (build-nanogpt /
+llm.c). `parse_args(argv, config_cls)` builds one from flags: `--batch-tokens 524288` sets
+`batch_tokens`, and so on for every field.
 """
 
 from __future__ import annotations
@@ -22,25 +24,30 @@ SAMPLE_DEFAULTS = dict(model="tiny", batch_tokens=1024, micro_batch=8, seq_len=1
 
 
 @dataclass
-class TrainConfig:
-    STAGE: ClassVar[str] = "pretrain"  # names the default run folder, runs/DATASET/STAGE
+class RunConfig:
+    """What every training run has (pretraining, SFT): data, init, schedule, evaluation, checkpoints, execution.
+
+    A trainer's subclass adds its batch and model fields and sets the class variables below.
+    """
+    STAGE: ClassVar[str] = "run"  # names the default run folder, runs/DATASET/STAGE
     # What the fields left at None become: on the built-in sample, and on every other dataset (named in --help)
-    SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
-    RECIPE: ClassVar[tuple[str, dict]] = ("fineweb", FINEWEB_DEFAULTS)
-    extra_resume_keys: ClassVar[tuple[str, ...]] = ()  # a trainer's own settings that a resume must keep
+    SAMPLE_DEFAULTS: ClassVar[dict] = {}
+    RECIPE: ClassVar[tuple[str, dict]] = ("other datasets", {})
+    BATCH_FLAG: ClassVar[str] = "--batch-tokens"  # the flag that sets the global batch, for messages
+    # A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
+                                              "beta2", "eps", "grad_clip", "seed", "padded_vocab")
 
     # data
     dataset: str = "sample"
     data_dir: str = "data"
     shards_dir: str | None = None  # a folder with a manifest; default: the one under data_dir for dataset
     # model
-    model: str | None = None  # a preset of gpt.model.PRESETS
     init: str | None = None  # start from these weights (our checkpoint or a Hugging Face GPT-2 folder)
     padded_vocab: int | None = None  # embedding rows; default 50304 on CUDA, none on CPU
     # batch and schedule
-    steps: int | None = None  # optimizer steps; default `epochs` epochs of the train shards
+    steps: int | None = None  # optimizer steps; default: the dataset's, or `epochs` epochs of the train shards
     epochs: int = 1
-    batch_tokens: int | None = None  # global batch in tokens (all ranks and accumulation steps)
     micro_batch: int | None = None  # sequences per forward pass per rank
     seq_len: int | None = None
     lr: float | None = None  # peak learning rate
@@ -53,8 +60,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     # evaluation, checkpoints, logs
     eval_every: int | None = None
-    eval_tokens: int | None = None  # validation tokens evaluated each time (always the same ones)
-    sample_tokens: int = 32  # tokens generated greedily from a fixed prompt at each eval (0: none)
+    sample_tokens: int = 32  # tokens generated greedily at each eval (0: none)
     save_every: int | None = None
     keep_checkpoints: int = 3  # the last K checkpoint folders stay (0: all)
     run_dir: str | None = None  # default runs/<dataset>/<stage> (stage: pretrain, sft)
@@ -66,7 +72,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bfloat16 autocast on GPUs with native bf16, else float32), float32, bfloat16
     progress: bool = True  # a progress bar on rank 0
 
-    def resolved(self) -> "TrainConfig":
+    def resolved(self):
         """A copy with every None that has a dataset default filled in (the recipe for other datasets)."""
         defaults = self.SAMPLE_DEFAULTS if self.dataset == "sample" else self.RECIPE[1]
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
@@ -76,6 +82,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """Pretraining: a model preset (or --init) on token shards; the global batch counts tokens."""
+    STAGE: ClassVar[str] = "pretrain"
+    SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
+    RECIPE: ClassVar[tuple[str, dict]] = ("fineweb", FINEWEB_DEFAULTS)
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens")
+
+    model: str | None = None  # a preset of gpt.model.PRESETS (without --init)
+    batch_tokens: int | None = None  # global batch in tokens (all ranks and accumulation steps)
+    eval_tokens: int | None = None  # validation tokens evaluated each time (always the same ones)
 
 
 def _flag_type(field):
@@ -101,7 +120,7 @@ def _dataset_default(config_cls, name: str) -> str | None:
 
 
 def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain") -> argparse.ArgumentParser:
-    """One flag per field of `config_cls` (a TrainConfig or a subclass), defaults from the dataclass."""
+    """One flag per field of `config_cls` (a RunConfig subclass), defaults from the dataclass."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = config_cls()

@@ -20,8 +20,6 @@ import torch
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError, load_manifest, manifest_sha256
 
-VAL_SPLITS = ("val", "validation")
-
 
 def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
     """The one finished shard folder of `dataset` that the `kind` ("pretrain" or "sft") pipeline wrote:
@@ -73,12 +71,13 @@ def micro_batches(rows: np.ndarray, micro_batch: int) -> list[np.ndarray]:
     return [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
 
 
-def accumulation_steps(rows_per_step: int, micro_batch: int, world_size: int, what: str = "rows") -> int:
-    """Micro-batches per rank per step; a clear error when the global batch does not divide."""
+def accumulation_steps(rows_per_step: int, micro_batch: int, world_size: int, batch_flag: str = "--batch-tokens",
+                       what: str = "rows") -> int:
+    """Micro-batches per rank per step; a clear error, naming `batch_flag`, when the global batch does not divide."""
     per_pass = micro_batch * world_size
     if micro_batch < 1 or rows_per_step % per_pass:
         raise ValueError(f"the global batch of {rows_per_step} {what} is not a multiple of micro-batch "
-                         f"{micro_batch} x {world_size} rank(s) = {per_pass}; change --batch-tokens, "
+                         f"{micro_batch} x {world_size} rank(s) = {per_pass}; change {batch_flag}, "
                          f"--micro-batch or the number of GPUs")
     return rows_per_step // per_pass
 
@@ -95,7 +94,7 @@ class PretrainData:
             raise ValueError(f"--batch-tokens {batch_tokens} is not a multiple of --seq-len {seq_len}")
         self.manifest_sha256 = manifest_sha256(self.dir)
         train = [self._open(s) for s in manifest["shards"] if s["split"] == "train"]
-        val = [self._open(s) for s in manifest["shards"] if s["split"] in VAL_SPLITS]
+        val = [self._open(s) for s in manifest["shards"] if s["split"] == "val"]
         if not train:
             raise ManifestError(f"{self.dir / 'manifest.json'}: no train shards")
         if not val:

@@ -32,14 +32,11 @@ from shards.io import directory_lock
 from shards.manifest import ManifestError
 
 from .checkpoint import latest_checkpoint, load_training_state, read_state, save_checkpoint
-from .config import TrainConfig
+from .config import RunConfig
 from .data import accumulation_steps
 from .distributed import Dist, RankFailed
 from .log import RunLog
 
-# A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
-RESUME_KEYS = ("model", "seq_len", "batch_tokens", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
-               "beta2", "eps", "grad_clip", "seed", "padded_vocab")
 # Dense bf16 peak FLOP/s per GPU (datasheets, without sparsity), for MFU; the first name found in
 # torch.cuda.get_device_name() wins, so the more specific names come first.
 PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H200 NVL", 835e12), ("H100", 989e12),
@@ -59,13 +56,14 @@ RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, 
 @dataclass
 class Hooks:
     """What a trainer adds to the shared loop."""
-    extra_eval: Callable[[GPT, Dist], dict] | None = None  # more metrics at each evaluation (e.g. SFT's EOT rate)
+    # more metrics at each evaluation (e.g. SFT's EOT rate); rank 0's "samples" (texts) are printed too
+    extra_eval: Callable[[GPT, Dist], dict] | None = None
     samples: Callable[[GPT], list[str]] | None = None  # texts generated at each evaluation (rank 0)
     plot_metrics: tuple[str, ...] = ()  # extra_eval metrics drawn in loss.png (right axis), e.g. ("eot_rate",)
     state: dict = field(default_factory=dict)  # extra keys for each checkpoint's state.json (e.g. {"sft": True})
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
     """Linear warmup over `warmup` steps to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -74,7 +72,7 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
-def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices and embeddings (dim >= 2) only; fused (one kernel per step on CUDA,
     3x faster than the for-loop version on a CPU)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -84,7 +82,7 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
                              fused=device.type in ("cuda", "cpu"))
 
 
-def _dtype(cfg: TrainConfig, device: torch.device) -> str:
+def _dtype(cfg: RunConfig, device: torch.device) -> str:
     """--dtype auto: bf16 autocast on a GPU with native bf16 (Ampere and later), else float32."""
     if cfg.dtype != "auto":
         return cfg.dtype
@@ -101,7 +99,7 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
+def autocast(cfg: RunConfig, device: torch.device):
     dtype = _dtype(cfg, device)
     if dtype == "float32":
         return contextlib.nullcontext()
@@ -110,12 +108,12 @@ def autocast(cfg: TrainConfig, device: torch.device):
     raise ValueError(f"--dtype {cfg.dtype!r}: choose auto, float32 or bfloat16")
 
 
-def total_steps(cfg: TrainConfig, data) -> int:
+def total_steps(cfg: RunConfig, data) -> int:
     return cfg.steps if cfg.steps else cfg.epochs * data.plan.steps_per_epoch
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data, dist: Dist, cfg: TrainConfig) -> float:
+def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig) -> float:
     """Mean loss over the supervised targets of the validation rows (the same rows every time), all ranks."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
@@ -130,7 +128,7 @@ def evaluate(model: GPT, data, dist: Dist, cfg: TrainConfig) -> float:
     return (totals[0] / totals[1]).item()
 
 
-def _resume(cfg: TrainConfig, data, dist: Dist, total: int):
+def _resume(cfg: RunConfig, data, dist: Dist, total: int):
     """The checkpoint to resume from, its state.json and its model, or (None, None, None) for a fresh start."""
     folder = latest_checkpoint(cfg.run_dir)
     if folder is None:
@@ -146,7 +144,7 @@ def _resume(cfg: TrainConfig, data, dist: Dist, total: int):
                             f"{state['manifest_sha256'][:16]}…, and {data.dir}/manifest.json is now "
                             f"{data.manifest_sha256[:16]}… (the data changed; start a new --run-dir)")
     old = state["config"]
-    keys = RESUME_KEYS + cfg.extra_resume_keys
+    keys = cfg.RESUME_KEYS
     diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
     if state["total_steps"] != total:
         diff.append(f"total steps: {state['total_steps']} -> {total}")
@@ -167,12 +165,12 @@ class _StopFlag:
         self.set = True
 
 
-def train(cfg: TrainConfig, data, dist: Dist, build_model: Callable[[], GPT], hooks: Hooks | None = None,
+def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hooks: Hooks | None = None,
           desc: str = "train") -> dict:
     """Run (or resume) training; returns {"step", "stopped", "val_loss"}. Raises TrainingError on a bad loss."""
     hooks = hooks or Hooks()
     total = total_steps(cfg, data)
-    accum = accumulation_steps(data.rows_per_step, cfg.micro_batch, dist.world_size,
+    accum = accumulation_steps(data.rows_per_step, cfg.micro_batch, dist.world_size, cfg.BATCH_FLAG,
                                what=getattr(data, "rows_name", f"sequences of {cfg.seq_len} tokens"))
     with contextlib.ExitStack() as lock:
         with dist.unanimous():
@@ -229,8 +227,8 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
         with autocast(cfg, dist.device):
             record["samples"] = hooks.samples(raw)
         raw.train()
-        for text in record["samples"]:
-            log.print(f"sample: {text!r}")
+    for text in record.get("samples", []) if dist.is_main else []:  # from `samples` or `extra_eval`
+        log.print(f"sample: {text!r}")
     return record
 
 

@@ -14,7 +14,7 @@ from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
 from gpt.tokenizer import get_encoding
 
-from .config import TrainConfig, parse_args
+from .config import RunConfig, parse_args
 from .data import PretrainData, find_shards_dir
 from .distributed import Dist, process_group
 from .loop import RUN_ERRORS, Hooks, train
@@ -23,13 +23,13 @@ SAMPLE_PROMPT = "Hello, how are you today?"
 PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
 
 
-def build_model(cfg: TrainConfig, dist: Dist) -> GPT:
-    """`cfg.init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh `cfg.model` preset."""
+def build_model(cfg: RunConfig, dist: Dist, preset_name: str | None = None) -> GPT:
+    """`cfg.init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh `preset_name` model."""
     padded = cfg.padded_vocab or (PADDED_VOCAB_CUDA if dist.device.type == "cuda" else None)
     if cfg.init:
         model = load_model(cfg.init, device=dist.device, padded_vocab_size=padded)
     else:
-        model = GPT(preset(cfg.model, padded_vocab_size=padded))
+        model = GPT(preset(preset_name, padded_vocab_size=padded))
     if model.config.block_size < cfg.seq_len:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.config.block_size}")
     return model.train()
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
                 data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)
-            result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="pretrain")
+            result = train(cfg, data, dist, lambda: build_model(cfg, dist, cfg.model), hooks, desc="pretrain")
     except RUN_ERRORS as e:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 1

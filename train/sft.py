@@ -38,8 +38,8 @@ from shards.manifest import ManifestError, load_manifest, manifest_sha256
 from shards.sft import SFTShard, open_sft_shard
 
 from .checkpoint import latest_checkpoint
-from .config import TrainConfig, parse_args
-from .data import VAL_SPLITS, BatchPlan, find_shards_dir, micro_batches, rank_slice
+from .config import RunConfig, parse_args
+from .data import BatchPlan, find_shards_dir, micro_batches, rank_slice
 from .distributed import Dist, process_group
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, autocast, train
@@ -56,12 +56,14 @@ SAMPLE_DEFAULTS = dict(batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, 
 
 
 @dataclass
-class SFTTrainConfig(TrainConfig):
-    """TrainConfig for SFT: the global batch counts examples; fields left at None follow the dataset."""
+class SFTTrainConfig(RunConfig):
+    """SFT: the model comes from --init or --pretrain-run, the global batch counts examples; fields left at
+    None follow the dataset."""
     STAGE: ClassVar[str] = "sft"
     SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
     RECIPE: ClassVar[tuple[str, dict]] = ("alpaca", ALPACA_DEFAULTS)
-    extra_resume_keys: ClassVar[tuple[str, ...]] = ("batch_examples",)
+    BATCH_FLAG: ClassVar[str] = "--batch-examples"
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples",)
     dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/sft-<dataset>/)
     epochs: int = 2
     batch_examples: int | None = None  # global batch in examples (all ranks and accumulation steps)
@@ -85,17 +87,17 @@ class SFTData:
                                 f"(SFT shards are written by `make sft-shards`)")
         self.manifest_sha256 = manifest_sha256(self.dir)
         self.seq_len = seq_len
-        self.train, self.train_ids = self._split(manifest, ("train",), "train")
-        self.val, self.val_ids = self._split(manifest, VAL_SPLITS, "validation")
+        self.train, self.train_ids = self._split(manifest, "train", "train")
+        self.val, self.val_ids = self._split(manifest, "val", "validation")
         self.left_out = len(self.train) - len(self.train_ids) + len(self.val) - len(self.val_ids)
         if eval_examples > 0:
             self.val_ids = self.val_ids[:eval_examples]
         self.plan = BatchPlan(len(self.train_ids), batch_examples, seed, f"examples of at most {seq_len + 1} tokens")
         self.rows_per_step = self.plan.rows_per_step
 
-    def _split(self, manifest: dict, splits: tuple[str, ...], what: str) -> tuple[SFTShard, np.ndarray]:
+    def _split(self, manifest: dict, split: str, what: str) -> tuple[SFTShard, np.ndarray]:
         """The split's shard and the ids of its examples that fit in seq_len + 1 tokens (longer ones are left out)."""
-        entries = [s for s in manifest["shards"] if s["split"] in splits]
+        entries = [s for s in manifest["shards"] if s["split"] == split]
         if len(entries) != 1:
             raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
         path = self.dir / entries[0]["file"]
@@ -220,11 +222,6 @@ def main(argv=None) -> int:
     cfg = parse_args(argv, SFTTrainConfig, prog="python -m train sft")
     try:
         with process_group(cfg.device) as dist:
-            for flag in ("model", "batch_tokens", "eval_tokens"):
-                if getattr(cfg, flag) is not None:
-                    raise ValueError(f"--{flag.replace('_', '-')} does not apply to SFT (the model comes from "
-                                     f"--init or --pretrain-run; batches and evaluation count examples: "
-                                     f"--batch-examples, --eval-examples)")
             with dist.unanimous():  # a node that cannot read the shards or the pretraining run stops every rank
                 cfg = resolve_init(cfg)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
