@@ -25,7 +25,8 @@ from shards.sft import write_sft_shard
 from train.checkpoint import latest_checkpoint, save_checkpoint
 from train.log import read_log
 from train.config import build_parser, parse_args
-from train.sft import SFTData, SFTTrainConfig, main
+from train.data import SFTData
+from train.sft import SFTTrainConfig, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Train examples (prompt, answer); the answer is followed by EOT. Token 0 is "!": a real answer token here.

@@ -8,6 +8,12 @@ its own contiguous slice of the batch (`rank_slice`) and cuts it into micro-batc
 `PretrainData` serves llm.c-format token shards: row i is the i-th window of seq_len + 1 tokens (windows start
 every seq_len tokens inside a shard and never cross shards); inputs are its first seq_len tokens, targets its
 last seq_len. The validation rows are the first windows of the validation split, always the same ones.
+
+`SFTData` serves SFT shards (shards/sft.py): a row is one example, its prompt and answer tokens (examples
+longer than seq_len + 1 are left out), right-padded with 0 to the longest row of the micro-batch (each rank
+orders its share of the global batch by length first, so little is padding); inputs are tokens[:-1],
+targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or padding (past the
+example's length, from its `.idx` offsets; never from a token value: 0 is "!").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError, load_manifest, manifest_sha256
+from shards.sft import SFTShard, open_sft_shard
 
 
 def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
@@ -82,17 +89,23 @@ def accumulation_steps(rows_per_step: int, micro_batch: int, world_size: int, ba
     return rows_per_step // per_pass
 
 
+def _open_manifest(directory: Path, kind: str) -> tuple[dict, str]:
+    """The manifest of a shard folder, checked to be of `kind` ("pretrain" or "sft"), and its sha256."""
+    manifest = load_manifest(directory)
+    if manifest.get("kind") != kind:
+        raise ManifestError(f"{directory / 'manifest.json'}: kind {manifest.get('kind')!r}, expected {kind!r} "
+                            f"({kind} shards are written by `make {kind}-shards`)")
+    return manifest, manifest_sha256(directory)
+
+
 class PretrainData:
     """Windows of token shards listed by a pretraining manifest, served per step, rank and micro-batch."""
 
     def __init__(self, shards_dir: str | Path, seq_len: int, batch_tokens: int, seed: int, eval_tokens: int):
         self.dir = Path(shards_dir)
-        manifest = load_manifest(self.dir)
-        if manifest.get("kind", "pretrain") != "pretrain":
-            raise ManifestError(f"{self.dir / 'manifest.json'}: kind {manifest.get('kind')!r}, expected 'pretrain'")
+        manifest, self.manifest_sha256 = _open_manifest(self.dir, "pretrain")
         if batch_tokens % seq_len:
             raise ValueError(f"--batch-tokens {batch_tokens} is not a multiple of --seq-len {seq_len}")
-        self.manifest_sha256 = manifest_sha256(self.dir)
         train = [self._open(s) for s in manifest["shards"] if s["split"] == "train"]
         val = [self._open(s) for s in manifest["shards"] if s["split"] == "val"]
         if not train:
@@ -143,3 +156,73 @@ class _Windows:
         shard = int(np.searchsorted(self.starts, i, side="right")) - 1
         offset = (i - int(self.starts[shard])) * self.seq_len
         return self.shards[shard][offset:offset + self.seq_len + 1]
+
+
+class SFTData:
+    """Examples of an SFT manifest's shards as padded (inputs, targets) micro-batches per step and rank."""
+
+    rows_name = "examples"
+
+    def __init__(self, shards_dir: str | Path, seq_len: int, batch_examples: int, seed: int, eval_examples: int = 0):
+        self.dir = Path(shards_dir)
+        manifest, self.manifest_sha256 = _open_manifest(self.dir, "sft")
+        self.seq_len = seq_len
+        self.train, self.train_ids = self._split(manifest, "train", "train")
+        self.val, self.val_ids = self._split(manifest, "val", "validation")
+        self.left_out = len(self.train) - len(self.train_ids) + len(self.val) - len(self.val_ids)
+        if eval_examples > 0:
+            self.val_ids = self.val_ids[:eval_examples]
+        self.plan = BatchPlan(len(self.train_ids), batch_examples, seed, f"examples of at most {seq_len + 1} tokens")
+        self.rows_per_step = self.plan.rows_per_step
+
+    def _split(self, manifest: dict, split: str, what: str) -> tuple[SFTShard, np.ndarray]:
+        """The split's shard and the ids of its examples that fit in seq_len + 1 tokens (longer ones are left out)."""
+        entries = [s for s in manifest["shards"] if s["split"] == split]
+        if len(entries) != 1:
+            raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
+        path = self.dir / entries[0]["file"]
+        shard = open_sft_shard(path)
+        if len(shard.tokens) != entries[0]["num_tokens"] or len(shard) != entries[0]["num_examples"]:
+            raise ShardError(f"{path}: {len(shard.tokens)} tokens in {len(shard)} examples, the manifest says "
+                             f"{entries[0]['num_tokens']} in {entries[0]['num_examples']}")
+        ids = np.flatnonzero(np.diff(shard.offsets.astype(np.int64)) <= self.seq_len + 1)
+        if len(ids) == 0:
+            raise ValueError(f"{path}: no example fits in --seq-len {self.seq_len} + 1 tokens")
+        return shard, ids
+
+    def _micro_batches(self, shard: SFTShard, ids: np.ndarray, micro_batch: int):
+        """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
+        lengths = shard.offsets[ids + 1].astype(np.int64) - shard.offsets[ids].astype(np.int64)
+        ids = ids[np.lexsort((ids, lengths))]
+        return [self._batch(shard, rows) for rows in micro_batches(ids, micro_batch)]
+
+    def _batch(self, shard: SFTShard, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs padded with 0 and targets with -100 where the target is a prompt token or past the example."""
+        examples = [shard.example(int(i)) for i in ids]
+        width = max(len(tokens) for tokens, _ in examples) - 1
+        x = torch.zeros(len(ids), width, dtype=torch.int64)
+        y = torch.full((len(ids), width), -100, dtype=torch.int64)
+        for row, (tokens, mask) in enumerate(examples):
+            n = len(tokens) - 1
+            tokens = torch.from_numpy(tokens.astype(np.int64))
+            x[row, :n] = tokens[:-1]
+            y[row, :n] = tokens[1:].masked_fill(torch.from_numpy(mask[1:] == 0), -100)
+        return x, y
+
+    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches (inputs, targets) of global batch `step`."""
+        rows = rank_slice(self.plan.global_rows(step), rank, world_size)
+        return self._micro_batches(self.train, self.train_ids[rows], micro_batch)
+
+    def val_batches(self, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches of the validation examples (the same ones at every evaluation)."""
+        return self._micro_batches(self.val, rank_slice(self.val_ids, rank, world_size), micro_batch)
+
+    def val_prompt(self, i: int) -> np.ndarray:
+        """The prompt tokens of validation example `i` (those before its first supervised token)."""
+        tokens, mask = self.val.example(int(self.val_ids[i]))
+        return tokens[:int(np.argmax(mask))]
+
+    def val_answer(self, i: int) -> np.ndarray:
+        tokens, mask = self.val.example(int(self.val_ids[i]))
+        return tokens[int(np.argmax(mask)):]

@@ -1,14 +1,9 @@
 """`python -m train sft [flags]`: supervised fine-tuning on SFT shards, a configuration of the shared loop.
 
 The model starts from `--init` (our checkpoint or a Hugging Face GPT-2 folder) or, by default, from the
-latest checkpoint of the pretraining run `--pretrain-run`. A row is one example of the SFT shards
-(shards/sft.py): its prompt and answer tokens, right-padded with 0 to the longest row of the micro-batch
-(each rank orders its share of the global batch by length first, so little is padding);
-inputs are tokens[:-1], targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or
-padding (past the example's length, from its `.idx` offsets; never from a token value: 0 is "!"). The
-global batch is `--batch-examples` examples, shuffled per (manifest, seed, epoch) by train.data.BatchPlan,
-so any NGPU x micro-batch x accumulation with the same global batch trains on the same batches, and the
-loop's loss is the mean over every supervised token of the global batch.
+latest checkpoint of the pretraining run `--pretrain-run`. A row is one example of the SFT shards, served
+by train.data.SFTData; the global batch is `--batch-examples` examples, and the loop's loss is the mean
+over every supervised (answer) token of the global batch.
 
 At each evaluation: the answer-only loss on the validation split (`val_loss`) and `eot_rate`, the fraction
 of validation prompts whose greedy answer ends with EOT within `--eot-steps` new tokens; both go to
@@ -22,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -33,13 +27,10 @@ from gpt.checkpoint import load_model
 from gpt.inference import generate, pad_batch
 from gpt.model import GPT
 from gpt.tokenizer import EOT, get_encoding
-from shards.format import ShardError
-from shards.manifest import ManifestError, load_manifest, manifest_sha256
-from shards.sft import SFTShard, open_sft_shard
 
 from .checkpoint import latest_checkpoint
 from .config import RunConfig, parse_args
-from .data import BatchPlan, find_shards_dir, micro_batches, rank_slice
+from .data import SFTData, find_shards_dir, rank_slice
 from .distributed import Dist, process_group
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, autocast, train
@@ -72,80 +63,6 @@ class SFTTrainConfig(RunConfig):
     eot_steps: int = 64  # new tokens within which a greedy answer must end with EOT to count in eot_rate
     sample_tokens: int = 64  # tokens shown of the answers to two validation prompts at each eval (0: none)
     show: int = 4  # validation prompts printed with their greedy answers at the end (0: none)
-
-
-class SFTData:
-    """Examples of an SFT manifest's shards as padded (inputs, targets) micro-batches per step and rank."""
-
-    rows_name = "examples"
-
-    def __init__(self, shards_dir: str | Path, seq_len: int, batch_examples: int, seed: int, eval_examples: int = 0):
-        self.dir = Path(shards_dir)
-        manifest = load_manifest(self.dir)
-        if manifest.get("kind") != "sft":
-            raise ManifestError(f"{self.dir / 'manifest.json'}: kind {manifest.get('kind')!r}, expected 'sft' "
-                                f"(SFT shards are written by `make sft-shards`)")
-        self.manifest_sha256 = manifest_sha256(self.dir)
-        self.seq_len = seq_len
-        self.train, self.train_ids = self._split(manifest, "train", "train")
-        self.val, self.val_ids = self._split(manifest, "val", "validation")
-        self.left_out = len(self.train) - len(self.train_ids) + len(self.val) - len(self.val_ids)
-        if eval_examples > 0:
-            self.val_ids = self.val_ids[:eval_examples]
-        self.plan = BatchPlan(len(self.train_ids), batch_examples, seed, f"examples of at most {seq_len + 1} tokens")
-        self.rows_per_step = self.plan.rows_per_step
-
-    def _split(self, manifest: dict, split: str, what: str) -> tuple[SFTShard, np.ndarray]:
-        """The split's shard and the ids of its examples that fit in seq_len + 1 tokens (longer ones are left out)."""
-        entries = [s for s in manifest["shards"] if s["split"] == split]
-        if len(entries) != 1:
-            raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
-        path = self.dir / entries[0]["file"]
-        shard = open_sft_shard(path)
-        if len(shard.tokens) != entries[0]["num_tokens"] or len(shard) != entries[0]["num_examples"]:
-            raise ShardError(f"{path}: {len(shard.tokens)} tokens in {len(shard)} examples, the manifest says "
-                             f"{entries[0]['num_tokens']} in {entries[0]['num_examples']}")
-        ids = np.flatnonzero(np.diff(shard.offsets.astype(np.int64)) <= self.seq_len + 1)
-        if len(ids) == 0:
-            raise ValueError(f"{path}: no example fits in --seq-len {self.seq_len} + 1 tokens")
-        return shard, ids
-
-    def _micro_batches(self, shard: SFTShard, ids: np.ndarray, micro_batch: int):
-        """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
-        lengths = shard.offsets[ids + 1].astype(np.int64) - shard.offsets[ids].astype(np.int64)
-        ids = ids[np.lexsort((ids, lengths))]
-        return [self._batch(shard, rows) for rows in micro_batches(ids, micro_batch)]
-
-    def _batch(self, shard: SFTShard, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs padded with 0 and targets with -100 where the target is a prompt token or past the example."""
-        examples = [shard.example(int(i)) for i in ids]
-        width = max(len(tokens) for tokens, _ in examples) - 1
-        x = torch.zeros(len(ids), width, dtype=torch.int64)
-        y = torch.full((len(ids), width), -100, dtype=torch.int64)
-        for row, (tokens, mask) in enumerate(examples):
-            n = len(tokens) - 1
-            tokens = torch.from_numpy(tokens.astype(np.int64))
-            x[row, :n] = tokens[:-1]
-            y[row, :n] = tokens[1:].masked_fill(torch.from_numpy(mask[1:] == 0), -100)
-        return x, y
-
-    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
-        """This rank's micro-batches (inputs, targets) of global batch `step`."""
-        rows = rank_slice(self.plan.global_rows(step), rank, world_size)
-        return self._micro_batches(self.train, self.train_ids[rows], micro_batch)
-
-    def val_batches(self, rank: int, world_size: int, micro_batch: int):
-        """This rank's micro-batches of the validation examples (the same ones at every evaluation)."""
-        return self._micro_batches(self.val, rank_slice(self.val_ids, rank, world_size), micro_batch)
-
-    def val_prompt(self, i: int) -> np.ndarray:
-        """The prompt tokens of validation example `i` (those before its first supervised token)."""
-        tokens, mask = self.val.example(int(self.val_ids[i]))
-        return tokens[:int(np.argmax(mask))]
-
-    def val_answer(self, i: int) -> np.ndarray:
-        tokens, mask = self.val.example(int(self.val_ids[i]))
-        return tokens[int(np.argmax(mask)):]
 
 
 def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int,
