@@ -10,8 +10,8 @@ itself for the manifest (dataset id, revision, every file with size and sha256).
   `conversations` that is not a list is skipped (1.3.3 has one: a single string in trivia.yml).
 - `alpaca`: `tatsu-lab/alpaca` (52,002 rows) at the revision pinned in `pipelines.hub`, downloaded and
   verified by the same download stage as FineWeb (`pipelines.sources.download_hub`).
-- a path: an Alpaca-format `.json` (a list of objects), `.jsonl` (one object a line) or `.parquet`
-  file with string fields `instruction`, `input` and `output`.
+- a path: an Alpaca-format `.json` (a list of objects), `.jsonl` or `.jsonl.zst` (one object a line) or
+  `.parquet` file with string fields `instruction`, `input` and `output`.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.sources import SourceError, download_hub
-from shards.io import sha256_file, sha256_json
+from pipelines.sources import SourceError, download_hub, hash_files, read_jsonl
+from shards.io import sha256_json
 
 FIELDS = ("instruction", "input", "output")
 SAMPLE_DATASET = "chatterbot-corpus==1.3.3"
 # sha256_json of [[file name, sha256], ...] of the 21 english/*.yml files of chatterbot-corpus 1.3.3
 SAMPLE_SHA256 = "30ff13357ed2a32e2b09e20dd718016d51d149db2a15da186181d1466557b21f"
-SUFFIXES = (".json", ".jsonl", ".parquet")
+SUFFIXES = (".json", ".jsonl", ".jsonl.zst", ".parquet")
 
 Example = tuple[str, str, str]
 
@@ -49,8 +49,7 @@ class Source:
 
     def describe(self) -> dict:
         """The source as the manifest records it (files not verified by a download stage are hashed now)."""
-        files = self.verified or [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                                  for p in self.files]
+        files = self.verified or hash_files(self.files, [p.name for p in self.files])
         return {"dataset": self.dataset, "revision": self.revision, "files": files}
 
     def examples(self) -> Iterator[Example]:
@@ -63,7 +62,7 @@ def sample_source() -> Source:
     """The chatterbot-corpus English conversations, after checking the pinned hash of its files."""
     root = importlib.resources.files("chatterbot_corpus") / "data" / "english"
     files = sorted((Path(str(p)) for p in root.iterdir() if p.name.endswith(".yml")), key=lambda p: p.name)
-    verified = [{"file": p.name, "bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files]
+    verified = hash_files(files, [p.name for p in files])
     actual = sha256_json([[f["file"], f["sha256"]] for f in verified])
     if actual != SAMPLE_SHA256:
         raise SourceError(f"{root}: the *.yml files hash to {actual}, expected {SAMPLE_SHA256}; "
@@ -79,25 +78,25 @@ def alpaca_source(data_dir: str | os.PathLike) -> Source:
 
 
 def path_source(path: str | os.PathLike) -> Source:
-    """A user's Alpaca-format .json, .jsonl or .parquet file."""
+    """A user's Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file."""
     path = Path(path)
     if not path.is_file():
-        raise SourceError(f"{path}: no such file (SOURCE must be an Alpaca-format .json, .jsonl or .parquet file)")
-    if path.suffix not in SUFFIXES:
+        raise SourceError(f"{path}: no such file (SOURCE must be an Alpaca-format {', '.join(SUFFIXES)} file)")
+    if not path.name.endswith(SUFFIXES):
         raise SourceError(f"{path}: unsupported file type {path.suffix!r} (expected one of {', '.join(SUFFIXES)})")
     return Source(str(path.resolve()), None, [path.resolve()], "alpaca-format")
 
 
 def _check(path: Path, where: str, record) -> Example:
     if not isinstance(record, dict):
-        raise SourceError(f"{path}: {where}: expected an object with {', '.join(FIELDS)}, got {type(record).__name__}")
+        raise SourceError(f"{path}, {where}: expected an object with {', '.join(FIELDS)}, got {type(record).__name__}")
     values = []
     for field in FIELDS:
         if field not in record:
-            raise SourceError(f"{path}: {where}: missing field {field!r}")
+            raise SourceError(f"{path}, {where}: missing field {field!r}")
         value = record[field]
         if not isinstance(value, str):
-            raise SourceError(f"{path}: {where}: field {field!r} is {type(value).__name__}, not a string")
+            raise SourceError(f"{path}, {where}: field {field!r} is {type(value).__name__}, not a string")
         values.append(value)
     return tuple(values)
 
@@ -105,27 +104,16 @@ def _check(path: Path, where: str, record) -> Example:
 def _read_alpaca_format(path: Path) -> Iterator[Example]:
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
-    elif path.suffix == ".jsonl":
-        with open(path, "rb") as f:
-            for line_no, line in enumerate(f, 1):
-                try:
-                    text = line.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise SourceError(f"{path}: line {line_no}: invalid UTF-8 ({e})") from None
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise SourceError(f"{path}: line {line_no}: invalid JSON ({e})") from None
-                yield _check(path, f"line {line_no}", record)
+    elif path.name.endswith((".jsonl", ".jsonl.zst")):
+        for line_no, record in read_jsonl(path):
+            yield _check(path, f"line {line_no}", record)
     else:
         try:
             records = json.loads(path.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: invalid UTF-8 ({e})") from None
         except json.JSONDecodeError as e:
-            raise SourceError(f"{path}: invalid JSON ({e})") from None
+            raise SourceError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(records, list):
             raise SourceError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
         for row, record in enumerate(records):

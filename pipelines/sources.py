@@ -10,7 +10,8 @@
     SOURCE=path     a folder (or one file) of parquet, jsonl or jsonl.zst files with a text column
 
 A source is read in units of work: one parquet row group, or one whole jsonl(.zst) file.
-Every reading error names the file (and the line for jsonl).
+Every reading error names the file (and the line for jsonl). `read_jsonl` and `hash_files` serve the
+SFT sources too.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
     table = pa.table({"id": pa.array(range(len(texts)), pa.int64()), "text": pa.array(texts, pa.string())})
     with atomic_write(out / SAMPLE_FILE) as f:
         pq.write_table(table, f, row_group_size=SAMPLE_ROWS_PER_GROUP)
-    files = [{"file": SAMPLE_FILE, "bytes": (out / SAMPLE_FILE).stat().st_size, "sha256": sha256_file(out / SAMPLE_FILE)}]
+    files = hash_files([out / SAMPLE_FILE], [SAMPLE_FILE])
     manifest = {"kind": "source", "name": "sample", "config": config,
                 "source": {"dataset": SAMPLE_PACKAGE, "revision": SAMPLE_PACKAGE, "origin_file": "chitchat_dataset/dataset.json",
                            "origin_sha256": SAMPLE_SHA256, "documents": len(texts), "files": files}}
@@ -129,12 +130,17 @@ def local_source(path: str | Path) -> Source:
     return Source("custom", files, identity, {"dataset": str(root), "revision": None, "files": None})
 
 
+def hash_files(paths: list[Path], names: list[str]) -> list[dict]:
+    """{"file": name, "bytes", "sha256"} of each file, as a manifest records its inputs (progress bar)."""
+    sizes = [p.stat().st_size for p in paths]
+    with bytes_bar(sum(sizes), "hash the source files") as bar:
+        return [{"file": name, "bytes": size, "sha256": sha256_file(path, progress=bar.update)}
+                for path, name, size in zip(paths, names, sizes)]
+
+
 def describe_local(source: Source) -> dict:
     """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now)."""
-    with bytes_bar(sum(ident["bytes"] for ident in source.identity), "hash the source files") as bar:
-        files = [{"file": ident["file"], "bytes": ident["bytes"], "sha256": sha256_file(path, progress=bar.update)}
-                 for ident, path in zip(source.identity, source.files)]
-    return {**source.description, "files": files}
+    return {**source.description, "files": hash_files(source.files, [ident["file"] for ident in source.identity])}
 
 
 def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> Source:
@@ -199,8 +205,9 @@ def _open_lines(path: Path):
     return raw
 
 
-def _jsonl_texts(path: Path, column: str) -> Iterator[list[str | None]]:
-    batch: list[str | None] = []
+def read_jsonl(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value) of every non-blank line of a .jsonl or .jsonl.zst file; an
+    unreadable line stops it with a SourceError naming the file and the line."""
     with _open_lines(path) as f:
         line_no = 0
         while True:
@@ -209,24 +216,30 @@ def _jsonl_texts(path: Path, column: str) -> Iterator[list[str | None]]:
             except zstandard.ZstdError as e:
                 raise SourceError(f"{path}: corrupt zstd stream after line {line_no} ({e})") from None
             if not line:
-                break
+                return
             line_no += 1
             if not line.strip():
                 continue
             try:
-                row = json.loads(line.decode("utf-8"))
+                value = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise SourceError(f"{path}, line {line_no}: invalid UTF-8 ({e})") from None
             except json.JSONDecodeError as e:
                 raise SourceError(f"{path}, line {line_no}: not valid JSON ({e})") from None
-            if not isinstance(row, dict) or column not in row:
-                raise SourceError(f"{path}, line {line_no}: no {column!r} field")
-            text = row[column]
-            if text is not None and not isinstance(text, str):
-                raise SourceError(f"{path}, line {line_no}: {column!r} is a {type(text).__name__}, expected a string")
-            batch.append(text)
-            if len(batch) == BATCH_ROWS:
-                yield batch
-                batch = []
+            yield line_no, value
+
+
+def _jsonl_texts(path: Path, column: str) -> Iterator[list[str | None]]:
+    batch: list[str | None] = []
+    for line_no, row in read_jsonl(path):
+        if not isinstance(row, dict) or column not in row:
+            raise SourceError(f"{path}, line {line_no}: no {column!r} field")
+        text = row[column]
+        if text is not None and not isinstance(text, str):
+            raise SourceError(f"{path}, line {line_no}: {column!r} is a {type(text).__name__}, expected a string")
+        batch.append(text)
+        if len(batch) == BATCH_ROWS:
+            yield batch
+            batch = []
     if batch:
         yield batch

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from fake_hub import FakeHub
 from gpt.tokenizer import EOT, get_encoding
@@ -108,6 +109,10 @@ def test_masks_on_tricky_examples(tmp_path):
         for key in ("", "mask_", "idx_"):
             path = out / entry[f"{key}file" if key else "file"]
             assert path.stat().st_size == entry[f"{key}bytes"] and sha256_file(path) == entry[f"{key}sha256"]
+    compressed = tmp_path / "tricky.jsonl.zst"  # the same rows, zstd-compressed: the same shards
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(src.read_bytes()))
+    zst_out = run(tmp_path, compressed, "zst", block_size=128, val_fraction=0.0)
+    assert all((zst_out / name).read_bytes() == (out / name).read_bytes() for name in ("train.bin", "train.mask"))
 
 
 def test_truncate_keeps_eot_and_prompt(tmp_path):
@@ -252,15 +257,15 @@ def _truncated_parquet(path: Path) -> Path:
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: write_jsonl(d / "a.jsonl", [TRICKY[0], {"instruction": "x", "input": ""}]),
-     r"a\.jsonl: line 2: missing field 'output'"),
+     r"a\.jsonl, line 2: missing field 'output'"),
     (lambda d: _put(d / "b.json", json.dumps([TRICKY[0], dict(TRICKY[0], output=3)]).encode()),
-     r"b\.json: row 1: field 'output' is int, not a string"),
-    (lambda d: _put(d / "c.jsonl", b'{"instruction": "\xff"}\n'), r"c\.jsonl: line 1: invalid UTF-8"),
-    (lambda d: _put(d / "c.json", b'[{"instruction": "a",'), r"c\.json: invalid JSON"),
+     r"b\.json, row 1: field 'output' is int, not a string"),
+    (lambda d: _put(d / "c.jsonl", b'{"instruction": "\xff"}\n'), r"c\.jsonl, line 1: invalid UTF-8"),
+    (lambda d: _put(d / "c.json", b'[{"instruction": "a",'), r"c\.json: not valid JSON"),
     (lambda d: _parquet(d / "d.parquet", {"instruction": ["a"], "input": [""]}),
      r"d\.parquet: missing column\(s\) output"),
     (lambda d: _parquet(d / "e.parquet", {"instruction": ["a", "b"], "input": ["", ""], "output": ["x", None]}),
-     r"e\.parquet: row 1: field 'output' is NoneType"),
+     r"e\.parquet, row 1: field 'output' is NoneType"),
     (lambda d: _truncated_parquet(d / "f.parquet"), r"f\.parquet: unreadable parquet file"),
     (lambda d: write_jsonl(d / "h.txt", [TRICKY[0]]), r"h\.txt: unsupported file type"),
     (lambda d: write_jsonl(d / "i.jsonl", [TRICKY[5], TRICKY[6]]), r"i\.jsonl: every example was skipped"),
