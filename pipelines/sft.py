@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from tqdm import tqdm
 
 from gpt.tokenizer import EOT, describe, ranks_sha256
 from pipelines import alpaca, sft_sources
-from pipelines.stage import PARTS, finish, finished, output_dir, run_once
+from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once
 from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
 
@@ -172,17 +171,10 @@ def run(cfg: SFTConfig) -> Path:
         parts.mkdir(exist_ok=True)
         pending = {i for i in range(num_chunks) if not (parts / f"{i:05d}.json").exists()}
         jobs = ((parts, i, chunk, cfg) for i, chunk in _chunks(source, cfg.chunk_examples) if i in pending)
-        workers = min(cfg.workers, len(pending))
         with tqdm(desc=f"sft {cfg.name()}", unit="chunk", total=num_chunks, initial=num_chunks - len(pending),
                   disable=None) as bar:
-            if workers > 1:
-                with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                    for _ in pool.imap_unordered(_tokenize_chunk, jobs):
-                        bar.update()
-            else:
-                for job in jobs:
-                    _tokenize_chunk(job)
-                    bar.update()
+            for _ in parallel_map(_tokenize_chunk, jobs, len(pending), cfg.workers):
+                bar.update()
         totals = _counters(parts, num_chunks)
         if totals["rows"] == totals["empty_output"] + totals["dropped_too_long"]:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "

@@ -8,9 +8,10 @@ rerunning a complete stage does nothing (`run_once`).
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable
 
 from shards.io import directory_lock, sha256_json
 from shards.manifest import MANIFEST, ManifestError, load_manifest, write_manifest
@@ -58,6 +59,20 @@ def run_once(directory: Path, config: dict, build: Callable[[], dict]) -> dict:
         with directory_lock(directory):
             manifest = finished(directory, config) or build()
     return manifest
+
+
+def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initializer: Callable | None = None,
+                 initargs: tuple = ()) -> Iterator:
+    """`work(job)` for each of the `count` jobs, yielded as each finishes: in `workers` spawned processes
+    (each first runs `initializer(*initargs)`) when there are several workers and jobs, else here in order."""
+    workers = min(workers, count)
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(work, jobs)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers, initializer, initargs) as pool:
+        yield from pool.imap_unordered(work, jobs)
 
 
 def latest(data_dir: str | Path, name: str) -> Path | None:

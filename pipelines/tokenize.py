@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import array
 import json
-import multiprocessing
 import re
 import resource
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from shards.format import DOCS_DTYPE, TOKEN_DTYPE, read_docs, write_shard
 from shards.io import atomic_write, remove_temporaries, write_bytes, write_json
 
 from . import sources
+from .stage import parallel_map
 
 FORMAT_VERSION = 1
 PIECE_CHARS = 1 << 20        # documents longer than this are encoded piece by piece (same tokens)
@@ -166,22 +166,12 @@ def tokenize(files: list[Path], units: list[Unit], parts_dir: Path, column: str,
     jobs = [(str(files[u.file_index]), u.file_index, u.part, column, str(parts_dir)) for u in todo]
     stats = {"units": len(todo), "skipped": len(mine) - len(todo), "tokens": 0, "peak_rss_per_worker": 0}
     with tqdm(total=len(jobs), desc=desc, unit="part", dynamic_ncols=True) as bar:
-        if workers <= 1 or len(jobs) <= 1:
-            results = map(tokenize_unit, jobs)
-            _collect(results, stats, bar)
-        else:
-            pool = multiprocessing.get_context("spawn").Pool(min(workers, len(jobs)), _init_worker, (get_encoding(),))
-            with pool:
-                _collect(pool.imap_unordered(tokenize_unit, jobs), stats, bar)
+        for r in parallel_map(tokenize_unit, jobs, len(jobs), workers, _init_worker, (get_encoding(),)):
+            stats["tokens"] += r["num_tokens"]
+            stats["peak_rss_per_worker"] = max(stats["peak_rss_per_worker"], r["peak_rss"])
+            bar.update(1)
+            bar.set_postfix(tokens=f"{stats['tokens']:,}")
     return stats
-
-
-def _collect(results, stats: dict, bar: tqdm) -> None:
-    for r in results:
-        stats["tokens"] += r["num_tokens"]
-        stats["peak_rss_per_worker"] = max(stats["peak_rss_per_worker"], r["peak_rss"])
-        bar.update(1)
-        bar.set_postfix(tokens=f"{stats['tokens']:,}")
 
 
 def _load_parts(units: list[Unit], parts_dir: Path) -> list[dict]:

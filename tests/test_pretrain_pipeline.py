@@ -338,3 +338,11 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert inspect.main([str(out)]) == 1
     assert f"{out / 'manifest.json'}: an entry has no 'split'" in capsys.readouterr().err
+
+
+def test_bench_shards_runs_and_counts_the_same_tokens_as_tiktoken(capsys):
+    from bench import shards as bench_shards
+
+    assert bench_shards.main(["--repeat", "1", "--rounds", "1", "--workers", "1"]) == 0  # exits if counts differ
+    out = capsys.readouterr().out
+    assert "input: 7,168 documents" in out and "3,196,530 tokens" in out and "peak RSS per worker" in out
