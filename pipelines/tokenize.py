@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shards.format import DOCS_DTYPE, TOKEN_DTYPE, read_docs, write_shard
+from shards.format import DOCS_DTYPE, HEADER_INTS, MAGIC, TOKEN_DTYPE, VERSION, read_docs, write_shard
 from shards.io import atomic_write, remove_temporaries, write_bytes, write_json
 
 from . import sources
@@ -251,7 +251,8 @@ def _chunks(tokens: list[np.ndarray], part_starts: np.ndarray, a: int, b: int) -
 def build_manifest(name: str, config: dict, fingerprint: str, source: dict, shards: list[dict], totals: dict) -> dict:
     from gpt.tokenizer import describe
     return {"kind": "pretrain", "name": name, "fingerprint": fingerprint, "config": config,
-            "format": {"header": "llm.c: 256 little-endian int32, [0]=20240520 [1]=1 [2]=tokens [3]=documents",
+            "format": {"header": f"llm.c: {HEADER_INTS} little-endian int32, [0]={MAGIC} [1]={VERSION} [2]=tokens "
+                                 "[3]=documents",
                        "tokens": "little-endian uint16", "docs": "little-endian uint64 offset of the EOT "
                        "before every document that starts in the shard"},
             "source": source, "tokenizer": describe(), "totals": totals, "shards": shards}

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt.tokenizer import EOT
+
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import bytes_bar, sha256_file
 from .manifest import MANIFEST, ManifestError, load_manifest
@@ -95,7 +97,7 @@ def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> No
             raise ShardError(f"{docs_path}: {len(docs)} document starts, the manifest says {count}")
         if len(docs) and (np.any(np.diff(docs) <= 0) or docs[-1] >= entry["num_tokens"]):
             raise ShardError(f"{docs_path}: document starts do not increase within the shard")
-        if len(docs) and np.any(open_tokens(path)[docs] != 50256):
+        if len(docs) and np.any(open_tokens(path)[docs] != EOT):
             raise ShardError(f"{docs_path}: a document start is not an EOT token in {path.name}")
 
 
