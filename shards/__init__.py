@@ -1,12 +1,15 @@
-"""The on-disk data format: llm.c-compatible token shards, SFT sidecars, manifests, and inspection."""
+"""The on-disk data format: llm.c-compatible token shards, SFT sidecars, manifests, safe file writes, inspection."""
 
-from .format import HEADER_BYTES, MAGIC, ShardError, open_tokens, read_header, write_shard
-from .io import atomic_write, directory_lock, sha256_file, write_json
+from .format import (DOCS_DTYPE, HEADER_BYTES, MAGIC, TOKEN_DTYPE, ShardError, open_tokens, read_docs, read_header,
+                     write_shard)
+from .io import (atomic_directory, atomic_write, bytes_bar, directory_lock, fsync_dir, remove_temporaries, sha256_file,
+                 sha256_json, write_bytes, write_json)
 from .manifest import MANIFEST, ManifestError, load_manifest, manifest_sha256, write_manifest
 from .sft import SFTShard, open_sft_shard, write_sft_shard
 
 __all__ = [
-    "HEADER_BYTES", "MAGIC", "MANIFEST", "ManifestError", "SFTShard", "ShardError", "atomic_write",
-    "directory_lock", "load_manifest", "manifest_sha256", "open_sft_shard", "open_tokens", "read_header",
-    "sha256_file", "write_json", "write_manifest", "write_sft_shard", "write_shard",
+    "DOCS_DTYPE", "HEADER_BYTES", "MAGIC", "MANIFEST", "ManifestError", "SFTShard", "ShardError", "TOKEN_DTYPE",
+    "atomic_directory", "atomic_write", "bytes_bar", "directory_lock", "fsync_dir", "load_manifest",
+    "manifest_sha256", "open_sft_shard", "open_tokens", "read_docs", "read_header", "remove_temporaries",
+    "sha256_file", "sha256_json", "write_bytes", "write_json", "write_manifest", "write_sft_shard", "write_shard",
 ]
