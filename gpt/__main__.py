@@ -29,15 +29,19 @@ def main(argv=None) -> int:
 def _export_hf(args) -> int:
     from shards.io import atomic_directory
 
-    from .checkpoint import load_model, save_model
+    from pipelines.alpaca import CHAT_TEMPLATE
+
+    from .checkpoint import load_model, save_model, saved_chat_template
 
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"export-hf: {out} exists; choose another OUT or remove it first")
     try:
-        model = load_model(chat.resolve_ckpt(args.ckpt))
+        ckpt = chat.resolve_ckpt(args.ckpt)
+        model = load_model(ckpt)
+        template = CHAT_TEMPLATE if chat.uses_template(ckpt, "auto") else saved_chat_template(ckpt)
         with atomic_directory(out) as tmp:  # a killed export leaves no half-written folder under OUT
-            save_model(model, tmp)
+            save_model(model, tmp, template)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")

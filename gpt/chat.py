@@ -3,8 +3,8 @@
 Both load a checkpoint folder (ours or a Hugging Face GPT-2 folder), or the latest checkpoint of a
 training run folder (one holding `ckpt/latest`), on the CPU by default. With
 `--template alpaca` each prompt is wrapped in the Stanford Alpaca no-input template, as SFT models were
-trained; `--template auto` (the default) does so when the folder's training state (`state.json`, written
-by the trainer next to the model) says `"sft": true`.
+trained; `--template auto` (the default) does so when the folder's tokenizer_config.json holds that
+template as its chat template (SFT checkpoints and their exports do), or its `state.json` says `"sft": true`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from pipelines.alpaca import render_prompt
+from pipelines.alpaca import CHAT_TEMPLATE, render_prompt
 
+from .checkpoint import saved_chat_template
 from .inference import generate, stream, tokenize_batch_input
 from .tokenizer import EOT, get_encoding
 
@@ -50,12 +51,18 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
 
 
 def uses_template(ckpt, choice: str) -> bool:
-    """Whether prompts get the Alpaca template: `choice` alpaca/none, or auto from state.json's "sft" key."""
+    """Whether prompts get the Alpaca template: `choice` alpaca/none, or auto: when the folder's
+    tokenizer_config.json holds the Alpaca chat template, or (older checkpoints) its state.json says "sft"."""
     if choice != "auto":
         return choice == "alpaca"
+    try:
+        if saved_chat_template(ckpt) == CHAT_TEMPLATE:
+            return True
+    except ValueError as e:
+        raise SystemExit(f"{e}; pass --template alpaca or none") from None
     state = Path(ckpt) / "state.json"
     if not state.is_file():
-        return False  # a model folder without training state: an export, or Hugging Face's
+        return False
     try:
         return json.loads(state.read_text()).get("sft") is True
     except (ValueError, AttributeError):

@@ -35,8 +35,9 @@ HF_PICKLE_WEIGHTS = "pytorch_model.bin"
 TOKENIZER_FILES = {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256), "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}
 
 
-def save_model(model: GPT, directory) -> Path:
-    """Write `model` to `directory` (created if needed) as a transformers GPT-2 folder; return the folder."""
+def save_model(model: GPT, directory, chat_template: str | None = None) -> Path:
+    """Write `model` to `directory` (created if needed) as a transformers GPT-2 folder; return the folder.
+    `chat_template` (a Jinja template, e.g. SFT's Alpaca prompt) goes into tokenizer_config.json."""
     if not isinstance(model, GPT):
         raise TypeError(f"save_model expects a gpt.GPT, got {type(model).__name__} (unwrap DDP / torch.compile first)")
     directory = Path(directory)
@@ -46,19 +47,29 @@ def save_model(model: GPT, directory) -> Path:
     for name, (packaged, sha256) in TOKENIZER_FILES.items():
         with atomic_write(directory / name) as f, open(packaged_file(packaged, sha256), "rb") as src:
             shutil.copyfileobj(src, f)
-    write_json(directory / "tokenizer_config.json", tokenizer_config(model.config.block_size))
+    write_json(directory / "tokenizer_config.json", tokenizer_config(model.config.block_size, chat_template))
     write_json(directory / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
     write_json(directory / "config.json", {**hf_config(model.config), FORMAT: {
         "format_version": FORMAT_VERSION, "padded_vocab_size": model.config.padded_vocab_size}})
     return directory
 
 
-def tokenizer_config(context: int) -> dict:
+def tokenizer_config(context: int, chat_template: str | None = None) -> dict:
     """transformers' GPT2Tokenizer settings: the context as model_max_length, <|endoftext|> as bos/eos/unk,
-    and decoding exactly as tiktoken's (no clean-up of spaces before punctuation)."""
+    decoding exactly as tiktoken's (no clean-up of spaces before punctuation), and the chat template if any."""
     eot = "<|endoftext|>"
-    return {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context, "bos_token": eot, "eos_token": eot,
-            "unk_token": eot, "add_prefix_space": False, "clean_up_tokenization_spaces": False}
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": context, "bos_token": eot, "eos_token": eot,
+              "unk_token": eot, "add_prefix_space": False, "clean_up_tokenization_spaces": False}
+    return {**config, "chat_template": chat_template} if chat_template else config
+
+
+def saved_chat_template(folder) -> str | None:
+    """The chat template in `folder`'s tokenizer_config.json, if it has one."""
+    path = Path(folder) / "tokenizer_config.json"
+    try:
+        return json.loads(path.read_text()).get("chat_template") if path.is_file() else None
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path}: not a JSON object") from None
 
 
 def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtype=torch.float32) -> GPT:

@@ -24,6 +24,13 @@ PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
 TEMPLATE_SHA256 = sha256_json({"prompt_input": PROMPT_INPUT, "prompt_no_input": PROMPT_NO_INPUT})
+# The no-input prompt as a transformers chat template (SFT checkpoints carry it in tokenizer_config.json): a
+# user message is the instruction, rendered up to "### Response:\n"; an assistant message is an answer + EOT.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}"
+    + PROMPT_NO_INPUT.replace("{instruction}", "{{ message['content'] }}")
+    + "{% elif message['role'] == 'assistant' %}{{ message['content'] }}<|endoftext|>{% endif %}{% endfor %}"
+)
 
 
 def render_prompt(instruction: str, input: str = "") -> str:

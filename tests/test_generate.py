@@ -11,6 +11,7 @@ from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_b
 from gpt.__main__ import main
 from gpt.hf import from_hf
 from gpt.model import KVCache, preset
+from pipelines.alpaca import CHAT_TEMPLATE
 from pipelines.alpaca import PROMPT_NO_INPUT as ALPACA_NO_INPUT
 
 PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog and then", "é 日本"]
@@ -258,11 +259,12 @@ def checkpoints(tmp_path_factory, model):
     sft = save_model(model, run / "ckpt" / "step-000010")
     (sft / "state.json").write_text(json.dumps({"step": 10, "sft": True}))
     (run / "ckpt" / "latest").write_text("step-000010\n")
-    return plain, run
+    exported = save_model(model, root / "sft-export", chat_template=CHAT_TEMPLATE)  # no state.json
+    return plain, run, exported
 
 
 def test_generate_command_prints_completions(checkpoints, model, capsys):
-    plain, _ = checkpoints
+    plain, *_ = checkpoints
     assert main(["generate", "--ckpt", str(plain), "--prompt", "Hello there, how are", "--prompt", "A",
                  "--max-steps", "6"]) == 0
     out = capsys.readouterr().out
@@ -275,7 +277,7 @@ def test_generate_command_prints_completions(checkpoints, model, capsys):
 
 
 def test_generate_command_reports_bad_input(checkpoints, tmp_path):
-    plain, _ = checkpoints
+    plain, *_ = checkpoints
     with pytest.raises(SystemExit, match="generate: temperature must be"):
         main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--temperature", "-1"])
     with pytest.raises(SystemExit, match="generate: prompt 0 is empty"):
@@ -285,9 +287,9 @@ def test_generate_command_reports_bad_input(checkpoints, tmp_path):
 
 
 def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model, monkeypatch, capsys):
-    plain, sft = checkpoints
+    plain, sft, exported = checkpoints
     enc = get_encoding()
-    for ckpt, template in ((plain, False), (sft, True)):
+    for ckpt, template in ((plain, False), (sft, True), (exported, True)):
         monkeypatch.setattr("sys.stdin", io.StringIO("Name a colour.\n\nSay hi\n/quit\nnever read\n"))
         assert main(["chat", "--ckpt", str(ckpt), "--max-steps", "5"]) == 0
         lines = capsys.readouterr().out.splitlines()

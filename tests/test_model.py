@@ -168,6 +168,22 @@ def test_our_checkpoint_is_a_transformers_folder(tmp_path):
     assert tokenizer.model_max_length == 128 and tokenizer.eos_token_id == 50256
 
 
+def test_an_sft_checkpoint_carries_the_alpaca_prompt_as_its_chat_template(tmp_path):
+    from pipelines.alpaca import CHAT_TEMPLATE, render_prompt
+
+    save_model(tiny_gpt(), tmp_path / "sft", chat_template=CHAT_TEMPLATE)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "sft")
+    chat = [{"role": "user", "content": "Name a colour."}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False) == render_prompt("Name a colour.")
+    chat += [{"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False) == \
+        render_prompt("Name a colour.") + "Blue.<|endoftext|>" + render_prompt("Another?")
+    assert gpt_main(["export-hf", str(tmp_path / "sft"), str(tmp_path / "hf")]) == 0  # the export keeps it
+    assert json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())["chat_template"] == CHAT_TEMPLATE
+    save_model(tiny_gpt(), tmp_path / "plain")
+    assert "chat_template" not in json.loads((tmp_path / "plain" / "tokenizer_config.json").read_text())
+
+
 def test_a_format_version_1_checkpoint_still_loads(tmp_path):
     """Our folders before they were transformers folders: our names, nn.Linear layout, our config.json."""
     model = tiny_gpt(padded_vocab_size=50304)

@@ -15,17 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from gpt.chat import uses_template
-from gpt.checkpoint import load_model, save_model
+from gpt.checkpoint import load_model, save_model, saved_chat_template
 from gpt.model import GPT, preset
 from gpt.tokenizer import EOT
+from pipelines.alpaca import CHAT_TEMPLATE
 from pipelines.sft import SFTConfig
 from pipelines.sft import run as sft_pipeline
 from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
 from train.checkpoint import latest_checkpoint, save_checkpoint
-from train.log import read_log
 from train.config import build_parser, parse_args
 from train.data import SFTData
+from train.log import read_log
 from train.sft import SFTTrainConfig, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,6 +195,8 @@ def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_
     out = capsys.readouterr().out
     assert f"starting from {tmp_path / 'pretrain' / 'ckpt' / 'step-000001'}" in out
     assert out.count("sample: 'Colour") == 4  # two validation prompts' answers at each of the two evaluations
+    assert saved_chat_template(latest_checkpoint(tmp_path / "sft")) == CHAT_TEMPLATE  # the Alpaca prompt, for HF
+    assert saved_chat_template(latest_checkpoint(tmp_path / "pretrain")) is None
     assert "held-out prompts and greedy answers" in out and out.count("reference:") == 2
     first, last = [r for r in read_log(tmp_path / "sft") if "val_loss" in r]
     assert (first["step"], last["step"]) == (0, 30)

@@ -147,11 +147,11 @@ def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(sma
 
     real, saves = checkpoint.save_model, []
 
-    def fills_the_disk(model, directory):
+    def fills_the_disk(model, directory, *args):
         saves.append(directory)
         if len(saves) == 2:
             raise OSError(errno.ENOSPC, f"disk full while writing {directory}/model.safetensors")
-        return real(model, directory)
+        return real(model, directory, *args)
 
     monkeypatch.setattr(checkpoint, "save_model", fills_the_disk)
     assert run_small(small, tmp_path / "run", "--steps", "4", "--save-every", "2") == 1

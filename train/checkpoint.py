@@ -93,8 +93,10 @@ def _set_rng_state(folder: Path, plain: dict) -> None:
     random.setstate((version, tuple(state), py_gauss))
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int) -> Path:
-    """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last `keep`."""
+def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
+                    chat_template: str | None = None) -> Path:
+    """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last
+    `keep`; `chat_template` goes into the model folder's tokenizer_config.json."""
     root = ckpt_root(run_dir)
     final = root / f"step-{step:06d}"
     if root.exists():
@@ -105,7 +107,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
         if folder.is_dir() and int(folder.name.removeprefix("step-")) >= step:
             shutil.rmtree(folder)
     with atomic_directory(final) as tmp:
-        save_model(model, tmp)
+        save_model(model, tmp, chat_template)
         tensors, meta = _optimizer_tensors(optimizer)
         _write_tensors(tmp / "optimizer.safetensors", tensors)
         write_json(tmp / "optimizer.json", meta)

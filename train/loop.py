@@ -61,6 +61,7 @@ class Hooks:
     samples: Callable[[GPT], list[str]] | None = None  # texts generated at each evaluation (rank 0)
     plot_metrics: tuple[str, ...] = ()  # extra_eval metrics drawn in loss.png (right axis), e.g. ("eot_rate",)
     state: dict = field(default_factory=dict)  # extra keys for each checkpoint's state.json (e.g. {"sft": True})
+    chat_template: str | None = None  # for each checkpoint's tokenizer_config.json (SFT: the Alpaca prompt)
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -297,7 +298,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                         **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
                         "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
                         "shards_dir": str(data.dir), "config": cfg.to_dict()},
-                        cfg.keep_checkpoints)
+                        cfg.keep_checkpoints, hooks.chat_template)
         if stopped:
             log.print(f"stopped by SIGTERM after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
             return {"step": step, "stopped": True, "val_loss": val_loss}

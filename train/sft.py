@@ -27,6 +27,7 @@ from gpt.checkpoint import load_model
 from gpt.inference import generate, pad_batch
 from gpt.model import GPT
 from gpt.tokenizer import EOT, get_encoding
+from pipelines.alpaca import CHAT_TEMPLATE
 
 from .checkpoint import latest_checkpoint
 from .config import RunConfig, parse_args
@@ -147,7 +148,8 @@ def main(argv=None) -> int:
                 print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from "
                       f"{shards_dir} ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
                       f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
-            hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True})
+            hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True},
+                          chat_template=CHAT_TEMPLATE)
             result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
             if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
                 _report(cfg, data, dist.device)
