@@ -157,3 +157,13 @@ def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(sma
     assert run_small(small, tmp_path / "run", "--steps", "4", "--save-every", "2") == 1
     assert "pretrain: error: [Errno 28] disk full while writing" in capsys.readouterr().err
     assert latest_checkpoint(tmp_path / "run").name == "step-000002"
+
+
+def test_compile_gives_the_losses_of_eager_mode(small, tmp_path):
+    """--compile (torch.compile with inductor; the GPU recipe's path) traces our model, its fused loss and
+    its optimizer step to the same per-step losses as eager mode."""
+    flags = ("--steps", "3", "--eval-every", "3", "--save-every", "3")
+    assert run_small(small, tmp_path / "eager", *flags) == 0
+    assert run_small(small, tmp_path / "compiled", *flags, "--compile") == 0
+    eager, compiled = ([r["loss"] for r in read_log(tmp_path / run)[1:]] for run in ("eager", "compiled"))
+    assert compiled == pytest.approx(eager, abs=1e-5) and len(eager) == 3
