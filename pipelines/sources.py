@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -198,35 +197,59 @@ def _parquet_texts(path: Path, row_group: int, column: str) -> Iterator[list[str
         offset += len(batch)
 
 
-def _open_lines(path: Path):
-    raw = open(path, "rb")
-    if path.name.endswith(".zst"):
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return raw
+def _zstd_chunks(raw, path: Path) -> Iterator[bytes]:
+    """The decompressed bytes of every frame of a zstd stream (pzstd and `zstd -T` write several); a stream
+    that ends inside a frame is an error, never a silently shorter file."""
+    dctx = zstandard.ZstdDecompressor()
+    frame, inside = dctx.decompressobj(), False
+    while chunk := raw.read(1 << 20):
+        while chunk:
+            inside = True
+            if out := frame.decompress(chunk):
+                yield out
+            if not frame.eof:
+                break
+            chunk, frame, inside = frame.unused_data, dctx.decompressobj(), False
+    if inside:
+        raise SourceError(f"{path}: the zstd stream ends inside a frame (a truncated file?)")
+
+
+def _lines(path: Path) -> Iterator[bytes]:
+    """The lines of a .jsonl or .jsonl.zst file, as bytes."""
+    with open(path, "rb") as raw:
+        if not path.name.endswith(".zst"):
+            yield from raw
+            return
+        rest = b""
+        for chunk in _zstd_chunks(raw, path):
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            yield from (line + b"\n" for line in lines)
+        if rest:
+            yield rest
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, object]]:
     """(line number, parsed JSON value) of every non-blank line of a .jsonl or .jsonl.zst file; an
     unreadable line stops it with a SourceError naming the file and the line."""
-    with _open_lines(path) as f:
-        line_no = 0
-        while True:
-            try:
-                line = f.readline()
-            except zstandard.ZstdError as e:
-                raise SourceError(f"{path}: corrupt zstd stream after line {line_no} ({e})") from None
-            if not line:
-                return
-            line_no += 1
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise SourceError(f"{path}, line {line_no}: invalid UTF-8 ({e})") from None
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{path}, line {line_no}: not valid JSON ({e})") from None
-            yield line_no, value
+    lines, line_no = _lines(path), 0
+    while True:
+        try:
+            line = next(lines, None)
+        except zstandard.ZstdError as e:
+            raise SourceError(f"{path}: corrupt zstd stream after line {line_no} ({e})") from None
+        if line is None:
+            return
+        line_no += 1
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path}, line {line_no}: invalid UTF-8 ({e})") from None
+        except json.JSONDecodeError as e:
+            raise SourceError(f"{path}, line {line_no}: not valid JSON ({e})") from None
+        yield line_no, value
 
 
 def _jsonl_texts(path: Path, column: str) -> Iterator[list[str | None]]:

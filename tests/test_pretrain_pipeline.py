@@ -57,7 +57,8 @@ def src(tmp_path_factory) -> tuple[Path, list]:
     b[7] = " ".join(rng.choice(WORDS) for _ in range(3000))  # a long document
     write_parquet(root / "a.parquet", a, 25)
     write_parquet(root / "b.parquet", b, 40)
-    (root / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(c)))
+    frames = [zstandard.ZstdCompressor().compress(jsonl_bytes(part)) for part in (c[:25], c[25:])]
+    (root / "c.jsonl.zst").write_bytes(b"".join(frames))  # two frames, as pzstd writes: every one is read
     (root / "d.jsonl").write_bytes(jsonl_bytes(d))
     return root, a + b + c + d
 
@@ -247,6 +248,11 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "unterminated\n')
     elif name == "type":
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": 42}\n')
+    elif name == "zst_truncated":
+        raw = zstandard.ZstdCompressor().compress(jsonl_bytes(docs))
+        (folder / "x.jsonl.zst").write_bytes(raw[: len(raw) // 2])
+    elif name == "zst_corrupt":
+        (folder / "x.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(docs))[:-20] + bytes(20))
     return folder
 
 
@@ -257,6 +263,8 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
     ("utf8", r"x\.jsonl, line 3: invalid UTF-8"),
     ("json", r"x\.jsonl, line 4: not valid JSON"),
     ("type", r"x\.jsonl, line 4: 'text' is a int, expected a string"),
+    ("zst_truncated", r"x\.jsonl\.zst: the zstd stream ends inside a frame"),
+    ("zst_corrupt", r"x\.jsonl\.zst: (corrupt zstd stream after line \d+|the zstd stream ends inside a frame)"),
 ])
 def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, message):
     folder = _bad_input(tmp_path, name)
