@@ -42,7 +42,7 @@ def _export_hf(args) -> int:
         template = CHAT_TEMPLATE if chat.uses_template(ckpt, "auto") else saved_chat_template(ckpt)
         with atomic_directory(out) as tmp:  # a killed export leaves no half-written folder under OUT
             save_model(model, tmp, template)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
     print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
     return 0

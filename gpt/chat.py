@@ -52,21 +52,26 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
 
 def uses_template(ckpt, choice: str) -> bool:
     """Whether prompts get the Alpaca template: `choice` alpaca/none, or auto: when the folder's
-    tokenizer_config.json holds the Alpaca chat template, or (older checkpoints) its state.json says "sft"."""
+    tokenizer_config.json holds the Alpaca chat template, or (older checkpoints) its state.json says "sft".
+    Raises ValueError naming an unreadable file."""
     if choice != "auto":
         return choice == "alpaca"
-    try:
-        if saved_chat_template(ckpt) == CHAT_TEMPLATE:
-            return True
-    except ValueError as e:
-        raise SystemExit(f"{e}; pass --template alpaca or none") from None
+    if saved_chat_template(ckpt) == CHAT_TEMPLATE:
+        return True
     state = Path(ckpt) / "state.json"
     if not state.is_file():
         return False
     try:
         return json.loads(state.read_text()).get("sft") is True
     except (ValueError, AttributeError):
-        raise SystemExit(f"{state}: not a JSON object; pass --template alpaca or none") from None
+        raise ValueError(f"{state}: not a JSON object") from None
+
+
+def _template(args, command: str) -> bool:
+    try:
+        return uses_template(args.ckpt, args.template)
+    except ValueError as e:
+        raise SystemExit(f"{command}: {e}; pass --template alpaca or none") from None
 
 
 def _load(args, command: str):
@@ -88,7 +93,7 @@ def _options(args) -> dict:
 def run_generate(args) -> int:
     """Print the completion of every --prompt, generated as one batch."""
     model = _load(args, "generate")
-    template = uses_template(args.ckpt, args.template)
+    template = _template(args, "generate")
     prompts = [render_prompt(p) if template else p for p in args.prompt]
     try:
         input_ids, masks = tokenize_batch_input(prompts)
@@ -107,7 +112,7 @@ def run_chat(args, stdin=None, stdout=None) -> int:
     """Read one prompt per line until EOF or /quit; stream each answer as it is generated (no history)."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model = _load(args, "chat")
-    template = uses_template(args.ckpt, args.template)
+    template = _template(args, "chat")
     interactive = stdin.isatty()
     enc = get_encoding()
     options = _options(args)

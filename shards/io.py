@@ -69,17 +69,14 @@ def atomic_directory(path: str | os.PathLike):
 
 
 def remove_temporaries(directory: Path, stems: list[str] | None = None) -> None:
-    """Delete what atomic_write and atomic_directory left in `directory` when killed; only names starting
-    `<stem>.` if `stems` is given.
+    """Delete the files atomic_write left in `directory` when killed; only names starting `<stem>.` if
+    `stems` is given.
 
     Call it while holding the directory's lock (or the lock on those stems' work), never beside a live writer.
     """
     for p in directory.glob(".*.tmp-*"):
-        if stems is None or p.name[1:].split(".", 1)[0] in stems:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
+        if p.is_file() and (stems is None or p.name[1:].split(".", 1)[0] in stems):
+            p.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -3,6 +3,7 @@ bad input, and the `generate` / `chat` commands."""
 
 import io
 import json
+import shutil
 
 import pytest
 import torch
@@ -284,6 +285,14 @@ def test_generate_command_reports_bad_input(checkpoints, tmp_path):
         main(["generate", "--ckpt", str(plain), "--prompt", ""])
     with pytest.raises(SystemExit, match=f"generate: {tmp_path / 'nowhere'}: no such checkpoint folder"):
         main(["generate", "--ckpt", str(tmp_path / "nowhere"), "--prompt", "Hi"])
+    broken = shutil.copytree(plain, tmp_path / "broken")
+    (broken / "tokenizer_config.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=r"generate: .*broken/tokenizer_config\.json: not a JSON object; pass "
+                                         r"--template alpaca or none"):
+        main(["generate", "--ckpt", str(broken), "--prompt", "Hi"])
+    assert main(["generate", "--ckpt", str(broken), "--prompt", "Hi", "--template", "none", "--max-steps", "1"]) == 0
+    with pytest.raises(SystemExit, match=r"export-hf: .*broken/tokenizer_config\.json: not a JSON object$"):
+        main(["export-hf", str(broken), str(tmp_path / "out")])
 
 
 def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model, monkeypatch, capsys):

@@ -111,8 +111,9 @@ def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_pat
     with atomic_directory(tmp_path / "d") as tmp:
         (tmp / "f").write_text("x")
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and (tmp_path / "d" / "f").read_text() == "x"
-    (tmp_path / ".e.tmp-1").mkdir()  # what a killed atomic_directory and atomic_write leave
-    (tmp_path / ".e.tmp-1" / "f").write_text("")
-    (tmp_path / ".g.bin.tmp-2").write_text("")
+    (tmp_path / ".g.bin.tmp-2").write_text("")  # what a killed atomic_write leaves
+    (tmp_path / ".h.bin.tmp-3").write_text("")
+    remove_temporaries(tmp_path, ["h"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".g.bin.tmp-2", "d"]
     remove_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["d"]

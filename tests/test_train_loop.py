@@ -167,3 +167,20 @@ def test_compile_gives_the_losses_of_eager_mode(small, tmp_path):
     assert run_small(small, tmp_path / "compiled", *flags, "--compile") == 0
     eager, compiled = ([r["loss"] for r in read_log(tmp_path / run)[1:]] for run in ("eager", "compiled"))
     assert compiled == pytest.approx(eager, abs=1e-5) and len(eager) == 3
+
+
+def test_save_checkpoint_clears_killed_saves_and_leaves_other_folders(tmp_path):
+    from gpt.model import GPT, preset
+    from train.checkpoint import save_checkpoint
+
+    model = GPT(preset("nano"))
+    optimizer = torch.optim.AdamW(model.parameters())
+    root = tmp_path / "run" / "ckpt"
+    (root / "step-000002-hf").mkdir(parents=True)  # an export next to the checkpoints: not one of them
+    for stale in (".step-000003.tmp", ".step-000004.tmp-77"):  # killed saves, old and new naming
+        (root / stale).mkdir()
+    (root / ".latest.tmp-5").write_text("step-0")
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path / "run", step, model, optimizer, {}, keep=1)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002-hf", "step-000003"]
+    assert latest_checkpoint(tmp_path / "run").name == "step-000003"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from gpt.checkpoint import save_model
-from shards.io import atomic_directory, atomic_write, remove_temporaries, write_json
+from shards.io import atomic_directory, atomic_write, write_json
 
 LATEST = "latest"
 STATE = "state.json"
@@ -99,12 +100,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     `keep`; `chat_template` goes into the model folder's tokenizer_config.json."""
     root = ckpt_root(run_dir)
     final = root / f"step-{step:06d}"
-    if root.exists():
-        remove_temporaries(root)  # left by a killed run (the run folder is locked: none is in use)
+    for stale in root.glob(".*.tmp*"):  # what a killed save left (the run folder is locked: none is running)
+        if re.fullmatch(r"\.(step-\d+|latest)\.tmp(-\d+)?", stale.name):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     # This step's folder and later ones are of a run killed before `latest` named them (the loop saves only
     # after a step, so never the step `latest` names): this run's future replaces them.
-    for folder in root.glob("step-*"):
-        if folder.is_dir() and int(folder.name.removeprefix("step-")) >= step:
+    for folder, number in _checkpoints(root):
+        if number >= step:
             shutil.rmtree(folder)
     with atomic_directory(final) as tmp:
         save_model(model, tmp, chat_template)
@@ -120,8 +122,14 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     return final
 
 
+def _checkpoints(root: Path) -> list[tuple[Path, int]]:
+    """The checkpoint folders under `root` (named step-<digits>; not, say, an export beside them) and their steps."""
+    found = [(p, re.fullmatch(r"step-(\d+)", p.name)) for p in root.glob("step-*") if p.is_dir()]
+    return sorted((p, int(m.group(1))) for p, m in found if m)
+
+
 def _prune(root: Path, latest: Path, keep: int) -> None:
-    folders = sorted(p for p in root.glob("step-*") if p.is_dir())
+    folders = [folder for folder, _ in _checkpoints(root)]
     for folder in folders[:-keep] if keep > 0 else []:
         if folder != latest:
             shutil.rmtree(folder)
