@@ -42,9 +42,12 @@ class PretrainConfig:
 def stage_config(cfg: PretrainConfig, source: sources.Source) -> dict:
     """The dict whose fingerprint names the output folder: everything that changes the bytes, nothing else."""
     val = cfg.val_tokens if cfg.val_tokens is not None else DEFAULT_VAL_TOKENS.get(source.name)
-    return {"stage": "pretrain", "format_version": tokenize.FORMAT_VERSION, "dataset": source.name,
-            "inputs": source.identity, "text_column": cfg.text_column, "shard_tokens": cfg.shard_tokens,
-            "val_tokens": val, "tokenizer": ranks_sha256()}
+    config = {"stage": "pretrain", "format_version": tokenize.FORMAT_VERSION, "dataset": source.name,
+              "inputs": source.identity, "text_column": cfg.text_column, "shard_tokens": cfg.shard_tokens,
+              "val_tokens": val, "tokenizer": ranks_sha256()}
+    if any(p.name.endswith(".jsonl") for p in source.files):  # the parts of a killed run depend on it
+        config["jsonl_unit_bytes"] = sources.JSONL_UNIT_BYTES
+    return config
 
 
 def _check(cfg: PretrainConfig) -> None:

@@ -87,7 +87,7 @@ def path_source(path: str | os.PathLike) -> Source:
     return Source(str(path.resolve()), None, [path.resolve()], "alpaca-format")
 
 
-def _check(path: Path, where: str, record) -> Example:
+def _check(path: Path, where, record) -> Example:
     if not isinstance(record, dict):
         raise SourceError(f"{path}, {where}: expected an object with {', '.join(FIELDS)}, got {type(record).__name__}")
     values = []
@@ -105,8 +105,8 @@ def _read_alpaca_format(path: Path) -> Iterator[Example]:
     if path.suffix == ".parquet":
         yield from _read_parquet(path)
     elif path.name.endswith((".jsonl", ".jsonl.zst")):
-        for line_no, record in read_jsonl(path):
-            yield _check(path, f"line {line_no}", record)
+        for where, record in read_jsonl(path):
+            yield _check(path, where, record)
     else:
         try:
             records = json.loads(path.read_bytes().decode("utf-8"))

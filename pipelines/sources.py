@@ -9,7 +9,8 @@
                     (repositories, revisions and file lists are pinned in pipelines.hub.SOURCES)
     SOURCE=path     a folder (or one file) of parquet, jsonl or jsonl.zst files with a text column
 
-A source is read in units of work: one parquet row group, or one whole jsonl(.zst) file.
+A source is read in units of work: a parquet row group, 64 MiB of a jsonl file (the lines that start in
+them), or a whole jsonl.zst file.
 Every reading error names the file (and the line for jsonl). `read_jsonl` and `hash_files` serve the
 SFT sources too.
 """
@@ -41,6 +42,9 @@ HUB_DATASETS = ("fineweb10B", "fineweb-edu10B")  # pinned in pipelines.hub.SOURC
 DATASETS = ("sample", *HUB_DATASETS)
 SUFFIXES = (".parquet", ".jsonl", ".jsonl.zst")
 BATCH_ROWS = 1024
+# A plain .jsonl file is cut into units of work of this many bytes (a unit reads the lines that start in
+# its range), so one large file is tokenized by every worker; a .jsonl.zst stream cannot be cut.
+JSONL_UNIT_BYTES = 1 << 26
 
 
 class SourceError(ValueError):
@@ -156,23 +160,33 @@ def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> Sour
 # ---- reading documents -------------------------------------------------------------------------
 
 def num_units(path: Path) -> int:
-    """How many units of work a file holds: its row groups (parquet) or 1 (jsonl)."""
+    """How many units of work a file holds: its row groups (parquet), its JSONL_UNIT_BYTES ranges (jsonl),
+    or 1 (jsonl.zst)."""
     if path.name.endswith(".parquet"):
         try:
             return pq.ParquetFile(path).num_row_groups
         except (pa.ArrowException, OSError) as e:
             raise SourceError(f"{path}: not a readable parquet file ({e})") from None
-    if path.name.endswith((".jsonl", ".jsonl.zst")):
+    if path.name.endswith(".jsonl"):
+        return max(1, -(-path.stat().st_size // JSONL_UNIT_BYTES))
+    if path.name.endswith(".jsonl.zst"):
         return 1
     raise SourceError(f"{path}: unsupported file type (expected {', '.join(SUFFIXES)})")
 
 
-def iter_texts(path: Path, unit: int, column: str) -> Iterator[list[str | None]]:
-    """The documents of one unit of work, in batches; None or "" marks an empty document."""
+def byte_range(path: Path, unit: int) -> tuple[int, int] | None:
+    """The bytes of unit `unit` of a plain .jsonl file (None for other files: a unit is a row group or
+    the whole stream). Decided where the work is planned and passed to the worker with the unit."""
+    return (unit * JSONL_UNIT_BYTES, (unit + 1) * JSONL_UNIT_BYTES) if path.name.endswith(".jsonl") else None
+
+
+def iter_texts(path: Path, unit: int, column: str, span: tuple[int, int] | None = None
+               ) -> Iterator[list[str | None]]:
+    """The documents of one unit of work (`span`: its byte_range), in batches; None or "" marks an empty one."""
     if path.name.endswith(".parquet"):
         yield from _parquet_texts(path, unit, column)
     else:
-        yield from _jsonl_texts(path, column)
+        yield from _jsonl_texts(path, column, span)
 
 
 def _parquet_texts(path: Path, row_group: int, column: str) -> Iterator[list[str | None]]:
@@ -214,52 +228,83 @@ def _zstd_chunks(raw, path: Path) -> Iterator[bytes]:
         raise SourceError(f"{path}: the zstd stream ends inside a frame (a truncated file?)")
 
 
-def _lines(path: Path) -> Iterator[bytes]:
-    """The lines of a .jsonl or .jsonl.zst file, as bytes."""
+@dataclass(frozen=True)
+class Line:
+    """Where a jsonl line is, for messages: its number, counted while reading from the file's start, or
+    (a unit that starts later) found from its byte offset when a message needs it."""
+    path: Path
+    number: int | None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        if self.number is not None:
+            return f"line {self.number}"
+        newlines, left = 0, self.offset  # the newlines before the line: read on an error only
+        with open(self.path, "rb") as f:
+            while left > 0 and (block := f.read(min(1 << 24, left))):
+                newlines, left = newlines + block.count(b"\n"), left - len(block)
+        return f"line {newlines + 1}"
+
+
+def _lines(path: Path, span: tuple[int, int] | None = None) -> Iterator[tuple[int | None, bytes]]:
+    """(byte offset, line) of a .jsonl file, or of its lines that start inside `span`; (None, line) of a
+    .jsonl.zst stream."""
     with open(path, "rb") as raw:
-        if not path.name.endswith(".zst"):
-            yield from raw
+        if path.name.endswith(".zst"):
+            rest = b""
+            for chunk in _zstd_chunks(raw, path):
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                yield from ((None, line + b"\n") for line in lines)
+            if rest:
+                yield None, rest
             return
-        rest = b""
-        for chunk in _zstd_chunks(raw, path):
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()
-            yield from (line + b"\n" for line in lines)
-        if rest:
-            yield rest
+        start, end = span or (0, None)
+        if start > 0:
+            raw.seek(start - 1)
+            if raw.read(1) != b"\n":
+                raw.readline()  # the rest of a line that starts before `start`: the previous unit's
+        offset = raw.tell()
+        while end is None or offset < end:
+            line = raw.readline()
+            if not line:
+                return
+            yield offset, line
+            offset += len(line)
 
 
-def read_jsonl(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed JSON value) of every non-blank line of a .jsonl or .jsonl.zst file; an
-    unreadable line stops it with a SourceError naming the file and the line."""
-    lines, line_no = _lines(path), 0
+def read_jsonl(path: Path, span: tuple[int, int] | None = None) -> Iterator[tuple[Line, object]]:
+    """(where, parsed JSON value) of every non-blank line of a .jsonl or .jsonl.zst file (of a plain
+    file's `span` only, if given); an unreadable line stops it with a SourceError naming file and line."""
+    lines, counted = _lines(path, span), 0 if span is None or span[0] == 0 else None
     while True:
         try:
-            line = next(lines, None)
+            offset, line = next(lines, (None, None))
         except zstandard.ZstdError as e:
-            raise SourceError(f"{path}: corrupt zstd stream after line {line_no} ({e})") from None
+            raise SourceError(f"{path}: corrupt zstd stream after line {counted} ({e})") from None
         if line is None:
             return
-        line_no += 1
+        counted = None if counted is None else counted + 1
+        where = Line(path, counted, offset)
         if not line.strip():
             continue
         try:
             value = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise SourceError(f"{path}, line {line_no}: invalid UTF-8 ({e})") from None
+            raise SourceError(f"{path}, {where}: invalid UTF-8 ({e})") from None
         except json.JSONDecodeError as e:
-            raise SourceError(f"{path}, line {line_no}: not valid JSON ({e})") from None
-        yield line_no, value
+            raise SourceError(f"{path}, {where}: not valid JSON ({e})") from None
+        yield where, value
 
 
-def _jsonl_texts(path: Path, column: str) -> Iterator[list[str | None]]:
+def _jsonl_texts(path: Path, column: str, span: tuple[int, int] | None) -> Iterator[list[str | None]]:
     batch: list[str | None] = []
-    for line_no, row in read_jsonl(path):
+    for where, row in read_jsonl(path, span):
         if not isinstance(row, dict) or column not in row:
-            raise SourceError(f"{path}, line {line_no}: no {column!r} field")
+            raise SourceError(f"{path}, {where}: no {column!r} field")
         text = row[column]
         if text is not None and not isinstance(text, str):
-            raise SourceError(f"{path}, line {line_no}: {column!r} is a {type(text).__name__}, expected a string")
+            raise SourceError(f"{path}, {where}: {column!r} is a {type(text).__name__}, expected a string")
         batch.append(text)
         if len(batch) == BATCH_ROWS:
             yield batch

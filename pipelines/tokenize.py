@@ -1,9 +1,9 @@
 """The tokenize stage: source documents to llm.c shards (validation first, then train), in parallel.
 
-Work is cut into units (one parquet row group, or one jsonl file). Each unit is tokenized by one of
-WORKERS processes into a part under `parts/` (raw uint16 tokens `.tok`, document starts `.docs`, and
-`.json` written last as the unit's completion marker), so a killed run redoes at most one unit per
-worker. Every document is preceded by EOT (50256); empty documents are skipped and counted.
+Work is cut into units (a parquet row group, 64 MiB of a jsonl file, or a whole jsonl.zst file). Each
+unit is tokenized by one of WORKERS processes into a part under `parts/` (raw uint16 tokens `.tok`,
+document starts `.docs`, and `.json` written last as the unit's completion marker), so a killed run
+redoes at most one unit per worker. Every document is preceded by EOT (50256); empty documents are skipped and counted.
 `assemble` then streams the parts, in unit order, into the shards: the validation shard holds whole
 documents up to the first document boundary at or after `val_tokens`, then train shards of exactly
 `shard_tokens` tokens (the last may be shorter). The bytes depend only on the input and the config,
@@ -65,7 +65,7 @@ class StageError(RuntimeError):
 @dataclass(frozen=True)
 class Unit:
     file_index: int
-    part: int  # row group (parquet) or 0 (jsonl)
+    part: int  # row group (parquet), byte range (jsonl: sources.byte_range) or 0 (jsonl.zst)
 
     @property
     def stem(self) -> str:
@@ -99,16 +99,16 @@ def encode(text: str) -> np.ndarray:
         return enc.encode_to_numpy(text, disallowed_special=())
 
 
-def tokenize_unit(job: tuple[str, int, int, str, str]) -> dict:
+def tokenize_unit(job: tuple[str, int, int, str, str, tuple[int, int] | None]) -> dict:
     """Tokenize one unit into its part files; the `.json` is written last. Runs in a worker process."""
-    path, file_index, part, column, parts_dir = job
+    path, file_index, part, column, parts_dir, span = job
     path, parts_dir, unit = Path(path), Path(parts_dir), Unit(file_index, part)
     eot = get_encoding().eot_token
     buf = np.empty(BUFFER_TOKENS, dtype=TOKEN_DTYPE)
     starts = array.array("Q")
     n = written = docs = empty = 0
     with atomic_write(parts_dir / f"{unit.stem}.tok") as f:
-        for texts in sources.iter_texts(path, part, column):
+        for texts in sources.iter_texts(path, part, column, span):
             for text in texts:
                 if not text:
                     empty += 1
@@ -163,7 +163,8 @@ def tokenize(files: list[Path], units: list[Unit], parts_dir: Path, column: str,
     mine = [u for k, u in enumerate(units) if k % num_tasks == task_index]
     remove_temporaries(parts_dir, [u.stem for u in mine])
     todo = [u for u in mine if not (parts_dir / f"{u.stem}.json").exists()]
-    jobs = [(str(files[u.file_index]), u.file_index, u.part, column, str(parts_dir)) for u in todo]
+    jobs = [(str(files[u.file_index]), u.file_index, u.part, column, str(parts_dir),
+             sources.byte_range(files[u.file_index], u.part)) for u in todo]
     stats = {"units": len(todo), "skipped": len(mine) - len(todo), "tokens": 0, "peak_rss_per_worker": 0}
     with tqdm(total=len(jobs), desc=desc, unit="part", dynamic_ncols=True) as bar:
         for r in parallel_map(tokenize_unit, jobs, len(jobs), workers, _init_worker, (get_encoding(),)):

@@ -354,3 +354,30 @@ def test_bench_shards_runs_and_counts_the_same_tokens_as_tiktoken(capsys):
     assert bench_shards.main(["--repeat", "1", "--rounds", "1", "--workers", "1"]) == 0  # exits if counts differ
     out = capsys.readouterr().out
     assert "input: 7,168 documents" in out and "3,196,530 tokens" in out and "peak RSS per worker" in out
+
+
+def test_jsonl_units_read_every_line_once_and_name_lines_exactly(tmp_path):
+    lines = [b'{"text": "a"}\n', b"\n", b'{"text": "' + b"long " * 30 + b'"}\n', b'{"text": "b"}\r\n', b"  \n",
+             b'{"text": "c"}\n', b'{"text": "' + "é".encode() * 9 + b'"}\n', b'{"text": "no newline at the end"}']
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"".join(lines))
+    whole = [(str(where), value) for where, value in sources.read_jsonl(path)]
+    assert [w for w, _ in whole] == ["line 1", "line 3", "line 4", "line 6", "line 7", "line 8"]
+    for unit_bytes in range(1, len(path.read_bytes()) + 2):
+        spans = [(k * unit_bytes, (k + 1) * unit_bytes) for k in range(-(-path.stat().st_size // unit_bytes))]
+        assert [(str(w), v) for span in spans for w, v in sources.read_jsonl(path, span)] == whole, unit_bytes
+
+
+def test_a_jsonl_file_cut_into_units_gives_the_same_shards(src, reference, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sources, "JSONL_UNIT_BYTES", 300)  # d.jsonl (40 documents) becomes many units
+    assert sources.num_units(src[0] / "d.jsonl") > 10
+    assert run(tmp_path, src[0], "--workers", "2") == 0  # the workers get each unit's byte range with it
+    out = out_dir(tmp_path, src[0])
+    assert out.name != reference[0].name  # the unit size is part of the config: a killed run's parts stay apart
+    shards = {name: data for name, data in contents(out).items() if name.endswith((".bin", ".docs"))}
+    assert shards and shards == {name: data for name, data in reference[1].items() if name in shards}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jsonl").write_bytes(jsonl_bytes(make_docs(random.Random(2), 40)[:30]) + b'{"text": broken}\n')
+    assert run(tmp_path / "data-bad", bad) == 1  # a unit far into the file still names the line
+    assert f"{bad / 'x.jsonl'}, line 31: not valid JSON" in capsys.readouterr().err
