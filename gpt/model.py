@@ -35,9 +35,6 @@ class GPTConfig:
     def embedding_rows(self) -> int:
         return self.padded_vocab_size or self.vocab_size
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 PRESETS: dict[str, GPTConfig] = {
     "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768),

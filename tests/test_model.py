@@ -1,5 +1,6 @@
 """The model against transformers' GPT2LMHeadModel, checkpoints (ours and HF folders), export-hf, init, sizes."""
 
+import dataclasses
 import json
 import re
 
@@ -193,7 +194,7 @@ def test_a_format_version_1_checkpoint_still_loads(tmp_path):
     save_file({k: v[:50257] if k.endswith("wte.weight") else v for k, v in state.items() if k != "lm_head.weight"},
               folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"format": "minigpt2", "format_version": 1,
-                                                    **model.config.to_dict()}))
+                                                    **dataclasses.asdict(model.config)}))
     loaded = load_model(folder)
     assert loaded.config == model.config
     x = ids()
