@@ -121,7 +121,7 @@ def _dataset_default(config_cls, name: str) -> str | None:
 
 def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain") -> argparse.ArgumentParser:
     """One flag per field of `config_cls` (a RunConfig subclass), defaults from the dataclass."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(config_cls.__doc__.split()),
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = config_cls()
     for f in fields(config_cls):
