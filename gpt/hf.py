@@ -85,8 +85,8 @@ def state_dict_from_hf(hf_state: dict[str, torch.Tensor], config: GPTConfig, *,
                        source: str = "state dict") -> dict[str, torch.Tensor]:
     """Our state dict (keys of `GPT(config).state_dict()`) from an HF GPT-2 one, with or without `transformer.`.
 
-    Conv1D weights are checked in HF's layout and transposed, mask buffers dropped, the embedding padded with zero rows to
-    `config.embedding_rows`. Missing, unexpected or misshapen tensors raise a ValueError naming them and `source`.
+    Conv1D weights are checked in HF's layout and transposed, mask buffers dropped, the embedding padded
+    with zero rows to `config.embedding_rows`. Missing, unexpected or misshapen tensors raise a ValueError naming them and `source`.
     """
     ours: dict[str, torch.Tensor] = {}
     lm_head = None
@@ -124,9 +124,9 @@ def complete_state_dict(state: dict[str, torch.Tensor], config: GPTConfig, sourc
                                                                        wte.shape[1])])
     for name, shape in expected.items():
         transposed = hf_layout and _CONV1D.search(name)
-        if tuple(state[name].shape) != (tuple(shape)[::-1] if transposed else tuple(shape)):
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, "
-                             f"expected {tuple(shape)[::-1] if transposed else tuple(shape)}")
+        want = tuple(shape)[::-1] if transposed else tuple(shape)  # as the file holds it
+        if tuple(state[name].shape) != want:
+            raise ValueError(f"{source}: tensor {name} has shape {tuple(state[name].shape)}, expected {want}")
         if transposed:
             state[name] = state[name].t().contiguous()
     state["lm_head.weight"] = state["transformer.wte.weight"]

@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 import zstandard
 
 from shards.io import atomic_write, bytes_bar, remove_temporaries, sha256_file
-from shards.manifest import write_manifest
 
 from . import stage
 
@@ -92,7 +91,7 @@ def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
     manifest = {"kind": "source", "name": "sample", "config": config,
                 "source": {"dataset": SAMPLE_PACKAGE, "revision": SAMPLE_PACKAGE, "origin_file": "chitchat_dataset/dataset.json",
                            "origin_sha256": SAMPLE_SHA256, "documents": len(texts), "files": files}}
-    write_manifest(out, manifest)
+    stage.finish(out, manifest)
     return manifest
 
 
@@ -108,7 +107,7 @@ def download_hub(dataset: str, data_dir: str | Path) -> Source:
         records = hub.download(repo_id, filenames, revision, out, repo_type=pinned.repo_type)
         manifest = {"kind": "source", "name": dataset, "config": config,
                     "source": {"dataset": repo_id, "revision": revision, "files": records}}
-        write_manifest(out, manifest)
+        stage.finish(out, manifest)
         return manifest
 
     manifest = stage.run_once(out, config, fetch)

@@ -3,8 +3,8 @@
 Work is cut into units (a parquet row group, 64 MiB of a jsonl file, or a whole jsonl.zst file). Each
 unit is tokenized by one of WORKERS processes into a part under `parts/` (raw uint16 tokens `.tok`,
 document starts `.docs`, and `.json` written last as the unit's completion marker), so a killed run
-redoes at most one unit per worker. Every document is preceded by EOT (50256); empty documents are skipped and counted.
-`assemble` then streams the parts, in unit order, into the shards: the validation shard holds whole
+redoes at most one unit per worker. Every document is preceded by EOT (50256); empty documents are
+skipped and counted. `assemble` then streams the parts, in unit order, into the shards: the validation shard holds whole
 documents up to the first document boundary at or after `val_tokens`, then train shards of exactly
 `shard_tokens` tokens (the last may be shorter). The bytes depend only on the input and the config,
 never on WORKERS or on how the units were split over tasks (`--task-index/--num-tasks`).

@@ -15,6 +15,7 @@ so DDP's gradient average is exactly the gradient of that loss.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -83,12 +84,17 @@ def make_optimizer(model: GPT, cfg: RunConfig, device: torch.device) -> torch.op
                              fused=device.type in ("cuda", "cpu"))
 
 
+@functools.cache
+def _native_bf16(device: torch.device) -> bool:
+    """Whether `device` is a GPU with native bf16 (Ampere and later); asked once per device."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def _dtype(cfg: RunConfig, device: torch.device) -> str:
-    """--dtype auto: bf16 autocast on a GPU with native bf16 (Ampere and later), else float32."""
+    """--dtype auto: bf16 autocast on a GPU with native bf16, else float32."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    return "bfloat16" if native_bf16 else "float32"
+    return "bfloat16" if _native_bf16(device) else "float32"
 
 
 def _device_name(device: torch.device) -> str:
@@ -153,7 +159,6 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int):
         raise TrainingError(f"cannot resume from {folder}: the run's config changed ({'; '.join(diff)})")
     model = load_model(folder, device=dist.device, padded_vocab_size=cfg.padded_vocab).train()
     return folder, state, model
-
 
 
 class _StopFlag:
