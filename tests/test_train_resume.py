@@ -1,4 +1,4 @@
-"""The trainer as real processes: 2 gloo ranks equal 1 rank, SIGKILL/SIGTERM and resume equal an uninterrupted run.
+"""The trainer as real processes: 2 gloo ranks equal 1 rank, SIGKILL/SIGTERM/SIGINT and resume equal an uninterrupted run.
 
 Every run is `python -m train pretrain` (under torchrun for 2 ranks on 127.0.0.1) with the same global batch
 of 8 sequences; a small-vocabulary model keeps each run to seconds.
@@ -95,16 +95,16 @@ def test_two_gloo_ranks_equal_one_rank_with_twice_the_accumulation(setup):
     assert log[1]["accumulation"] == 2 and read_log(setup["tmp"] / "reference")[1]["accumulation"] == 4
 
 
-@pytest.mark.parametrize("sig, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, status", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupted_and_resumed_run_is_bitwise_identical(setup, sig, status):
     run_dir = setup["tmp"] / f"interrupted-{sig.name}"
     code, out = interrupt(setup, run_dir, sig)
     assert code == status, out[-3000:]
     stopped_at = max(losses(run_dir))
     assert 1 <= stopped_at < STEPS
-    if sig == signal.SIGTERM:  # preemption: a checkpoint of the step it stopped at
+    if sig != signal.SIGKILL:  # preemption or Ctrl-C: a checkpoint of the step it stopped at
         assert (run_dir / "ckpt" / "latest").read_text().strip() == f"step-{stopped_at:06d}"
-        assert "continue with --resume" in out
+        assert f"stopped by {sig.name} after step {stopped_at}; checkpoint saved" in out
     resumed = train(setup, run_dir, extra=["--resume"])
     assert resumed == setup["reference"]  # every loss, bit for bit
     final = f"ckpt/step-{STEPS:06d}/model.safetensors"

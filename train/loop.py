@@ -18,6 +18,7 @@ import contextlib
 import functools
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -161,19 +162,35 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int):
     return folder, state, model
 
 
-class _StopFlag:
-    """Set by SIGTERM (preemption): the loop saves a checkpoint at the end of the step and returns."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # preemption and Ctrl-C: save at the end of the step, then return
 
-    def __init__(self):
-        self.set = False
+
+class _StopFlag:
+    """Records the first of STOP_SIGNALS; the loop then saves a checkpoint at the end of the step and returns.
+
+    Every later one is ignored: torchrun forwards the Ctrl-C that the terminal already sent each worker."""
+
+    def __init__(self, verbose: bool):
+        self.signal: signal.Signals | None = None
+        self.verbose = verbose
 
     def __call__(self, signum, frame):
-        self.set = True
+        if self.signal is None and self.verbose:
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
+                  "(kill -9 stops at once and loses the steps since the last checkpoint)", file=sys.stderr, flush=True)
+        self.signal = self.signal or signal.Signals(signum)
+
+
+def exit_status(result: dict) -> int:
+    """The command's exit status for `train`'s result: 0, or 128 + the signal that stopped it (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + result["stopped"] if result["stopped"] else 0
 
 
 def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hooks: Hooks | None = None,
           desc: str = "train") -> dict:
-    """Run (or resume) training; returns {"step", "stopped", "val_loss"}. Raises TrainingError on a bad loss."""
+    """Run (or resume) training; returns {"step", "stopped" (the signal that stopped it, or None), "val_loss"}.
+
+    Raises TrainingError on a bad loss."""
     hooks = hooks or Hooks()
     total = total_steps(cfg, data)
     accum = accumulation_steps(data.rows_per_step, cfg.micro_batch, dist.world_size, cfg.BATCH_FLAG,
@@ -213,12 +230,13 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                   f"{accum} micro-batch(es) of {cfg.micro_batch} per step and process")
         if folder is not None:
             log.print(f"resumed from {folder} at step {start}")
-        stop = _StopFlag()
-        previous = signal.signal(signal.SIGTERM, stop)
+        stop = _StopFlag(dist.is_main)
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
         try:
             return _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             log.close()
 
 
@@ -269,9 +287,9 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                 (loss * scale).backward()
             losses += loss.detach().double()
         tokens = sum(x.numel() for x, _ in batches)
-        stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(float(stop.set))])
+        stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(float(stop.signal is not None))])
         loss_sum, tokens, stops = dist.all_reduce_sum(stats).tolist()
-        stopped = stops > 0  # SIGTERM on any rank: save at once, skip this step's evaluation
+        stopped = stops > 0  # a stop signal on any rank: save at once, skip this step's evaluation
         loss = loss_sum / count
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -305,6 +323,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                         "shards_dir": str(data.dir), "config": cfg.to_dict()},
                         cfg.keep_checkpoints, hooks.chat_template)
         if stopped:
-            log.print(f"stopped by SIGTERM after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
-            return {"step": step, "stopped": True, "val_loss": val_loss}
-    return {"step": step, "stopped": False, "val_loss": val_loss}
+            sig = stop.signal or signal.SIGTERM  # another rank's signal stopped this one
+            log.print(f"stopped by {sig.name} after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
+            return {"step": step, "stopped": sig, "val_loss": val_loss}
+    return {"step": step, "stopped": None, "val_loss": val_loss}

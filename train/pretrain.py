@@ -1,8 +1,8 @@
 """`python -m train pretrain [flags]`: pretrain GPT-2 on token shards, in one process or under torchrun.
 
 Builds the model (a preset, or `--init` weights), the shard stream of the dataset's manifest, and runs the
-shared loop (train/loop.py). Exit status: 0 when done, 143 when stopped by SIGTERM after saving a checkpoint,
-1 with a message on bad input or a non-finite loss.
+shared loop (train/loop.py). Exit status: 0 when done; 143 (SIGTERM) or 130 (Ctrl-C) when that signal stopped
+it after saving a checkpoint; 1 with a message on bad input or a non-finite loss.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from gpt.tokenizer import get_encoding
 from .config import RunConfig, parse_args
 from .data import PretrainData, find_shards_dir
 from .distributed import Dist, process_group
-from .loop import RUN_ERRORS, Hooks, train
+from .loop import RUN_ERRORS, Hooks, exit_status, train
 
 SAMPLE_PROMPT = "Hello, how are you today?"
 PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     if dist.is_main:
         val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
         print(f"pretrain: {result['step']} steps, validation loss {val}, checkpoints in {cfg.run_dir}/ckpt")
-    return 143 if result["stopped"] else 0
+    return exit_status(result)
 
 
 if __name__ == "__main__":

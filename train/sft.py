@@ -9,7 +9,8 @@ At each evaluation: the answer-only loss on the validation split (`val_loss`) an
 of validation prompts whose greedy answer ends with EOT within `--eot-steps` new tokens; both go to
 log.jsonl and loss.png. Checkpoints say `"sft": true` in state.json (the chat CLI then applies the
 Alpaca template). At the end, rank 0 prints `--show` validation prompts with their greedy answers.
-Exit status as `train pretrain`: 0 done, 143 stopped by SIGTERM after a checkpoint, 1 with a message.
+Exit status as `train pretrain`: 0 done, 143 or 130 stopped by SIGTERM or Ctrl-C after a
+checkpoint, 1 with a message.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from .config import RunConfig, parse_args
 from .data import SFTData, find_shards_dir, rank_slice
 from .distributed import Dist, process_group
 from .log import read_log
-from .loop import RUN_ERRORS, Hooks, autocast, train
+from .loop import RUN_ERRORS, Hooks, autocast, exit_status, train
 from .pretrain import build_model
 
 # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
     except RUN_ERRORS as e:
         print(f"sft: error: {e}", file=sys.stderr)
         return 1
-    return 143 if result["stopped"] else 0
+    return exit_status(result)
 
 
 def _report(cfg: SFTTrainConfig, data: SFTData, device: torch.device) -> None:
