@@ -150,9 +150,11 @@ def _assemble(out: Path, parts: Path, num_chunks: int, totals: dict) -> tuple[li
 def run(cfg: SFTConfig) -> Path:
     """Run the stage (a no-op when its output is complete) and return the output folder."""
     if cfg.block_size < 2:
-        raise ValueError(f"block_size must be at least 2 (got {cfg.block_size})")
+        raise ValueError(f"--block-size must be at least 2, got {cfg.block_size}")
     if not 0 <= cfg.val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1) (got {cfg.val_fraction})")
+        raise ValueError(f"--val-fraction must be in [0, 1), got {cfg.val_fraction}")
+    if cfg.chunk_examples < 1:
+        raise ValueError(f"--chunk-examples must be positive, got {cfg.chunk_examples}")
     source = load_source(cfg)
     source_info = source.describe()
     config = stage_config(cfg, source_info)

@@ -112,7 +112,7 @@ def _read_alpaca_format(path: Path) -> Iterator[Example]:
             records = json.loads(path.read_bytes().decode("utf-8"))
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: invalid UTF-8 ({e})") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise SourceError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(records, list):
             raise SourceError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
@@ -128,7 +128,10 @@ def _read_parquet(path: Path) -> Iterator[Example]:
             raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(pf.schema_arrow.names)})")
         row = 0
         for batch in pf.iter_batches(columns=list(FIELDS)):
-            columns = [batch.column(f).to_pylist() for f in FIELDS]
+            try:
+                columns = [batch.column(f).to_pylist() for f in FIELDS]
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{path}: rows {row} to {row + len(batch) - 1}: invalid UTF-8 ({e})") from None
             for values in zip(*columns):
                 yield _check(path, f"row {row}", dict(zip(FIELDS, values)))
                 row += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +116,19 @@ def download_hub(dataset: str, data_dir: str | Path) -> Source:
 
 
 def local_source(path: str | Path) -> Source:
-    """A user's folder (or file) of parquet / jsonl / jsonl.zst; fingerprinted by name, size and mtime."""
+    """A user's folder (or file) of parquet / jsonl / jsonl.zst; fingerprinted by name, size and mtime.
+
+    Other files in the folder are named on stderr and left out; hidden ones (names starting with ".") silently."""
     root = Path(path).resolve()
     if root.is_file():
         files = [root]
     elif root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+        found = sorted(p for p in root.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+        files = [p for p in found if p.name.endswith(SUFFIXES)]
+        if skipped := [str(p.relative_to(root)) for p in found if not p.name.endswith(SUFFIXES)]:
+            print(f"{root}: skipping {len(skipped)} file(s) that are not {', '.join(SUFFIXES)}: "
+                  f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}", file=sys.stderr)
     else:
         raise SourceError(f"{root}: no such file or folder")
     if not files:
@@ -214,8 +222,9 @@ def _zstd_chunks(raw, path: Path) -> Iterator[bytes]:
     """The decompressed bytes of every frame of a zstd stream (pzstd and `zstd -T` write several); a stream
     that ends inside a frame is an error, never a silently shorter file."""
     dctx = zstandard.ZstdDecompressor()
-    frame, inside = dctx.decompressobj(), False
+    frame, inside, empty = dctx.decompressobj(), False, True
     while chunk := raw.read(1 << 20):
+        empty = False
         while chunk:
             inside = True
             if out := frame.decompress(chunk):
@@ -225,6 +234,8 @@ def _zstd_chunks(raw, path: Path) -> Iterator[bytes]:
             chunk, frame, inside = frame.unused_data, dctx.decompressobj(), False
     if inside:
         raise SourceError(f"{path}: the zstd stream ends inside a frame (a truncated file?)")
+    if empty:
+        raise SourceError(f"{path}: an empty file, not a zstd stream")
 
 
 @dataclass(frozen=True)
@@ -291,7 +302,7 @@ def read_jsonl(path: Path, span: tuple[int, int] | None = None) -> Iterator[tupl
             value = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}, {where}: invalid UTF-8 ({e})") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply to parse
             raise SourceError(f"{path}, {where}: not valid JSON ({e})") from None
         yield where, value
 
@@ -299,7 +310,9 @@ def read_jsonl(path: Path, span: tuple[int, int] | None = None) -> Iterator[tupl
 def _jsonl_texts(path: Path, column: str, span: tuple[int, int] | None) -> Iterator[list[str | None]]:
     batch: list[str | None] = []
     for where, row in read_jsonl(path, span):
-        if not isinstance(row, dict) or column not in row:
+        if not isinstance(row, dict):
+            raise SourceError(f"{path}, {where}: expected an object with {column!r}, got {type(row).__name__}")
+        if column not in row:
             raise SourceError(f"{path}, {where}: no {column!r} field")
         text = row[column]
         if text is not None and not isinstance(text, str):

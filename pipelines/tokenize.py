@@ -200,6 +200,9 @@ def shard_bounds(total: int, doc_starts: np.ndarray, val_tokens: int, shard_toke
     """(split, start, end) of every shard: validation up to a document boundary, then train shards."""
     i = int(np.searchsorted(doc_starts, val_tokens, side="left"))
     val_end = int(doc_starts[i]) if i < len(doc_starts) else total
+    if val_end >= total and len(doc_starts) < 2:
+        raise StageError(f"only {len(doc_starts)} document ({total:,} tokens): the validation split and the train "
+                         "split need one each at least")
     if val_end >= total:
         raise StageError(f"only {total:,} tokens: not enough for a validation split of {val_tokens:,} tokens "
                          "and a train split; lower VAL_TOKENS")
@@ -215,6 +218,10 @@ def assemble(units: list[Unit], parts_dir: Path, out_dir: Path, name: str, shard
     sizes = np.array([i["num_tokens"] for i in infos], dtype=np.int64)
     part_starts = np.concatenate([[0], np.cumsum(sizes)])
     total = int(part_starts[-1])
+    if total == 0:
+        files = sorted({i["file"] for i in infos})
+        raise StageError(f"no documents: every text in the source is empty ({len(files)} file(s): "
+                         f"{', '.join(files[:5])}{', ...' if len(files) > 5 else ''})")
     doc_starts = np.concatenate([read_docs(parts_dir / f"{u.stem}.docs") + off
                                  for u, off in zip(units, part_starts[:-1])] or [np.zeros(0, np.int64)])
     if val_tokens is None:

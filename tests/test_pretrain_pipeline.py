@@ -251,6 +251,12 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
     elif name == "zst_truncated":
         raw = zstandard.ZstdCompressor().compress(jsonl_bytes(docs))
         (folder / "x.jsonl.zst").write_bytes(raw[: len(raw) // 2])
+    elif name == "deep":  # nested past the JSON parser's recursion limit
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+    elif name == "array":
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:1]) + b'["text", "a"]\n')
+    elif name == "zst_empty":
+        (folder / "x.jsonl.zst").write_bytes(b"")
     elif name == "zst_corrupt":
         (folder / "x.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(docs))[:-20] + bytes(20))
     return folder
@@ -263,6 +269,9 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
     ("utf8", r"x\.jsonl, line 3: invalid UTF-8"),
     ("json", r"x\.jsonl, line 4: not valid JSON"),
     ("type", r"x\.jsonl, line 4: 'text' is a int, expected a string"),
+    ("deep", r"x\.jsonl, line 4: not valid JSON \(maximum recursion depth"),
+    ("array", r"x\.jsonl, line 2: expected an object with 'text', got list"),
+    ("zst_empty", r"x\.jsonl\.zst: an empty file, not a zstd stream"),
     ("zst_truncated", r"x\.jsonl\.zst: the zstd stream ends inside a frame"),
     ("zst_corrupt", r"x\.jsonl\.zst: (corrupt zstd stream after line \d+|the zstd stream ends inside a frame)"),
 ])
@@ -273,6 +282,29 @@ def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, mess
     assert re.search(message, err), err
     assert str(folder) in err
     assert not list((tmp_path / "data").rglob("manifest.json")) and not list(tmp_path.rglob(".*.tmp-*"))
+
+
+def test_a_source_without_documents_or_with_one_is_named(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.jsonl").write_bytes(b'{"text": ""}\n{"text": null}\n')
+    write_parquet(folder / "y.parquet", [""], 10)
+    flags = ["--source", str(folder), "--data-dir", str(tmp_path / "data"), *FLAGS]
+    assert pretrain.main(flags) == 1
+    assert "no documents: every text in the source is empty (2 file(s): x.jsonl, y.parquet)" in capsys.readouterr().err
+    (folder / "x.jsonl").write_bytes(jsonl_bytes(["a single document"]))
+    assert pretrain.main(flags) == 1
+    assert "only 1 document (4 tokens): the validation split and the train split" in capsys.readouterr().err
+
+
+def test_files_of_other_types_in_a_source_folder_are_named_hidden_ones_skipped(src, tmp_path, capsys):
+    folder = tmp_path / "in"
+    shutil.copytree(src[0], folder)
+    for name in ("NOTES.JSONL", "extra.json", ".cache/y.jsonl"):
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text('{"text": "not read"}\n')
+    assert [p.name for p in sources.local_source(folder).files] == [p.name for p in sources.local_source(src[0]).files]
+    assert "skipping 2 file(s) that are not .parquet, .jsonl, .jsonl.zst: NOTES.JSONL, extra.json" in capsys.readouterr().err
 
 
 def test_sample_source_checks_its_checksum(tmp_path):

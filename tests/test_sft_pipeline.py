@@ -267,6 +267,12 @@ def _truncated_parquet(path: Path) -> Path:
     (lambda d: _parquet(d / "e.parquet", {"instruction": ["a", "b"], "input": ["", ""], "output": ["x", None]}),
      r"e\.parquet, row 1: field 'output' is NoneType"),
     (lambda d: _truncated_parquet(d / "f.parquet"), r"f\.parquet: unreadable parquet file"),
+    (lambda d: _parquet(d / "g.parquet", {"instruction": pa.array([b"a", b"caf\xe9"], pa.binary()).view(pa.string()),
+                                          "input": ["", ""], "output": ["x", "y"]}),
+     r"g\.parquet: rows 0 to 1: invalid UTF-8"),
+    (lambda d: _put(d / "n.json", b"[" * 100_000 + b"]" * 100_000), r"n\.json: not valid JSON \(maximum recursion"),
+    (lambda d: _put(d / "n.jsonl", b'{"instruction": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"),
+     r"n\.jsonl, line 1: not valid JSON \(maximum recursion"),
     (lambda d: write_jsonl(d / "h.txt", [TRICKY[0]]), r"h\.txt: unsupported file type"),
     (lambda d: write_jsonl(d / "i.jsonl", [TRICKY[5], TRICKY[6]]), r"i\.jsonl: every example was skipped"),
 ])
@@ -279,6 +285,18 @@ def test_bad_input_names_file_and_row(tmp_path, capsys, make, message):
     data = tmp_path / "data"
     assert not list(data.rglob("manifest.json"))
     assert not [p for p in data.rglob("*.bin") if "parts" not in p.parts], "nothing under a final name"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--block-size", "1", "--block-size must be at least 2, got 1"),
+    ("--val-fraction", "1", r"--val-fraction must be in [0, 1), got 1.0"),
+    ("--chunk-examples", "0", "--chunk-examples must be positive, got 0"),
+])
+def test_bad_flags_are_named(tmp_path, capsys, flag, value, message):
+    src = write_jsonl(tmp_path / "a.jsonl", TRICKY[:3])
+    assert sft.main(["--source", str(src), "--data-dir", str(tmp_path / "data"), flag, value]) == 1
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
 
 
 def test_alpaca_download_through_a_flaky_hub(tmp_path, monkeypatch):
