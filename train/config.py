@@ -37,6 +37,13 @@ class RunConfig:
     # A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
     RESUME_KEYS: ClassVar[tuple[str, ...]] = ("seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
                                               "beta2", "eps", "grad_clip", "seed", "padded_vocab")
+    # The numbers that must be > 0 or >= 0 when set (a subclass adds its own); check() has the fractions
+    POSITIVE: ClassVar[tuple[str, ...]] = ("padded_vocab", "steps", "epochs", "micro_batch", "seq_len", "lr", "eps",
+                                           "eval_every", "save_every")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("warmup", "weight_decay", "grad_clip", "sample_tokens",
+                                               "keep_checkpoints")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"device": ("auto", "cpu", "cuda"),
+                                                     "dtype": ("auto", "float32", "bfloat16")}
 
     # data
     dataset: str = "sample"
@@ -83,14 +90,27 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def check(self) -> None:
+        """Raise ValueError, naming the flag, for the first number out of its range."""
+        rules = [(self.POSITIVE, lambda v: v > 0, "positive"), (self.NON_NEGATIVE, lambda v: v >= 0, "0 or more"),
+                 (("min_lr_ratio",), lambda v: 0 <= v <= 1, "within [0, 1]"),
+                 (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)")]
+        for names, ok, what in rules:
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and not ok(value):
+                    raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+
 
 @dataclass
 class TrainConfig(RunConfig):
     """Pretraining: a model preset (or --init) on token shards; the global batch counts tokens."""
     STAGE: ClassVar[str] = "pretrain"
     SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
-    RECIPE: ClassVar[tuple[str, dict]] = ("fineweb", FINEWEB_DEFAULTS)
+    RECIPE: ClassVar[tuple[str, dict]] = ("fineweb and custom", FINEWEB_DEFAULTS)
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens")
+
+    POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_tokens", "eval_tokens")
 
     model: str | None = None  # a preset of gpt.model.PRESETS (without --init)
     batch_tokens: int | None = None  # global batch in tokens (all ranks and accumulation steps)
@@ -108,32 +128,42 @@ def _flag_type(field):
     return str
 
 
-def _dataset_default(config_cls, name: str) -> str | None:
-    """The --help text of a field whose default follows the dataset."""
+def _help(config_cls, name: str, default) -> str | None:
+    """The --help text of a field: its default, or the defaults of the datasets when those set it."""
     if name == "run_dir":
         return f"default: runs/<dataset>/{config_cls.STAGE}"
     recipe, defaults = config_cls.RECIPE
+    epochs = "--epochs epochs of the train split"
     if name in config_cls.SAMPLE_DEFAULTS or name in defaults:
-        sample, other = config_cls.SAMPLE_DEFAULTS.get(name, "--epochs epochs"), defaults.get(name, "--epochs epochs")
+        sample, other = (d.get(name, epochs) for d in (config_cls.SAMPLE_DEFAULTS, defaults))
         return f"default follows --dataset: sample {sample}, {recipe} {other}"
-    return None
+    if name == "steps":
+        return f"default: {epochs}"
+    return None if default is None else f"default: {default}"
 
 
 def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain") -> argparse.ArgumentParser:
     """One flag per field of `config_cls` (a RunConfig subclass), defaults from the dataclass."""
-    parser = argparse.ArgumentParser(prog=prog, description=" ".join(config_cls.__doc__.split()),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=" ".join(config_cls.__doc__.split()))
     defaults = config_cls()
     for f in fields(config_cls):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
+        help = _help(config_cls, f.name, default)
         if _flag_type(f) is None:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         else:
-            parser.add_argument(flag, type=_flag_type(f), default=default, help=_dataset_default(config_cls, f.name))
+            parser.add_argument(flag, type=_flag_type(f), default=default, choices=config_cls.CHOICES.get(f.name),
+                                help=help)
     return parser
 
 
 def parse_args(argv=None, config_cls=TrainConfig, prog: str = "python -m train pretrain"):
-    args = build_parser(config_cls, prog).parse_args(argv)
-    return config_cls(**vars(args)).resolved()
+    """The config of these flags, dataset defaults filled in; a value out of range exits with a usage error."""
+    parser = build_parser(config_cls, prog)
+    cfg = config_cls(**vars(parser.parse_args(argv))).resolved()
+    try:
+        cfg.check()
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg

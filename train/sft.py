@@ -30,7 +30,7 @@ from gpt.model import GPT
 from gpt.tokenizer import EOT, get_encoding
 from pipelines.alpaca import CHAT_TEMPLATE
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, resolve_checkpoint
 from .config import RunConfig, parse_args
 from .data import SFTData, find_shards_dir, rank_slice
 from .distributed import Dist, process_group
@@ -54,9 +54,11 @@ class SFTTrainConfig(RunConfig):
     None follow the dataset."""
     STAGE: ClassVar[str] = "sft"
     SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
-    RECIPE: ClassVar[tuple[str, dict]] = ("alpaca", ALPACA_DEFAULTS)
+    RECIPE: ClassVar[tuple[str, dict]] = ("alpaca and custom", ALPACA_DEFAULTS)
     BATCH_FLAG: ClassVar[str] = "--batch-examples"
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples",)
+    POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_examples", "eot_steps")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_examples", "show")
     dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/sft-<dataset>/)
     epochs: int = 2
     batch_examples: int | None = None  # global batch in examples (all ranks and accumulation steps)
@@ -126,8 +128,11 @@ def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[
 
 
 def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
-    """Fill `init` with the pretraining run's latest checkpoint unless given (or unless resuming an SFT run)."""
-    if cfg.init or (cfg.resume and latest_checkpoint(cfg.run_dir) is not None):
+    """`init` as a checkpoint folder: the one --init names (a run folder stands for its latest checkpoint), else
+    the pretraining run's latest (left empty when resuming an SFT run)."""
+    if cfg.init:
+        return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
+    if cfg.resume and latest_checkpoint(cfg.run_dir) is not None:
         return cfg
     folder = latest_checkpoint(cfg.pretrain_run)
     if folder is None:
