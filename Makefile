@@ -106,7 +106,7 @@ chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template 
 	$(PY) -m gpt chat $(GEN_FLAGS) $(ARGS)
 
 export-hf: $(STAMP) ## write OUT (default: CKPT-hf), a folder transformers.GPT2LMHeadModel loads, from CKPT
-	$(PY) -m gpt export-hf $(CKPT) $(or $(OUT),$(CKPT)-hf) $(ARGS)
+	$(PY) -m gpt export-hf $(CKPT) $(or $(OUT),$(patsubst %/,%,$(CKPT))-hf) $(ARGS)
 
 bench: bench-shards bench-train bench-generate ## run every benchmark
 

@@ -27,9 +27,9 @@ def main(argv=None) -> int:
 
 
 def _export_hf(args) -> int:
-    from shards.io import atomic_directory
-
     from pipelines.alpaca import CHAT_TEMPLATE
+    from shards.io import atomic_directory
+    from train.checkpoint import resolve_checkpoint
 
     from .checkpoint import load_model, save_model, saved_chat_template
 
@@ -37,7 +37,7 @@ def _export_hf(args) -> int:
     if out.exists():
         raise SystemExit(f"export-hf: {out} exists; choose another OUT or remove it first")
     try:
-        ckpt = chat.resolve_ckpt(args.ckpt)
+        ckpt = resolve_checkpoint(args.ckpt)
         model = load_model(ckpt)
         template = CHAT_TEMPLATE if chat.uses_template(ckpt, "auto") else saved_chat_template(ckpt)
         with atomic_directory(out) as tmp:  # a killed export leaves no half-written folder under OUT

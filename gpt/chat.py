@@ -26,20 +26,14 @@ from .tokenizer import EOT, get_encoding
 CKPT_HELP = "checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint"
 
 
-def resolve_ckpt(path) -> Path:
-    """`path`, or its latest checkpoint when it is a run folder (it holds ckpt/latest)."""
-    from train.checkpoint import latest_checkpoint
-
-    return latest_checkpoint(path) or Path(path)
-
-
 def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     """The options of `generate` (chat=False: --prompt, repeatable) or `chat` (prompts read from stdin)."""
     p.add_argument("--ckpt", required=True, help=CKPT_HELP)
     if not chat:
         p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--template", choices=("auto", "alpaca", "none"), default="auto",
-                   help="wrap prompts in the Alpaca template (auto: when state.json has \"sft\": true)")
+                   help="wrap prompts in the Alpaca template (auto: when the checkpoint's tokenizer_config.json "
+                        "holds it as chat_template, as SFT checkpoints do)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--max-steps", type=int, default=256, help="most new tokens per prompt")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
@@ -47,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     p.add_argument("--truncate", action="store_true",
                    help="left-truncate prompts that leave no room for --max-steps tokens instead of refusing them")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
 
 
 def uses_template(ckpt, choice: str) -> bool:
@@ -76,11 +70,19 @@ def _template(args, command: str) -> bool:
 
 def _load(args, command: str):
     """The model of --ckpt; a run folder stands for its latest checkpoint (args.ckpt is updated to it)."""
+    from train.checkpoint import resolve_checkpoint
+
     from .checkpoint import load_model
 
     try:
-        args.ckpt = str(resolve_ckpt(args.ckpt))
-        return load_model(args.ckpt, device=args.device)
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise SystemExit(f"{command}: --device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{command}: --device {args.device}: no CUDA device is available")
+    try:
+        args.ckpt = str(resolve_checkpoint(args.ckpt))
+        return load_model(args.ckpt, device=device)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{command}: {e}") from None
 
@@ -92,6 +94,9 @@ def _options(args) -> dict:
 
 def run_generate(args) -> int:
     """Print the completion of every --prompt, generated as one batch."""
+    for i, prompt in enumerate(args.prompt, 1):  # checked before the template makes every prompt non-empty
+        if not prompt.strip():
+            raise SystemExit(f"generate: prompt {i} of {len(args.prompt)} is empty")
     model = _load(args, "generate")
     template = _template(args, "generate")
     prompts = [render_prompt(p) if template else p for p in args.prompt]
@@ -109,7 +114,8 @@ def run_generate(args) -> int:
 
 
 def run_chat(args, stdin=None, stdout=None) -> int:
-    """Read one prompt per line until EOF or /quit; stream each answer as it is generated (no history)."""
+    """Read one prompt per line until EOF, /quit or Ctrl-C; stream each answer as it is generated (no history).
+    Ctrl-C during an answer stops that answer."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model = _load(args, "chat")
     template = _template(args, "chat")
@@ -121,7 +127,11 @@ def run_chat(args, stdin=None, stdout=None) -> int:
     while True:
         if interactive:
             print("> ", end="", file=stdout, flush=True)
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat, as EOF does
+            print(file=stdout)
+            return 0
         if not line or line.strip() == "/quit":
             return 0
         text = line.rstrip("\n")
@@ -133,8 +143,11 @@ def run_chat(args, stdin=None, stdout=None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=stdout, flush=True)
             continue
-        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        for (token,) in steps:
-            if token is not None and token != EOT:
-                print(utf8.decode(enc.decode_single_token_bytes(token)), end="", file=stdout, flush=True)
-        print(utf8.decode(b"", final=True), file=stdout, flush=True)
+        utf8, end = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+        try:
+            for (token,) in steps:
+                if token is not None and token != EOT:
+                    print(utf8.decode(enc.decode_single_token_bytes(token)), end="", file=stdout, flush=True)
+        except KeyboardInterrupt:  # Ctrl-C while answering stops this answer only
+            end = " [stopped]"
+        print(utf8.decode(b"", final=True) + end, file=stdout, flush=True)

@@ -29,11 +29,11 @@ def tokenize_batch_input(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Te
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if len(prompts) == 0:
         raise ValueError("no prompts: the prompt list is empty")
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(prompts, 1):
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt {i} is a {type(prompt).__name__}, not a string")
+            raise ValueError(f"prompt {i} of {len(prompts)} is a {type(prompt).__name__}, not a string")
         if not prompt:
-            raise ValueError(f"prompt {i} is empty")
+            raise ValueError(f"prompt {i} of {len(prompts)} is empty")
     return pad_batch(get_encoding().encode_ordinary_batch(list(prompts)))
 
 
@@ -71,18 +71,18 @@ def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncat
         raise ValueError("attention_masks must hold only 0 and 1")
     block, vocab = model.config.block_size, model.config.vocab_size
     keep = max(1, block - max_steps)  # with truncate: room for max_steps new tokens
-    rows = []
-    for i in range(input_ids.shape[0]):
-        row = input_ids[i][attention_masks[i].bool()]
+    rows, n = [], input_ids.shape[0]
+    for i in range(n):
+        row, which = input_ids[i][attention_masks[i].bool()], f"prompt {i + 1} of {n}"
         if row.numel() == 0:
-            raise ValueError(f"prompt {i} is empty (its attention mask has no 1)")
+            raise ValueError(f"{which} is empty (its attention mask has no 1)")
         if row.min() < 0 or row.max() >= vocab:
-            raise ValueError(f"prompt {i} holds token ids outside the vocabulary [0, {vocab})")
+            raise ValueError(f"{which} holds token ids outside the vocabulary [0, {vocab})")
         if truncate and row.numel() > keep:
             row = row[-keep:]
         elif row.numel() >= block:
-            raise ValueError(f"prompt {i} has {row.numel()} tokens: it leaves no room in the model's context of "
-                             f"{block} (ask for left-truncation to keep its last {keep} tokens)")
+            raise ValueError(f"{which} has {row.numel()} tokens: it leaves no room in the model's context of "
+                             f"{block} (truncate=True, or --truncate, keeps its last {keep} tokens)")
         rows.append(row)
     return rows
 

@@ -4,6 +4,7 @@ bad input, and the `generate` / `chat` commands."""
 import io
 import json
 import shutil
+from unittest import mock
 
 import pytest
 import torch
@@ -178,8 +179,8 @@ def test_max_steps_and_context_are_respected(model):
 def test_overlong_prompt_is_refused_or_left_truncated(model):
     tokens = list(range(2000, 2000 + model.config.block_size + 6))
     for n in (64, 70):
-        with pytest.raises(ValueError, match=f"prompt 1 has {n} tokens: it leaves no room in the model's context "
-                                             "of 64 \\(ask for left-truncation to keep its last 54 tokens\\)"):
+        with pytest.raises(ValueError, match=f"prompt 2 of 2 has {n} tokens: it leaves no room in the model's "
+                                             "context of 64 \\(truncate=True, or --truncate, keeps its last 54 tokens\\)"):
             generate(model, *batch([[32], tokens[:n]]), 0, 10)
     truncated = generate(model, *batch([[32], tokens]), 0, 10, eot=-1, truncate=True)
     assert truncated[1] == generate(model, *batch([tokens[-54:]]), 0, 10, eot=-1)[0]
@@ -237,12 +238,12 @@ def test_bad_options_are_refused(model, kwargs, message):
 def test_bad_prompts_are_refused(model):
     with pytest.raises(ValueError, match="the prompt list is empty"):
         tokenize_batch_input([])
-    with pytest.raises(ValueError, match="prompt 1 is empty"):
+    with pytest.raises(ValueError, match="prompt 2 of 2 is empty"):
         tokenize_batch_input(["Hi", ""])
     with pytest.raises(ValueError, match="prompts must be a list of strings"):
         tokenize_batch_input("Hi")
     ids, masks = tokenize_batch_input(["Hi there", "Hi"])
-    with pytest.raises(ValueError, match=r"prompt 1 is empty \(its attention mask has no 1\)"):
+    with pytest.raises(ValueError, match=r"prompt 2 of 2 is empty \(its attention mask has no 1\)"):
         generate(model, ids, masks * torch.tensor([[1], [0]]), 0, 4)
     with pytest.raises(ValueError, match="no prompts: the batch is empty"):
         generate(model, ids[:0], masks[:0], 0, 4)
@@ -281,8 +282,16 @@ def test_generate_command_reports_bad_input(checkpoints, tmp_path):
     plain, *_ = checkpoints
     with pytest.raises(SystemExit, match="generate: temperature must be"):
         main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--temperature", "-1"])
-    with pytest.raises(SystemExit, match="generate: prompt 0 is empty"):
+    with pytest.raises(SystemExit, match="generate: prompt 1 of 1 is empty"):
         main(["generate", "--ckpt", str(plain), "--prompt", ""])
+    sft = checkpoints[1]  # with the Alpaca template too, though the templated prompt is not empty
+    with pytest.raises(SystemExit, match="generate: prompt 2 of 2 is empty"):
+        main(["generate", "--ckpt", str(sft), "--prompt", "Hi", "--prompt", " "])
+    with pytest.raises(SystemExit, match="generate: --device cuda: no CUDA device is available"):
+        with mock.patch("torch.cuda.is_available", return_value=False):
+            main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--device", "cuda"])
+    with pytest.raises(SystemExit, match=r"generate: --device 'gpu' is not a device \(cpu, cuda, cuda:1, ...\)"):
+        main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--device", "gpu"])
     with pytest.raises(SystemExit, match=f"generate: {tmp_path / 'nowhere'}: no such checkpoint folder"):
         main(["generate", "--ckpt", str(tmp_path / "nowhere"), "--prompt", "Hi"])
     broken = shutil.copytree(plain, tmp_path / "broken")
@@ -309,6 +318,26 @@ def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model
     monkeypatch.setattr("sys.stdin", io.StringIO("Say hi"))  # EOF ends the loop too
     assert main(["chat", "--ckpt", str(plain), "--max-steps", "3", "--template", "alpaca"]) == 0
     assert "Alpaca template" in capsys.readouterr().out
+
+
+def test_ctrl_c_stops_an_answer_then_ends_the_chat(checkpoints, monkeypatch, capsys):
+    from gpt import chat
+
+    class Keyboard(io.StringIO):
+        def readline(self):
+            return super().readline() or _raise(KeyboardInterrupt)
+
+    def _raise(error):
+        raise error
+
+    def interrupted(*args, **kwargs):  # the answer " hello", then Ctrl-C
+        yield from ([t] for t in get_encoding().encode(" hello"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chat, "stream", interrupted)
+    monkeypatch.setattr("sys.stdin", Keyboard("Say hi\n"))
+    assert main(["chat", "--ckpt", str(checkpoints[0]), "--max-steps", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [" hello [stopped]", ""]
 
 
 def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):

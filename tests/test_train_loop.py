@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from gpt.checkpoint import load_model
-from train.checkpoint import latest_checkpoint
+from train.checkpoint import latest_checkpoint, resolve_checkpoint
 from train.config import TrainConfig, build_parser, parse_args
-from train.log import read_log
+from train.log import RunLog, read_log
 from train.loop import lr_at, peak_bf16_flops
 from train.pretrain import main
 from train_shards import small_model, write_test_shards
@@ -79,6 +79,18 @@ def test_keep_last_k_checkpoints(small, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "ckpt").glob("*")) == ["latest", "step-000004", "step-000005"]
 
 
+def test_a_run_folder_its_ckpt_and_its_latest_file_name_its_latest_checkpoint(small, tmp_path):
+    first = tmp_path / "first"
+    assert run_small(small, first, "--steps", "2", "--eval-every", "2", "--save-every", "1") == 0
+    latest = first / "ckpt" / "step-000002"
+    for path in (first, first / "ckpt", first / "ckpt" / "latest", latest):
+        assert resolve_checkpoint(path) == latest
+    assert resolve_checkpoint(small[1]) == small[1] and resolve_checkpoint(tmp_path / "no") == tmp_path / "no"
+    # INIT=run folder: the second run starts from the first one's weights (the same validation loss)
+    assert run(small[0], tmp_path / "second", "--init", str(first), "--sample-tokens", "0", "--steps", "1") == 0
+    assert read_log(tmp_path / "second")[0]["val_loss"] == read_log(first)[-1]["val_loss"]
+
+
 def test_lr_schedule_warmup_and_cosine():
     cfg = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1)
     assert lr_at(0, cfg, 110) == pytest.approx(0.1)
@@ -106,7 +118,35 @@ def test_dataset_defaults_and_flags():
     assert fineweb.steps is None  # one epoch
     assert (sample.run_dir, fineweb.run_dir) == ("runs/sample/pretrain", "runs/fineweb10B/pretrain")
     help_text = " ".join(build_parser().format_help().split())
-    assert "--lr LR default follows --dataset: sample 0.006, fineweb 0.0006" in help_text
+    assert "--lr LR default follows --dataset: sample 0.006, fineweb and custom 0.0006" in help_text
+    assert "--steps STEPS default follows --dataset: sample 720, fineweb and custom --epochs epochs" in help_text
+    assert "--seed SEED default: 1337" in help_text and "(default: None)" not in help_text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be positive, got 0"),
+    (["--eval-every", "0"], "--eval-every must be positive, got 0"),
+    (["--save-every", "-1"], "--save-every must be positive, got -1"),
+    (["--warmup", "-5"], "--warmup must be 0 or more, got -5"),
+    (["--lr", "-1"], "--lr must be positive, got -1.0"),
+    (["--beta2", "1"], "--beta2 must be within [0, 1), got 1.0"),
+    (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
+    (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
+])
+def test_values_out_of_range_are_usage_errors(flags, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(flags)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):
+    log = RunLog(tmp_path, enabled=True, start_step=0, total_steps=3, progress=True)
+    log.bar.mininterval = log.bar.miniters = 0  # redraw at every update
+    for step, loss in enumerate([5.0, 4.0, 3.0], 1):
+        log.write({"step": step, "loss": loss, **({"val_loss": 6.0} if step == 1 else {})})
+        frame = capsys.readouterr().err.split("\r")[-1]
+        assert f"{step}/3" in frame and f"loss={loss:.4f}" in frame and "val_loss=6.0000" in frame, frame
+    log.close()
 
 
 def test_accumulation_error_is_clear(small, tmp_path, capsys):

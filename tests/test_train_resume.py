@@ -105,6 +105,8 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(setup, sig, status):
     if sig != signal.SIGKILL:  # preemption or Ctrl-C: a checkpoint of the step it stopped at
         assert (run_dir / "ckpt" / "latest").read_text().strip() == f"step-{stopped_at:06d}"
         assert f"stopped by {sig.name} after step {stopped_at}; checkpoint saved" in out
+        last_eval = 5 * ((stopped_at - 1) // 5)  # --eval-every 5; the stopping step skips its evaluation
+        assert f"pretrain: {stopped_at} steps, validation loss " in out and f"(at step {last_eval})" in out
     resumed = train(setup, run_dir, extra=["--resume"])
     assert resumed == setup["reference"]  # every loss, bit for bit
     final = f"ckpt/step-{STEPS:06d}/model.safetensors"

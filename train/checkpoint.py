@@ -42,6 +42,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return folder
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for the latest checkpoint,
+    and so does the `ckpt/latest` pointer file; any other path is taken as it is."""
+    path = Path(path)
+    run = {LATEST: path.parent.parent, "ckpt": path.parent}.get(path.name, path)
+    return latest_checkpoint(run) or path
+
+
 def _write_tensors(path: Path, tensors: dict) -> None:
     with atomic_write(path) as f:
         f.write(save(tensors))

@@ -44,6 +44,7 @@ class RunLog:
                  desc: str = "train", plot_metrics: tuple[str, ...] = ()):
         self.dir, self.enabled, self.plot_metrics = Path(run_dir), enabled, plot_metrics
         self.records: list[dict] = []
+        self.shown: dict[str, str] = {}  # the bar's postfix
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
                         disable=not (enabled and progress))
         if not enabled:
@@ -60,10 +61,10 @@ class RunLog:
         self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.shown.update({k: f"{record[k]:.4f}" for k in ("loss", "val_loss") if k in record})  # the last of each
+        self.bar.set_postfix(self.shown, refresh=False)  # before the update, which redraws the bar with it
         if record["step"] > self.bar.n:
             self.bar.update(record["step"] - self.bar.n)
-        shown = {k: record[k] for k in ("loss", "val_loss") if k in record}
-        self.bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()}, refresh=False)
 
     def print(self, text: str) -> None:
         if self.enabled:

@@ -188,7 +188,8 @@ def exit_status(result: dict) -> int:
 
 def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hooks: Hooks | None = None,
           desc: str = "train") -> dict:
-    """Run (or resume) training; returns {"step", "stopped" (the signal that stopped it, or None), "val_loss"}.
+    """Run (or resume) training; returns {"step", "stopped" (the signal that stopped it, or None), "last_eval"
+    (the log record of the last evaluation, rank 0's; None elsewhere on a resumed run)}.
 
     Raises TrainingError on a bad loss."""
     hooks = hooks or Hooks()
@@ -260,12 +261,11 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
     peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     flops_per_token = raw.flops_per_token(cfg.seq_len)
-    val_loss = next((r["val_loss"] for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
+    last_eval = next((r for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
     if start >= total:
         log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do")
     if start == 0:
-        record = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
-        val_loss = record["val_loss"]
+        record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
         log.write(record)
         log.plot()
     step = start
@@ -310,7 +310,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * dist.world_size)
         if (step % cfg.eval_every == 0 or step == total) and not stopped:
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
-            val_loss = record["val_loss"]
+            last_eval = record
         log.write(record)
         if "val_loss" in record:
             log.plot()
@@ -325,5 +325,5 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if stopped:
             sig = stop.signal or signal.SIGTERM  # another rank's signal stopped this one
             log.print(f"stopped by {sig.name} after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
-            return {"step": step, "stopped": sig, "val_loss": val_loss}
-    return {"step": step, "stopped": None, "val_loss": val_loss}
+            return {"step": step, "stopped": sig, "last_eval": last_eval}
+    return {"step": step, "stopped": None, "last_eval": last_eval}

@@ -14,6 +14,7 @@ from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
 from gpt.tokenizer import get_encoding
 
+from .checkpoint import resolve_checkpoint
 from .config import RunConfig, parse_args
 from .data import PretrainData, find_shards_dir
 from .distributed import Dist, process_group
@@ -24,10 +25,11 @@ PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
 
 
 def build_model(cfg: RunConfig, dist: Dist, preset_name: str | None = None) -> GPT:
-    """`cfg.init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh `preset_name` model."""
+    """`cfg.init` weights (our checkpoint, a run folder's latest, or a Hugging Face GPT-2 folder) or a fresh
+    `preset_name` model."""
     padded = cfg.padded_vocab or (PADDED_VOCAB_CUDA if dist.device.type == "cuda" else None)
     if cfg.init:
-        model = load_model(cfg.init, device=dist.device, padded_vocab_size=padded)
+        model = load_model(resolve_checkpoint(cfg.init), device=dist.device, padded_vocab_size=padded)
     else:
         model = GPT(preset(preset_name, padded_vocab_size=padded))
     if model.config.block_size < cfg.seq_len:
@@ -60,7 +62,8 @@ def main(argv=None) -> int:
         print(f"pretrain: error: {e}", file=sys.stderr)
         return 1
     if dist.is_main:
-        val = "n/a" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
+        last = result["last_eval"]
+        val = "n/a" if last is None else f"{last['val_loss']:.4f} (at step {last['step']})"
         print(f"pretrain: {result['step']} steps, validation loss {val}, checkpoints in {cfg.run_dir}/ckpt")
     return exit_status(result)
 
