@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
         p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--template", choices=("auto", "alpaca", "none"), default="auto",
                    help="wrap prompts in the Alpaca template (auto: when the checkpoint's tokenizer_config.json "
-                        "holds it as chat_template, as SFT checkpoints do)")
+                        "holds it as chat_template, as SFT checkpoints do, or an older one's state.json says sft)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--max-steps", type=int, default=256, help="most new tokens per prompt")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
@@ -78,8 +78,9 @@ def _load(args, command: str):
         device = torch.device(args.device)
     except RuntimeError:
         raise SystemExit(f"{command}: --device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"{command}: --device {args.device}: no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise SystemExit(f"{command}: --device {args.device}: this machine has {torch.cuda.device_count()} CUDA "
+                         "device(s)")
     try:
         args.ckpt = str(resolve_checkpoint(args.ckpt))
         return load_model(args.ckpt, device=device)
@@ -95,7 +96,7 @@ def _options(args) -> dict:
 def run_generate(args) -> int:
     """Print the completion of every --prompt, generated as one batch."""
     for i, prompt in enumerate(args.prompt, 1):  # checked before the template makes every prompt non-empty
-        if not prompt.strip():
+        if not prompt:
             raise SystemExit(f"generate: prompt {i} of {len(args.prompt)} is empty")
     model = _load(args, "generate")
     template = _template(args, "generate")
@@ -122,7 +123,7 @@ def run_chat(args, stdin=None, stdout=None) -> int:
     interactive = stdin.isatty()
     enc = get_encoding()
     options = _options(args)
-    print(f"chat with {args.ckpt} ({'Alpaca template' if template else 'plain completion'}); /quit or EOF ends",
+    print(f"chat with {args.ckpt} ({'Alpaca template' if template else 'plain completion'}); /quit, EOF or Ctrl-C ends",
           file=stdout)
     while True:
         if interactive:

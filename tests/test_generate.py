@@ -286,9 +286,12 @@ def test_generate_command_reports_bad_input(checkpoints, tmp_path):
         main(["generate", "--ckpt", str(plain), "--prompt", ""])
     sft = checkpoints[1]  # with the Alpaca template too, though the templated prompt is not empty
     with pytest.raises(SystemExit, match="generate: prompt 2 of 2 is empty"):
-        main(["generate", "--ckpt", str(sft), "--prompt", "Hi", "--prompt", " "])
-    with pytest.raises(SystemExit, match="generate: --device cuda: no CUDA device is available"):
-        with mock.patch("torch.cuda.is_available", return_value=False):
+        main(["generate", "--ckpt", str(sft), "--prompt", "Hi", "--prompt", ""])
+    with pytest.raises(SystemExit, match=r"generate: --device cuda:1: this machine has 1 CUDA device\(s\)"):
+        with mock.patch("torch.cuda.device_count", return_value=1):
+            main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--device", "cuda:1"])
+    with pytest.raises(SystemExit, match=r"generate: --device cuda: this machine has 0 CUDA device\(s\)"):
+        with mock.patch("torch.cuda.device_count", return_value=0):
             main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--device", "cuda"])
     with pytest.raises(SystemExit, match=r"generate: --device 'gpu' is not a device \(cpu, cuda, cuda:1, ...\)"):
         main(["generate", "--ckpt", str(plain), "--prompt", "Hi", "--device", "gpu"])

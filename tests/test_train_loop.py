@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -79,13 +80,17 @@ def test_keep_last_k_checkpoints(small, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run" / "ckpt").glob("*")) == ["latest", "step-000004", "step-000005"]
 
 
-def test_a_run_folder_its_ckpt_and_its_latest_file_name_its_latest_checkpoint(small, tmp_path):
+def test_a_run_folder_its_ckpt_and_its_latest_file_name_its_latest_checkpoint(small, tmp_path, monkeypatch):
     first = tmp_path / "first"
     assert run_small(small, first, "--steps", "2", "--eval-every", "2", "--save-every", "1") == 0
     latest = first / "ckpt" / "step-000002"
     for path in (first, first / "ckpt", first / "ckpt" / "latest", latest):
         assert resolve_checkpoint(path) == latest
     assert resolve_checkpoint(small[1]) == small[1] and resolve_checkpoint(tmp_path / "no") == tmp_path / "no"
+    elsewhere = shutil.copytree(small[1], first / "exports" / "latest")  # a folder named `latest` is itself
+    assert resolve_checkpoint(elsewhere) == elsewhere
+    monkeypatch.chdir(first / "ckpt")
+    assert resolve_checkpoint("latest") == latest
     # INIT=run folder: the second run starts from the first one's weights (the same validation loss)
     assert run(small[0], tmp_path / "second", "--init", str(first), "--sample-tokens", "0", "--steps", "1") == 0
     assert read_log(tmp_path / "second")[0]["val_loss"] == read_log(first)[-1]["val_loss"]
@@ -115,7 +120,10 @@ def test_dataset_defaults_and_flags():
     assert (fineweb.model, fineweb.batch_tokens, fineweb.seq_len, fineweb.micro_batch) == ("gpt2", 524288, 1024, 32)
     assert (fineweb.warmup, fineweb.lr, fineweb.min_lr_ratio, fineweb.weight_decay) == (715, 3e-4, 0.1, 0.1)
     assert (fineweb.beta1, fineweb.beta2, fineweb.eps, fineweb.grad_clip, fineweb.compile) == (0.9, 0.95, 1e-8, 1.0, True)
-    assert fineweb.steps is None  # one epoch
+    assert (fineweb.steps, fineweb.epochs) == (None, 1)  # one epoch
+    assert (sample.steps, sample.epochs) == (720, 1)
+    by_epochs = parse_args(["--epochs", "3"])  # --epochs replaces the sample's fixed steps; --steps overrides both
+    assert (by_epochs.steps, by_epochs.epochs, parse_args(["--epochs", "3", "--steps", "5"]).steps) == (None, 3, 5)
     assert (sample.run_dir, fineweb.run_dir) == ("runs/sample/pretrain", "runs/fineweb10B/pretrain")
     help_text = " ".join(build_parser().format_help().split())
     assert "--lr LR default follows --dataset: sample 0.006, fineweb and custom 0.0006" in help_text

@@ -56,14 +56,16 @@ def losses(run_dir):
     return {r["step"]: (r.get("loss"), r.get("val_loss")) for r in read_log(run_dir)}
 
 
-def interrupt(setup, run_dir, sig):
-    """Start a 1-rank run, send `sig` as soon as its first checkpoint exists, and return its exit status."""
-    proc = subprocess.Popen(command(1) + flags(setup, run_dir), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def interrupt(setup, run_dir, sig, nproc=1, ignore_sigint=False):
+    """Start a run, send `sig` as soon as its first checkpoint exists (to its whole process group, as a terminal
+    sends Ctrl-C, under torchrun), and return its exit status and output."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    proc = subprocess.Popen(command(nproc) + flags(setup, run_dir), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=ignore)
     deadline = time.monotonic() + 240
     while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig)
     out, _ = proc.communicate(timeout=120)
     return proc.returncode, out
 
@@ -111,6 +113,26 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(setup, sig, status):
     assert resumed == setup["reference"]  # every loss, bit for bit
     final = f"ckpt/step-{STEPS:06d}/model.safetensors"
     assert (run_dir / final).read_bytes() == (setup["tmp"] / "reference" / final).read_bytes()
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_resumes_to_the_same_losses(setup):
+    """The terminal's SIGINT reaches every rank, and torchrun forwards another: each rank stops once, together."""
+    run_dir = setup["tmp"] / "ctrl-c-torchrun"
+    code, out = interrupt(setup, run_dir, signal.SIGINT, nproc=2)
+    assert code != 0  # torchrun's own status after a signal
+    stopped_at = max(losses(run_dir))
+    assert 1 <= stopped_at < STEPS, out[-3000:]
+    assert f"stopped by SIGINT after step {stopped_at}; checkpoint saved" in out, out[-3000:]
+    assert (run_dir / "ckpt" / "latest").read_text().strip() == f"step-{stopped_at:06d}"
+    resumed = train(setup, run_dir, nproc=2, extra=["--resume"])
+    for step, (loss, val) in setup["reference"].items():
+        if loss is not None:
+            assert resumed[step][0] == pytest.approx(loss, abs=1e-5), step
+
+
+def test_a_run_started_ignoring_ctrl_c_keeps_ignoring_it(setup):
+    code, out = interrupt(setup, setup["tmp"] / "nohup", signal.SIGINT, ignore_sigint=True)
+    assert code == 0 and max(losses(setup["tmp"] / "nohup")) == STEPS, out[-3000:]
 
 
 def test_resume_with_another_number_of_ranks_keeps_the_data_order(setup):

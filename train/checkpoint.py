@@ -46,7 +46,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for the latest checkpoint,
     and so does the `ckpt/latest` pointer file; any other path is taken as it is."""
     path = Path(path)
-    run = {LATEST: path.parent.parent, "ckpt": path.parent}.get(path.name, path)
+    run = path
+    if path.name == "ckpt":
+        run = path.parent
+    elif path.name == LATEST and path.is_file() and path.resolve().parent.name == "ckpt":
+        run = path.resolve().parent.parent
     return latest_checkpoint(run) or path
 
 

@@ -34,6 +34,7 @@ class RunConfig:
     SAMPLE_DEFAULTS: ClassVar[dict] = {}
     RECIPE: ClassVar[tuple[str, dict]] = ("other datasets", {})
     BATCH_FLAG: ClassVar[str] = "--batch-tokens"  # the flag that sets the global batch, for messages
+    EPOCHS: ClassVar[int] = 1  # what `epochs` becomes when not given
     # A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
     RESUME_KEYS: ClassVar[tuple[str, ...]] = ("seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
                                               "beta2", "eps", "grad_clip", "seed", "padded_vocab")
@@ -50,11 +51,11 @@ class RunConfig:
     data_dir: str = "data"
     shards_dir: str | None = None  # a folder with a manifest; default: the one under data_dir for dataset
     # model
-    init: str | None = None  # start from these weights (our checkpoint or a Hugging Face GPT-2 folder)
+    init: str | None = None  # start from these weights (our checkpoint, a run folder: its latest, or an HF GPT-2 folder)
     padded_vocab: int | None = None  # embedding rows; default 50304 on CUDA, none on CPU
     # batch and schedule
     steps: int | None = None  # optimizer steps; default: the dataset's, or `epochs` epochs of the train shards
-    epochs: int = 1
+    epochs: int | None = None  # default EPOCHS; given, it also replaces the dataset's default steps
     micro_batch: int | None = None  # sequences per forward pass per rank
     seq_len: int | None = None
     lr: float | None = None  # peak learning rate
@@ -83,6 +84,10 @@ class RunConfig:
         """A copy with every None that has a dataset default filled in (the recipe for other datasets)."""
         defaults = self.SAMPLE_DEFAULTS if self.dataset == "sample" else self.RECIPE[1]
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.epochs is None:
+            filled["epochs"] = self.EPOCHS
+        else:  # --epochs given: that many epochs, not the dataset's fixed number of steps
+            filled.pop("steps", None)
         if self.run_dir is None:
             filled["run_dir"] = f"runs/{self.dataset}/{self.STAGE}"
         return dataclasses.replace(self, **filled)
@@ -139,6 +144,8 @@ def _help(config_cls, name: str, default) -> str | None:
         return f"default follows --dataset: sample {sample}, {recipe} {other}"
     if name == "steps":
         return f"default: {epochs}"
+    if name == "epochs":
+        return f"default: {config_cls.EPOCHS}; given, it replaces the dataset's default --steps"
     return None if default is None else f"default: {default}"
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,8 +176,11 @@ class _StopFlag:
 
     def __call__(self, signum, frame):
         if self.signal is None and self.verbose:
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping "
-                  "(kill -9 stops at once and loses the steps since the last checkpoint)", file=sys.stderr, flush=True)
+            try:  # os.write, not print: the handler may interrupt a write to stderr (the progress bar's)
+                os.write(2, f"\n{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then "
+                            "stopping (kill -9 stops at once and loses the steps since the last checkpoint)\n".encode())
+            except OSError:
+                pass
         self.signal = self.signal or signal.Signals(signum)
 
 
@@ -232,7 +235,8 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
         if folder is not None:
             log.print(f"resumed from {folder} at step {start}")
         stop = _StopFlag(dist.is_main)
-        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS
+                    if signal.getsignal(sig) is not signal.SIG_IGN}  # a job started ignoring Ctrl-C (nohup) still does
         try:
             return _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop)
         finally:
@@ -308,7 +312,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                   "tokens_per_s": tokens / dt, "accumulation": accum}
         if peak is not None:
             record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * dist.world_size)
-        if (step % cfg.eval_every == 0 or step == total) and not stopped:
+        if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
         log.write(record)
@@ -322,8 +326,8 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                         "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
                         "shards_dir": str(data.dir), "config": cfg.to_dict()},
                         cfg.keep_checkpoints, hooks.chat_template)
-        if stopped:
+        if stopped and step < total:
             sig = stop.signal or signal.SIGTERM  # another rank's signal stopped this one
             log.print(f"stopped by {sig.name} after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
             return {"step": step, "stopped": sig, "last_eval": last_eval}
-    return {"step": step, "stopped": None, "last_eval": last_eval}
+    return {"step": step, "stopped": stop.signal, "last_eval": last_eval}  # a signal during the last step

@@ -7,6 +7,7 @@ it after saving a checkpoint; 1 with a message on bad input or a non-finite loss
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from gpt.checkpoint import load_model
@@ -25,11 +26,10 @@ PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
 
 
 def build_model(cfg: RunConfig, dist: Dist, preset_name: str | None = None) -> GPT:
-    """`cfg.init` weights (our checkpoint, a run folder's latest, or a Hugging Face GPT-2 folder) or a fresh
-    `preset_name` model."""
+    """`cfg.init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh `preset_name` model."""
     padded = cfg.padded_vocab or (PADDED_VOCAB_CUDA if dist.device.type == "cuda" else None)
     if cfg.init:
-        model = load_model(resolve_checkpoint(cfg.init), device=dist.device, padded_vocab_size=padded)
+        model = load_model(cfg.init, device=dist.device, padded_vocab_size=padded)
     else:
         model = GPT(preset(preset_name, padded_vocab_size=padded))
     if model.config.block_size < cfg.seq_len:
@@ -54,6 +54,8 @@ def main(argv=None) -> int:
     try:
         with process_group(cfg.device) as dist:
             with dist.unanimous():  # a node that cannot read the shards stops every rank
+                if cfg.init:  # a run folder stands for its latest checkpoint, which state.json then records
+                    cfg = dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
                 data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)

@@ -59,8 +59,8 @@ class SFTTrainConfig(RunConfig):
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples",)
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_examples", "eot_steps")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_examples", "show")
+    EPOCHS: ClassVar[int] = 2
     dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/sft-<dataset>/)
-    epochs: int = 2
     batch_examples: int | None = None  # global batch in examples (all ranks and accumulation steps)
     pretrain_run: str | None = None  # without --init: start from this pretraining run's latest checkpoint
     eval_examples: int = 0  # validation examples evaluated (loss and EOT rate) each time; 0: all of them
