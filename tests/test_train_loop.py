@@ -140,6 +140,7 @@ def test_dataset_defaults_and_flags():
     (["--beta2", "1"], "--beta2 must be within [0, 1), got 1.0"),
     (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
+    (["--model", "gpt3"], "argument --model: invalid choice: 'gpt3' (choose from 'gpt2', 'gpt2-medium'"),
 ])
 def test_values_out_of_range_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from gpt.model import PRESETS
+
 # The 124M recipe: global batch 2**19 tokens, sequence 1024, micro-batch 32 per GPU, max lr 6e-4,
 # 715 warmup steps, cosine to 10%, AdamW (0.9, 0.95) eps 1e-8, weight decay 0.1, clip 1.0.
 FINEWEB_DEFAULTS = dict(model="gpt2", batch_tokens=524288, micro_batch=32, seq_len=1024, lr=6e-4, warmup=715,
@@ -116,6 +118,7 @@ class TrainConfig(RunConfig):
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens")
 
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_tokens", "eval_tokens")
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "model": tuple(PRESETS)}
 
     model: str | None = None  # a preset of gpt.model.PRESETS (without --init)
     batch_tokens: int | None = None  # global batch in tokens (all ranks and accumulation steps)
