@@ -143,7 +143,9 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     key_mask = real if min(lengths) != width else None  # equal lengths need no mask
     positions = (real.cumsum(dim=1) - 1).clamp(min=0)  # each row counts only its real tokens
     head = model.lm_head.weight[:model.config.vocab_size]
-    cache = KVCache(model.config, batch, width + steps - 1, device=device, dtype=param.dtype) if use_cache else None
+    autocast = torch.is_autocast_enabled(device.type)  # keys and values are then made in its dtype
+    cache_dtype = torch.get_autocast_dtype(device.type) if autocast else param.dtype
+    cache = KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None
     finished = [False] * batch
     for step in range(steps):
         end = width + step  # columns filled so far
@@ -151,7 +153,8 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
         with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
             hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
                                          key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
-            logits = linear(hidden[:, -1], head)  # only the last position is projected
+            with torch.autocast(device.type, enabled=False):  # the head in the weights' dtype, as without autocast
+                logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
             new = _next_tokens(logits, temperature, top_k, top_p, generator)
             tokens[:, end] = new
         new = new.tolist()

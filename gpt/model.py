@@ -95,15 +95,22 @@ class CrossEntropy(torch.autograd.Function):
     """`F.cross_entropy(logits [..., V], targets [...], ignore_index=-100)`, summed or averaged over the
     supervised targets, computed in float32 whatever the logits' dtype, with a leaner backward: the saved
     log-probabilities become the gradient in place (softmax minus one-hot, as llm.c's fused classifier does).
-    The loss holds one float32 [N, V] buffer where `F.cross_entropy(logits.float())` holds three, and no
-    float32 copy of bf16 logits. A second backward through the same graph is refused by autograd (the saved
+    The loss holds one float32 [N, V] buffer where `F.cross_entropy(logits.float())` holds three: bf16 logits
+    are converted CHUNK_ROWS rows at a time into it (log_softmax copies the whole input to float32 first for
+    any input but CUDA half). A second backward through the same graph is refused by autograd (the saved
     buffer was modified)."""
+
+    CHUNK_ROWS = 2048
 
     @staticmethod
     def forward(ctx, logits, targets, mean: bool):
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
-        with torch.autocast(logits.device.type, enabled=False):  # autocast would make a float32 copy first
-            logp = torch.log_softmax(logits, dim=-1, dtype=torch.float32).reshape(-1, logits.shape[-1])
+        rows = logits.reshape(-1, logits.shape[-1])  # a view, also of the unpadded part of padded logits
+        logp = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+        with torch.autocast(logits.device.type, enabled=False):
+            for i in range(0, len(rows), CrossEntropy.CHUNK_ROWS):
+                chunk = slice(i, i + CrossEntropy.CHUNK_ROWS)
+                torch.log_softmax(rows[chunk].float(), dim=-1, out=logp[chunk])
         targets = targets.reshape(-1)
         supervised = targets != -100
         index = targets.clamp(min=0).unsqueeze(1)
@@ -201,6 +208,8 @@ class GPT(nn.Module):
         self.lm_head = Linear(config.n_embd, config.embedding_rows, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied
         self.apply(self._init_weights)
+        with torch.no_grad():  # padding rows: never looked up nor in the logits; zero, as a checkpoint loads them
+            self.transformer.wte.weight[config.vocab_size:].zero_()
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

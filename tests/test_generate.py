@@ -101,6 +101,22 @@ def test_kv_cache_gives_the_same_tokens_and_logits(model):
     torch.testing.assert_close(pieces, full, atol=1e-4, rtol=1e-4)
 
 
+def test_generation_under_bf16_autocast_caches_keys_and_values_in_bf16(model):
+    """As SFT's evaluation runs it on a GPU: the cache holds autocast's dtype (no cast of the whole cache at
+    every step), and the last position is projected by the float32 head."""
+    made, original = [], KVCache.__init__
+
+    def recording(self, *args, **kwargs):
+        made.append(kwargs["dtype"])
+        original(self, *args, **kwargs)
+
+    with mock.patch.object(KVCache, "__init__", recording):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert [len(r) for r in greedy(model, PROMPTS, steps=3)] == [3] * len(PROMPTS)
+        greedy(model, PROMPTS[:1], steps=2)
+    assert made == [torch.bfloat16, torch.float32]
+
+
 def test_key_mask_leaves_real_positions_alone_and_padding_finite(model):
     x = torch.randint(0, 50257, (2, 10), generator=torch.Generator().manual_seed(1))
     key_mask = torch.ones(2, 10, dtype=torch.bool)

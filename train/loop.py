@@ -225,7 +225,8 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
             torch.backends.cudnn.allow_tf32 = True
         raw = model
         if dist.enabled:
-            model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+            model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
+                        gradient_as_bucket_view=True)  # gradients live in the all-reduce buckets: no copy
         if cfg.compile:  # after DDP: dynamo then splits the graph at DDP's buckets, overlapping the all-reduces
             model = torch.compile(model)
         log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
@@ -264,7 +265,6 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
 def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
     peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    flops_per_token = raw.flops_per_token(cfg.seq_len)
     last_eval = next((r for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
     if start >= total:
         log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do")
@@ -291,8 +291,10 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                 (loss * scale).backward()
             losses += loss.detach().double()
         tokens = sum(x.numel() for x, _ in batches)
-        stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(float(stop.signal is not None))])
-        loss_sum, tokens, stops = dist.all_reduce_sum(stats).tolist()
+        flops = sum(x.numel() * raw.flops_per_token(x.shape[1]) for x, _ in batches)  # SFT's widths vary
+        stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(flops),
+                             losses.new_tensor(float(stop.signal is not None))])
+        loss_sum, tokens, flops, stops = dist.all_reduce_sum(stats).tolist()
         stopped = stops > 0  # a stop signal on any rank: save at once, skip this step's evaluation
         loss = loss_sum / count
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
@@ -311,7 +313,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": tokens / dt, "accumulation": accum}
         if peak is not None:
-            record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * dist.world_size)
+            record["mfu"] = flops / dt / (peak * dist.world_size)
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
