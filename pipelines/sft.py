@@ -202,7 +202,8 @@ def parse_args(argv=None) -> SFTConfig:
     d = SFTConfig()
     p = argparse.ArgumentParser(prog="python -m pipelines sft", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=["sample", "alpaca"], default=d.dataset)
-    p.add_argument("--source", default=None, help="an Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file (overrides --dataset)")
+    p.add_argument("--source", default=None,
+                   help="an Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file (overrides --dataset)")
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--block-size", type=int, default=d.block_size, help="longest example kept, in tokens")
     p.add_argument("--truncate", action="store_true", help="truncate long examples (keeping EOT) instead of dropping")
