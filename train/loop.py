@@ -265,6 +265,7 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
 def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
     peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    flops_per_token = functools.cache(raw.flops_per_token)  # by sequence width: SFT's widths vary
     last_eval = next((r for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
     if start >= total:
         log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do")
@@ -291,7 +292,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                 (loss * scale).backward()
             losses += loss.detach().double()
         tokens = sum(x.numel() for x, _ in batches)
-        flops = sum(x.numel() * raw.flops_per_token(x.shape[1]) for x, _ in batches)  # SFT's widths vary
+        flops = sum(x.numel() * flops_per_token(x.shape[1]) for x, _ in batches)
         stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(flops),
                              losses.new_tensor(float(stop.signal is not None))])
         loss_sum, tokens, flops, stops = dist.all_reduce_sum(stats).tolist()
