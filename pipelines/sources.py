@@ -128,7 +128,7 @@ def local_source(path: str | Path) -> Source:
         files = [p for p in found if p.name.endswith(SUFFIXES)]
         if skipped := [str(p.relative_to(root)) for p in found if not p.name.endswith(SUFFIXES)]:
             print(f"{root}: skipping {len(skipped)} file(s) that are not {', '.join(SUFFIXES)}: "
-                  f"{', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}", file=sys.stderr)
+                  f"{first_names(skipped)}", file=sys.stderr)
     else:
         raise SourceError(f"{root}: no such file or folder")
     if not files:
@@ -138,6 +138,11 @@ def local_source(path: str | Path) -> Source:
     identity = [{"file": str(p.relative_to(base)), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
                 for p, st in zip(files, stats)]
     return Source("custom", files, identity, {"dataset": str(root), "revision": None, "files": None})
+
+
+def first_names(names: list[str], most: int = 5) -> str:
+    """The first `most` of `names`, comma-separated, for a message ("a, b, c, ..." when there are more)."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def hash_files(paths: list[Path], names: list[str]) -> list[dict]:

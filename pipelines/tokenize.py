@@ -221,7 +221,7 @@ def assemble(units: list[Unit], parts_dir: Path, out_dir: Path, name: str, shard
     if total == 0:
         files = sorted({i["file"] for i in infos})
         raise StageError(f"no documents: every text in the source is empty ({len(files)} file(s): "
-                         f"{', '.join(files[:5])}{', ...' if len(files) > 5 else ''})")
+                         f"{sources.first_names(files)})")
     doc_starts = np.concatenate([read_docs(parts_dir / f"{u.stem}.docs") + off
                                  for u, off in zip(units, part_starts[:-1])] or [np.zeros(0, np.int64)])
     if val_tokens is None:

@@ -7,10 +7,10 @@ over every supervised (answer) token of the global batch.
 
 At each evaluation: the answer-only loss on the validation split (`val_loss`) and `eot_rate`, the fraction
 of validation prompts whose greedy answer ends with EOT within `--eot-steps` new tokens; both go to
-log.jsonl and loss.png. Checkpoints say `"sft": true` in state.json (the chat CLI then applies the
-Alpaca template). At the end, rank 0 prints `--show` validation prompts with their greedy answers.
-Exit status as `train pretrain`: 0 done, 143 or 130 stopped by SIGTERM or Ctrl-C after a
-checkpoint, 1 with a message.
+log.jsonl and loss.png. Checkpoints carry the Alpaca prompt as the chat template of their
+tokenizer_config.json (and `"sft": true` in state.json), so the chat CLI applies it. At the end, rank 0
+prints `--show` validation prompts with their greedy answers. Exit status as `train pretrain`: 0 done, 143
+or 130 stopped by SIGTERM or Ctrl-C after a checkpoint, 1 with a message.
 """
 
 from __future__ import annotations
