@@ -99,7 +99,8 @@ class Trainer:
         return loss.item()
 
 
-def run(cfg: BenchConfig) -> dict:
+def run(cfg: BenchConfig, baseline: bool = True) -> dict:
+    """Time both models (ours alone without `baseline`); tokens/s, fastest steps, ratios and, on a GPU, MFU."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda":
@@ -114,7 +115,7 @@ def run(cfg: BenchConfig) -> dict:
     x = torch.randint(0, config.vocab_size, (cfg.batch, cfg.seq_len), generator=torch.Generator().manual_seed(1))
     y = torch.cat([x[:, 1:], torch.full((cfg.batch, 1), -100)], dim=1)
     x, y = x.to(cfg.device), y.to(cfg.device)
-    trainers = [Trainer("ours", ours, True, cfg), Trainer("transformers", hf, False, cfg)]
+    trainers = [Trainer("ours", ours, True, cfg)] + [Trainer("transformers", hf, False, cfg)] * baseline
     first = [t.step(x, y, timed=False) for t in trainers]
     for _ in range(cfg.warmup - 1):
         for t in trainers:
@@ -130,7 +131,8 @@ def run(cfg: BenchConfig) -> dict:
               "forward_backward_tokens_per_s": {t.name: tokens * len(t.fb_times) / sum(t.fb_times) for t in trainers}}
     for key, prefix in (("tokens_per_s", ""), ("tokens_per_s_fastest", "fastest_"),
                         ("forward_backward_tokens_per_s", "forward_backward_")):
-        result[prefix + "ratio"] = result[key]["ours"] / result[key]["transformers"]
+        if baseline:
+            result[prefix + "ratio"] = result[key]["ours"] / result[key]["transformers"]
     if cfg.device == "cuda":
         name = torch.cuda.get_device_name()
         peak = peak_bf16_flops(name)

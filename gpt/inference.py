@@ -13,12 +13,14 @@ The result of `generate` is one list of new tokens per row, EOT included when th
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
 from tqdm import tqdm
 
-from .model import GPT, KVCache, linear
+from .kernels import linear
+from .model import GPT, KVCache
 from .tokenizer import EOT, get_encoding
 
 
@@ -108,7 +110,7 @@ def _next_tokens(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
 def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
            max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
-           truncate: bool = False) -> Iterator[list[int | None]]:
+           truncate: bool = False, static: bool | None = None, compile: bool = False) -> Iterator[list[int | None]]:
     """Generate step by step: each item is a list with, for every row, its new token, or None once the
     row has finished (it produced `eot`). Stops when every row has finished, after `max_steps` steps, or
     when the longest prompt plus the new tokens fill the model's context (`block_size`).
@@ -119,14 +121,119 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     smallest set whose probability reaches `top_p`. A prompt that fills the context is refused, or, with
     `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1) keeps its last tokens.
     `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
-    Arguments are checked here, before the first step.
+    `static` decodes with a `StaticDecoder` (fixed shapes; a CUDA graph on a GPU); by default it does so on a
+    GPU without autocast, and `compile` also compiles its step. Arguments are checked here, before the first step.
     """
     _check_options(temperature, max_steps, top_k, top_p)
     rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
-    return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache)
+    return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, static, compile)
 
 
-def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache):
+class StaticDecoder:
+    """The decoding step of a batch at fixed shapes: on a GPU, one CUDA graph replay per new token.
+
+    Keys and values go to a cache of `max_len` columns; a step writes its keys at column `column` (a tensor,
+    not a Python int) and attends to every column through the mask `visible`, so no shape depends on the
+    step. The step reads its inputs from, and advances, tensors it owns (`token`, `position`, `column`,
+    `visible`); `start` sets them after the prompt went through `GPT.hidden_states` with `cache`. With
+    `compile`, the step is compiled first (inductor fuses LayerNorm, GELU and the residual adds). On a GPU the
+    step is captured once as a CUDA graph, so a step costs one launch instead of ~200 (at batch 1 the Python
+    and launch overhead, not the GPU, bounded the eager loop: docs/benchmarks.md). Keys, values and logits
+    are in the weights' dtype: the graph is not used under autocast, whose cast weights would be cached
+    outside the graph.
+    """
+
+    def __init__(self, model: GPT, batch: int, max_len: int, compile: bool = False):
+        param = next(model.parameters())
+        device = param.device
+        self.model, self.shape, self.compiled = model, (batch, max_len), compile
+        self.cache = KVCache(model.config, batch, max_len, device=device, dtype=param.dtype)
+        self.token = torch.zeros(batch, 1, dtype=torch.int64, device=device)
+        self.position = torch.zeros(batch, 1, dtype=torch.int64, device=device)
+        self.column = torch.zeros(1, dtype=torch.int64, device=device)
+        self.visible = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.head = model.lm_head.weight[:model.config.vocab_size]
+        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
+        self.graph = None
+        if device.type == "cuda":
+            self.graph, self.logits = self._capture(device)
+
+    def _forward(self) -> torch.Tensor:
+        """Logits [B, V] of `token` at `position`, keys written at `column`; then `position` and `column` advance."""
+        t = self.model.transformer
+        self.visible.index_fill_(1, self.column, True)  # the new token sees itself and every earlier real key
+        mask = self.visible[:, None, None, :]
+        x = t.wte(self.token) + t.wpe(self.position)
+        cache = _ColumnWrites(self.cache, self.column)
+        for layer, block in enumerate(t.h):
+            x = block(x, layer, mask, cache)
+        logits = linear(t.ln_f(x)[:, -1], self.head)
+        self.position.add_(1)
+        self.column.add_(1)
+        return logits
+
+    def _capture(self, device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up (and compilation) outside the graph, as CUDA graphs require
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            logits = self._step()
+        return graph, logits
+
+    def start(self, visible: torch.Tensor, next_position: torch.Tensor) -> None:
+        """Set the state after a prompt of `visible.shape[1]` columns (`visible`: its real keys [B, width]) went
+        through the model with `self.cache`; the next token goes to that column, at positions `next_position` [B]."""
+        width = visible.shape[1]
+        self.visible.zero_()
+        self.visible[:, :width] = visible
+        self.position.copy_(next_position.view(-1, 1))
+        self.column.fill_(width)
+        self.cache.length = width
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] (float) for the new tokens [B], one column after the last."""
+        self.token.copy_(token.view(-1, 1))
+        if self.graph is None:
+            return self._step()
+        self.graph.replay()
+        return self.logits
+
+
+class _ColumnWrites:
+    """A KVCache as a static decoding step sees it: keys and values go to column `column` (a tensor), and
+    attention reads every column (the step's mask hides those not yet written)."""
+
+    def __init__(self, cache: KVCache, column: torch.Tensor):
+        self.cache, self.column = cache, column
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.cache.k[layer].index_copy_(2, self.column, k)
+        self.cache.v[layer].index_copy_(2, self.column, v)
+        return self.cache.k[layer], self.cache.v[layer]
+
+
+# The last StaticDecoder of each model, reused while the batch and cache shape stay the same (its CUDA graph
+# and compiled step are then made once, for all of a chat's answers); cache widths come in multiples of
+# STATIC_COLUMNS, so that few shapes are ever made.
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+STATIC_COLUMNS = 128
+
+
+def _static_decoder(model: GPT, batch: int, columns: int, compile: bool) -> StaticDecoder:
+    max_len = min(model.config.block_size, -(-columns // STATIC_COLUMNS) * STATIC_COLUMNS)
+    decoder = _DECODERS.get(model)
+    if decoder is None or decoder.shape != (batch, max_len) or decoder.compiled != compile or \
+            decoder.cache.k[0].dtype != next(model.parameters()).dtype:
+        _DECODERS.pop(model, None)  # its GPU memory is free before the next one takes its own
+        decoder = _DECODERS[model] = StaticDecoder(model, batch, max_len, compile)
+    return decoder
+
+
+def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, static, compile):
     param = next(model.parameters())
     device, batch = param.device, len(rows)
     lengths = [len(r) for r in rows]
@@ -145,16 +252,30 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     head = model.lm_head.weight[:model.config.vocab_size]
     autocast = torch.is_autocast_enabled(device.type)  # keys and values are then made in its dtype
     cache_dtype = torch.get_autocast_dtype(device.type) if autocast else param.dtype
-    cache = KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None
+    if static is None:
+        static = device.type == "cuda" and use_cache and not autocast
+    if static and (autocast or not use_cache):
+        raise ValueError("static decoding needs the KV cache and no autocast (load the model in the dtype to run)")
+    with torch.inference_mode():
+        decoder = _static_decoder(model, batch, width + steps, compile) if static else None
+    cache = decoder.cache if decoder is not None else (
+        KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
     finished = [False] * batch
     for step in range(steps):
         end = width + step  # columns filled so far
-        start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
         with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
-            hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
-                                         key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
-            with torch.autocast(device.type, enabled=False):  # the head in the weights' dtype, as without autocast
-                logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
+            if decoder is not None and step > 0:
+                logits = decoder.step(tokens[:, end - 1])
+            else:
+                start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
+                if decoder is not None:
+                    cache.length = 0
+                hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
+                                             key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
+                with torch.autocast(device.type, enabled=False):  # the head in the weights' dtype, as without autocast
+                    logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
+                if decoder is not None:
+                    decoder.start(real[:, :end], positions[:, end])
             new = _next_tokens(logits, temperature, top_k, top_p, generator)
             tokens[:, end] = new
         new = new.tolist()
@@ -167,12 +288,14 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
 def generate(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
              max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
-             truncate: bool = False, progress: bool = False) -> list[list[int]]:
+             truncate: bool = False, static: bool | None = None, compile: bool = False,
+             progress: bool = False) -> list[list[int]]:
     """The new tokens of every row (EOT included when the row produced it); arguments as in `stream`;
     `progress` shows a bar over the steps on a terminal."""
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0] if torch.is_tensor(input_ids) else 0)]
     steps = stream(model, input_ids, attention_masks, temperature, max_steps, top_k=top_k, top_p=top_p,
-                   generator=generator, eot=eot, use_cache=use_cache, truncate=truncate)
+                   generator=generator, eot=eot, use_cache=use_cache, truncate=truncate, static=static,
+                   compile=compile)
     for step in tqdm(steps, total=max_steps, desc="generate", unit="step", leave=False,
                      disable=None if progress else True):
         for row, token in zip(out, step):

@@ -3,7 +3,8 @@
 Exactly GPT-2's architecture (learned positions, pre-LayerNorm blocks with eps 1e-5, tanh GELU, tied
 token embedding and output head) with attention through `scaled_dot_product_attention`, which runs
 flash attention on a GPU. The embedding may be padded (`padded_vocab_size`, e.g. 50304) for speed;
-the padding rows never show in logits, checkpoints or exports.
+the padding rows never show in logits, checkpoints or exports. The fast paths it calls (a CPU decoding
+product, a lean loss) live in gpt/kernels.py, each beside the reason it exists.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .kernels import Linear, cross_entropy
 
 
 @dataclass
@@ -54,96 +57,29 @@ def preset(name: str, **overrides) -> GPTConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
-# Rows of weight per block in `linear`'s decoding path: a [64, 768] fp32 block (192 KiB) stays in L2.
-DECODE_BLOCK = 64
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, with a faster product for batched decoding on a CPU.
-
-    Without autograd, on a CPU, 4 to 15 rows of `x` (a decoding step of 4 to 15 sequences) are multiplied by
-    blocks of DECODE_BLOCK rows of `weight` in one `bmm`. For such skinny products MKL's sgemm reads the
-    weight at about 12 GB/s, half the machine's bandwidth, where small blocks that stay in cache run at
-    22 to 26 GB/s: 1.5x to 2.9x faster per product on the 2-core Xeon of docs/benchmarks.md. Other row
-    counts (one row, prefill, training) go to `F.linear`, already near the bandwidth or compute bound.
-    """
-    rows = x.numel() // x.shape[-1] if x.dim() else 0
-    if (x.device.type != "cpu" or not 4 <= rows < 16 or torch.is_grad_enabled() or not weight.is_contiguous()
-            or weight.shape[0] < DECODE_BLOCK):
-        return F.linear(x, weight, bias)
-    out_features, in_features = weight.shape
-    whole = out_features - out_features % DECODE_BLOCK
-    x2 = x.reshape(1, rows, in_features)
-    blocks = weight[:whole].view(-1, DECODE_BLOCK, in_features)
-    y = torch.bmm(x2.expand(len(blocks), rows, in_features), blocks.transpose(1, 2))  # [blocks, rows, BLOCK]
-    y = y.transpose(0, 1).reshape(rows, whole)
-    if whole < out_features:  # the last rows of a vocabulary such as 50257 = 785 * 64 + 17
-        y = torch.cat([y, F.linear(x2[0], weight[whole:])], dim=1)
-    if bias is not None:
-        y = y + bias
-    return y.view(*x.shape[:-1], out_features)
-
-
-class Linear(nn.Linear):
-    """`nn.Linear` computed by `linear` (the same function; faster when decoding a few rows on a CPU)."""
-
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
-
-
-class CrossEntropy(torch.autograd.Function):
-    """`F.cross_entropy(logits [..., V], targets [...], ignore_index=-100)`, summed or averaged over the
-    supervised targets, computed in float32 whatever the logits' dtype, with a leaner backward: the saved
-    log-probabilities become the gradient in place (softmax minus one-hot, as llm.c's fused classifier does).
-    The loss holds one float32 [N, V] buffer where `F.cross_entropy(logits.float())` holds three: bf16 logits
-    are converted CHUNK_ROWS rows at a time into it (log_softmax copies the whole input to float32 first for
-    any input but CUDA half). A second backward through the same graph is refused by autograd (the saved
-    buffer was modified)."""
-
-    CHUNK_ROWS = 2048
-
-    @staticmethod
-    def forward(ctx, logits, targets, mean: bool):
-        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
-        rows = logits.reshape(-1, logits.shape[-1])  # a view, also of the unpadded part of padded logits
-        logp = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
-        with torch.autocast(logits.device.type, enabled=False):
-            for i in range(0, len(rows), CrossEntropy.CHUNK_ROWS):
-                chunk = slice(i, i + CrossEntropy.CHUNK_ROWS)
-                torch.log_softmax(rows[chunk].float(), dim=-1, out=logp[chunk])
-        targets = targets.reshape(-1)
-        supervised = targets != -100
-        index = targets.clamp(min=0).unsqueeze(1)
-        loss = -logp.gather(1, index).squeeze(1).masked_fill(~supervised, 0).sum()
-        scale = supervised.to(logp.dtype)  # d(loss)/d(picked log-probability), negated
-        if mean:
-            count = supervised.sum()
-            loss, scale = loss / count, scale / count
-        ctx.save_for_backward(logp, index, scale)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        logp, index, scale = ctx.saved_tensors
-        grad = logp.exp_()  # softmax
-        grad.scatter_add_(1, index, torch.full_like(index, -1, dtype=grad.dtype))
-        grad.mul_((scale * grad_loss).unsqueeze(1))  # ignored rows: 0
-        return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None
-
-
 class KVCache:
-    """Keys and values of every layer for up to `max_len` positions of a batch, filled left to right."""
+    """Keys and values of every layer for up to `max_len` positions of a batch, filled left to right: one
+    [B, H, max_len, D] tensor per layer (a compiled decoding step then updates each in place, where slices of
+    one tensor for all layers were copied whole at every step)."""
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
         head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled so far
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys and values [B, H, T, D] of `layer` after the `length` filled positions; return every
+        key and value filled so far (`length` advances once all layers are done: see GPT.hidden_states)."""
+        start, end = self.length, self.length + k.shape[2]
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -154,16 +90,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(config.n_embd, config.n_embd)
         self.c_proj.residual = True  # scaled init
 
-    def forward(self, x, layer: int, mask=None, cache: KVCache | None = None):
+    def forward(self, x, layer: int, mask=None, cache=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start:start + T] = k
-            cache.v[layer, :, :, start:start + T] = v
-            k = cache.k[layer, :, :, :start + T]
-            v = cache.v[layer, :, :, :start + T]
+            k, v = cache.update(layer, k, v)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -271,7 +203,4 @@ class GPT(nn.Module):
         logits = self.lm_head(x)[..., :self.config.vocab_size]
         if targets is None:
             return logits
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-        loss = CrossEntropy.apply(logits, targets, reduction == "mean")
-        return logits, loss
+        return logits, cross_entropy(logits, targets, reduction)

