@@ -10,6 +10,8 @@ DATA_DIR ?= data
 DATASET ?= sample
 SFT_DATASET ?= $(if $(filter sample,$(DATASET)),sample,alpaca)
 SOURCE ?=
+# the pretraining dataset: `custom` when SOURCE= names your files, as `make pretrain-shards SOURCE=dir` names them
+PRETRAIN_DATASET = $(if $(SOURCE),custom,$(DATASET))
 # an Alpaca-format file for the SFT data; `make sft-shards SOURCE=f.jsonl` sets it, `make shards SOURCE=dir` does not
 SFT_SOURCE ?= $(if $(filter sft-shards,$(MAKECMDGOALS)),$(SOURCE))
 WORKERS ?= $(shell nproc)
@@ -23,16 +25,16 @@ NNODES ?= 1
 NODE_RANK ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
-RUN_DIR ?= runs/$(DATASET)
+RUN_DIR ?= runs/$(PRETRAIN_DATASET)
 ARGS ?=
 # Flags of both trainers, passed only when the variable is set (defaults follow the dataset: --help)
 RUN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) \
   $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) $(if $(WARMUP),--warmup $(WARMUP)) \
   $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) \
-  $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(INIT),--init $(INIT)) \
-  $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED))
+  $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(EXTEND)),--extend) $(if $(INIT),--init $(INIT)) \
+  $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED)) $(if $(filter 0 no false,$(VERIFY)),--no-verify-data)
 # Pretraining: the global batch counts tokens (python -m train pretrain --help)
-TRAIN_FLAGS = --dataset $(DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
+TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
   $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(RUN_FLAGS)
 # SFT: the global batch counts examples (python -m train sft --help)
 SFT_FLAGS = --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) \
@@ -53,16 +55,18 @@ help: ## list targets and variables
 	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) SOURCE= SFT_SOURCE= WORKERS=$(WORKERS)"
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
 	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) RUN_DIR=$(RUN_DIR)"
-	@echo "  trainer: MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME INIT COMPILE SEED"
-	@echo "  sft: SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME INIT"
+	@echo "  trainer: MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
+	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check)"
+	@echo "  sft: SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
-$(STAMP): requirements.lock
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-setup: $(STAMP) ## create .venv and install the pinned packages (the only step that needs the network)
+setup: $(STAMP) ## create .venv, install the pinned packages (the only step that needs the network) and this project
 
 demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 	$(MAKE) --no-print-directory shards
@@ -96,11 +100,15 @@ sft: $(STAMP) ## fine-tune the latest pretraining checkpoint (or INIT) on the SF
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its latest checkpoint)
 CKPT ?= $(RUN_DIR)/sft
 PROMPT ?= Give three tips for staying healthy.
+# PROMPT is data: its value as typed (never expanded by make, whose export of a command-line variable would
+# expand it, nor by the shell) reaches the program through the environment
+override PROMPT := $(value PROMPT)
+export PROMPT
 GEN_FLAGS = --ckpt $(CKPT) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
   $(if $(TOP_K),--top-k $(TOP_K)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(SEED),--seed $(SEED))
 
 generate: $(STAMP) ## print the completion of PROMPT by CKPT (TEMPERATURE, MAX_STEPS, TOP_K, TOP_P, SEED)
-	$(PY) -m gpt generate $(GEN_FLAGS) --prompt "$(PROMPT)" $(ARGS)
+	$(PY) -m gpt generate $(GEN_FLAGS) --prompt="$$PROMPT" $(ARGS)
 
 chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template for SFT checkpoints)
 	$(PY) -m gpt chat $(GEN_FLAGS) $(ARGS)
@@ -116,8 +124,8 @@ bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak
 bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124M fp32 CPU; bf16 and MFU on a GPU)
 	$(PY) -m bench.train $(ARGS)
 
-clean: ## remove the sample's data and runs (not FineWeb's or Alpaca's, not .venv)
-	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sft-sample runs/sample
+clean: ## remove the sample's data, runs/sample/pretrain and runs/sample/sft (exports such as sft-hf, FineWeb, .venv stay)
+	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sft-sample runs/sample/pretrain runs/sample/sft
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

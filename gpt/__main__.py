@@ -29,9 +29,7 @@ def main(argv=None) -> int:
 def _export_hf(args) -> int:
     from pipelines.alpaca import CHAT_TEMPLATE
     from shards.io import atomic_directory
-    from train.checkpoint import resolve_checkpoint
-
-    from .checkpoint import load_model, save_model, saved_chat_template
+    from .checkpoint import load_model, resolve_checkpoint, save_model, saved_chat_template
 
     out = Path(args.out)
     if out.exists():

@@ -70,9 +70,7 @@ def _template(args, command: str) -> bool:
 
 def _load(args, command: str):
     """The model of --ckpt; a run folder stands for its latest checkpoint (args.ckpt is updated to it)."""
-    from train.checkpoint import resolve_checkpoint
-
-    from .checkpoint import load_model
+    from .checkpoint import load_model, resolve_checkpoint
 
     try:
         device = torch.device(args.device)

@@ -9,6 +9,11 @@ tiktoken does), `generation_config.json`, and
 atomically, config.json last: a folder without it is incomplete. Folders of format_version 1 (our tensor
 names in `nn.Linear` layout, our own config.json) still load. Nothing is unpickled: HF's
 `pytorch_model.bin` is read with `torch.load(weights_only=True)`.
+
+`load_model` (and `load_config`, the config alone) also takes a training run folder, its `ckpt/` or its
+`ckpt/latest` pointer, each meaning the run's latest checkpoint (`resolve_checkpoint`): what `CKPT=` and
+`INIT=` take. A run keeps its checkpoints in `RUN_DIR/ckpt/step-XXXXXX/`, and `ckpt/latest` names the newest
+(train.checkpoint writes them).
 """
 
 from __future__ import annotations
@@ -27,12 +32,41 @@ from .hf import build, complete_state_dict, config_from_hf, file_state_dict, hf_
 from .model import GPT, GPTConfig
 from .tokenizer import ENCODER_JSON_SHA256, EOT, VOCAB_BPE_SHA256, packaged_file
 
+LATEST = "latest"  # RUN_DIR/ckpt/latest: the name of the newest complete checkpoint folder
+STATE = "state.json"  # a training checkpoint's state; a folder without it is incomplete
 FORMAT = "minigpt2"  # the key of our own fields in config.json
 FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 HF_PICKLE_WEIGHTS = "pytorch_model.bin"
 # transformers' GPT-2 tokenizer files: the packaged files tiktoken's gpt2 encoding is built from
 TOKENIZER_FILES = {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256), "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}
+
+
+def ckpt_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "ckpt"
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
+    pointer = ckpt_root(run_dir) / LATEST
+    if not pointer.exists():
+        return None
+    folder = ckpt_root(run_dir) / pointer.read_text().strip()
+    if not (folder / STATE).is_file():
+        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
+    return folder
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for the latest checkpoint,
+    and so does the `ckpt/latest` pointer file; any other path is taken as it is."""
+    path = Path(path)
+    run = path
+    if path.name == "ckpt":
+        run = path.parent
+    elif path.name == LATEST and path.is_file() and path.resolve().parent.name == "ckpt":
+        run = path.resolve().parent.parent
+    return latest_checkpoint(run) or path
 
 
 def save_model(model: GPT, directory, chat_template: str | None = None) -> Path:
@@ -73,13 +107,34 @@ def saved_chat_template(folder) -> str | None:
 
 
 def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtype=torch.float32) -> GPT:
-    """Our GPT, in eval mode on `device`, from our checkpoint folder or a Hugging Face GPT-2 folder.
+    """Our GPT, in eval mode on `device`, from our checkpoint folder or a Hugging Face GPT-2 folder, or the latest
+    checkpoint of a run folder (its `ckpt/`, its `ckpt/latest`: `resolve_checkpoint`).
 
     `padded_vocab_size` pads the embedding (e.g. 50304 for speed); by default our checkpoints keep the padding
     they were trained with and other HF folders get none. Raises FileNotFoundError for a missing folder or
     file and ValueError for a config or tensors that do not fit, naming the file at fault.
     """
-    folder = Path(path)
+    folder = resolve_checkpoint(path)
+    config, raw = _read_config(folder, padded_vocab_size)
+    ours = raw.get("format") == FORMAT or FORMAT in raw
+    weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
+    missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
+               else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
+    tensors = _read_weights(weights, missing)
+    if raw.get("format") == FORMAT:  # format_version 1: our names and layout
+        state = complete_state_dict(tensors, config, str(weights))
+    else:
+        state = state_dict_from_hf(tensors, config, source=str(weights))
+    return build(config, state, device=device, dtype=dtype)
+
+
+def load_config(path, padded_vocab_size: int | None = None) -> GPTConfig:
+    """The GPTConfig of the model `load_model(path)` returns, from its config.json alone (no weights read)."""
+    return _read_config(resolve_checkpoint(path), padded_vocab_size)[0]
+
+
+def _read_config(folder: Path, padded_vocab_size: int | None) -> tuple[GPTConfig, dict]:
+    """The GPTConfig of checkpoint `folder` and its raw config.json."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
     config_path = folder / "config.json"
@@ -89,22 +144,14 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-    ours = raw.get("format") == FORMAT or FORMAT in raw
-    weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
-    missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
-               else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
-    if raw.get("format") == FORMAT:  # format_version 1: our names and layout, our config
-        config = _v1_config(raw, config_path, padded_vocab_size)
-        state = complete_state_dict(_read_weights(weights, missing), config, str(weights))
-    elif raw.get("model_type") == "gpt2":
+    if raw.get("format") == FORMAT:  # format_version 1: our own config
+        return _v1_config(raw, config_path, padded_vocab_size), raw
+    if raw.get("model_type") == "gpt2":
         saved_padding = _saved_padding(raw[FORMAT], config_path) if FORMAT in raw else None
         padded_vocab_size = saved_padding if padded_vocab_size is None else padded_vocab_size
-        config = config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size)
-        state = state_dict_from_hf(_read_weights(weights, missing), config, source=str(weights))
-    else:
-        raise ValueError(f"{config_path}: neither a GPT-2 model (model_type {raw.get('model_type')!r}) "
-                         f"nor a {FORMAT} checkpoint")
-    return build(config, state, device=device, dtype=dtype)
+        return config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size), raw
+    raise ValueError(f"{config_path}: neither a GPT-2 model (model_type {raw.get('model_type')!r}) "
+                     f"nor a {FORMAT} checkpoint")
 
 
 def _saved_padding(fields: dict, config_path: Path) -> int | None:

@@ -7,4 +7,11 @@ Public surface (imported from the modules, so that a worker process loads only w
 - `pipelines.sources` and `pipelines.sft_sources`: what each dataset reads, and how (`SourceError`);
 - `pipelines.stage`: fingerprinted output folders, `run_once`, `finish`, `parallel_map`;
 - `pipelines.alpaca`: the Stanford Alpaca prompt template (`render_prompt`, `encode_example`).
+
+The dataset names each pipeline knows are here, for the trainers too (importing them loads nothing else).
 """
+
+HUB_DATASETS = ("fineweb10B", "fineweb-edu10B")  # pinned in pipelines.hub.SOURCES
+PRETRAIN_DATASETS = ("sample", *HUB_DATASETS)  # `--dataset` of `python -m pipelines pretrain`
+SFT_DATASETS = ("sample", "alpaca")  # `--dataset` of `python -m pipelines sft`
+CUSTOM = "custom"  # the dataset name of a stage given --source (SOURCE=): the user's own files

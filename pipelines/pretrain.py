@@ -19,7 +19,7 @@ from pathlib import Path
 from gpt.tokenizer import ranks_sha256
 from shards.io import directory_lock, remove_temporaries
 
-from . import sources, stage, tokenize
+from . import PRETRAIN_DATASETS, sources, stage, tokenize
 
 DEFAULT_VAL_TOKENS = {"sample": 131_072, "fineweb10B": 100_000_000, "fineweb-edu10B": 100_000_000}
 
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None) -> PretrainConfig:
     d = PretrainConfig()
     p = argparse.ArgumentParser(prog="python -m pipelines pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=sources.DATASETS, default=d.dataset)
+    p.add_argument("--dataset", choices=PRETRAIN_DATASETS, default=d.dataset)
     p.add_argument("--source", default=d.source, help="folder or file of parquet/jsonl/jsonl.zst (overrides --dataset)")
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--workers", type=int, default=d.workers, help="tokenizer processes (output does not depend on it)")

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt.tokenizer import EOT, describe, ranks_sha256
-from pipelines import alpaca, sft_sources
+from pipelines import CUSTOM, SFT_DATASETS, alpaca, sft_sources
 from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once
 from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
@@ -49,7 +49,7 @@ class SFTConfig:
     chunk_examples: int = 4096        # source rows per unit of work
 
     def name(self) -> str:
-        return "custom" if self.source else self.dataset
+        return CUSTOM if self.source else self.dataset
 
 
 def is_val(instruction: str, input: str, val_fraction: float) -> bool:
@@ -201,7 +201,7 @@ def run(cfg: SFTConfig) -> Path:
 def parse_args(argv=None) -> SFTConfig:
     d = SFTConfig()
     p = argparse.ArgumentParser(prog="python -m pipelines sft", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=["sample", "alpaca"], default=d.dataset)
+    p.add_argument("--dataset", choices=SFT_DATASETS, default=d.dataset)
     p.add_argument("--source", default=None,
                    help="an Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file (overrides --dataset)")
     p.add_argument("--data-dir", default=d.data_dir)

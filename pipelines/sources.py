@@ -31,15 +31,13 @@ import zstandard
 
 from shards.io import atomic_write, bytes_bar, remove_temporaries, sha256_file
 
-from . import stage
+from . import CUSTOM, HUB_DATASETS, PRETRAIN_DATASETS, stage
 
 SAMPLE_PACKAGE = "chitchat-dataset==0.9.0"
 SAMPLE_SHA256 = "d2a5d0bf6acf354fef51f3af39cbece2220d3b8f6086b658c3d335105798312a"
 SAMPLE_ROWS_PER_GROUP = 512
 SAMPLE_FILE = "chitchat.parquet"
 
-HUB_DATASETS = ("fineweb10B", "fineweb-edu10B")  # pinned in pipelines.hub.SOURCES
-DATASETS = ("sample", *HUB_DATASETS)
 SUFFIXES = (".parquet", ".jsonl", ".jsonl.zst")
 BATCH_ROWS = 1024
 # A plain .jsonl file is cut into units of work of this many bytes (a unit reads the lines that start in
@@ -137,7 +135,7 @@ def local_source(path: str | Path) -> Source:
     stats = [p.stat() for p in files]
     identity = [{"file": str(p.relative_to(base)), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
                 for p, st in zip(files, stats)]
-    return Source("custom", files, identity, {"dataset": str(root), "revision": None, "files": None})
+    return Source(CUSTOM, files, identity, {"dataset": str(root), "revision": None, "files": None})
 
 
 def first_names(names: list[str], most: int = 5) -> str:
@@ -166,7 +164,7 @@ def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> Sour
         return build_sample(data_dir)
     if dataset in HUB_DATASETS:
         return download_hub(dataset, data_dir)
-    raise SourceError(f"unknown dataset {dataset!r} (choose from {', '.join(DATASETS)}, or give SOURCE=path)")
+    raise SourceError(f"unknown dataset {dataset!r} (choose from {', '.join(PRETRAIN_DATASETS)}, or give SOURCE=path)")
 
 
 # ---- reading documents -------------------------------------------------------------------------

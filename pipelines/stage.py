@@ -14,9 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from shards.io import directory_lock, sha256_json
-from shards.manifest import MANIFEST, ManifestError, load_manifest, write_manifest
-
-PARTS = "parts"  # a stage's work in progress, inside its output folder
+from shards.manifest import MANIFEST, PARTS, ManifestError, load_manifest, write_manifest
 
 
 def fingerprint(config: dict) -> str:

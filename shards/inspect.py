@@ -2,25 +2,30 @@
 
 DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` below it is shown as a table
 (file, split, tokens, documents or examples, bytes). --verify checks every shard against its manifest:
-header, size and sha256 of the `.bin`, and of its sidecars (`.docs` for pretraining; `.mask` and `.idx`
-for SFT, with masks only 0/1 and offsets increasing); it exits with status 1 naming each bad file.
+header, size, sha256 and token ids (below the manifest tokenizer's vocabulary) of the `.bin`, size and
+sha256 of its sidecars (`.docs` for pretraining; `.mask` and `.idx` for SFT, with masks only 0/1 and
+offsets increasing); it exits with status 1 naming each bad file.
 --decode N prints N documents (pretraining) or examples, prompt and answer apart (SFT), of each folder.
+Stage folders that a run began and never finished (a `.lock` or `parts/`, no manifest) are listed at the
+end, with their size and the command that removes those no stage is writing now.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from gpt.tokenizer import EOT
+from gpt.tokenizer import EOT, VOCAB_SIZE
 
 from .format import ShardError, open_tokens, read_docs, read_header
-from .io import bytes_bar, sha256_file
-from .manifest import MANIFEST, ManifestError, load_manifest
+from .io import bytes_bar, lock_held
+from .manifest import MANIFEST, PARTS, ManifestError, load_manifest
 from .sft import open_sft_shard
+from .verify import check_file
 
 DECODE_CHARS = 600
 
@@ -56,20 +61,9 @@ def print_table(folder: Path, manifest: dict) -> None:
         print("  totals: " + ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in totals.items()))
 
 
-def _check_file(path: Path, size: int, sha256: str, progress=None) -> None:
-    if not path.exists():
-        raise ShardError(f"{path}: missing")
-    actual = path.stat().st_size
-    if actual != size:
-        raise ShardError(f"{path}: {actual} bytes, the manifest says {size}")
-    digest = sha256_file(path, progress=progress)
-    if digest != sha256:
-        raise ShardError(f"{path}: sha256 {digest} differs from the manifest's {sha256}")
-
-
 def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> None:
-    """Raise ShardError naming the bad file if the shard (or a sidecar) disagrees with the manifest;
-    `progress(n)` counts the bytes hashed."""
+    """Raise ShardError naming the bad file if the shard (or a sidecar) disagrees with the manifest or holds a
+    token id outside the manifest tokenizer's vocabulary; `progress(n)` counts the bytes hashed."""
     path = folder / entry["file"]
     header = read_header(path)
     if header[2] != entry["num_tokens"]:
@@ -77,10 +71,11 @@ def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> No
     count = entry.get(_count_key(manifest), 0)
     if header[3] != count:
         raise ShardError(f"{path}: header says {header[3]} documents/examples, the manifest {count}")
-    _check_file(path, entry["bytes"], entry["sha256"], progress)
+    check_file(path, entry["bytes"], entry["sha256"], manifest.get("tokenizer", {}).get("n_vocab", VOCAB_SIZE),
+               progress)
     if manifest.get("kind") == "sft":
         for key in ("mask", "idx"):
-            _check_file(folder / entry[f"{key}_file"], entry[f"{key}_bytes"], entry[f"{key}_sha256"], progress)
+            check_file(folder / entry[f"{key}_file"], entry[f"{key}_bytes"], entry[f"{key}_sha256"], progress=progress)
         shard = open_sft_shard(path)
         if len(shard) != count:
             raise ShardError(f"{folder / entry['idx_file']}: {len(shard)} examples, the manifest says {count}")
@@ -91,7 +86,7 @@ def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> No
                              f"the manifest says {entry['supervised_tokens']}")
     elif "docs_file" in entry:
         docs_path = folder / entry["docs_file"]
-        _check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"], progress)
+        check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"], progress=progress)
         docs = read_docs(docs_path)
         if len(docs) != count:
             raise ShardError(f"{docs_path}: {len(docs)} document starts, the manifest says {count}")
@@ -115,7 +110,7 @@ def verify(folder: Path, manifest: dict) -> list[str]:
                 problems.append(str(e))
         for f in sources:
             try:
-                _check_file(folder / f["file"], f["bytes"], f["sha256"], bar.update)
+                check_file(folder / f["file"], f["bytes"], f["sha256"], progress=bar.update)
             except (ShardError, OSError) as e:
                 problems.append(str(e))
     return problems
@@ -150,6 +145,30 @@ def decode(folder: Path, manifest: dict, n: int) -> None:
         print(_clip(enc.decode(tokens[a + 1:b].tolist())))
 
 
+def unfinished(root: Path) -> list[Path]:
+    """The stage folders under `root` that a run began and never finished: a `.lock` or `parts/`, no manifest
+    (hidden folders, such as a download's `.download/`, are a stage's own bookkeeping)."""
+    found = {p.parent for p in root.rglob(".lock")} | {p.parent for p in root.rglob(PARTS) if p.is_dir()}
+    return sorted(f for f in found if not (f / MANIFEST).exists()
+                  and not any(part.startswith(".") for part in f.relative_to(root).parts))
+
+
+def print_unfinished(folders: list[Path]) -> None:
+    """List unfinished stage folders with their size, and how to remove those no stage is writing now."""
+    if not folders:
+        return
+    print(f"\nunfinished stage folders (no {MANIFEST}: a stage that failed, was killed, or is running now):")
+    idle = []
+    for folder in folders:
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        running = lock_held(folder)
+        print(f"  {folder}  {size:,} bytes{'  (a stage is running in it now)' if running else ''}")
+        idle += [] if running else [folder]
+    if idle:
+        print("rerunning the command that started one continues it; to remove them instead: "
+              f"rm -rf {' '.join(shlex.quote(str(f)) for f in idle)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "inspect":
@@ -161,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", type=int, default=0, metavar="N", help="print N decoded documents per folder")
     args = p.parse_args(argv)
     folders = find_manifests(args.dir) if args.dir.is_dir() else []
+    leftovers = unfinished(args.dir) if args.dir.is_dir() else []
     if not folders:
+        print_unfinished(leftovers)
         print(f"error: no {MANIFEST} under {args.dir}", file=sys.stderr)
         return 1
     bad = 0
@@ -188,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         for msg in problems:
             print(f"BAD {msg}", file=sys.stderr)
         bad += len(problems)
+    print_unfinished(leftovers)
     if bad:
         print(f"error: {bad} bad file(s)", file=sys.stderr)
         return 1

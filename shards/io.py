@@ -93,25 +93,48 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def read_blocks(path: str | os.PathLike, chunk: int = 1 << 22, progress: Callable[[int], object] | None = None):
+    """The bytes of the file, `chunk` at a time; `progress(n)` is called after each block of n bytes (a progress
+    bar's update)."""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            yield block
+            if progress is not None:
+                progress(len(block))
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, progress: Callable[[int], object] | None = None) -> str:
     """The file's sha256; `progress(n)` is called after each block of n bytes (a progress bar's update)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            if progress is not None:
-                progress(len(block))
+    for block in read_blocks(path, chunk, progress):
+        h.update(block)
     return h.hexdigest()
 
 
-def bytes_bar(total: int, desc: str) -> tqdm:
-    """A progress bar (with ETA) over `total` bytes, shown on a terminal and cleared when done."""
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=None, leave=False)
+def bytes_bar(total: int, desc: str, enabled: bool = True) -> tqdm:
+    """A progress bar (with ETA) over `total` bytes, shown on a terminal (unless not `enabled`), cleared when done."""
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=None if enabled else True,
+                leave=False)
 
 
 def sha256_json(obj) -> str:
     """A stable hash of a JSON-able object (keys sorted): config fingerprints, template hashes."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def lock_held(directory: str | os.PathLike) -> bool:
+    """Whether a live process holds `directory_lock(directory)` now (probed by taking and dropping a shared lock)."""
+    try:
+        fd = os.open(Path(directory) / ".lock", os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock
 
 
 @contextlib.contextmanager

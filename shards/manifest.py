@@ -12,6 +12,7 @@ from pathlib import Path
 from .io import sha256_file, write_json
 
 MANIFEST = "manifest.json"
+PARTS = "parts"  # a stage's work in progress, inside its output folder (removed once the manifest is written)
 
 
 class ManifestError(ValueError):

@@ -43,7 +43,8 @@ def write_examples(path: Path, examples) -> dict:
     masks = [np.array([0] * len(p) + [1] * (len(a) + 1), dtype=np.uint8) for p, a in examples]
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.uint64)
     info = write_sft_shard(path, np.concatenate(tokens), np.concatenate(masks), offsets)
-    return {"file": path.name, "num_tokens": info["num_tokens"], "num_examples": len(examples)}
+    return {"file": path.name, **info, "num_examples": len(examples), "mask_file": f"{path.stem}.mask",
+            "idx_file": f"{path.stem}.idx"}
 
 
 def write_shards(directory: Path, train=TRAIN, val=VAL) -> Path:

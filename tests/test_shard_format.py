@@ -102,6 +102,43 @@ def test_inspect_names_a_changed_sft_mask(tmp_path, capsys):
     assert f"{path}: sha256" in capsys.readouterr().err
 
 
+def test_inspect_names_token_ids_outside_the_vocabulary(tmp_path, capsys):
+    manifest = _sft_folder(tmp_path)
+    path = tmp_path / "sft_val_000000.bin"
+    raw = path.read_bytes()[:HEADER_BYTES] + np.array([10, 11, 12, 0, 50257, 20, 21, 0, 50256], np.uint16).tobytes()
+    path.write_bytes(raw)
+    manifest["shards"][0]["sha256"] = hashlib.sha256(raw).hexdigest()  # a manifest that agrees with the bad ids
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert inspect.main([str(tmp_path), "--verify"]) == 1
+    assert f"{path}: token id 50257 is outside the vocabulary of 50257" in capsys.readouterr().err
+
+
+def test_inspect_lists_unfinished_stage_folders_and_how_to_remove_them(tmp_path, capsys):
+    from shards.io import directory_lock
+
+    _sft_folder(tmp_path / "sft-test" / "done")
+    (tmp_path / "sft-test" / "done" / ".lock").touch()  # a finished stage keeps its lock file
+    killed = tmp_path / "sample-pretrain" / "killed"
+    (killed / "parts").mkdir(parents=True)
+    (killed / "parts" / "unit.bin").write_bytes(b"x" * 1000)
+    (killed / ".lock").touch()
+    failed = tmp_path / "sft-sample" / "failed"
+    failed.mkdir(parents=True)
+    (failed / ".lock").touch()
+    (tmp_path / "sample-source" / "done" / ".download").mkdir(parents=True)  # a download's own bookkeeping
+    (tmp_path / "sample-source" / "done" / ".download" / ".lock").touch()
+    (tmp_path / "sample-source" / "done" / "manifest.json").write_text(json.dumps({"kind": "source"}))
+    running = tmp_path / "sft-alpaca" / "running"
+    with directory_lock(running):
+        assert inspect.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    listed = out[out.index("unfinished stage folders"):].splitlines()
+    assert listed[1:] == [f"  {killed}  1,000 bytes", f"  {running}  0 bytes  (a stage is running in it now)",
+                          f"  {failed}  0 bytes",
+                          f"rerunning the command that started one continues it; to remove them instead: "
+                          f"rm -rf {killed} {failed}"]
+
+
 def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with atomic_directory(tmp_path / "d") as tmp:

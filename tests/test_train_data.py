@@ -113,6 +113,14 @@ def test_bad_batch_and_data_errors(shards, tmp_path):
         data(shards)
 
 
+def test_an_empty_validation_split_blames_eval_tokens_only_when_they_are_the_cause(shards):
+    with pytest.raises(ValueError) as e:  # the validation shard holds 1000 tokens
+        PretrainData(shards, 1000, 1000, 1, eval_tokens=10485760)
+    assert str(e.value) == f"{shards}: the validation split holds no window of 1001 tokens"
+    with pytest.raises(ValueError, match=r"^--eval-tokens 16 < --seq-len 32: no validation window$"):
+        PretrainData(shards, 32, 256, 1, eval_tokens=16)
+
+
 def test_find_shards_dir(shards, tmp_path):
     assert find_shards_dir(tmp_path, "pretrain", "sample") == shards
     with pytest.raises(ManifestError, match=r"no finished pretrain shards under .*fineweb10B-pretrain/ \(run `make "
@@ -121,6 +129,8 @@ def test_find_shards_dir(shards, tmp_path):
     with pytest.raises(ManifestError, match=r"no finished sft shards under .*sft-alpaca/ \(run `make sft-shards "
                                             r"SFT_DATASET=alpaca`"):
         find_shards_dir(tmp_path, "sft", "alpaca")
+    with pytest.raises(ManifestError, match=r"sft-custom/ \(run `make sft-shards SOURCE=path` first, or pass --shards"):
+        find_shards_dir(tmp_path, "sft", "custom")
     write_test_shards(tmp_path / "sample-pretrain" / "def456")
     with pytest.raises(ManifestError, match="several .*abc123, .*def456; choose one with --shards-dir"):
         find_shards_dir(tmp_path, "pretrain", "sample")

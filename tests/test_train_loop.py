@@ -7,25 +7,16 @@ import shutil
 import pytest
 import torch
 
-from gpt.checkpoint import load_model
+from gpt.checkpoint import load_config, load_model
 from train.checkpoint import latest_checkpoint, resolve_checkpoint
 from train.config import TrainConfig, build_parser, parse_args
 from train.log import RunLog, read_log
 from train.loop import lr_at, peak_bf16_flops
 from train.pretrain import main
-from train_shards import small_model, write_test_shards
+from train_shards import one_thread, small_model, write_test_shards  # noqa: F401 (an autouse fixture)
 
 NANO = ["--model", "nano", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", "4", "--warmup", "2",
         "--eval-tokens", "256", "--no-progress"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: faster than two on a loaded 2-core machine, and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
@@ -86,6 +77,10 @@ def test_a_run_folder_its_ckpt_and_its_latest_file_name_its_latest_checkpoint(sm
     latest = first / "ckpt" / "step-000002"
     for path in (first, first / "ckpt", first / "ckpt" / "latest", latest):
         assert resolve_checkpoint(path) == latest
+        assert load_config(path) == load_model(latest).config
+    weights = load_model(latest).state_dict()
+    for path in (first, first / "ckpt", first / "ckpt" / "latest"):  # gpt.load_model takes what CKPT= takes
+        assert all(torch.equal(t, weights[k]) for k, t in load_model(path).state_dict().items())
     assert resolve_checkpoint(small[1]) == small[1] and resolve_checkpoint(tmp_path / "no") == tmp_path / "no"
     elsewhere = shutil.copytree(small[1], first / "exports" / "latest")  # a folder named `latest` is itself
     assert resolve_checkpoint(elsewhere) == elsewhere
@@ -141,11 +136,21 @@ def test_dataset_defaults_and_flags():
     (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     (["--model", "gpt3"], "argument --model: invalid choice: 'gpt3' (choose from 'gpt2', 'gpt2-medium'"),
+    (["--dataset", "nope"], "argument --dataset: invalid choice: 'nope' (choose from 'sample', 'fineweb10B', "
+                            "'fineweb-edu10B', 'custom')"),
 ])
 def test_values_out_of_range_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sft_datasets_are_those_the_pipeline_makes(capsys):
+    from train.sft import SFTTrainConfig
+
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "nope"], SFTTrainConfig, prog="python -m train sft")
+    assert "invalid choice: 'nope' (choose from 'sample', 'alpaca', 'custom')" in capsys.readouterr().err
 
 
 def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):
@@ -177,6 +182,40 @@ def test_changed_manifest_and_existing_run_are_refused(small, tmp_path, capsys):
     assert run_small(small, tmp_path / "run", "--steps", "4", "--resume") == 1
     err = capsys.readouterr().err
     assert "cannot resume from" in err and "step-000004" in err and "the data changed" in err
+
+
+def test_a_run_is_extended_only_with_extend_and_the_added_steps_run_at_the_final_lr(small, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "3", "--save-every", "3") == 0
+    assert run_small(small, run_dir, "--steps", "5", "--resume") == 1
+    assert "the run's config changed (total steps: 3 -> 5); more steps need --extend (EXTEND=1)" in \
+        capsys.readouterr().err
+    assert run_small(small, run_dir, "--steps", "2", "--resume", "--extend") == 1  # shorter: never
+    assert "the run's config changed (total steps: 3 -> 2)" in capsys.readouterr().err
+    assert run_small(small, run_dir, "--steps", "5", "--resume", "--extend", "--lr", "1e-3") == 1
+    assert "the run's config changed (lr: 0.006 -> 0.001)" in capsys.readouterr().err
+    assert run_small(small, run_dir, "--steps", "5", "--resume", "--extend") == 0
+    assert "extended from 3 to 5 steps: the learning rate schedule still ends at step 3, the steps after it run " \
+           "at 0.0006" in capsys.readouterr().out
+    log = read_log(run_dir)
+    assert [r["step"] for r in log] == [0, 1, 2, 3, 4, 5]
+    assert log[3]["lr"] == pytest.approx(6e-3) and log[4]["lr"] == log[5]["lr"] == pytest.approx(6e-4)
+    state = json.loads((latest_checkpoint(run_dir) / "state.json").read_text())
+    assert (state["step"], state["total_steps"], state["schedule_steps"]) == (5, 5, 3)
+    assert state["extensions"] == [{"step": 3, "from": 3, "to": 5}]
+    assert run_small(small, run_dir, "--steps", "6", "--resume", "--extend") == 0
+    state = json.loads((latest_checkpoint(run_dir) / "state.json").read_text())
+    assert state["schedule_steps"] == 3 and state["extensions"][1:] == [{"step": 5, "from": 5, "to": 6}]
+    assert run_small(small, run_dir, "--steps", "6", "--resume") == 0  # the extended run resumes as it is
+    assert "already finished (6 steps); nothing to do (more --steps with --extend train it further)" in \
+        capsys.readouterr().out
+
+
+def test_the_models_context_is_checked_before_the_data(small, tmp_path, capsys):
+    assert run_small(small, tmp_path / "run", "--seq-len", "99999") == 1
+    assert "pretrain: error: --seq-len 99999 exceeds the model's context of 64\n" in capsys.readouterr().err
+    assert run(small[0], tmp_path / "run", "--seq-len", "99999") == 1  # the preset's context (nano)
+    assert "pretrain: error: --seq-len 99999 exceeds the model's context of 64\n" in capsys.readouterr().err
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_path, capsys):

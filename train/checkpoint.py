@@ -1,4 +1,5 @@
-"""Training checkpoints: `RUN_DIR/ckpt/step-XXXXXX/` folders, written atomically, and a `latest` pointer.
+"""Training checkpoints: `RUN_DIR/ckpt/step-XXXXXX/` folders, written atomically, and a `latest` pointer
+(read by gpt.checkpoint's `latest_checkpoint` and `resolve_checkpoint`).
 
 A folder holds the model (by gpt.checkpoint.save_model: a transformers GPT-2 folder, which gpt.load_model,
 INIT and GPT2LMHeadModel.from_pretrained read), the optimizer (`optimizer.safetensors`: every state
@@ -20,38 +21,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from gpt.checkpoint import save_model
+# The run folder's layout and pointer live in gpt.checkpoint (load_model takes run folders); the trainers
+# import latest_checkpoint and resolve_checkpoint from here too
+from gpt.checkpoint import LATEST, STATE, ckpt_root, latest_checkpoint, resolve_checkpoint, save_model  # noqa: F401
 from shards.io import atomic_directory, atomic_write, write_json
-
-LATEST = "latest"
-STATE = "state.json"
-
-
-def ckpt_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "ckpt"
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
-    pointer = ckpt_root(run_dir) / LATEST
-    if not pointer.exists():
-        return None
-    folder = ckpt_root(run_dir) / pointer.read_text().strip()
-    if not (folder / STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
-    return folder
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for the latest checkpoint,
-    and so does the `ckpt/latest` pointer file; any other path is taken as it is."""
-    path = Path(path)
-    run = path
-    if path.name == "ckpt":
-        run = path.parent
-    elif path.name == LATEST and path.is_file() and path.resolve().parent.name == "ckpt":
-        run = path.resolve().parent.parent
-    return latest_checkpoint(run) or path
 
 
 def _write_tensors(path: Path, tensors: dict) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from gpt.model import PRESETS
+from pipelines import CUSTOM, PRETRAIN_DATASETS
 
 # The 124M recipe: global batch 2**19 tokens, sequence 1024, micro-batch 32 per GPU, max lr 6e-4,
 # 715 warmup steps, cosine to 10%, AdamW (0.9, 0.95) eps 1e-8, weight decay 0.1, clip 1.0.
@@ -52,6 +53,7 @@ class RunConfig:
     dataset: str = "sample"
     data_dir: str = "data"
     shards_dir: str | None = None  # a folder with a manifest; default: the one under data_dir for dataset
+    verify_data: bool = True  # check each shard file's sha256 and token ids before the first step (remembered)
     # model
     init: str | None = None  # start from these weights (our checkpoint, a run folder: its latest, or an HF GPT-2 folder)
     padded_vocab: int | None = None  # embedding rows; default 50304 on CUDA, none on CPU
@@ -75,6 +77,7 @@ class RunConfig:
     keep_checkpoints: int = 3  # the last K checkpoint folders stay (0: all)
     run_dir: str | None = None  # default runs/<dataset>/<stage> (stage: pretrain, sft)
     resume: bool = False
+    extend: bool = False  # with --resume: more --steps (or --epochs) than the run had; they run at its final lr
     # execution
     compile: bool = False
     seed: int = 1337
@@ -118,7 +121,8 @@ class TrainConfig(RunConfig):
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens")
 
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_tokens", "eval_tokens")
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "model": tuple(PRESETS)}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "model": tuple(PRESETS),
+                                                     "dataset": (*PRETRAIN_DATASETS, CUSTOM)}
 
     model: str | None = None  # a preset of gpt.model.PRESETS (without --init)
     batch_tokens: int | None = None  # global batch in tokens (all ranks and accumulation steps)

@@ -14,18 +14,24 @@ longer than seq_len + 1 are left out), right-padded with 0 to the longest row of
 orders its share of the global batch by length first, so little is padding); inputs are tokens[:-1],
 targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or padding (past the
 example's length, from its `.idx` offsets; never from a token value: 0 is "!").
+
+`verify_data` checks the files either one reads (`shard_entries`) against the manifest's sha256, and their
+token ids against the model's vocabulary, before the first step (shards.verify; remembered across restarts).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pipelines import CUSTOM
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError, load_manifest, manifest_sha256
 from shards.sft import SFTShard, open_sft_shard
+from shards.verify import CACHE, verify_files
 
 
 def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
@@ -35,13 +41,23 @@ def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
     base = Path(data_dir) / (f"{dataset}-pretrain" if kind == "pretrain" else f"sft-{dataset}")
     found = sorted(p.parent for p in base.glob("*/manifest.json"))
     if not found:
-        make = f"make {kind}-shards {'DATASET' if kind == 'pretrain' else 'SFT_DATASET'}={dataset}"
-        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, with SOURCE= for "
-                            f"custom data, or pass --shards-dir)")
+        make = f"make {kind}-shards " + ("SOURCE=path" if dataset == CUSTOM else
+                                         f"{'DATASET' if kind == 'pretrain' else 'SFT_DATASET'}={dataset}")
+        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass --shards-dir)")
     if len(found) > 1:
         raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
                             "choose one with --shards-dir (ARGS=\"--shards-dir ...\"), or delete the old ones")
     return found[0]
+
+
+def verify_data(data, vocab_size: int, progress: bool) -> None:
+    """Check every shard file `data` reads (PretrainData, SFTData: its `shard_entries`) against the manifest,
+    token ids below `vocab_size`, before its first use (shards.verify); files remembered unchanged are not read."""
+    start = time.perf_counter()
+    read = verify_files(data.dir, data.shard_entries, vocab_size, progress)
+    if read:
+        print(f"verified the shard files of {data.dir} ({read:,} bytes read in {time.perf_counter() - start:.2f} s, "
+              f"remembered in {CACHE})")
 
 
 class BatchPlan:
@@ -106,8 +122,9 @@ class PretrainData:
         manifest, self.manifest_sha256 = _open_manifest(self.dir, "pretrain")
         if batch_tokens % seq_len:
             raise ValueError(f"--batch-tokens {batch_tokens} is not a multiple of --seq-len {seq_len}")
-        train = [self._open(s) for s in manifest["shards"] if s["split"] == "train"]
-        val = [self._open(s) for s in manifest["shards"] if s["split"] == "val"]
+        self.shard_entries = [s for s in manifest["shards"] if s["split"] in ("train", "val")]  # what it reads
+        train = [self._open(s) for s in self.shard_entries if s["split"] == "train"]
+        val = [self._open(s) for s in self.shard_entries if s["split"] == "val"]
         if not train:
             raise ManifestError(f"{self.dir / 'manifest.json'}: no train shards")
         if not val:
@@ -116,8 +133,9 @@ class PretrainData:
         self.val = _Windows(val, seq_len)
         self.num_val_rows = min(eval_tokens // seq_len, self.val.num_rows)
         if self.num_val_rows < 1:
-            raise ValueError(f"{self.dir}: the validation split holds no window of {seq_len + 1} tokens "
-                             f"(or --eval-tokens {eval_tokens} < --seq-len {seq_len})")
+            raise ValueError(f"--eval-tokens {eval_tokens} < --seq-len {seq_len}: no validation window" if
+                             eval_tokens < seq_len else
+                             f"{self.dir}: the validation split holds no window of {seq_len + 1} tokens")
         self.plan = BatchPlan(self.train.num_rows, batch_tokens // seq_len, seed, f"windows of {seq_len + 1} tokens")
         self.rows_per_step = self.plan.rows_per_step
 
@@ -167,6 +185,7 @@ class SFTData:
         self.dir = Path(shards_dir)
         manifest, self.manifest_sha256 = _open_manifest(self.dir, "sft")
         self.seq_len = seq_len
+        self.shard_entries = []  # what it reads
         self.train, self.train_ids = self._split(manifest, "train", "train")
         self.val, self.val_ids = self._split(manifest, "val", "validation")
         self.left_out = len(self.train) - len(self.train_ids) + len(self.val) - len(self.val_ids)
@@ -180,6 +199,7 @@ class SFTData:
         entries = [s for s in manifest["shards"] if s["split"] == split]
         if len(entries) != 1:
             raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
+        self.shard_entries.append(entries[0])
         path = self.dir / entries[0]["file"]
         shard = open_sft_shard(path)
         if len(shard.tokens) != entries[0]["num_tokens"] or len(shard) != entries[0]["num_examples"]:

@@ -2,9 +2,10 @@
 
 `train(cfg, data, dist, build_model, hooks)` runs `cfg.steps` optimizer steps (default: `cfg.epochs` epochs)
 over `data`, any object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`,
-`dir` (the shards folder), `train_batches(step, rank, world_size, micro_batch)` and `val_batches(rank, world_size, micro_batch)`
-returning lists of (inputs, targets) int64 tensors, targets -100 where not supervised (and optionally
-`rows_name`, what a row is, for error messages).
+`dir` (the shards folder), `shard_entries` (the manifest entries of the files it reads: verified before the
+first step unless --no-verify-data), `train_batches(step, rank, world_size, micro_batch)` and
+`val_batches(rank, world_size, micro_batch)` returning lists of (inputs, targets) int64 tensors, targets -100
+where not supervised (and optionally `rows_name`, what a row is, for error messages).
 
 The loss of a step is the sum of per-token losses over every supervised target of the global batch divided
 by the global number of supervised targets (all ranks, all micro-batches): the usual mean for pretraining,
@@ -15,6 +16,7 @@ so DDP's gradient average is exactly the gradient of that loss.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import os
@@ -35,7 +37,7 @@ from shards.manifest import ManifestError
 
 from .checkpoint import latest_checkpoint, load_training_state, read_state, save_checkpoint
 from .config import RunConfig
-from .data import accumulation_steps
+from .data import accumulation_steps, verify_data
 from .distributed import Dist, RankFailed
 from .log import RunLog
 
@@ -67,7 +69,8 @@ class Hooks:
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
-    """Linear warmup over `warmup` steps to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`."""
+    """Linear warmup over `warmup` steps to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`
+    (the run's first total: steps added by --extend stay at `lr * min_lr_ratio`)."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     min_lr = cfg.lr * cfg.min_lr_ratio
@@ -154,10 +157,12 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int):
     old = state["config"]
     keys = cfg.RESUME_KEYS
     diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
-    if state["total_steps"] != total:
+    longer = total > state["total_steps"]
+    if total != state["total_steps"] and not (longer and cfg.extend):
         diff.append(f"total steps: {state['total_steps']} -> {total}")
     if diff:
-        raise TrainingError(f"cannot resume from {folder}: the run's config changed ({'; '.join(diff)})")
+        hint = "; more steps need --extend (EXTEND=1)" if longer and not cfg.extend else ""
+        raise TrainingError(f"cannot resume from {folder}: the run's config changed ({'; '.join(diff)}){hint}")
     model = load_model(folder, device=dist.device, padded_vocab_size=cfg.padded_vocab).train()
     return folder, state, model
 
@@ -215,6 +220,10 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
             if folder is not None:
                 load_training_state(folder, optimizer, state)
                 start = state["step"]
+            if cfg.verify_data and dist.local_rank == 0:  # one reader per node; the other ranks wait below
+                verify_data(data, model.config.vocab_size, cfg.progress)
+        schedule = _schedule(state, start, total)
+        hooks = dataclasses.replace(hooks, state={**hooks.state, **schedule})  # in every checkpoint's state.json
         mine = torch.tensor([start, int(data.manifest_sha256[:12], 16)], dtype=torch.float64, device=dist.device)
         if not dist.same_on_every_rank(mine):
             raise TrainingError(f"ranks disagree on the step to resume from or on the data (rank {dist.rank}: step "
@@ -235,11 +244,15 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                   f"{accum} micro-batch(es) of {cfg.micro_batch} per step and process")
         if folder is not None:
             log.print(f"resumed from {folder} at step {start}")
+        if state is not None and total != state["total_steps"]:
+            log.print(f"extended from {state['total_steps']} to {total} steps: the learning rate schedule still ends "
+                      f"at step {schedule['schedule_steps']}, the steps after it run at {cfg.lr * cfg.min_lr_ratio:g}")
         stop = _StopFlag(dist.is_main)
         previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS
                     if signal.getsignal(sig) is not signal.SIG_IGN}  # a job started ignoring Ctrl-C (nohup) still does
         try:
-            return _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop)
+            return _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop,
+                         schedule["schedule_steps"])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -272,13 +285,28 @@ def _fetch(data, step: int, dist: Dist, cfg: RunConfig) -> tuple[list, float]:
     return batches, count
 
 
-def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop) -> dict:
+def _schedule(state: dict | None, start: int, total: int) -> dict:
+    """The run's schedule, for its state.json: `schedule_steps`, the total its cosine decays over (the first
+    run's), and `extensions`, one {"step", "from", "to"} for each --extend that added steps."""
+    if state is None:
+        schedule = {"schedule_steps": total, "extensions": []}
+    else:
+        schedule = {"schedule_steps": state.get("schedule_steps", state["total_steps"]),
+                    "extensions": state.get("extensions", [])}
+        if total != state["total_steps"]:  # a longer run (_resume refused anything else)
+            schedule["extensions"] = [*schedule["extensions"], {"step": start, "from": state["total_steps"],
+                                                                  "to": total}]
+    return schedule
+
+
+def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop, schedule_steps) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
     peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     flops_per_token = functools.cache(raw.flops_per_token)  # by sequence width: SFT's widths vary
     last_eval = next((r for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
     if start >= total:
-        log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do")
+        log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do (more --steps with --extend "
+                  "train it further)")
     if start == 0:
         record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
         log.write(record)
@@ -312,7 +340,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             raise TrainingError(f"step {step + 1}: loss {loss}, grad norm {grad_norm} — stopping; the last good "
                                 f"checkpoint is kept under {cfg.run_dir}/ckpt (lower --lr, or check the data)")
-        lr = lr_at(step, cfg, total)
+        lr = lr_at(step, cfg, schedule_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from gpt.checkpoint import load_model
+from gpt.checkpoint import load_config, load_model
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
 from gpt.tokenizer import get_encoding
 
-from .checkpoint import resolve_checkpoint
+from .checkpoint import latest_checkpoint, resolve_checkpoint
 from .config import RunConfig, parse_args
 from .data import PretrainData, find_shards_dir
 from .distributed import Dist, process_group
@@ -32,9 +32,16 @@ def build_model(cfg: RunConfig, dist: Dist, preset_name: str | None = None) -> G
         model = load_model(cfg.init, device=dist.device, padded_vocab_size=padded)
     else:
         model = GPT(preset(preset_name, padded_vocab_size=padded))
-    if model.config.block_size < cfg.seq_len:
-        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {model.config.block_size}")
     return model.train()
+
+
+def check_context(cfg: RunConfig, preset_name: str | None = None) -> None:
+    """Refuse a --seq-len beyond the context of the model the run trains (its latest checkpoint when resuming,
+    else `cfg.init`, else the preset), from its config alone: before the data, whose checks depend on it."""
+    start = (latest_checkpoint(cfg.run_dir) if cfg.resume else None) or cfg.init
+    context = (load_config(start) if start else preset(preset_name)).block_size
+    if context < cfg.seq_len:
+        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {context}")
 
 
 def sample_hook(prompt: str, max_steps: int):
@@ -56,6 +63,7 @@ def main(argv=None) -> int:
             with dist.unanimous():  # a node that cannot read the shards stops every rank
                 if cfg.init:  # a run folder stands for its latest checkpoint, which state.json then records
                     cfg = dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
+                check_context(cfg, cfg.model)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
                 data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None)

@@ -28,6 +28,7 @@ from gpt.checkpoint import load_model
 from gpt.inference import generate, pad_batch
 from gpt.model import GPT
 from gpt.tokenizer import EOT, get_encoding
+from pipelines import CUSTOM, SFT_DATASETS
 from pipelines.alpaca import CHAT_TEMPLATE
 
 from .checkpoint import latest_checkpoint, resolve_checkpoint
@@ -36,7 +37,7 @@ from .data import SFTData, find_shards_dir, rank_slice
 from .distributed import Dist, process_group
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, train
-from .pretrain import build_model
+from .pretrain import build_model, check_context
 
 # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
 ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
@@ -56,6 +57,7 @@ class SFTTrainConfig(RunConfig):
     SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
     RECIPE: ClassVar[tuple[str, dict]] = ("alpaca and custom", ALPACA_DEFAULTS)
     BATCH_FLAG: ClassVar[str] = "--batch-examples"
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "dataset": (*SFT_DATASETS, CUSTOM)}
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples",)
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_examples", "eot_steps")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_examples", "show")
@@ -148,6 +150,7 @@ def main(argv=None) -> int:
         with process_group(cfg.device) as dist:
             with dist.unanimous():  # a node that cannot read the shards or the pretraining run stops every rank
                 cfg = resolve_init(cfg)
+                check_context(cfg)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
                 data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
             if dist.is_main:

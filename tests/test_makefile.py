@@ -1,0 +1,107 @@
+"""The Makefile as users run it: free text reaches the program untouched, variables become the right flags,
+`make clean` leaves exports alone. `make` runs for real, with VENV= pointing at a stub python that prints
+the arguments it gets (or at a wrapper of this python, for one real `make generate`)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt.checkpoint import save_model
+from gpt.model import GPT, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
+
+
+def venv(tmp_path: Path, script: str) -> Path:
+    """A folder standing for .venv: bin/python runs `script` (sh), and the setup stamp is fresh."""
+    folder = tmp_path / "venv"
+    (folder / "bin").mkdir(parents=True)
+    python = folder / "bin" / "python"
+    python.write_text(f"#!/bin/sh\n{script}\n")
+    python.chmod(0o755)
+    (folder / ".installed").touch()  # newer than requirements.lock and pyproject.toml: no setup runs
+    return folder
+
+
+@pytest.fixture()
+def stub(tmp_path):
+    """`make` whose python prints its argv as JSON: returns that argv."""
+    folder = venv(tmp_path, f'exec {sys.executable} -c "import json, sys; print(json.dumps(sys.argv[1:]))" "$@"')
+
+    def make(*args, env=None):
+        proc = subprocess.run(["make", "-s", "--no-print-directory", *args, f"VENV={folder}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    return make
+
+
+PROMPTS = ['He said "hi" to me', "It costs $HOME `id` today", "$$ $(shell id) ${HOME} $(PROMPT) %s \\n",
+           "$(shell touch TMP/hacked) `touch TMP/hacked`", "two\nlines", "café, naïve, 日本語 🙂", "-starts like a flag",
+           "it's 'quoted'; echo no", "back\\slash\\"]
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_prompt_reaches_generate_untouched(stub, prompt, tmp_path):
+    prompt = prompt.replace("TMP", str(tmp_path))
+    argv = stub("generate", f"PROMPT={prompt}", "CKPT=some/ckpt")
+    assert argv[:3] == ["-m", "gpt", "generate"] and argv[-1] == f"--prompt={prompt}"
+    assert stub("generate", env={"PROMPT": prompt})[-1] == f"--prompt={prompt}"  # from the environment too
+    assert stub("pretrain", f"PROMPT={prompt}")[:3] == ["-m", "train", "pretrain"]  # make exports it to every recipe
+    assert not (tmp_path / "hacked").exists()
+
+
+def test_default_prompt(stub):
+    assert stub("generate")[-1] == "--prompt=Give three tips for staying healthy."
+
+
+def test_make_generate_prints_the_completion_of_the_prompt_as_typed(tmp_path):
+    torch.manual_seed(0)
+    ckpt = save_model(GPT(preset("nano")), tmp_path / "nano")
+    folder = venv(tmp_path, f'exec {sys.executable} "$@"')
+    prompt = f"It costs $HOME `touch {tmp_path}/hacked` \"today\"\nà 日本"
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "generate", f"VENV={folder}", f"CKPT={ckpt}",
+                           "MAX_STEPS=2", f"PROMPT={prompt}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"prompt 1: {prompt}\n" in proc.stdout  # the prompt as the program got it
+    assert not (tmp_path / "hacked").exists()
+
+
+def test_source_selects_the_custom_dataset_for_pretraining(stub):
+    argv = stub("pretrain", "SOURCE=my/texts")
+    assert argv[argv.index("--dataset") + 1] == "custom"
+    assert argv[argv.index("--run-dir") + 1] == "runs/custom/pretrain"
+    argv = stub("pretrain")
+    assert argv[argv.index("--dataset") + 1] == "sample" and argv[argv.index("--run-dir") + 1] == "runs/sample/pretrain"
+    argv = stub("sft", "SOURCE=my/texts")  # SFT continues from that pretraining run
+    assert argv[argv.index("--pretrain-run") + 1] == "runs/custom/pretrain"
+
+
+@pytest.mark.parametrize("target", ["pretrain", "sft"])
+def test_verify_and_extend_variables(stub, target):
+    assert "--no-verify-data" not in stub(target) and "--extend" not in stub(target)
+    argv = stub(target, "VERIFY=0", "EXTEND=1", "RESUME=1", "STEPS=9")
+    assert {"--no-verify-data", "--extend", "--resume"} <= set(argv) and argv[argv.index("--steps") + 1] == "9"
+
+
+def test_clean_leaves_exports_alone(tmp_path):
+    kept = [tmp_path / "runs" / "sample" / "sft-hf", tmp_path / "runs" / "fineweb10B" / "pretrain",
+            tmp_path / "data" / "fineweb10B-pretrain"]
+    gone = [tmp_path / "runs" / "sample" / "pretrain", tmp_path / "runs" / "sample" / "sft",
+            tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source", tmp_path / "data" / "sft-sample"]
+    for folder in kept + gone:
+        folder.mkdir(parents=True)
+        (folder / "file").touch()
+    proc = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "clean"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert all(f.exists() for f in kept) and not any(f.exists() for f in gone)
