@@ -146,7 +146,8 @@ class StaticDecoder:
     def __init__(self, model: GPT, batch: int, max_len: int, compile: bool = False):
         param = next(model.parameters())
         device = param.device
-        self.model, self.shape, self.compiled = model, (batch, max_len), compile
+        # the modules, not the model: _DECODERS holds decoders weakly by model, so none may refer to its key
+        self.transformer, self.shape, self.compiled = model.transformer, (batch, max_len), compile
         self.cache = KVCache(model.config, batch, max_len, device=device, dtype=param.dtype)
         self.token = torch.zeros(batch, 1, dtype=torch.int64, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.int64, device=device)
@@ -160,7 +161,7 @@ class StaticDecoder:
 
     def _forward(self) -> torch.Tensor:
         """Logits [B, V] of `token` at `position`, keys written at `column`; then `position` and `column` advance."""
-        t = self.model.transformer
+        t = self.transformer
         self.visible.index_fill_(1, self.column, True)  # the new token sees itself and every earlier real key
         mask = self.visible[:, None, None, :]
         x = t.wte(self.token) + t.wpe(self.position)

@@ -124,6 +124,22 @@ def test_static_decoding_gives_the_same_tokens(model):
         greedy(model, PROMPTS, static=True, use_cache=False)
 
 
+def test_a_models_static_decoder_goes_with_it():
+    """The reused decoder (its cache and CUDA graph: GPU memory) does not keep a dropped model alive."""
+    import gc
+    import weakref
+
+    from gpt import inference
+
+    dropped = GPT(preset("nano")).eval()
+    greedy(dropped, PROMPTS[:1], steps=2, static=True)
+    assert dropped in inference._DECODERS
+    ref = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert ref() is None
+
+
 def test_compiled_static_decoding_gives_the_same_tokens(model):
     """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured)."""
     assert greedy(model, PROMPTS[:2], steps=8, static=True, compile=True) == greedy(model, PROMPTS[:2], steps=8)
