@@ -6,7 +6,6 @@ Public surface (imported from the modules, so that a worker process loads only w
 - `pipelines.hub.download`: verified, resumable downloads of pinned hub files (`hub.SOURCES`);
 - `pipelines.sources` and `pipelines.sft_sources`: what each dataset reads, and how (`SourceError`);
 - `pipelines.stage`: fingerprinted output folders, `run_once`, `finish`, `parallel_map`;
-- `pipelines.alpaca`: the Stanford Alpaca prompt template (`render_prompt`, `encode_example`).
 
 The dataset names each pipeline knows are here, for the trainers too (importing them loads nothing else).
 """

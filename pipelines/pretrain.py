@@ -16,8 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt.tokenizer import ranks_sha256
 from shards.io import directory_lock, remove_temporaries
+from shards.tokenizer import ranks_sha256
 
 from . import PRETRAIN_DATASETS, sources, stage, tokenize
 

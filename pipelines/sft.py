@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt.tokenizer import EOT, describe, ranks_sha256
-from pipelines import CUSTOM, SFT_DATASETS, alpaca, sft_sources
+from gpt import template
+from pipelines import CUSTOM, SFT_DATASETS, sft_sources
 from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once
 from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
+from shards.tokenizer import EOT, describe, get_encoding, ranks_sha256
 
 SPLITS = ("val", "train")
 COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
@@ -72,8 +73,23 @@ def stage_config(cfg: SFTConfig, source: dict) -> dict:
     """Everything the output depends on: it names the output folder and is stored in the manifest."""
     return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]),
             "block_size": cfg.block_size, "truncate": cfg.truncate, "val_fraction": cfg.val_fraction,
-            "chunk_examples": cfg.chunk_examples, "template_sha256": alpaca.TEMPLATE_SHA256,
+            "chunk_examples": cfg.chunk_examples, "template_sha256": template.TEMPLATE_SHA256,
             "tokenizer_sha256": ranks_sha256()}
+
+
+def encode_example(instruction: str, input: str, output: str) -> tuple[np.ndarray, int]:
+    """Tokens (uint16) of prompt + answer + EOT, and the prompt length: mask is 1 from there to the end.
+
+    The prompt and the answer are tokenized separately and concatenated, so the boundary between them is
+    exact: the prompt tokens decode to the rendered prompt, the supervised tokens to `output` plus one EOT."""
+    enc = get_encoding()
+    prompt = enc.encode_ordinary(template.render_prompt(instruction, input))
+    answer = enc.encode_ordinary(output)
+    tokens = np.empty(len(prompt) + len(answer) + 1, dtype=np.uint16)
+    tokens[: len(prompt)] = prompt
+    tokens[len(prompt): -1] = answer
+    tokens[-1] = EOT
+    return tokens, len(prompt)
 
 
 def _tokenize_chunk(job: tuple) -> None:
@@ -86,7 +102,7 @@ def _tokenize_chunk(job: tuple) -> None:
         if not output.strip():
             stats["empty_output"] += 1
             continue
-        tokens, prompt_len = alpaca.encode_example(instruction, input, output)
+        tokens, prompt_len = encode_example(instruction, input, output)
         if len(tokens) > cfg.block_size:
             if not cfg.truncate or prompt_len + 2 > cfg.block_size:  # keep at least one answer token + EOT
                 stats["dropped_too_long"] += 1
@@ -184,8 +200,8 @@ def run(cfg: SFTConfig) -> Path:
         entries, totals = _assemble(out, parts, num_chunks, totals)
         manifest = {"kind": "sft", "name": f"sft-{cfg.name()}", "config": config, "source": source_info,
                     "tokenizer": describe(),
-                    "template": {"name": "alpaca", "sha256": alpaca.TEMPLATE_SHA256,
-                                 "prompt_input": alpaca.PROMPT_INPUT, "prompt_no_input": alpaca.PROMPT_NO_INPUT},
+                    "template": {"name": "alpaca", "sha256": template.TEMPLATE_SHA256,
+                                 "prompt_input": template.PROMPT_INPUT, "prompt_no_input": template.PROMPT_NO_INPUT},
                     "split": {"method": "sha256 of [instruction, input] < val_fraction", "val_fraction": cfg.val_fraction},
                     "totals": totals, "shards": entries}
         finish(out, manifest)

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from gpt.tokenizer import EOT, get_encoding
 from pipelines import hub, pretrain, sources, stage, tokenize
 from shards import inspect
 from shards.format import open_tokens, read_header
 from shards.io import directory_lock, sha256_file
+from shards.tokenizer import EOT, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["the", "cat", "sat", "on", "a", "mat.", "Naïve", "café", "日本語", "🎉", "it's", "1234", "<|endoftext|>",

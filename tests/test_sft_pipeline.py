@@ -21,14 +21,15 @@ import pytest
 import zstandard
 
 from fake_hub import FakeHub
-from gpt.tokenizer import EOT, get_encoding
-from pipelines import alpaca, hub, sft, sft_sources
+import gpt.template as alpaca
+from pipelines import hub, sft, sft_sources
 from pipelines.stage import output_dir
 from shards.format import read_header
 from shards.inspect import main as inspect_main
 from shards.io import directory_lock, sha256_file, sha256_json
 from shards.manifest import load_manifest
 from shards.sft import open_sft_shard
+from shards.tokenizer import EOT, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD_KEYS = {"file", "split", "num_tokens", "num_examples", "bytes", "sha256", "mask_file", "mask_bytes",

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from gpt.chat import uses_template
 from gpt.checkpoint import load_model, save_model, saved_chat_template
 from gpt.model import GPT, preset
-from gpt.tokenizer import EOT
-from pipelines.alpaca import CHAT_TEMPLATE
+from gpt.template import CHAT_TEMPLATE
 from pipelines.sft import SFTConfig
 from pipelines.sft import run as sft_pipeline
 from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
+from shards.tokenizer import EOT
 from train.checkpoint import latest_checkpoint, save_checkpoint
 from train.config import build_parser, parse_args
 from train.data import SFTData

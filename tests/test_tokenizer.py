@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-import gpt.tokenizer as tok
+import shards.tokenizer as tok
 from pipelines import tokenize
 
 TEXTS = [
@@ -84,7 +84,7 @@ def test_describe_pins_the_ranks():
 def test_a_fresh_process_builds_the_same_encoding_offline(tmp_path):
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    code = "from gpt.tokenizer import get_encoding; print(get_encoding().encode_ordinary(%r))" % TEXTS[4]
+    code = "from shards.tokenizer import get_encoding; print(get_encoding().encode_ordinary(%r))" % TEXTS[4]
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr
