@@ -1,6 +1,6 @@
 """The SFT data stage: Alpaca-format examples to masked uint16 shards (`python -m pipelines sft`).
 
-Output: `DATA_DIR/sft-<dataset>/<fingerprint>/` with `val.bin` and `train.bin` (each with its `.mask`
+Output: `DATA_DIR/<dataset>-sft/<fingerprint>/` with `val.bin` and `train.bin` (each with its `.mask`
 and `.idx`, see shards/sft.py) and `manifest.json`, written last. An example is the rendered Alpaca
 prompt, then the answer (`output` + EOT); the mask is 1 exactly on the answer and its EOT.
 Examples whose output is empty (or only whitespace) are skipped; examples longer than `block_size`
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from gpt import template
 from pipelines import CUSTOM, SFT_DATASETS, sft_sources
-from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once
+from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once, shards_folder
 from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
 from shards.tokenizer import EOT, describe, get_encoding, ranks_sha256
@@ -59,7 +59,7 @@ def is_val(instruction: str, input: str, val_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "little") < val_fraction * 2**64
 
 
-def load_source(cfg: SFTConfig) -> sft_sources.Source:
+def load_source(cfg: SFTConfig) -> sft_sources.ExampleSource:
     if cfg.source:
         return sft_sources.path_source(cfg.source)
     if cfg.dataset == "sample":
@@ -122,7 +122,7 @@ def _tokenize_chunk(job: tuple) -> None:
     write_json(parts / f"{index:05d}.json", stats)
 
 
-def _chunks(source: sft_sources.Source, size: int):
+def _chunks(source: sft_sources.ExampleSource, size: int):
     it = iter(source.examples())
     for index in itertools.count():
         chunk = list(itertools.islice(it, size))
@@ -174,7 +174,7 @@ def run(cfg: SFTConfig) -> Path:
     source = load_source(cfg)
     source_info = source.describe()
     config = stage_config(cfg, source_info)
-    out = output_dir(cfg.data_dir, f"sft-{cfg.name()}", config)
+    out = output_dir(cfg.data_dir, shards_folder(cfg.name(), "sft"), config)
     if finished(out, config):
         print(f"sft: {out} is complete, nothing to do")
         return out
@@ -198,7 +198,7 @@ def run(cfg: SFTConfig) -> Path:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
                                           f"(empty output or longer than block_size {cfg.block_size})")
         entries, totals = _assemble(out, parts, num_chunks, totals)
-        manifest = {"kind": "sft", "name": f"sft-{cfg.name()}", "config": config, "source": source_info,
+        manifest = {"kind": "sft", "name": out.parent.name, "config": config, "source": source_info,
                     "tokenizer": describe(),
                     "template": {"name": "alpaca", "sha256": template.TEMPLATE_SHA256,
                                  "prompt_input": template.PROMPT_INPUT, "prompt_no_input": template.PROMPT_NO_INPUT},

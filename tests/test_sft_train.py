@@ -184,7 +184,7 @@ def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_
     (tmp_path / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shards = sft_pipeline(SFTConfig(source=str(tmp_path / "colours.jsonl"), data_dir=str(tmp_path / "data"),
                                     workers=1, val_fraction=0.1, block_size=64))
-    assert shards.parent.name == "sft-custom"
+    assert shards.parent.name == "custom-sft"
     torch.manual_seed(0)
     pretrained = GPT(preset("nano"))  # stands for a pretraining run's last checkpoint
     save_checkpoint(tmp_path / "pretrain", 1, pretrained, torch.optim.AdamW(pretrained.parameters()), {}, keep=1)

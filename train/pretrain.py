@@ -12,11 +12,12 @@ import sys
 
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT
+from pipelines.stage import find_shards_dir
 from shards.tokenizer import get_encoding
 
 from .checkpoint import resolve_checkpoint
 from .config import parse_args
-from .data import PretrainData, find_shards_dir
+from .data import PretrainData
 from .distributed import process_group
 from .loop import RUN_ERRORS, Hooks, exit_status, train
 from .model import build_model, check_context

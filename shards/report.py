@@ -1,4 +1,4 @@
-"""`python -m shards inspect DIR [--verify] [--decode N]`: show, check and decode the manifests under DIR.
+"""`python -m shards inspect DIR [--verify] [--decode N]`: report on the shard folders under DIR: show, check, decode.
 
 DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` below it is shown as a table
 (file, split, tokens, documents or examples, bytes). --verify checks every shard against its manifest:
