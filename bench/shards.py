@@ -53,7 +53,7 @@ def baseline(texts: list[str], threads: int) -> tuple[int, float]:
 
 
 def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
-    from pipelines import pretrain  # imports torch (via gpt); kept out of the workers' import of this module
+    from pipelines import pretrain  # kept out of the workers' import of this module
     seen = []
     original = tokenize_stage.tokenize
 
