@@ -122,13 +122,13 @@ def test_inspect_lists_unfinished_stage_folders_and_how_to_remove_them(tmp_path,
     (killed / "parts").mkdir(parents=True)
     (killed / "parts" / "unit.bin").write_bytes(b"x" * 1000)
     (killed / ".lock").touch()
-    failed = tmp_path / "sample-sft" / "failed"
+    failed = tmp_path / "test-sft" / "failed"
     failed.mkdir(parents=True)
     (failed / ".lock").touch()
     (tmp_path / "sample-source" / "done" / ".download").mkdir(parents=True)  # a download's own bookkeeping
     (tmp_path / "sample-source" / "done" / ".download" / ".lock").touch()
     (tmp_path / "sample-source" / "done" / "manifest.json").write_text(json.dumps({"kind": "source"}))
-    running = tmp_path / "alpaca-sft" / "running"
+    running = tmp_path / "sample-sft" / "running"
     with directory_lock(running):
         assert report.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
