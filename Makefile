@@ -125,7 +125,7 @@ bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124
 	$(PY) -m bench.train $(ARGS)
 
 clean: ## remove the sample's data, runs/sample/pretrain and runs/sample/sft (exports such as sft-hf, FineWeb, .venv stay)
-	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sft-sample runs/sample/pretrain runs/sample/sft
+	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft runs/sample/pretrain runs/sample/sft
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

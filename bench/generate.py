@@ -28,7 +28,7 @@ from bench import cpu_name
 from gpt.hf import to_hf
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
-from gpt.tokenizer import EOT
+from shards.tokenizer import EOT
 
 PROMPTS = [
     "The history of the printing press begins in",

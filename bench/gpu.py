@@ -38,9 +38,9 @@ from bench import train as bench_train
 from bench.generate import PROMPTS, left_padded
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
-from gpt.tokenizer import EOT
 from shards.format import write_shard
 from shards.manifest import write_manifest
+from shards.tokenizer import EOT
 from train.loop import peak_bf16_flops
 
 SMOKE_STEPS, SMOKE_SAVE = 10, 5

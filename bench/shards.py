@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench import cpu_name
-from pipelines import sources, tokenize
+from pipelines import sources, tokenize_stage
 from shards.manifest import load_manifest
 
 
@@ -46,22 +46,22 @@ def make_input(folder: Path, repeat: int) -> list[str]:
 
 
 def baseline(texts: list[str], threads: int) -> tuple[int, float]:
-    enc = tokenize.get_encoding()
+    enc = tokenize_stage.get_encoding()
     t0 = time.perf_counter()
     n = sum(len(ids) for ids in enc.encode_ordinary_batch(texts, num_threads=threads))
     return n, time.perf_counter() - t0
 
 
 def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
-    from pipelines import pretrain  # imports torch (via gpt); kept out of the workers' import of this module
+    from pipelines import pretrain  # kept out of the workers' import of this module
     seen = []
-    original = tokenize.tokenize
+    original = tokenize_stage.tokenize
 
     def spy(*args, **kwargs):
         seen.append(original(*args, **kwargs))
         return seen[-1]
 
-    tokenize.tokenize = spy
+    tokenize_stage.tokenize = spy
     try:
         cfg = pretrain.PretrainConfig(source=str(folder / "in"), data_dir=str(folder / f"data{round_}"),
                                       workers=workers)
@@ -69,7 +69,7 @@ def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
         out = pretrain.run(cfg)
         seconds = time.perf_counter() - t0
     finally:
-        tokenize.tokenize = original
+        tokenize_stage.tokenize = original
     totals = load_manifest(out)["totals"]
     return totals["tokens"] - totals["documents"], seconds, seen[0]["peak_rss_per_worker"]
 

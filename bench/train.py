@@ -24,7 +24,7 @@ from bench import cpu_name
 from gpt.hf import from_hf, to_hf
 from gpt.model import GPT, preset
 from train.loop import peak_bf16_flops
-from train.pretrain import PADDED_VOCAB_CUDA
+from train.model import PADDED_VOCAB_CUDA
 
 
 

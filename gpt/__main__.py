@@ -27,9 +27,9 @@ def main(argv=None) -> int:
 
 
 def _export_hf(args) -> int:
-    from pipelines.alpaca import CHAT_TEMPLATE
     from shards.io import atomic_directory
     from .checkpoint import load_model, resolve_checkpoint, save_model, saved_chat_template
+    from .template import CHAT_TEMPLATE
 
     out = Path(args.out)
     if out.exists():

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from pipelines.alpaca import CHAT_TEMPLATE, render_prompt
+from shards.tokenizer import EOT, get_encoding
 
 from .checkpoint import saved_chat_template
 from .inference import generate, stream, tokenize_batch_input
-from .tokenizer import EOT, get_encoding
+from .template import CHAT_TEMPLATE, render_prompt
 
 CKPT_HELP = "checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint"
 

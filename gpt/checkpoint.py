@@ -27,10 +27,10 @@ import torch
 from safetensors.torch import load_file, save
 
 from shards.io import atomic_write, write_json
+from shards.tokenizer import ENCODER_JSON_SHA256, EOT, VOCAB_BPE_SHA256, packaged_file
 
 from .hf import build, complete_state_dict, config_from_hf, file_state_dict, hf_config, state_dict_from_hf
 from .model import GPT, GPTConfig
-from .tokenizer import ENCODER_JSON_SHA256, EOT, VOCAB_BPE_SHA256, packaged_file
 
 LATEST = "latest"  # RUN_DIR/ckpt/latest: the name of the newest complete checkpoint folder
 STATE = "state.json"  # a training checkpoint's state; a folder without it is incomplete

@@ -15,8 +15,9 @@ import re
 
 import torch
 
+from shards.tokenizer import EOT
+
 from .model import GPT, GPTConfig
-from .tokenizer import EOT
 
 # Linear layers that HF implements as Conv1D (weight stored transposed).
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")

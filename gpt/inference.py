@@ -19,9 +19,10 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+from shards.tokenizer import EOT, get_encoding
+
 from .kernels import linear
 from .model import GPT, KVCache
-from .tokenizer import EOT, get_encoding
 
 
 def tokenize_batch_input(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

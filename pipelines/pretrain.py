@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpt.tokenizer import ranks_sha256
 from shards.io import directory_lock, remove_temporaries
+from shards.tokenizer import ranks_sha256
 
-from . import PRETRAIN_DATASETS, sources, stage, tokenize
+from . import PRETRAIN_DATASETS, sources, stage, tokenize_stage
 
 DEFAULT_VAL_TOKENS = {"sample": 131_072, "fineweb10B": 100_000_000, "fineweb-edu10B": 100_000_000}
 
@@ -39,10 +39,10 @@ class PretrainConfig:
     download_only: bool = False       # only run the source stage (download or conversion)
 
 
-def stage_config(cfg: PretrainConfig, source: sources.Source) -> dict:
+def stage_config(cfg: PretrainConfig, source: sources.TextSource) -> dict:
     """The dict whose fingerprint names the output folder: everything that changes the bytes, nothing else."""
     val = cfg.val_tokens if cfg.val_tokens is not None else DEFAULT_VAL_TOKENS.get(source.name)
-    config = {"stage": "pretrain", "format_version": tokenize.FORMAT_VERSION, "dataset": source.name,
+    config = {"stage": "pretrain", "format_version": tokenize_stage.FORMAT_VERSION, "dataset": source.name,
               "inputs": source.identity, "text_column": cfg.text_column, "shard_tokens": cfg.shard_tokens,
               "val_tokens": val, "tokenizer": ranks_sha256()}
     if any(p.name.endswith(".jsonl") for p in source.files):  # the parts of a killed run depend on it
@@ -67,16 +67,17 @@ def run(cfg: PretrainConfig) -> Path | None:
         print(f"source {source.name}: {len(source.files)} files ready")
         return None
     config = stage_config(cfg, source)
-    out = stage.output_dir(cfg.data_dir, f"{source.name}-pretrain", config)
+    out = stage.output_dir(cfg.data_dir, stage.shards_folder(source.name, "pretrain"), config)
     if stage.finished(out, config):
         print(f"{out}: already finished, nothing to do")
         return out
     parts = out / stage.PARTS
-    units = tokenize.plan_units(source.files)
+    units = tokenize_stage.plan_units(source.files)
     if cfg.num_tasks > 1 and not cfg.assemble:
         with directory_lock(parts / f".task-{cfg.task_index}-of-{cfg.num_tasks}"):
-            stats = tokenize.tokenize(source.files, units, parts, cfg.text_column, cfg.workers, cfg.task_index,
-                                      cfg.num_tasks, desc=f"tokenize {source.name} task {cfg.task_index}/{cfg.num_tasks}")
+            stats = tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
+                                            cfg.task_index, cfg.num_tasks,
+                                            desc=f"tokenize {source.name} task {cfg.task_index}/{cfg.num_tasks}")
         _report(stats)
         print(f"{out}: task {cfg.task_index} of {cfg.num_tasks} done; "
               "when every task has finished, run once more with --assemble")
@@ -85,11 +86,11 @@ def run(cfg: PretrainConfig) -> Path | None:
     def build() -> dict:
         remove_temporaries(out)
         if not cfg.assemble:
-            _report(tokenize.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
-                                      desc=f"tokenize {source.name}"))
-        shards, totals = tokenize.assemble(units, parts, out, source.name, cfg.shard_tokens, config["val_tokens"])
-        described = sources.describe_local(source) if cfg.source else source.description
-        manifest = tokenize.build_manifest(source.name, config, out.name, described, shards, totals)
+            _report(tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
+                                            desc=f"tokenize {source.name}"))
+        shards, totals = tokenize_stage.assemble(units, parts, out, source.name, cfg.shard_tokens, config["val_tokens"])
+        described = source.describe()
+        manifest = tokenize_stage.build_manifest(source.name, config, out.name, described, shards, totals)
         stage.finish(out, manifest)
         return manifest
 

@@ -1,6 +1,6 @@
 """The SFT data stage: Alpaca-format examples to masked uint16 shards (`python -m pipelines sft`).
 
-Output: `DATA_DIR/sft-<dataset>/<fingerprint>/` with `val.bin` and `train.bin` (each with its `.mask`
+Output: `DATA_DIR/<dataset>-sft/<fingerprint>/` with `val.bin` and `train.bin` (each with its `.mask`
 and `.idx`, see shards/sft.py) and `manifest.json`, written last. An example is the rendered Alpaca
 prompt, then the answer (`output` + EOT); the mask is 1 exactly on the answer and its EOT.
 Examples whose output is empty (or only whitespace) are skipped; examples longer than `block_size`
@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from gpt.tokenizer import EOT, describe, ranks_sha256
-from pipelines import CUSTOM, SFT_DATASETS, alpaca, sft_sources
-from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once
+from gpt import template
+from pipelines import CUSTOM, SFT_DATASETS, sft_sources
+from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once, shards_folder
 from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
+from shards.tokenizer import EOT, describe, get_encoding, ranks_sha256
 
 SPLITS = ("val", "train")
 COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
@@ -58,7 +59,7 @@ def is_val(instruction: str, input: str, val_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "little") < val_fraction * 2**64
 
 
-def load_source(cfg: SFTConfig) -> sft_sources.Source:
+def load_source(cfg: SFTConfig) -> sft_sources.ExampleSource:
     if cfg.source:
         return sft_sources.path_source(cfg.source)
     if cfg.dataset == "sample":
@@ -72,8 +73,23 @@ def stage_config(cfg: SFTConfig, source: dict) -> dict:
     """Everything the output depends on: it names the output folder and is stored in the manifest."""
     return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]),
             "block_size": cfg.block_size, "truncate": cfg.truncate, "val_fraction": cfg.val_fraction,
-            "chunk_examples": cfg.chunk_examples, "template_sha256": alpaca.TEMPLATE_SHA256,
+            "chunk_examples": cfg.chunk_examples, "template_sha256": template.TEMPLATE_SHA256,
             "tokenizer_sha256": ranks_sha256()}
+
+
+def encode_example(instruction: str, input: str, output: str) -> tuple[np.ndarray, int]:
+    """Tokens (uint16) of prompt + answer + EOT, and the prompt length: mask is 1 from there to the end.
+
+    The prompt and the answer are tokenized separately and concatenated, so the boundary between them is
+    exact: the prompt tokens decode to the rendered prompt, the supervised tokens to `output` plus one EOT."""
+    enc = get_encoding()
+    prompt = enc.encode_ordinary(template.render_prompt(instruction, input))
+    answer = enc.encode_ordinary(output)
+    tokens = np.empty(len(prompt) + len(answer) + 1, dtype=np.uint16)
+    tokens[: len(prompt)] = prompt
+    tokens[len(prompt): -1] = answer
+    tokens[-1] = EOT
+    return tokens, len(prompt)
 
 
 def _tokenize_chunk(job: tuple) -> None:
@@ -86,7 +102,7 @@ def _tokenize_chunk(job: tuple) -> None:
         if not output.strip():
             stats["empty_output"] += 1
             continue
-        tokens, prompt_len = alpaca.encode_example(instruction, input, output)
+        tokens, prompt_len = encode_example(instruction, input, output)
         if len(tokens) > cfg.block_size:
             if not cfg.truncate or prompt_len + 2 > cfg.block_size:  # keep at least one answer token + EOT
                 stats["dropped_too_long"] += 1
@@ -106,7 +122,7 @@ def _tokenize_chunk(job: tuple) -> None:
     write_json(parts / f"{index:05d}.json", stats)
 
 
-def _chunks(source: sft_sources.Source, size: int):
+def _chunks(source: sft_sources.ExampleSource, size: int):
     it = iter(source.examples())
     for index in itertools.count():
         chunk = list(itertools.islice(it, size))
@@ -158,7 +174,7 @@ def run(cfg: SFTConfig) -> Path:
     source = load_source(cfg)
     source_info = source.describe()
     config = stage_config(cfg, source_info)
-    out = output_dir(cfg.data_dir, f"sft-{cfg.name()}", config)
+    out = output_dir(cfg.data_dir, shards_folder(cfg.name(), "sft"), config)
     if finished(out, config):
         print(f"sft: {out} is complete, nothing to do")
         return out
@@ -182,10 +198,10 @@ def run(cfg: SFTConfig) -> Path:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
                                           f"(empty output or longer than block_size {cfg.block_size})")
         entries, totals = _assemble(out, parts, num_chunks, totals)
-        manifest = {"kind": "sft", "name": f"sft-{cfg.name()}", "config": config, "source": source_info,
+        manifest = {"kind": "sft", "name": out.parent.name, "config": config, "source": source_info,
                     "tokenizer": describe(),
-                    "template": {"name": "alpaca", "sha256": alpaca.TEMPLATE_SHA256,
-                                 "prompt_input": alpaca.PROMPT_INPUT, "prompt_no_input": alpaca.PROMPT_NO_INPUT},
+                    "template": {"name": "alpaca", "sha256": template.TEMPLATE_SHA256,
+                                 "prompt_input": template.PROMPT_INPUT, "prompt_no_input": template.PROMPT_NO_INPUT},
                     "split": {"method": "sha256 of [instruction, input] < val_fraction", "val_fraction": cfg.val_fraction},
                     "totals": totals, "shards": entries}
         finish(out, manifest)

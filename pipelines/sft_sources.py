@@ -40,7 +40,8 @@ Example = tuple[str, str, str]
 
 
 @dataclass
-class Source:
+class ExampleSource:
+    """Instruction examples: an SFT source (a `pipelines.stage.Source`)."""
     dataset: str            # what the manifest calls it: a hub repo id, a PyPI pin, or the user's file
     revision: str | None    # the hub revision, when there is one
     files: list[Path]
@@ -58,7 +59,7 @@ class Source:
             yield from read(path)
 
 
-def sample_source() -> Source:
+def sample_source() -> ExampleSource:
     """The chatterbot-corpus English conversations, after checking the pinned hash of its files."""
     root = importlib.resources.files("chatterbot_corpus") / "data" / "english"
     files = sorted((Path(str(p)) for p in root.iterdir() if p.name.endswith(".yml")), key=lambda p: p.name)
@@ -67,24 +68,24 @@ def sample_source() -> Source:
     if actual != SAMPLE_SHA256:
         raise SourceError(f"{root}: the *.yml files hash to {actual}, expected {SAMPLE_SHA256}; "
                           f"reinstall {SAMPLE_DATASET}")
-    return Source(SAMPLE_DATASET, None, files, "chatterbot", verified)
+    return ExampleSource(SAMPLE_DATASET, None, files, "chatterbot", verified)
 
 
-def alpaca_source(data_dir: str | os.PathLike) -> Source:
+def alpaca_source(data_dir: str | os.PathLike) -> ExampleSource:
     """tatsu-lab/alpaca at the pinned revision, downloaded (or found complete) in DATA_DIR/alpaca-source/."""
     downloaded = download_hub("alpaca", data_dir)
     info = downloaded.description
-    return Source(info["dataset"], info["revision"], downloaded.files, "alpaca-format", info["files"])
+    return ExampleSource(info["dataset"], info["revision"], downloaded.files, "alpaca-format", info["files"])
 
 
-def path_source(path: str | os.PathLike) -> Source:
+def path_source(path: str | os.PathLike) -> ExampleSource:
     """A user's Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path}: no such file (SOURCE must be an Alpaca-format {', '.join(SUFFIXES)} file)")
     if not path.name.endswith(SUFFIXES):
         raise SourceError(f"{path}: unsupported file type {path.suffix!r} (expected one of {', '.join(SUFFIXES)})")
-    return Source(str(path.resolve()), None, [path.resolve()], "alpaca-format")
+    return ExampleSource(str(path.resolve()), None, [path.resolve()], "alpaca-format")
 
 
 def _check(path: Path, where, record) -> Example:

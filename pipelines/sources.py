@@ -50,11 +50,16 @@ class SourceError(ValueError):
 
 
 @dataclass
-class Source:
+class TextSource:
+    """Documents in a text column: a pretraining source (a `pipelines.stage.Source`), or a hub download."""
     name: str            # prefix of the stage folders and shard files
     files: list[Path]    # the input files, in document order
     identity: list[dict]  # what the tokenize config fingerprints: one {"file", "bytes", ...} per input
-    description: dict    # the manifest's "source": dataset id, revision, files with bytes and sha256
+    description: dict    # the manifest's "source": dataset id, revision, files with bytes and sha256 (None: not yet)
+
+    def describe(self) -> dict:
+        """The manifest's "source"; the files of a local folder (SOURCE=), not hashed before, are hashed now."""
+        return self.description if self.description.get("files") is not None else describe_local(self)
 
 
 def sample_json_path() -> Path:
@@ -66,13 +71,13 @@ def conversation_text(conversation: dict) -> str:
     return "\n".join(message["text"] for turn in conversation["messages"] for message in turn)
 
 
-def build_sample(data_dir: str | Path, json_path: Path | None = None) -> Source:
+def build_sample(data_dir: str | Path, json_path: Path | None = None) -> TextSource:
     """The `sample` source stage: check the packaged dataset.json's sha256, convert it to parquet once."""
     config = {"stage": "source", "package": SAMPLE_PACKAGE, "sha256": SAMPLE_SHA256,
               "document": "one conversation, one message per line", "rows_per_group": SAMPLE_ROWS_PER_GROUP}
     out = stage.output_dir(data_dir, "sample-source", config)
     manifest = stage.run_once(out, config, lambda: _convert_sample(out, config, json_path or sample_json_path()))
-    return Source("sample", [out / SAMPLE_FILE], manifest["source"]["files"], manifest["source"])
+    return TextSource("sample", [out / SAMPLE_FILE], manifest["source"]["files"], manifest["source"])
 
 
 def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
@@ -94,7 +99,7 @@ def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
     return manifest
 
 
-def download_hub(dataset: str, data_dir: str | Path) -> Source:
+def download_hub(dataset: str, data_dir: str | Path) -> TextSource:
     """The download stage of a hub dataset: every file verified by pipelines.hub, then a manifest."""
     from . import hub
     pinned = hub.SOURCES[dataset]
@@ -110,10 +115,10 @@ def download_hub(dataset: str, data_dir: str | Path) -> Source:
         return manifest
 
     manifest = stage.run_once(out, config, fetch)
-    return Source(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"])
+    return TextSource(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"])
 
 
-def local_source(path: str | Path) -> Source:
+def local_source(path: str | Path) -> TextSource:
     """A user's folder (or file) of parquet / jsonl / jsonl.zst; fingerprinted by name, size and mtime.
 
     Other files in the folder are named on stderr and left out; hidden ones (names starting with ".") silently."""
@@ -135,7 +140,7 @@ def local_source(path: str | Path) -> Source:
     stats = [p.stat() for p in files]
     identity = [{"file": str(p.relative_to(base)), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
                 for p, st in zip(files, stats)]
-    return Source(CUSTOM, files, identity, {"dataset": str(root), "revision": None, "files": None})
+    return TextSource(CUSTOM, files, identity, {"dataset": str(root), "revision": None, "files": None})
 
 
 def first_names(names: list[str], most: int = 5) -> str:
@@ -151,12 +156,12 @@ def hash_files(paths: list[Path], names: list[str]) -> list[dict]:
                 for path, name, size in zip(paths, names, sizes)]
 
 
-def describe_local(source: Source) -> dict:
+def describe_local(source: TextSource) -> dict:
     """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now)."""
     return {**source.description, "files": hash_files(source.files, [ident["file"] for ident in source.identity])}
 
 
-def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> Source:
+def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> TextSource:
     """The source a pretraining run tokenizes, its download or conversion stage run first if needed."""
     if source_path:
         return local_source(source_path)

@@ -1,6 +1,8 @@
-"""What every stage shares: a config fingerprint, the output folder it names, and the finished-check.
+"""What every stage shares: a config fingerprint, the output folder it names, the finished-check, the finder.
 
-A stage writes into `DATA_DIR/<name>/<fingerprint>/`, so a changed config never mixes with old output.
+A stage writes into `DATA_DIR/<name>/<fingerprint>/`, so a changed config never mixes with old output; the
+shard stages name theirs `<dataset>-<kind>` (`sample-pretrain`, `alpaca-sft`: `shards_folder`), and readers
+(the trainers) find the one finished folder with `find_shards_dir`.
 Its work in progress lives in the folder's `parts/`. The folder is complete exactly when its
 `manifest.json` exists and records the same config (`finish` writes it, then drops `parts/`);
 rerunning a complete stage does nothing (`run_once`).
@@ -12,9 +14,26 @@ import multiprocessing
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from shards.io import directory_lock, sha256_json
 from shards.manifest import MANIFEST, PARTS, ManifestError, load_manifest, write_manifest
+
+from . import CUSTOM
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What a stage reads, as both pipelines' sources provide it (`pipelines.sources.TextSource`, documents for
+    pretraining; `pipelines.sft_sources.ExampleSource`, instruction examples for SFT). Each adds how its
+    records are read (units of a text column; `examples()`)."""
+
+    files: list[Path]  # the input files, in the order their records are read
+
+    def describe(self) -> dict:
+        """The manifest's "source": `dataset` (a hub repository, a package pin or the user's path), `revision`
+        (None but for the hub) and `files`, each with its `file` name, `bytes` and `sha256`."""
+        ...
 
 
 def fingerprint(config: dict) -> str:
@@ -73,7 +92,23 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
         yield from pool.imap_unordered(work, jobs)
 
 
-def latest(data_dir: str | Path, name: str) -> Path | None:
-    """The most recently finished output folder of stage `name` under `data_dir` (None if there is none)."""
-    done = [p.parent for p in (Path(data_dir) / name).glob(f"*/{MANIFEST}")]
-    return max(done, key=lambda p: ((p / MANIFEST).stat().st_mtime_ns, p.name), default=None)
+def shards_folder(dataset: str, kind: str) -> str:
+    """The folder under DATA_DIR of the `kind` ("pretrain" or "sft") shards of `dataset`: `<dataset>-<kind>`."""
+    return f"{dataset}-{kind}"
+
+
+def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
+    """The one finished shard folder of `dataset` that the `kind` ("pretrain" or "sft") pipeline wrote,
+    `DATA_DIR/<dataset>-<kind>/<fingerprint>/`; an error saying what to run if there is none, and naming them
+    all if there are several (a changed data setting writes a folder of its own: which one is meant is not
+    guessed)."""
+    base = Path(data_dir) / shards_folder(dataset, kind)
+    found = sorted(p.parent for p in base.glob(f"*/{MANIFEST}"))
+    if not found:
+        make = f"make {kind}-shards " + ("SOURCE=path" if dataset == CUSTOM else
+                                         f"{'DATASET' if kind == 'pretrain' else 'SFT_DATASET'}={dataset}")
+        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass --shards-dir)")
+    if len(found) > 1:
+        raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
+                            "choose one with --shards-dir (ARGS=\"--shards-dir ...\"), or delete the old ones")
+    return found[0]

@@ -2,7 +2,7 @@
 
 import sys
 
-from .inspect import main
+from .report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,8 +13,8 @@ from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_b
 from gpt.__main__ import main
 from gpt.hf import from_hf
 from gpt.model import KVCache, preset
-from pipelines.alpaca import CHAT_TEMPLATE
-from pipelines.alpaca import PROMPT_NO_INPUT as ALPACA_NO_INPUT
+from gpt.template import CHAT_TEMPLATE
+from gpt.template import PROMPT_NO_INPUT as ALPACA_NO_INPUT
 
 PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog and then", "é 日本"]
 

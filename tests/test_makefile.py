@@ -97,7 +97,7 @@ def test_clean_leaves_exports_alone(tmp_path):
     kept = [tmp_path / "runs" / "sample" / "sft-hf", tmp_path / "runs" / "fineweb10B" / "pretrain",
             tmp_path / "data" / "fineweb10B-pretrain"]
     gone = [tmp_path / "runs" / "sample" / "pretrain", tmp_path / "runs" / "sample" / "sft",
-            tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source", tmp_path / "data" / "sft-sample"]
+            tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source", tmp_path / "data" / "sample-sft"]
     for folder in kept + gone:
         folder.mkdir(parents=True)
         (folder / "file").touch()

@@ -216,7 +216,7 @@ def test_our_checkpoint_is_a_transformers_folder(tmp_path):
 
 
 def test_an_sft_checkpoint_carries_the_alpaca_prompt_as_its_chat_template(tmp_path):
-    from pipelines.alpaca import CHAT_TEMPLATE, render_prompt
+    from gpt.template import CHAT_TEMPLATE, render_prompt
 
     save_model(tiny_gpt(), tmp_path / "sft", chat_template=CHAT_TEMPLATE)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "sft")

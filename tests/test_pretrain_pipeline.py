@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from gpt.tokenizer import EOT, get_encoding
-from pipelines import hub, pretrain, sources, stage, tokenize
-from shards import inspect
+from pipelines import hub, pretrain, sources, stage, tokenize_stage
+from shards import report
 from shards.format import open_tokens, read_header
 from shards.io import directory_lock, sha256_file
+from shards.tokenizer import EOT, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["the", "cat", "sat", "on", "a", "mat.", "Naïve", "café", "日本語", "🎉", "it's", "1234", "<|endoftext|>",
@@ -126,9 +126,9 @@ def test_output_does_not_depend_on_workers(src, reference, tmp_path):
 
 
 def test_small_buffers_and_pieces_give_the_same_bytes(src, reference, tmp_path, monkeypatch):
-    monkeypatch.setattr(tokenize, "BUFFER_TOKENS", 64)
-    monkeypatch.setattr(tokenize, "PIECE_CHARS", 100)
-    monkeypatch.setattr(tokenize, "COPY_TOKENS", 50)
+    monkeypatch.setattr(tokenize_stage, "BUFFER_TOKENS", 64)
+    monkeypatch.setattr(tokenize_stage, "PIECE_CHARS", 100)
+    monkeypatch.setattr(tokenize_stage, "COPY_TOKENS", 50)
     assert run(tmp_path, src[0]) == 0
     assert contents(out_dir(tmp_path, src[0])) == reference[1]
 
@@ -172,15 +172,15 @@ def test_a_file_system_without_locks_is_named(src, tmp_path, capsys, monkeypatch
 
 KILLER = """
 import os, signal, sys
-from pipelines import pretrain, tokenize
+from pipelines import pretrain, tokenize_stage
 name, after = sys.argv[1], int(sys.argv[2])
-original, calls = getattr(tokenize, name), [0]
+original, calls = getattr(tokenize_stage, name), [0]
 def killing(*args, **kwargs):
     calls[0] += 1
     if calls[0] == after:
         os.kill(os.getpid(), signal.SIGKILL)
     return original(*args, **kwargs)
-setattr(tokenize, name, killing)
+setattr(tokenize_stage, name, killing)
 sys.exit(pretrain.main(sys.argv[3:]))
 """
 
@@ -342,7 +342,7 @@ def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch
     args = ["--dataset", "fineweb10B", "--data-dir", str(tmp_path), "--shard-tokens", "2000", "--val-tokens", "500",
             "--workers", "1"]
     assert pretrain.main(args) == 0
-    out = stage.latest(tmp_path, "fineweb10B-pretrain")
+    out = stage.find_shards_dir(tmp_path, "pretrain", "fineweb10B")
     m = json.loads((out / "manifest.json").read_text())
     pinned = hub.SOURCES["fineweb10B"]
     assert m["source"]["dataset"] == "HuggingFaceFW/fineweb" and m["source"]["revision"] == pinned.revision
@@ -350,33 +350,33 @@ def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch
     assert m["shards"][0]["file"] == "fineweb10B_val_000000.bin"
     assert m["totals"]["units"] == 30
     assert pretrain.main(args) == 0 and len(calls) == 1  # the finished download stage is not run again
-    assert inspect.main([str(tmp_path), "--verify"]) == 0
+    assert report.main([str(tmp_path), "--verify"]) == 0
 
 
 def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(reference[0], out)
-    assert inspect.main([str(tmp_path), "--verify", "--decode", "2"]) == 0
+    assert report.main([str(tmp_path), "--verify", "--decode", "2"]) == 0
     printed = capsys.readouterr().out
     assert "custom_val_000000.bin" in printed and "verified" in printed and printed.count("--- custom_val") == 2
     shard = out / "custom_train_000002.bin"
     raw = bytearray(shard.read_bytes())
     raw[1024] ^= 1  # first token byte
     shard.write_bytes(bytes(raw))
-    assert inspect.main([str(out), "--verify"]) == 1
+    assert report.main([str(out), "--verify"]) == 1
     assert f"{shard}: sha256" in capsys.readouterr().err
     shard.write_bytes(bytes(raw[:-10]))
-    assert inspect.main([str(out), "--verify"]) == 1
+    assert report.main([str(out), "--verify"]) == 1
     assert f"{shard}: " in capsys.readouterr().err
     (out / "custom_val_000000.docs").unlink()
-    assert inspect.main([str(out), "--verify", "--decode", "2"]) == 1  # a message, no traceback from decoding
+    assert report.main([str(out), "--verify", "--decode", "2"]) == 1  # a message, no traceback from decoding
     assert "custom_val_000000.docs: missing" in capsys.readouterr().err
-    assert inspect.main([str(out), "--decode", "2"]) == 1
+    assert report.main([str(out), "--decode", "2"]) == 1
     assert "custom_val_000000.docs" in capsys.readouterr().err
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["shards"][1]["split"]
     (out / "manifest.json").write_text(json.dumps(manifest))
-    assert inspect.main([str(out)]) == 1
+    assert report.main([str(out)]) == 1
     assert f"{out / 'manifest.json'}: an entry has no 'split'" in capsys.readouterr().err
 
 

@@ -21,14 +21,15 @@ import pytest
 import zstandard
 
 from fake_hub import FakeHub
-from gpt.tokenizer import EOT, get_encoding
-from pipelines import alpaca, hub, sft, sft_sources
+import gpt.template as alpaca
+from pipelines import hub, sft, sft_sources
 from pipelines.stage import output_dir
 from shards.format import read_header
-from shards.inspect import main as inspect_main
+from shards.report import main as inspect_main
 from shards.io import directory_lock, sha256_file, sha256_json
 from shards.manifest import load_manifest
 from shards.sft import open_sft_shard
+from shards.tokenizer import EOT, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 SHARD_KEYS = {"file", "split", "num_tokens", "num_examples", "bytes", "sha256", "mask_file", "mask_bytes",
@@ -170,7 +171,7 @@ def test_a_second_run_on_a_busy_folder_stops_with_a_message(tmp_path, capsys):
     src = write_jsonl(tmp_path / "s.jsonl", many_examples(20))
     cfg = sft.SFTConfig(source=str(src), data_dir=str(tmp_path / "data"), workers=1)
     config = sft.stage_config(cfg, sft_sources.path_source(src).describe())
-    out = output_dir(cfg.data_dir, "sft-custom", config)
+    out = output_dir(cfg.data_dir, "custom-sft", config)
     with directory_lock(out):
         assert sft.main(["--source", str(src), "--data-dir", cfg.data_dir, "--workers", "1"]) == 1
     assert f"{out} is in use by another run" in capsys.readouterr().err
@@ -193,7 +194,7 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
     monkeypatch.setattr(sft, "_tokenize_chunk", crash_on_fourth)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, src, "crash", chunk_examples=10)
-    out = next((tmp_path / "crash" / "sft-custom").iterdir())
+    out = next((tmp_path / "crash" / "custom-sft").iterdir())
     assert not (out / "manifest.json").exists() and not (out / "train.bin").exists()
     (out / ".train.bin.tmp-99999").write_bytes(b"torn")  # what a kill during the assembly leaves
     monkeypatch.setattr(sft, "_tokenize_chunk", lambda job: (calls.append(job[1]), real(job)))
@@ -208,7 +209,7 @@ def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
     args = ["--source", str(src), "--workers", "1", "--chunk-examples", "5"]  # 20 chunks, each fsynced
     proc = subprocess.Popen([sys.executable, "-m", "pipelines", "sft", "--data-dir", str(tmp_path / "killed"), *args],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = tmp_path / "killed" / "sft-custom"
+    parts = tmp_path / "killed" / "custom-sft"
     deadline = time.monotonic() + 60
     while not list(parts.glob("*/parts/*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.002)
@@ -218,12 +219,12 @@ def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
     assert not (out / "manifest.json").exists() and not list(out.glob("*.bin")), "nothing under a final name"
     assert sft.main(["--data-dir", str(tmp_path / "killed"), *args]) == 0
     assert sft.main(["--data-dir", str(tmp_path / "clean"), *args]) == 0
-    assert files_of(out) == files_of(next((tmp_path / "clean" / "sft-custom").iterdir()))
+    assert files_of(out) == files_of(next((tmp_path / "clean" / "custom-sft").iterdir()))
 
 
 def test_sample_source(tmp_path):
     out = sft.run(sft.SFTConfig(data_dir=str(tmp_path), workers=2))
-    assert out.parent == tmp_path / "sft-sample"
+    assert out.parent == tmp_path / "sample-sft"
     m = load_manifest(out)
     assert m["source"]["dataset"] == "chatterbot-corpus==1.3.3" and len(m["source"]["files"]) == 21
     assert (m["totals"]["rows"], m["totals"]["examples"], m["totals"]["val_examples"]) == (2306, 2306, 18)
@@ -313,10 +314,18 @@ def test_alpaca_download_through_a_flaky_hub(tmp_path, monkeypatch):
         out = sft.run(cfg)
         assert any(r is not None and r != "bytes=0-" for _, _, r in server.requests), "a dropped download resumed"
     m = load_manifest(out)
-    assert out.parent == tmp_path / "sft-alpaca"
+    assert out.parent == tmp_path / "alpaca-sft"
     assert m["source"]["dataset"] == "tatsu-lab/alpaca" and m["source"]["revision"] == FakeHub.COMMIT
     assert m["source"]["files"] == [{"file": name, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}]
     assert m["totals"]["rows"] == 45 and m["totals"]["examples"] == 45
     stat = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert sft.run(cfg) == out, "a rerun with the hub gone needs no network"
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat
+
+
+def test_both_pipelines_sources_are_one_protocol(tmp_path):
+    from pipelines import sources, stage
+    (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
+    for source in (sources.local_source(tmp_path / "docs.jsonl"), sft_sources.sample_source()):
+        assert isinstance(source, stage.Source)
+        assert source.describe()["files"][0]["sha256"] == sha256_file(source.files[0])

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from gpt.chat import uses_template
 from gpt.checkpoint import load_model, save_model, saved_chat_template
 from gpt.model import GPT, preset
-from gpt.tokenizer import EOT
-from pipelines.alpaca import CHAT_TEMPLATE
+from gpt.template import CHAT_TEMPLATE
 from pipelines.sft import SFTConfig
 from pipelines.sft import run as sft_pipeline
 from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
+from shards.tokenizer import EOT
 from train.checkpoint import latest_checkpoint, save_checkpoint
 from train.config import build_parser, parse_args
 from train.data import SFTData
@@ -184,7 +184,7 @@ def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_
     (tmp_path / "colours.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shards = sft_pipeline(SFTConfig(source=str(tmp_path / "colours.jsonl"), data_dir=str(tmp_path / "data"),
                                     workers=1, val_fraction=0.1, block_size=64))
-    assert shards.parent.name == "sft-custom"
+    assert shards.parent.name == "custom-sft"
     torch.manual_seed(0)
     pretrained = GPT(preset("nano"))  # stands for a pretraining run's last checkpoint
     save_checkpoint(tmp_path / "pretrain", 1, pretrained, torch.optim.AdamW(pretrained.parameters()), {}, keep=1)

@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from shards import inspect
+from shards import report
 from shards.format import HEADER_BYTES, ShardError, open_tokens, read_header, write_shard
 from shards.io import atomic_directory, remove_temporaries
 from shards.manifest import write_manifest
@@ -63,14 +63,14 @@ def _sft_folder(tmp_path):
     info = write_sft_shard(tmp_path / "sft_val_000000.bin", tokens, mask, offsets)
     entry = {"file": "sft_val_000000.bin", "split": "val", "num_examples": 2, "mask_file": "sft_val_000000.mask",
              "idx_file": "sft_val_000000.idx", "supervised_tokens": 6, **info}
-    manifest = {"kind": "sft", "name": "sft-test", "shards": [entry]}
+    manifest = {"kind": "sft", "name": "test-sft", "shards": [entry]}
     write_manifest(tmp_path, manifest)
     return manifest
 
 
 def test_inspect_verifies_and_decodes_sft(tmp_path, capsys):
     _sft_folder(tmp_path)
-    assert inspect.main([str(tmp_path), "--verify", "--decode", "2"]) == 0
+    assert report.main([str(tmp_path), "--verify", "--decode", "2"]) == 0
     out = capsys.readouterr().out
     assert "examples" in out and "verified" in out
     assert out.count("PROMPT: ") == 2 and out.count("ANSWER: ") == 2
@@ -89,7 +89,7 @@ def test_inspect_names_a_bad_sft_sidecar(tmp_path, capsys, which, values, messag
     entry = manifest["shards"][0]  # a manifest that agrees with the bad file: only the content checks catch it
     entry[f"{which}_bytes"], entry[f"{which}_sha256"] = values.nbytes, hashlib.sha256(values.tobytes()).hexdigest()
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert inspect.main([str(tmp_path), "--verify"]) == 1
+    assert report.main([str(tmp_path), "--verify"]) == 1
     err = capsys.readouterr().err
     assert message in err and path.name in err
 
@@ -98,7 +98,7 @@ def test_inspect_names_a_changed_sft_mask(tmp_path, capsys):
     _sft_folder(tmp_path)
     path = tmp_path / "sft_val_000000.mask"
     path.write_bytes(np.array([0, 0, 0, 1, 1, 0, 1, 1, 1], np.uint8).tobytes())
-    assert inspect.main([str(tmp_path), "--verify"]) == 1
+    assert report.main([str(tmp_path), "--verify"]) == 1
     assert f"{path}: sha256" in capsys.readouterr().err
 
 
@@ -109,28 +109,28 @@ def test_inspect_names_token_ids_outside_the_vocabulary(tmp_path, capsys):
     path.write_bytes(raw)
     manifest["shards"][0]["sha256"] = hashlib.sha256(raw).hexdigest()  # a manifest that agrees with the bad ids
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    assert inspect.main([str(tmp_path), "--verify"]) == 1
+    assert report.main([str(tmp_path), "--verify"]) == 1
     assert f"{path}: token id 50257 is outside the vocabulary of 50257" in capsys.readouterr().err
 
 
 def test_inspect_lists_unfinished_stage_folders_and_how_to_remove_them(tmp_path, capsys):
     from shards.io import directory_lock
 
-    _sft_folder(tmp_path / "sft-test" / "done")
-    (tmp_path / "sft-test" / "done" / ".lock").touch()  # a finished stage keeps its lock file
+    _sft_folder(tmp_path / "test-sft" / "done")
+    (tmp_path / "test-sft" / "done" / ".lock").touch()  # a finished stage keeps its lock file
     killed = tmp_path / "sample-pretrain" / "killed"
     (killed / "parts").mkdir(parents=True)
     (killed / "parts" / "unit.bin").write_bytes(b"x" * 1000)
     (killed / ".lock").touch()
-    failed = tmp_path / "sft-sample" / "failed"
+    failed = tmp_path / "test-sft" / "failed"
     failed.mkdir(parents=True)
     (failed / ".lock").touch()
     (tmp_path / "sample-source" / "done" / ".download").mkdir(parents=True)  # a download's own bookkeeping
     (tmp_path / "sample-source" / "done" / ".download" / ".lock").touch()
     (tmp_path / "sample-source" / "done" / "manifest.json").write_text(json.dumps({"kind": "source"}))
-    running = tmp_path / "sft-alpaca" / "running"
+    running = tmp_path / "sample-sft" / "running"
     with directory_lock(running):
-        assert inspect.main([str(tmp_path)]) == 0
+        assert report.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     listed = out[out.index("unfinished stage folders"):].splitlines()
     assert listed[1:] == [f"  {killed}  1,000 bytes", f"  {running}  0 bytes  (a stage is running in it now)",

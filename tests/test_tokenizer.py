@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-import gpt.tokenizer as tok
-from pipelines import tokenize
+import shards.tokenizer as tok
+from pipelines import tokenize_stage
 
 TEXTS = [
     "hello world",
@@ -40,13 +40,13 @@ def test_round_trip_and_numpy_encoder(text):
     enc = tok.get_encoding()
     ids = enc.encode_ordinary(text)
     assert enc.decode(ids) == text
-    fast = tokenize.encode(text)
+    fast = tokenize_stage.encode(text)
     assert fast.dtype == np.uint32 and fast.tolist() == ids
 
 
 def test_lone_surrogate_is_fixed_up_like_tiktoken():
     text = "a \ud800 b"
-    assert tokenize.encode(text).tolist() == tok.get_encoding().encode_ordinary(text)
+    assert tokenize_stage.encode(text).tolist() == tok.get_encoding().encode_ordinary(text)
 
 
 def _random_text(rng: random.Random, n: int) -> str:
@@ -59,9 +59,9 @@ def _random_text(rng: random.Random, n: int) -> str:
 def test_long_documents_encode_identically_in_pieces(seed):
     enc = tok.get_encoding()
     text = _random_text(random.Random(seed), 4000)
-    pieces = list(tokenize.split_pieces(text, limit=97))
+    pieces = list(tokenize_stage.split_pieces(text, limit=97))
     assert len(pieces) > 10 and "".join(pieces) == text
-    joined = np.concatenate([tokenize.encode(p) for p in pieces]).tolist()
+    joined = np.concatenate([tokenize_stage.encode(p) for p in pieces]).tolist()
     assert joined == enc.encode_ordinary(text)
 
 
@@ -84,7 +84,7 @@ def test_describe_pins_the_ranks():
 def test_a_fresh_process_builds_the_same_encoding_offline(tmp_path):
     env = {**os.environ, "TIKTOKEN_CACHE_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    code = "from gpt.tokenizer import get_encoding; print(get_encoding().encode_ordinary(%r))" % TEXTS[4]
+    code = "from shards.tokenizer import get_encoding; print(get_encoding().encode_ordinary(%r))" % TEXTS[4]
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.stage import find_shards_dir
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError
-from train.data import BatchPlan, PretrainData, accumulation_steps, find_shards_dir, micro_batches, rank_slice
+from train.data import BatchPlan, PretrainData, accumulation_steps, micro_batches, rank_slice
 from train_shards import write_test_shards
 
 SEQ = 16
@@ -126,10 +127,10 @@ def test_find_shards_dir(shards, tmp_path):
     with pytest.raises(ManifestError, match=r"no finished pretrain shards under .*fineweb10B-pretrain/ \(run `make "
                                             r"pretrain-shards DATASET=fineweb10B`"):
         find_shards_dir(tmp_path, "pretrain", "fineweb10B")
-    with pytest.raises(ManifestError, match=r"no finished sft shards under .*sft-alpaca/ \(run `make sft-shards "
+    with pytest.raises(ManifestError, match=r"no finished sft shards under .*alpaca-sft/ \(run `make sft-shards "
                                             r"SFT_DATASET=alpaca`"):
         find_shards_dir(tmp_path, "sft", "alpaca")
-    with pytest.raises(ManifestError, match=r"sft-custom/ \(run `make sft-shards SOURCE=path` first, or pass --shards"):
+    with pytest.raises(ManifestError, match=r"custom-sft/ \(run `make sft-shards SOURCE=path` first, or pass --shards"):
         find_shards_dir(tmp_path, "sft", "custom")
     write_test_shards(tmp_path / "sample-pretrain" / "def456")
     with pytest.raises(ManifestError, match="several .*abc123, .*def456; choose one with --shards-dir"):

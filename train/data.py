@@ -27,27 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines import CUSTOM
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError, load_manifest, manifest_sha256
 from shards.sft import SFTShard, open_sft_shard
 from shards.verify import CACHE, verify_files
-
-
-def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
-    """The one finished shard folder of `dataset` that the `kind` ("pretrain" or "sft") pipeline wrote:
-    `DATA_DIR/<dataset>-pretrain/<fingerprint>/` or `DATA_DIR/sft-<dataset>/<fingerprint>/`; a clear error
-    if none or several (a changed data setting writes a folder of its own)."""
-    base = Path(data_dir) / (f"{dataset}-pretrain" if kind == "pretrain" else f"sft-{dataset}")
-    found = sorted(p.parent for p in base.glob("*/manifest.json"))
-    if not found:
-        make = f"make {kind}-shards " + ("SOURCE=path" if dataset == CUSTOM else
-                                         f"{'DATASET' if kind == 'pretrain' else 'SFT_DATASET'}={dataset}")
-        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass --shards-dir)")
-    if len(found) > 1:
-        raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
-                            "choose one with --shards-dir (ARGS=\"--shards-dir ...\"), or delete the old ones")
-    return found[0]
 
 
 def verify_data(data, vocab_size: int, progress: bool) -> None:

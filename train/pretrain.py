@@ -10,38 +10,19 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from gpt.checkpoint import load_config, load_model
 from gpt.inference import generate, tokenize_batch_input
-from gpt.model import GPT, preset
-from gpt.tokenizer import get_encoding
+from gpt.model import GPT
+from pipelines.stage import find_shards_dir
+from shards.tokenizer import get_encoding
 
-from .checkpoint import latest_checkpoint, resolve_checkpoint
-from .config import RunConfig, parse_args
-from .data import PretrainData, find_shards_dir
-from .distributed import Dist, process_group
+from .checkpoint import resolve_checkpoint
+from .config import parse_args
+from .data import PretrainData
+from .distributed import process_group
 from .loop import RUN_ERRORS, Hooks, exit_status, train
+from .model import build_model, check_context
 
 SAMPLE_PROMPT = "Hello, how are you today?"
-PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
-
-
-def build_model(cfg: RunConfig, dist: Dist, preset_name: str | None = None) -> GPT:
-    """`cfg.init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh `preset_name` model."""
-    padded = cfg.padded_vocab or (PADDED_VOCAB_CUDA if dist.device.type == "cuda" else None)
-    if cfg.init:
-        model = load_model(cfg.init, device=dist.device, padded_vocab_size=padded)
-    else:
-        model = GPT(preset(preset_name, padded_vocab_size=padded))
-    return model.train()
-
-
-def check_context(cfg: RunConfig, preset_name: str | None = None) -> None:
-    """Refuse a --seq-len beyond the context of the model the run trains (its latest checkpoint when resuming,
-    else `cfg.init`, else the preset), from its config alone: before the data, whose checks depend on it."""
-    start = (latest_checkpoint(cfg.run_dir) if cfg.resume else None) or cfg.init
-    context = (load_config(start) if start else preset(preset_name)).block_size
-    if context < cfg.seq_len:
-        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {context}")
 
 
 def sample_hook(prompt: str, max_steps: int):

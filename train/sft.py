@@ -27,17 +27,18 @@ from tqdm import tqdm
 from gpt.checkpoint import load_model
 from gpt.inference import generate, pad_batch
 from gpt.model import GPT
-from gpt.tokenizer import EOT, get_encoding
+from gpt.template import CHAT_TEMPLATE
 from pipelines import CUSTOM, SFT_DATASETS
-from pipelines.alpaca import CHAT_TEMPLATE
+from pipelines.stage import find_shards_dir
+from shards.tokenizer import EOT, get_encoding
 
 from .checkpoint import latest_checkpoint, resolve_checkpoint
 from .config import RunConfig, parse_args
-from .data import SFTData, find_shards_dir, rank_slice
+from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, train
-from .pretrain import build_model, check_context
+from .model import build_model, check_context
 
 # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
 ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
@@ -62,7 +63,7 @@ class SFTTrainConfig(RunConfig):
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_examples", "eot_steps")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_examples", "show")
     EPOCHS: ClassVar[int] = 2
-    dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/sft-<dataset>/)
+    dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/<dataset>-sft/)
     batch_examples: int | None = None  # global batch in examples (all ranks and accumulation steps)
     pretrain_run: str | None = None  # without --init: start from this pretraining run's latest checkpoint
     eval_examples: int = 0  # validation examples evaluated (loss and EOT rate) each time; 0: all of them

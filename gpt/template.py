@@ -1,16 +1,13 @@
-"""The Stanford Alpaca prompt templates and how an example is rendered and tokenized.
+"""The Stanford Alpaca prompt: the interface of an SFT model, used by the SFT pipeline, the trainer and chat.
 
 The two templates are Stanford Alpaca's (one for examples with an input, one without), with the
-newline after `### Response:` that the `text` column of `tatsu-lab/alpaca` has. The prompt and the
-answer are tokenized separately and concatenated, so the boundary between them is exact:
-the prompt tokens decode to the rendered prompt, the supervised tokens to `output` plus one EOT.
+newline after `### Response:` that the `text` column of `tatsu-lab/alpaca` has. SFT shards hold
+prompts rendered by `render_prompt` (pipelines/sft.py), SFT checkpoints carry `CHAT_TEMPLATE`, and
+`python -m gpt chat` wraps prompts in it. Torch-free: a pipeline worker imports it.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from gpt.tokenizer import EOT, get_encoding
 from shards.io import sha256_json
 
 PROMPT_INPUT = (
@@ -38,15 +35,3 @@ def render_prompt(instruction: str, input: str = "") -> str:
     if input:
         return PROMPT_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
-
-
-def encode_example(instruction: str, input: str, output: str) -> tuple[np.ndarray, int]:
-    """Tokens (uint16) of prompt + answer + EOT, and the prompt length: mask is 1 from there to the end."""
-    enc = get_encoding()
-    prompt = enc.encode_ordinary(render_prompt(instruction, input))
-    answer = enc.encode_ordinary(output)
-    tokens = np.empty(len(prompt) + len(answer) + 1, dtype=np.uint16)
-    tokens[: len(prompt)] = prompt
-    tokens[len(prompt): -1] = answer
-    tokens[-1] = EOT
-    return tokens, len(prompt)

@@ -1,4 +1,4 @@
-"""`python -m shards inspect DIR [--verify] [--decode N]`: show, check and decode the manifests under DIR.
+"""`python -m shards inspect DIR [--verify] [--decode N]`: report on the shard folders under DIR: show, check, decode.
 
 DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` below it is shown as a table
 (file, split, tokens, documents or examples, bytes). --verify checks every shard against its manifest:
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt.tokenizer import EOT, VOCAB_SIZE
-
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import bytes_bar, lock_held
 from .manifest import MANIFEST, PARTS, ManifestError, load_manifest
 from .sft import open_sft_shard
+from .tokenizer import EOT, VOCAB_SIZE
 from .verify import check_file
 
 DECODE_CHARS = 600
@@ -122,7 +121,7 @@ def _clip(text: str) -> str:
 
 def decode(folder: Path, manifest: dict, n: int) -> None:
     """Print the first n documents (or examples) of the folder's first shard."""
-    from gpt.tokenizer import get_encoding
+    from .tokenizer import get_encoding
     enc = get_encoding()
     shards = manifest.get("shards") or []
     if not shards or n <= 0:

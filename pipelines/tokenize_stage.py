@@ -41,7 +41,7 @@ COPY_TOKENS = 1 << 24        # assemble copies at most this many tokens at a tim
 _SAFE_CUT = re.compile(r"[!-~][ \n]")
 
 
-_encoding = None  # the tiktoken gpt2 Encoding: given to workers by _init_worker, else gpt.tokenizer's
+_encoding = None  # the tiktoken gpt2 Encoding: given to workers by _init_worker, else shards.tokenizer's
 
 
 def _init_worker(encoding) -> None:
@@ -50,10 +50,10 @@ def _init_worker(encoding) -> None:
 
 
 def get_encoding():
-    """The GPT-2 encoding: the one the parent gave this worker, else gpt.tokenizer's (built once)."""
+    """The GPT-2 encoding: the one the parent gave this worker, else shards.tokenizer's (built once)."""
     global _encoding
     if _encoding is None:
-        from gpt.tokenizer import get_encoding as build
+        from shards.tokenizer import get_encoding as build
         _encoding = build()
     return _encoding
 
@@ -257,7 +257,7 @@ def _chunks(tokens: list[np.ndarray], part_starts: np.ndarray, a: int, b: int) -
 
 
 def build_manifest(name: str, config: dict, fingerprint: str, source: dict, shards: list[dict], totals: dict) -> dict:
-    from gpt.tokenizer import describe
+    from shards.tokenizer import describe
     return {"kind": "pretrain", "name": name, "fingerprint": fingerprint, "config": config,
             "format": {"header": f"llm.c: {HEADER_INTS} little-endian int32, [0]={MAGIC} [1]={VERSION} [2]=tokens "
                                  "[3]=documents",
