@@ -27,17 +27,17 @@ MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
 RUN_DIR ?= runs/$(PRETRAIN_DATASET)
 ARGS ?=
-# Flags of both trainers, passed only when the variable is set (defaults follow the dataset: --help)
+# Flags of both trainers, passed only when the variable is set (defaults: the recipe's, see --help and --show-config)
 RUN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) \
   $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) $(if $(WARMUP),--warmup $(WARMUP)) \
   $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) \
   $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(EXTEND)),--extend) $(if $(INIT),--init $(INIT)) \
   $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED)) $(if $(filter 0 no false,$(VERIFY)),--no-verify-data)
 # Pretraining: the global batch counts tokens (python -m train pretrain --help)
-TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
+TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) $(if $(RECIPE),--recipe $(RECIPE)) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
   $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(RUN_FLAGS)
 # SFT: the global batch counts examples (python -m train sft --help)
-SFT_FLAGS = --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) \
+SFT_FLAGS = --dataset $(SFT_DATASET) $(if $(SFT_RECIPE),--recipe $(SFT_RECIPE)) --data-dir $(DATA_DIR) \
   $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
 # gives the workers 300 s (not its default 30) to write their checkpoint before it kills them
@@ -55,9 +55,9 @@ help: ## list targets and variables
 	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) SOURCE= SFT_SOURCE= WORKERS=$(WORKERS)"
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
 	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) RUN_DIR=$(RUN_DIR)"
-	@echo "  trainer: MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
+	@echo "  trainer: RECIPE (sample, gpt2-124m) MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check)"
-	@echo "  sft: SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
+	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 $(STAMP): requirements.lock pyproject.toml

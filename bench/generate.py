@@ -15,7 +15,6 @@ A step of batch B reads the weights once for its B rows, so B times that bound i
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import statistics
@@ -28,6 +27,7 @@ from bench import cpu_name
 from gpt.hf import to_hf
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
+from shards import cli
 from shards.tokenizer import EOT
 
 PROMPTS = [
@@ -56,12 +56,7 @@ class BenchConfig:
 
 
 def parse_args(argv=None) -> BenchConfig:
-    defaults = BenchConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(BenchConfig):
-        default = getattr(defaults, field.name)
-        p.add_argument("--" + field.name.replace("_", "-"), type=type(default), default=default)
-    return BenchConfig(**vars(p.parse_args(argv)))
+    return cli.parse(BenchConfig, argv, "python -m bench.generate", __doc__.splitlines()[0])
 
 
 def read_bandwidth(buffer: torch.Tensor, repeats: int = 3) -> float:

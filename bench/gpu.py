@@ -20,7 +20,6 @@ Figures go to docs/benchmarks.md with the card's name (printed first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -29,7 +28,9 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from bench import train as bench_train
 from bench.generate import PROMPTS, left_padded
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
+from shards import cli
 from shards.format import write_shard
 from shards.manifest import write_manifest
 from shards.tokenizer import EOT
@@ -46,20 +48,30 @@ from train.loop import peak_bf16_flops
 SMOKE_STEPS, SMOKE_SAVE = 10, 5
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="train,smoke,decode", help="which parts to run, in this order")
-    p.add_argument("--train-batches", default="32", help="micro-batches timed for ours (the first also for HF)")
-    p.add_argument("--decode-batches", default="1,64")
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--budget-s", type=float, default=280, help="no part starts after this many seconds")
-    p.add_argument("--json", help="also write the figures to this file")
-    # a dry run on a CPU (tests/test_bench.py): --device cpu --model nano --seq-len 64 --micro-batch 4
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--model", default="gpt2")
-    p.add_argument("--seq-len", type=int, default=1024)
-    p.add_argument("--micro-batch", type=int, default=32, help="the smoke run's")
-    return p.parse_args(argv)
+@dataclass
+class GPUBenchConfig:
+    HELP: ClassVar[dict] = {
+        "parts": "which parts to run, in this order",
+        "train_batches": "micro-batches timed for ours (the first also for transformers)",
+        "budget_s": "no part starts after this many seconds",
+        "json": "also write the figures to this file",
+        "device": "cuda; cpu for a dry run (tests/test_generate.py: --model nano --seq-len 64 --micro-batch 4)",
+        "micro_batch": "the smoke run's"}
+
+    parts: str = "train,smoke,decode"
+    train_batches: str = "32"
+    decode_batches: str = "1,64"
+    new_tokens: int = 128
+    budget_s: float = 280
+    json: str | None = None
+    device: str = "cuda"
+    model: str = "gpt2"
+    seq_len: int = 1024
+    micro_batch: int = 32
+
+
+def parse_args(argv=None) -> GPUBenchConfig:
+    return cli.parse(GPUBenchConfig, argv, "python -m bench.gpu", __doc__.splitlines()[0])
 
 
 def part_train(args) -> dict:

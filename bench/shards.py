@@ -13,12 +13,12 @@ inside the timed run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,11 +26,14 @@ import pyarrow.parquet as pq
 
 from bench import cpu_name
 from pipelines import sources, tokenize_stage
+from shards import cli
 from shards.manifest import load_manifest
 
 
 @dataclass
 class BenchConfig:
+    HELP: ClassVar[dict] = {"repeat": "copies of the sample (7 = ~22.4M tokens)"}
+
     repeat: int = 7
     workers: int = os.cpu_count() or 1
     rounds: int = 3
@@ -75,13 +78,7 @@ def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = BenchConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeat", type=int, default=d.repeat, help="copies of the sample (7 = ~22.4M tokens)")
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    cfg = BenchConfig(**vars(p.parse_args(argv)))
+    cfg = cli.parse(BenchConfig, argv, "python -m bench.shards", __doc__)
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         folder = Path(tmp)
         texts = make_input(folder, cfg.repeat)

@@ -13,16 +13,17 @@ MFU against the GPU's peak dense bf16 FLOP/s.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from bench import cpu_name
 from gpt.hf import from_hf, to_hf
 from gpt.model import GPT, preset
+from shards import cli
 from train.loop import peak_bf16_flops
 from train.model import PADDED_VOCAB_CUDA
 
@@ -30,6 +31,8 @@ from train.model import PADDED_VOCAB_CUDA
 
 @dataclass
 class BenchConfig:
+    CHOICES: ClassVar[dict] = {"device": ("cpu", "cuda")}
+
     model: str = "gpt2"
     batch: int = 4
     seq_len: int = 256
@@ -45,20 +48,7 @@ class BenchConfig:
 
 
 def parse_args(argv=None) -> BenchConfig:
-    defaults = BenchConfig()
-    p = argparse.ArgumentParser(prog="python -m bench.train", description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(BenchConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if field.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif field.name == "padded_vocab_size":
-            p.add_argument(flag, type=int, default=default)
-        elif field.name == "device":
-            p.add_argument(flag, choices=["cpu", "cuda"], default=default)
-        else:
-            p.add_argument(flag, type=type(default), default=default)
-    return BenchConfig(**vars(p.parse_args(argv)))
+    return cli.parse(BenchConfig, argv, "python -m bench.train", __doc__.splitlines()[0])
 
 
 class Trainer:

@@ -10,12 +10,13 @@ With --num-tasks N each of N machines (sharing DATA_DIR) runs --task-index i, th
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from shards import cli
 from shards.io import directory_lock, remove_temporaries
 from shards.tokenizer import ranks_sha256
 
@@ -26,6 +27,14 @@ DEFAULT_VAL_TOKENS = {"sample": 131_072, "fineweb10B": 100_000_000, "fineweb-edu
 
 @dataclass
 class PretrainConfig:
+    CHOICES: ClassVar[dict] = {"dataset": PRETRAIN_DATASETS}
+    HELP: ClassVar[dict] = {
+        "source": "folder or file of parquet/jsonl/jsonl.zst (overrides --dataset)",
+        "workers": "tokenizer processes (output does not depend on it)",
+        "val_tokens": "default: per dataset; for a SOURCE folder 1%% of the tokens (at most --shard-tokens)",
+        "assemble": "write the shards and manifest from every task's parts",
+        "download_only": "only download or convert the source"}
+
     dataset: str = "sample"
     source: str | None = None         # a folder or file of parquet/jsonl(.zst); overrides dataset
     data_dir: str = "data"
@@ -106,22 +115,7 @@ def _report(stats: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> PretrainConfig:
-    d = PretrainConfig()
-    p = argparse.ArgumentParser(prog="python -m pipelines pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", choices=PRETRAIN_DATASETS, default=d.dataset)
-    p.add_argument("--source", default=d.source, help="folder or file of parquet/jsonl/jsonl.zst (overrides --dataset)")
-    p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--workers", type=int, default=d.workers, help="tokenizer processes (output does not depend on it)")
-    p.add_argument("--shard-tokens", type=int, default=d.shard_tokens)
-    p.add_argument("--val-tokens", type=int, default=d.val_tokens)
-    p.add_argument("--text-column", default=d.text_column)
-    p.add_argument("--task-index", type=int, default=d.task_index)
-    p.add_argument("--num-tasks", type=int, default=d.num_tasks)
-    p.add_argument("--assemble", action="store_true", help="write the shards and manifest from every task's parts")
-    p.add_argument("--download-only", action="store_true", help="only download or convert the source")
-    args = p.parse_args(argv)
-    return PretrainConfig(**vars(args))
+    return cli.parse(PretrainConfig, argv, "python -m pipelines pretrain", __doc__)
 
 
 def main(argv: list[str] | None = None) -> int:

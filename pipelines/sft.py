@@ -15,7 +15,6 @@ byte-identical whatever the number of workers.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -23,6 +22,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from tqdm import tqdm
@@ -30,6 +30,7 @@ from tqdm import tqdm
 from gpt import template
 from pipelines import CUSTOM, SFT_DATASETS, sft_sources
 from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once, shards_folder
+from shards import cli
 from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
 from shards.tokenizer import EOT, describe, get_encoding, ranks_sha256
@@ -40,6 +41,13 @@ COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
 
 @dataclass
 class SFTConfig:
+    CHOICES: ClassVar[dict] = {"dataset": SFT_DATASETS}
+    HELP: ClassVar[dict] = {
+        "source": "an Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file (overrides --dataset)",
+        "block_size": "longest example kept, in tokens",
+        "truncate": "truncate long examples (keeping EOT) instead of dropping",
+        "chunk_examples": "source rows per unit of work"}
+
     dataset: str = "sample"           # sample | alpaca (ignored when source is set)
     source: str | None = None         # a user's Alpaca-format .json/.jsonl/.parquet file
     data_dir: str = "data"
@@ -215,18 +223,7 @@ def run(cfg: SFTConfig) -> Path:
 
 
 def parse_args(argv=None) -> SFTConfig:
-    d = SFTConfig()
-    p = argparse.ArgumentParser(prog="python -m pipelines sft", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", choices=SFT_DATASETS, default=d.dataset)
-    p.add_argument("--source", default=None,
-                   help="an Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file (overrides --dataset)")
-    p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--block-size", type=int, default=d.block_size, help="longest example kept, in tokens")
-    p.add_argument("--truncate", action="store_true", help="truncate long examples (keeping EOT) instead of dropping")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--chunk-examples", type=int, default=d.chunk_examples, help="source rows per unit of work")
-    return SFTConfig(**vars(p.parse_args(argv)))
+    return cli.parse(SFTConfig, argv, "python -m pipelines sft", __doc__.split("\n")[0])
 
 
 def main(argv=None) -> int:

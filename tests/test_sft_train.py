@@ -231,5 +231,5 @@ def test_dataset_defaults():
     assert not {"model", "batch_tokens", "eval_tokens"} & {f.name for f in dataclasses.fields(SFTTrainConfig)}
     assert (sample.run_dir, alpaca.run_dir) == ("runs/sample/sft", "runs/alpaca/sft")
     help_text = " ".join(build_parser(SFTTrainConfig).format_help().split())
-    assert "--lr LR default follows --dataset: sample 0.003, alpaca and custom 2e-05" in help_text
+    assert "--lr LR recipes: sample 0.003, alpaca 2e-05" in help_text
     assert "default: runs/<dataset>/sft" in help_text

@@ -1,5 +1,6 @@
 """The training loop in one process: learning, schedule, checkpoints, refusals, non-finite loss."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -120,10 +121,23 @@ def test_dataset_defaults_and_flags():
     by_epochs = parse_args(["--epochs", "3"])  # --epochs replaces the sample's fixed steps; --steps overrides both
     assert (by_epochs.steps, by_epochs.epochs, parse_args(["--epochs", "3", "--steps", "5"]).steps) == (None, 3, 5)
     assert (sample.run_dir, fineweb.run_dir) == ("runs/sample/pretrain", "runs/fineweb10B/pretrain")
+    assert (sample.recipe, fineweb.recipe) == ("sample", "gpt2-124m")  # the recipe follows --dataset
+    custom = parse_args(["--recipe", "sample", "--dataset", "custom"])  # or is named
+    assert (custom.recipe, custom.model, custom.dataset, custom.run_dir) == ("sample", "tiny", "custom",
+                                                                             "runs/custom/pretrain")
     help_text = " ".join(build_parser().format_help().split())
-    assert "--lr LR default follows --dataset: sample 0.006, fineweb and custom 0.0006" in help_text
-    assert "--steps STEPS default follows --dataset: sample 720, fineweb and custom --epochs epochs" in help_text
+    assert "--lr LR recipes: sample 0.006, gpt2-124m 0.0006" in help_text
+    assert "--steps STEPS recipes: sample 720, gpt2-124m --epochs epochs" in help_text
     assert "--seed SEED default: 1337" in help_text and "(default: None)" not in help_text
+
+
+def test_show_config_prints_the_resolved_recipe(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--recipe", "gpt2-124m", "--lr", "3e-4", "--show-config"])
+    assert e.value.code == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == dataclasses.asdict(parse_args(["--recipe", "gpt2-124m", "--lr", "3e-4"]))
+    assert (shown["recipe"], shown["model"], shown["lr"], shown["warmup"]) == ("gpt2-124m", "gpt2", 3e-4, 715)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -272,3 +286,34 @@ def test_save_checkpoint_clears_killed_saves_and_leaves_other_folders(tmp_path):
         save_checkpoint(tmp_path / "run", step, model, optimizer, {}, keep=1)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002-hf", "step-000003"]
     assert latest_checkpoint(tmp_path / "run").name == "step-000003"
+
+
+def test_a_stage_brings_its_own_loss_and_units(small, tmp_path):
+    """The loop's loss and what it is averaged over come from the stage (`Hooks.loss`, `Hooks.count`): here each
+    row's mean token loss, averaged over rows, as a sequence-level stage would; step 1's logged loss is that
+    of the initial model on the step's batch, and validation averages the same way."""
+    import torch.nn.functional as F
+
+    from train.data import PretrainData
+    from train.distributed import Dist
+    from train.loop import Hooks, train
+
+    shards, init = small
+    cfg = parse_args(["--shards-dir", str(shards), "--run-dir", str(tmp_path / "run"), *NANO, "--init", str(init),
+                      "--sample-tokens", "0", "--steps", "1", "--lr", "1e-9"])
+    data = PretrainData(shards, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
+
+    def row_losses(model, batch):
+        logits = model(batch[0])
+        return F.cross_entropy(logits.transpose(1, 2), batch[1], reduction="none").mean(dim=1)
+
+    hooks = Hooks(loss=lambda model, batch: row_losses(model, batch).sum(), count=lambda batch: len(batch[0]))
+    assert train(cfg, data, Dist(), lambda: load_model(init).train(), hooks)["step"] == 1
+    model = load_model(init)
+    with torch.no_grad():
+        batches = data.train_batches(0, 0, 1, cfg.micro_batch)
+        expected = torch.cat([row_losses(model, b) for b in batches]).mean().item()
+        val = torch.cat([row_losses(model, b) for b in data.val_batches(0, 1, cfg.micro_batch)]).mean().item()
+    log = read_log(tmp_path / "run")
+    assert log[1]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert log[0]["val_loss"] == pytest.approx(val, rel=1e-5)

@@ -1,16 +1,24 @@
-"""THE training loop, shared by pretraining and SFT: accumulation, DDP, schedule, eval, checkpoints, resume.
+"""THE training loop, shared by every training stage: accumulation, DDP, schedule, eval, checkpoints, resume.
 
-`train(cfg, data, dist, build_model, hooks)` runs `cfg.steps` optimizer steps (default: `cfg.epochs` epochs)
-over `data`, any object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`,
-`dir` (the shards folder), `shard_entries` (the manifest entries of the files it reads: verified before the
-first step unless --no-verify-data), `train_batches(step, rank, world_size, micro_batch)` and
-`val_batches(rank, world_size, micro_batch)` returning lists of (inputs, targets) int64 tensors, targets -100
-where not supervised (and optionally `rows_name`, what a row is, for error messages).
+A training stage (pretraining, SFT, and the preference stages to come) is one module that brings four things
+to this loop, and nothing else:
+1. its recipe: a `RunConfig` subclass with named complete configs (train/config.py: `set_recipes`);
+2. its data reader: an object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`, `dir`
+   (the shards folder), `shard_entries` (the manifest entries of the files it reads: verified before the first
+   step unless --no-verify-data), and `train_batches(step, rank, world_size, micro_batch)` /
+   `val_batches(rank, world_size, micro_batch)` returning lists of micro-batches, tuples of tensors whose first
+   is the input ids [B, T] (and optionally `rows_name`, what a row is, for error messages);
+3. its loss: `Hooks.loss(model, batch)`, summed over the batch's units, and `Hooks.count(batch)`, how many
+   units that is, known before the forward (default: next-token cross-entropy over (inputs, targets), targets
+   -100 where not supervised; units are the supervised targets);
+4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `plot_metrics`, and what checkpoints carry.
+`train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
+epochs).
 
-The loss of a step is the sum of per-token losses over every supervised target of the global batch divided
-by the global number of supervised targets (all ranks, all micro-batches): the usual mean for pretraining,
-the right normalization for SFT. Each rank backpropagates its summed loss times world_size / global count,
-so DDP's gradient average is exactly the gradient of that loss.
+The loss of a step is the sum of the per-unit losses of the global batch divided by its number of units (all
+ranks, all micro-batches): the usual mean for pretraining, the right normalization for SFT. Each rank
+backpropagates its summed loss times world_size / global count, so DDP's gradient average is exactly the
+gradient of that loss. Validation reports the same mean over the validation rows.
 """
 
 from __future__ import annotations
@@ -57,9 +65,22 @@ class TrainingError(RuntimeError):
 RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, OSError)
 
 
+def token_loss(model, batch) -> torch.Tensor:
+    """Next-token cross-entropy of (inputs, targets), summed over the supervised targets."""
+    inputs, targets = batch
+    return model(inputs, targets, reduction="sum")[1]  # the logits are not kept
+
+
+def supervised_targets(batch) -> int:
+    """The units `token_loss` sums over: the targets that are not -100."""
+    return int((batch[1] != -100).sum())
+
+
 @dataclass
 class Hooks:
-    """What a trainer adds to the shared loop."""
+    """What a training stage adds to the shared loop (see the module's docstring)."""
+    loss: Callable[[torch.nn.Module, tuple], torch.Tensor] = token_loss  # summed over the batch's units
+    count: Callable[[tuple], int] = supervised_targets  # the batch's units, counted before the forward
     # more metrics at each evaluation (e.g. SFT's EOT rate); rank 0's "samples" (texts) are printed too
     extra_eval: Callable[[GPT, Dist], dict] | None = None
     samples: Callable[[GPT], list[str]] | None = None  # texts generated at each evaluation (rank 0)
@@ -124,16 +145,16 @@ def total_steps(cfg: RunConfig, data) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig) -> float:
-    """Mean loss over the supervised targets of the validation rows (the same rows every time), all ranks."""
+def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig, hooks: Hooks) -> float:
+    """Mean loss over the units of the validation rows (the same rows every time), all ranks."""
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
     batches = data.val_batches(dist.rank, dist.world_size, cfg.micro_batch)
-    for x, y in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not (dist.is_main and cfg.progress)):
-        x, y = x.to(dist.device), y.to(dist.device)
+    for batch in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not (dist.is_main and cfg.progress)):
+        count = hooks.count(batch)
         with autocast(cfg, dist.device):
-            loss = model(x, y, reduction="sum")[1]
-        totals += torch.stack([loss.double(), (y != -100).sum().double()])
+            loss = hooks.loss(model, tuple(t.to(dist.device) for t in batch))
+        totals += torch.stack([loss.double(), loss.new_tensor(count, dtype=torch.float64)])
     dist.all_reduce_sum(totals)
     model.train()
     return (totals[0] / totals[1]).item()
@@ -260,7 +281,7 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
 
 
 def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
-    record = {"val_loss": evaluate(raw, data, dist, cfg)}
+    record = {"val_loss": evaluate(raw, data, dist, cfg, hooks)}
     if hooks.extra_eval is not None:
         raw.eval()
         record.update(hooks.extra_eval(raw, dist))
@@ -275,11 +296,11 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
     return record
 
 
-def _fetch(data, step: int, dist: Dist, cfg: RunConfig) -> tuple[list, float]:
+def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float]:
     """This rank's micro-batches of global batch `step`, on the device (from pinned memory, copied without
-    waiting, on a GPU), and their number of supervised targets."""
+    waiting, on a GPU), and their number of units (`hooks.count`)."""
     batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
-    count = float(sum(int((y != -100).sum()) for _, y in batches))
+    count = float(sum(hooks.count(b) for b in batches))
     if dist.device.type == "cuda":
         batches = [tuple(t.pin_memory().to(dist.device, non_blocking=True) for t in b) for b in batches]
     return batches, count
@@ -312,7 +333,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         log.write(record)
         log.plot()
     step = start
-    fetched = _fetch(data, step, dist, cfg) if step < total else None
+    fetched = _fetch(data, step, dist, cfg, hooks) if step < total else None
     while step < total:
         t0 = time.perf_counter()
         batches, count = fetched
@@ -321,16 +342,16 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
         scale = dist.world_size / count
         losses = torch.zeros((), dtype=torch.float64, device=device)
-        for i, (x, y) in enumerate(batches):
+        for i, batch in enumerate(batches):
             sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg, device):
-                    loss = model(x, y, reduction="sum")[1]  # the logits are not kept
+                    loss = hooks.loss(model, batch)
                 (loss * scale).backward()
             losses += loss.detach().double()
-        tokens = sum(x.numel() for x, _ in batches)
-        flops = sum(x.numel() * flops_per_token(x.shape[1]) for x, _ in batches)
-        fetched = _fetch(data, step + 1, dist, cfg) if step + 1 < total else None  # while the GPU computes
+        tokens = sum(b[0].numel() for b in batches)
+        flops = sum(b[0].numel() * flops_per_token(b[0].shape[1]) for b in batches)
+        fetched = _fetch(data, step + 1, dist, cfg, hooks) if step + 1 < total else None  # while the GPU computes
         stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(flops),
                              losses.new_tensor(float(stop.signal is not None))])
         loss_sum, tokens, flops, stops = dist.all_reduce_sum(stats).tolist()

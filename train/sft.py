@@ -33,43 +33,44 @@ from pipelines.stage import find_shards_dir
 from shards.tokenizer import EOT, get_encoding
 
 from .checkpoint import latest_checkpoint, resolve_checkpoint
-from .config import RunConfig, parse_args
+from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, train
 from .model import build_model, check_context
 
-# Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
-ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
-                       save_every=400, pretrain_run="runs/fineweb10B/pretrain")
-# The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
-# Examples of at most 129 tokens: that leaves out the ~100 long code answers, whose runs of whitespace tokens
-# would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
-SAMPLE_DEFAULTS = dict(batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=10, eval_every=40,
-                       save_every=100, pretrain_run="runs/sample/pretrain")
-
 
 @dataclass
 class SFTTrainConfig(RunConfig):
-    """SFT: the model comes from --init or --pretrain-run, the global batch counts examples; fields left at
-    None follow the dataset."""
+    """SFT: the model comes from --init or --pretrain-run, the global batch counts examples."""
     STAGE: ClassVar[str] = "sft"
-    SAMPLE_DEFAULTS: ClassVar[dict] = SAMPLE_DEFAULTS
-    RECIPE: ClassVar[tuple[str, dict]] = ("alpaca and custom", ALPACA_DEFAULTS)
+    FULL_RECIPE: ClassVar[str] = "alpaca"
     BATCH_FLAG: ClassVar[str] = "--batch-examples"
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "dataset": (*SFT_DATASETS, CUSTOM)}
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples",)
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_examples", "eot_steps")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_examples", "show")
-    EPOCHS: ClassVar[int] = 2
     dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/<dataset>-sft/)
-    batch_examples: int | None = None  # global batch in examples (all ranks and accumulation steps)
-    pretrain_run: str | None = None  # without --init: start from this pretraining run's latest checkpoint
+    epochs: int = 2
+    batch_examples: int = 64  # global batch in examples (all ranks and accumulation steps)
+    pretrain_run: str = "runs/fineweb10B/pretrain"  # without --init: start from this run's latest checkpoint
     eval_examples: int = 0  # validation examples evaluated (loss and EOT rate) each time; 0: all of them
     eot_steps: int = 64  # new tokens within which a greedy answer must end with EOT to count in eot_rate
     sample_tokens: int = 64  # tokens shown of the answers to two validation prompts at each eval (0: none)
     show: int = 4  # validation prompts printed with their greedy answers at the end (0: none)
+
+
+set_recipes(
+    SFTTrainConfig,
+    # The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
+    # Examples of at most 129 tokens: that leaves out the ~100 long code answers, whose runs of whitespace
+    # tokens would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
+    sample=SFTTrainConfig(dataset="sample", batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=10,
+                          eval_every=40, save_every=100, pretrain_run="runs/sample/pretrain"),
+    # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
+    alpaca=SFTTrainConfig(dataset="alpaca", batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50,
+                          eval_every=200, save_every=400, pretrain_run="runs/fineweb10B/pretrain"))
 
 
 def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int,
