@@ -1,7 +1,8 @@
 """The import order of the packages, strict and checked: every import of every module (those inside functions
 included: a lazy import hides a cycle as well as any) goes to its own layer or one below.
 
-  0  shards.io, shards.tokenizer   torch-free foundations: safe file writes, the GPT-2 vocabulary
+  0  shards.io, shards.tokenizer,  torch-free foundations: safe file writes, the GPT-2 vocabulary, the flag
+     shards.cli                    parser of every command
   1  shards                        the on-disk format: shards, SFT shards, manifests, verification, reports
   2  gpt                           the model, its kernels, checkpoints, inference, the chat template
   3  pipelines, train              the data stages and the trainers; train reads only pipelines' dataset names
@@ -21,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("shards", "gpt", "pipelines", "train", "bench")
-FOUNDATIONS = ("shards.io", "shards.tokenizer")
+FOUNDATIONS = ("shards.io", "shards.tokenizer", "shards.cli")
 LAYERS = {"shards": 1, "gpt": 2, "pipelines": 3, "train": 3, "bench": 4}
 TRAIN_MAY_USE = ("pipelines", "pipelines.stage")  # the dataset names and the output folders, no internals
 
