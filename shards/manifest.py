@@ -1,6 +1,6 @@
 """`manifest.json`: the completion marker and public description of a folder of shards.
 
-Written last and atomically by every stage. Its schema is documented in the README.
+Written last and atomically by every stage. Its schema is documented in docs/data.md (Manifest).
 """
 
 from __future__ import annotations

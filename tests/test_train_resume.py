@@ -1,7 +1,9 @@
 """The trainer as real processes: 2 gloo ranks equal 1 rank, SIGKILL/SIGTERM/SIGINT and resume equal an uninterrupted run.
 
-Every run is `python -m train pretrain` (under torchrun for 2 ranks on 127.0.0.1) with the same global batch
-of 8 sequences; a small-vocabulary model keeps each run to seconds.
+Every run is `python -m train pretrain` with the same global batch of 8 sequences; a small-vocabulary model keeps
+each run to seconds. Runs that are signalled, and those of 2 ranks (torchrun on 127.0.0.1), are real processes;
+a finishing 1-rank run is `main(argv)` in this process (one thread, as the processes' OMP_NUM_THREADS=1), which
+saves a torch import per run.
 """
 
 import json
@@ -18,7 +20,8 @@ import pytest
 
 from train.checkpoint import latest_checkpoint
 from train.log import read_log
-from train_shards import small_model, write_test_shards
+from train.pretrain import main as pretrain
+from train_shards import one_thread, small_model, write_test_shards  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10
@@ -46,6 +49,9 @@ def env():
 
 
 def train(setup, run_dir, nproc=1, micro_batch=2, extra=()):
+    if nproc == 1:
+        assert pretrain(flags(setup, run_dir, micro_batch) + list(extra)) == 0
+        return losses(run_dir)
     proc = subprocess.run(command(nproc) + flags(setup, run_dir, micro_batch) + list(extra), cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
