@@ -61,6 +61,7 @@ class GPUBenchConfig:
     parts: str = "train,smoke,decode"
     train_batches: str = "32"
     decode_batches: str = "1,64"
+    decoders: str = "graph,graph+compile,eager"  # and transformers' when installed
     new_tokens: int = 128
     budget_s: float = 280
     json: str | None = None
@@ -177,11 +178,12 @@ def part_decode(args) -> dict:
         prompts = (PROMPTS * (batch // len(PROMPTS) + 1))[:batch]
         ids, masks = tokenize_batch_input(prompts)
         ids, masks = ids.to(args.device), masks.to(args.device)
-        runs = {"graph": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1),
-                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=True),
+        static = args.device != "cuda" or None  # the static decoder is the GPU's default
+        runs = {"graph": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=static),
+                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=True,
+                                                  static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
-        if args.device != "cuda":  # the static decoder is the GPU's default
-            runs["graph"] = lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=True)
+        runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",")}
         if hf is not None:
             hf_ids, hf_masks = left_padded(ids, masks)
 

@@ -414,15 +414,16 @@ def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):
 
 
 def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
-    """`make bench-gpu`'s decoding part, dry-run on the CPU with the nano model: every decoder it times (static,
-    compiled, eager, transformers') gives the eager path's tokens."""
+    """`make bench-gpu`'s decoding part, dry-run on the CPU with the nano model: the decoders it times (static,
+    eager, transformers'; the compiled one is tested above, without a second compilation) give the eager
+    path's tokens."""
     from bench import gpu
 
     pytest.importorskip("transformers")
     assert gpu.main(["--device", "cpu", "--model", "nano", "--parts", "decode", "--new-tokens", "4",
-                     "--decode-batches", "2"]) == 0
+                     "--decode-batches", "2", "--decoders", "graph,eager"]) == 0
     out = capsys.readouterr().out
     assert "decode, batch 2, 4 new tokens" in out
-    for name in ("graph", "graph+compile", "eager", "transformers"):
+    for name in ("graph", "eager", "transformers"):
         assert f"{name} " in out
-    assert out.count("100% tokens as eager") == 4
+    assert "graph+compile" not in out and out.count("100% tokens as eager") == 3

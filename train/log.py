@@ -11,13 +11,9 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from shards.io import atomic_write  # noqa: E402
+from shards.io import atomic_write
 
 LOG = "log.jsonl"
 PLOT = "loss.png"
@@ -77,6 +73,11 @@ class RunLog:
             return
         train = [(r["step"], r["loss"]) for r in self.records if "loss" in r and math.isfinite(r["loss"])]
         val = [(r["step"], r["val_loss"]) for r in self.records if "val_loss" in r]
+        import matplotlib  # here, not at the top: 0.8 s of every trainer's start (and each torchrun worker's)
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(7, 4.5))
         if train:
             ax.plot(*zip(*train), label="train", linewidth=1)
