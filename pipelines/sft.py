@@ -8,9 +8,9 @@ tokens are dropped, or with `--truncate` cut to `block_size` keeping the closing
 to validation when a hash of its prompt (instruction and input) falls under `val_fraction`, so the
 split is stable across runs and worker counts and no validation prompt is trained on.
 
-Work is done in chunks of `chunk_examples` source rows, each written to `parts/` (its `.json` last,
-pipelines/examples.py: what this stage and the preference stage share), in parallel over `workers` processes; a killed run redoes only unfinished chunks, and the result is
-byte-identical whatever the number of workers.
+Work is done in chunks of `chunk_examples` source rows, each written to `parts/` (its `.json` last), in
+parallel over `workers` processes (pipelines/examples.py, shared with the preference stage); a killed run
+redoes only unfinished chunks, and the result is byte-identical whatever the number of workers.
 """
 
 from __future__ import annotations
