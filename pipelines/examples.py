@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gpt import template
+from pipelines.sources import SourceError
 from pipelines.stage import PARTS, parallel_map
 from shards.io import remove_temporaries, write_json
 from shards.sft import open_sft_shard, write_sft_shard
@@ -86,6 +87,15 @@ def done(parts: Path, index: int) -> bool:
 
 def mark_done(parts: Path, index: int, stats: dict) -> None:
     write_json(parts / f"{index:05d}.json", stats)
+
+
+def plan(rows: Iterable, files: list[Path], size: int, what: str) -> int:
+    """The number of chunks of `size` rows, after reading (so checking) every row before anything is written;
+    a SourceError naming the files when there are no rows."""
+    count = sum(1 for _ in rows)
+    if count == 0:
+        raise SourceError(f"{', '.join(map(str, files))}: no {what}")
+    return -(-count // size)
 
 
 def run_chunks(out: Path, rows: Iterable, num_chunks: int, size: int, work, config, workers: int, desc: str) -> Path:

@@ -129,10 +129,7 @@ def run(cfg: PrefsConfig) -> Path:
     if finished(out, config):
         print(f"prefs: {out} is complete, nothing to do")
         return out
-    rows = sum(1 for _ in source.pairs())  # check every row before writing anything
-    if rows == 0:
-        raise SourceError(f"{', '.join(map(str, source.files))}: no pairs")
-    num_chunks = -(-rows // cfg.chunk_pairs)
+    num_chunks = examples.plan(source.pairs(), source.files, cfg.chunk_pairs, "pairs")
 
     def build() -> dict:
         parts = examples.run_chunks(out, source.pairs(), num_chunks, cfg.chunk_pairs, _tokenize_chunk, cfg,

@@ -114,10 +114,7 @@ def run(cfg: SFTConfig) -> Path:
     if finished(out, config):
         print(f"sft: {out} is complete, nothing to do")
         return out
-    rows = sum(1 for _ in source.examples())  # check every row before writing anything
-    if rows == 0:
-        raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: no examples")
-    num_chunks = -(-rows // cfg.chunk_examples)
+    num_chunks = examples.plan(source.examples(), source.files, cfg.chunk_examples, "examples")
 
     def build() -> dict:
         parts = examples.run_chunks(out, source.examples(), num_chunks, cfg.chunk_examples, _tokenize_chunk, cfg,

@@ -6,12 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +16,7 @@ import pytest
 
 import gpt.template as alpaca
 from fake_hub import FakeHub
+from stage_runs import files_of, sigkill_after_a_chunk
 from pipelines import examples, hub, pref_sources, prefs, sft_sources
 from pipelines.stage import find_shards_dir
 from shards.io import sha256_file
@@ -29,7 +25,6 @@ from shards.report import main as inspect_main
 from shards.sft import open_sft_shard
 from shards.tokenizer import EOT, get_encoding
 
-REPO = Path(__file__).resolve().parents[1]
 SHARD_KEYS = {"file", "split", "side", "num_tokens", "num_examples", "bytes", "sha256", "mask_file", "mask_bytes",
               "mask_sha256", "idx_file", "idx_bytes", "idx_sha256", "supervised_tokens"}
 LONG_PROMPT = "Why " * 40 + "?"  # the pair built on it sets max_tokens: exactly at the limit
@@ -65,10 +60,6 @@ def write_jsonl(path: Path, records) -> Path:
 def run(tmp_path: Path, source: Path, data: str = "data", **kw) -> Path:
     cfg = prefs.PrefsConfig(source=str(source), data_dir=str(tmp_path / data), workers=kw.pop("workers", 1), **kw)
     return prefs.run(cfg)
-
-
-def files_of(directory: Path) -> dict:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def many_pairs(n: int) -> list[dict]:
@@ -191,16 +182,7 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
 def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", many_pairs(100))
     args = ["--source", str(src), "--workers", "1", "--chunk-pairs", "5"]  # 20 chunks, each fsynced
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "prefs", "--data-dir", str(tmp_path / "killed"),
-                             *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = tmp_path / "killed" / "custom-prefs"
-    deadline = time.monotonic() + 60
-    while not list(parts.glob("*/parts/*.json")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the stage finished before it could be killed"
-    out = next(parts.iterdir())
-    assert not (out / "manifest.json").exists() and not list(out.glob("*.bin")), "nothing under a final name"
+    out = sigkill_after_a_chunk("prefs", tmp_path / "killed", "custom-prefs", args)
     assert prefs.main(["--data-dir", str(tmp_path / "killed"), *args]) == 0
     assert prefs.main(["--data-dir", str(tmp_path / "clean"), *args]) == 0
     assert files_of(out) == files_of(next((tmp_path / "clean" / "custom-prefs").iterdir()))
