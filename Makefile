@@ -14,6 +14,10 @@ SOURCE ?=
 PRETRAIN_DATASET = $(if $(SOURCE),custom,$(DATASET))
 # an Alpaca-format file for the SFT data; `make sft-shards SOURCE=f.jsonl` sets it, `make shards SOURCE=dir` does not
 SFT_SOURCE ?= $(if $(filter sft-shards,$(MAKECMDGOALS)),$(SOURCE))
+# the preference data (docs/preferences.md): the sample beside DATASET=sample, else UltraFeedback; a file of
+# prompt/chosen/rejected with `make pref-shards SOURCE=f.jsonl` (or PREF_SOURCE=)
+PREF_DATASET ?= $(if $(filter sample,$(DATASET)),sample,ultrafeedback)
+PREF_SOURCE ?= $(if $(filter pref-shards,$(MAKECMDGOALS)),$(SOURCE))
 WORKERS ?= $(shell nproc)
 SHARD_TOKENS ?= 100000000
 VAL_TOKENS ?=
@@ -46,13 +50,14 @@ TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY)
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test shards pretrain-shards sft-shards inspect pretrain sft export-hf generate chat \
+.PHONY: help setup demo test shards pretrain-shards sft-shards pref-shards inspect pretrain sft export-hf generate chat \
         bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
 	@echo "minigpt2 targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
-	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) SOURCE= SFT_SOURCE= WORKERS=$(WORKERS)"
+	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) PREF_DATASET=$(PREF_DATASET)"
+	@echo "  SOURCE= SFT_SOURCE= PREF_SOURCE= WORKERS=$(WORKERS)"
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
 	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) RUN_DIR=$(RUN_DIR)"
 	@echo "  trainer: RECIPE (sample, gpt2-124m) MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
@@ -77,7 +82,7 @@ demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 test: $(STAMP) ## run the test suite (offline)
 	$(PY) -m pytest -q tests
 
-shards: pretrain-shards sft-shards ## tokenize both the pretraining and the SFT data
+shards: pretrain-shards sft-shards pref-shards ## tokenize the pretraining, the SFT and the preference data
 
 pretrain-shards: $(STAMP) ## download (if needed) and tokenize the pretraining data into shards
 	$(PY) -m pipelines pretrain --dataset $(DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
@@ -87,6 +92,10 @@ pretrain-shards: $(STAMP) ## download (if needed) and tokenize the pretraining d
 sft-shards: $(STAMP) ## download (if needed) and tokenize the SFT data into masked shards
 	$(PY) -m pipelines sft --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
 	  $(if $(SFT_SOURCE),--source $(SFT_SOURCE)) $(ARGS)
+
+pref-shards: $(STAMP) ## download (if needed) and tokenize the preference pairs into chosen/rejected shards
+	$(PY) -m pipelines prefs --dataset $(PREF_DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
+	  $(if $(PREF_SOURCE),--source $(PREF_SOURCE)) $(ARGS)
 
 inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
 	$(PY) -m shards inspect $(DATA_DIR) --verify --decode 2
@@ -125,7 +134,8 @@ bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124
 	$(PY) -m bench.train $(ARGS)
 
 clean: ## remove the sample's data, runs/sample/pretrain and runs/sample/sft (exports such as sft-hf, FineWeb, .venv stay)
-	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft runs/sample/pretrain runs/sample/sft
+	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft $(DATA_DIR)/sample-prefs \
+	  runs/sample/pretrain runs/sample/sft
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

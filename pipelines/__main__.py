@@ -1,9 +1,9 @@
-"""`python -m pipelines pretrain|sft [flags]`: run a data pipeline (each module parses its own flags)."""
+"""`python -m pipelines pretrain|sft|prefs [flags]`: run a data pipeline (each module parses its own flags)."""
 
 import importlib
 import sys
 
-COMMANDS = {"pretrain": "pipelines.pretrain", "sft": "pipelines.sft"}
+COMMANDS = {"pretrain": "pipelines.pretrain", "sft": "pipelines.sft", "prefs": "pipelines.prefs"}
 
 
 def main(argv=None) -> int:

@@ -119,13 +119,7 @@ def parse_args(argv: list[str] | None) -> PretrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv)
-    try:
-        run(cfg)
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return stage.command(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,34 +8,27 @@ tokens are dropped, or with `--truncate` cut to `block_size` keeping the closing
 to validation when a hash of its prompt (instruction and input) falls under `val_fraction`, so the
 split is stable across runs and worker counts and no validation prompt is trained on.
 
-Work is done in chunks of `chunk_examples` source rows, each written to `parts/` (its `.json` last),
-in parallel over `workers` processes; a killed run redoes only unfinished chunks, and the result is
-byte-identical whatever the number of workers.
+Work is done in chunks of `chunk_examples` source rows, each written to `parts/` (its `.json` last), in
+parallel over `workers` processes (pipelines/examples.py, shared with the preference stage); a killed run
+redoes only unfinished chunks, and the result is byte-identical whatever the number of workers.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-from tqdm import tqdm
-
 from gpt import template
-from pipelines import CUSTOM, SFT_DATASETS, sft_sources
-from pipelines.stage import PARTS, finish, finished, output_dir, parallel_map, run_once, shards_folder
+from pipelines import CUSTOM, SFT_DATASETS, examples, sft_sources
+from pipelines.examples import SPLITS, encode_example, is_val  # noqa: F401 (the stage's API: is_val, encode_example)
+from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
 from shards import cli
-from shards.io import remove_temporaries, sha256_json, write_json
-from shards.sft import open_sft_shard, write_sft_shard
-from shards.tokenizer import EOT, describe, get_encoding, ranks_sha256
+from shards.io import sha256_json
+from shards.tokenizer import EOT, describe, ranks_sha256
 
-SPLITS = ("val", "train")
 COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
 
 
@@ -61,12 +54,6 @@ class SFTConfig:
         return CUSTOM if self.source else self.dataset
 
 
-def is_val(instruction: str, input: str, val_fraction: float) -> bool:
-    """The deterministic split: a hash of the prompt fields, compared with val_fraction."""
-    digest = hashlib.sha256(json.dumps([instruction, input]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") < val_fraction * 2**64
-
-
 def load_source(cfg: SFTConfig) -> sft_sources.ExampleSource:
     if cfg.source:
         return sft_sources.path_source(cfg.source)
@@ -85,28 +72,13 @@ def stage_config(cfg: SFTConfig, source: dict) -> dict:
             "tokenizer_sha256": ranks_sha256()}
 
 
-def encode_example(instruction: str, input: str, output: str) -> tuple[np.ndarray, int]:
-    """Tokens (uint16) of prompt + answer + EOT, and the prompt length: mask is 1 from there to the end.
-
-    The prompt and the answer are tokenized separately and concatenated, so the boundary between them is
-    exact: the prompt tokens decode to the rendered prompt, the supervised tokens to `output` plus one EOT."""
-    enc = get_encoding()
-    prompt = enc.encode_ordinary(template.render_prompt(instruction, input))
-    answer = enc.encode_ordinary(output)
-    tokens = np.empty(len(prompt) + len(answer) + 1, dtype=np.uint16)
-    tokens[: len(prompt)] = prompt
-    tokens[len(prompt): -1] = answer
-    tokens[-1] = EOT
-    return tokens, len(prompt)
-
-
 def _tokenize_chunk(job: tuple) -> None:
     """Tokenize one chunk of examples into `parts/<index>.{val,train}.*`, then `parts/<index>.json`."""
-    parts, index, examples, cfg = job
+    parts, index, rows, cfg = job
     kept = {split: [] for split in SPLITS}  # (tokens, prompt length) per example
     stats = dict.fromkeys(COUNTERS, 0)
-    stats["rows"] = len(examples)
-    for instruction, input, output in examples:
+    stats["rows"] = len(rows)
+    for instruction, input, output in rows:
         if not output.strip():
             stats["empty_output"] += 1
             continue
@@ -120,49 +92,13 @@ def _tokenize_chunk(job: tuple) -> None:
             stats["truncated"] += 1
         kept["val" if is_val(instruction, input, cfg.val_fraction) else "train"].append((tokens, prompt_len))
     for split, items in kept.items():
-        lengths = np.array([len(t) for t, _ in items], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint64)
-        tokens = np.concatenate([t for t, _ in items]) if items else np.zeros(0, np.uint16)
-        mask = np.ones(len(tokens), dtype=np.uint8)
-        for start, (_, prompt_len) in zip(offsets, items):
-            mask[int(start): int(start) + prompt_len] = 0
-        write_sft_shard(parts / f"{index:05d}.{split}.bin", tokens, mask, offsets)
-    write_json(parts / f"{index:05d}.json", stats)
-
-
-def _chunks(source: sft_sources.ExampleSource, size: int):
-    it = iter(source.examples())
-    for index in itertools.count():
-        chunk = list(itertools.islice(it, size))
-        if not chunk:
-            return
-        yield index, chunk
-
-
-def _counters(parts: Path, num_chunks: int) -> dict:
-    totals = dict.fromkeys(COUNTERS, 0)
-    for i in range(num_chunks):
-        for key, value in json.loads((parts / f"{i:05d}.json").read_text()).items():
-            totals[key] += value
-    return totals
+        examples.write_part(parts / f"{index:05d}.{split}.bin", items)
+    examples.mark_done(parts, index, stats)
 
 
 def _assemble(out: Path, parts: Path, num_chunks: int, totals: dict) -> tuple[list[dict], dict]:
     """Concatenate the parts of each split into one shard; returns the manifest's shard entries and totals."""
-    entries = []
-    for split in SPLITS:
-        shards = [open_sft_shard(parts / f"{i:05d}.{split}.bin") for i in range(num_chunks)]
-        tokens = np.concatenate([s.tokens for s in shards])
-        mask = np.concatenate([s.mask for s in shards])
-        starts = [0, *np.cumsum([len(s.tokens) for s in shards])]
-        offsets = np.concatenate([[0]] + [s.offsets[1:].astype(np.int64) + a for s, a in zip(shards, starts)])
-        info = write_sft_shard(out / f"{split}.bin", tokens, mask, offsets)
-        entries.append({"file": f"{split}.bin", "split": split, "num_tokens": info["num_tokens"],
-                        "num_examples": len(offsets) - 1, "bytes": info["bytes"], "sha256": info["sha256"],
-                        "mask_file": f"{split}.mask", "mask_bytes": info["mask_bytes"],
-                        "mask_sha256": info["mask_sha256"], "idx_file": f"{split}.idx",
-                        "idx_bytes": info["idx_bytes"], "idx_sha256": info["idx_sha256"],
-                        "supervised_tokens": int(mask.sum(dtype=np.int64))})
+    entries = [examples.assemble(out, parts, num_chunks, split, split) for split in SPLITS]
     tokens = sum(e["num_tokens"] for e in entries)
     supervised = sum(e["supervised_tokens"] for e in entries)
     totals.update(examples=sum(e["num_examples"] for e in entries),
@@ -186,30 +122,18 @@ def run(cfg: SFTConfig) -> Path:
     if finished(out, config):
         print(f"sft: {out} is complete, nothing to do")
         return out
-    rows = sum(1 for _ in source.examples())  # check every row before writing anything
-    if rows == 0:
-        raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: no examples")
-    num_chunks = -(-rows // cfg.chunk_examples)
+    num_chunks = examples.plan(source.examples(), source.files, cfg.chunk_examples, "examples")
 
     def build() -> dict:
-        remove_temporaries(out)
-        parts = out / PARTS
-        parts.mkdir(exist_ok=True)
-        pending = {i for i in range(num_chunks) if not (parts / f"{i:05d}.json").exists()}
-        jobs = ((parts, i, chunk, cfg) for i, chunk in _chunks(source, cfg.chunk_examples) if i in pending)
-        with tqdm(desc=f"sft {cfg.name()}", unit="chunk", total=num_chunks, initial=num_chunks - len(pending),
-                  disable=None) as bar:
-            for _ in parallel_map(_tokenize_chunk, jobs, len(pending), cfg.workers):
-                bar.update()
-        totals = _counters(parts, num_chunks)
+        parts = examples.run_chunks(out, source.examples(), num_chunks, cfg.chunk_examples, _tokenize_chunk, cfg,
+                                    cfg.workers, f"sft {cfg.name()}")
+        totals = examples.counters(parts, num_chunks, COUNTERS)
         if totals["rows"] == totals["empty_output"] + totals["dropped_too_long"]:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
                                           f"(empty output or longer than block_size {cfg.block_size})")
         entries, totals = _assemble(out, parts, num_chunks, totals)
         manifest = {"kind": "sft", "name": out.parent.name, "config": config, "source": source_info,
-                    "tokenizer": describe(),
-                    "template": {"name": "alpaca", "sha256": template.TEMPLATE_SHA256,
-                                 "prompt_input": template.PROMPT_INPUT, "prompt_no_input": template.PROMPT_NO_INPUT},
+                    "tokenizer": describe(), "template": examples.template_record(),
                     "split": {"method": "sha256 of [instruction, input] < val_fraction", "val_fraction": cfg.val_fraction},
                     "totals": totals, "shards": entries}
         finish(out, manifest)
@@ -227,13 +151,7 @@ def parse_args(argv=None) -> SFTConfig:
 
 
 def main(argv=None) -> int:
-    cfg = parse_args(argv)
-    try:
-        run(cfg)
-    except (ValueError, RuntimeError, OSError) as e:  # bad input, a busy folder, a failed download, a full disk
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return command(run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ itself for the manifest (dataset id, revision, every file with size and sha256).
   verified by the same download stage as FineWeb (`pipelines.sources.download_hub`).
 - a path: an Alpaca-format `.json` (a list of objects), `.jsonl` or `.jsonl.zst` (one object a line) or
   `.parquet` file with string fields `instruction`, `input` and `output`.
+
+The preference sources (pipelines/pref_sources.py) read their files and the chatterbot corpus with the same
+functions: `user_file`, `read_records`, `check_strings`, `read_chatterbot`.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ class ExampleSource:
         return {"dataset": self.dataset, "revision": self.revision, "files": files}
 
     def examples(self) -> Iterator[Example]:
-        read = _read_chatterbot if self.kind == "chatterbot" else _read_alpaca_format
+        read = read_chatterbot if self.kind == "chatterbot" else _read_alpaca_format
         for path in self.files:
             yield from read(path)
 
@@ -80,19 +83,26 @@ def alpaca_source(data_dir: str | os.PathLike) -> ExampleSource:
 
 def path_source(path: str | os.PathLike) -> ExampleSource:
     """A user's Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file."""
+    path = user_file(path, "an Alpaca-format")
+    return ExampleSource(str(path), None, [path], "alpaca-format")
+
+
+def user_file(path: str | os.PathLike, what: str) -> Path:
+    """The resolved path of a user's records file (SOURCE=), after checking it exists and has a known suffix."""
     path = Path(path)
     if not path.is_file():
-        raise SourceError(f"{path}: no such file (SOURCE must be an Alpaca-format {', '.join(SUFFIXES)} file)")
+        raise SourceError(f"{path}: no such file (SOURCE must be {what} {', '.join(SUFFIXES)} file)")
     if not path.name.endswith(SUFFIXES):
         raise SourceError(f"{path}: unsupported file type {path.suffix!r} (expected one of {', '.join(SUFFIXES)})")
-    return ExampleSource(str(path.resolve()), None, [path.resolve()], "alpaca-format")
+    return path.resolve()
 
 
-def _check(path: Path, where, record) -> Example:
+def check_strings(path: Path, where, record, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The string values of `fields` in `record`; a SourceError naming file and row for anything else."""
     if not isinstance(record, dict):
-        raise SourceError(f"{path}, {where}: expected an object with {', '.join(FIELDS)}, got {type(record).__name__}")
+        raise SourceError(f"{path}, {where}: expected an object with {', '.join(fields)}, got {type(record).__name__}")
     values = []
-    for field in FIELDS:
+    for field in fields:
         if field not in record:
             raise SourceError(f"{path}, {where}: missing field {field!r}")
         value = record[field]
@@ -103,11 +113,18 @@ def _check(path: Path, where, record) -> Example:
 
 
 def _read_alpaca_format(path: Path) -> Iterator[Example]:
+    for where, record in read_records(path, FIELDS):
+        yield check_strings(path, where, record, FIELDS)
+
+
+def read_records(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[object, object]]:
+    """(where, record) of every record of a .json (a list), .jsonl, .jsonl.zst or .parquet file, in order
+    (`where`: "row i", or the jsonl line); of a parquet file, only the columns `fields` (each must exist).
+    Unreadable input stops it with a SourceError naming the file (and the row or line)."""
     if path.suffix == ".parquet":
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, fields)
     elif path.name.endswith((".jsonl", ".jsonl.zst")):
-        for where, record in read_jsonl(path):
-            yield _check(path, where, record)
+        yield from read_jsonl(path)
     else:
         try:
             records = json.loads(path.read_bytes().decode("utf-8"))
@@ -117,30 +134,30 @@ def _read_alpaca_format(path: Path) -> Iterator[Example]:
             raise SourceError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(records, list):
             raise SourceError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
-        for row, record in enumerate(records):
-            yield _check(path, f"row {row}", record)
+        yield from ((f"row {row}", record) for row, record in enumerate(records))
 
 
-def _read_parquet(path: Path) -> Iterator[Example]:
+def _read_parquet(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
     try:
         pf = pq.ParquetFile(path)
-        missing = [f for f in FIELDS if f not in pf.schema_arrow.names]
+        missing = [f for f in fields if f not in pf.schema_arrow.names]
         if missing:
             raise SourceError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(pf.schema_arrow.names)})")
         row = 0
-        for batch in pf.iter_batches(columns=list(FIELDS)):
+        for batch in pf.iter_batches(columns=list(fields)):
             try:
-                columns = [batch.column(f).to_pylist() for f in FIELDS]
+                columns = [batch.column(f).to_pylist() for f in fields]
             except UnicodeDecodeError as e:
                 raise SourceError(f"{path}: rows {row} to {row + len(batch) - 1}: invalid UTF-8 ({e})") from None
             for values in zip(*columns):
-                yield _check(path, f"row {row}", dict(zip(FIELDS, values)))
+                yield f"row {row}", dict(zip(fields, values))
                 row += 1
     except (pa.ArrowException, OSError) as e:
         raise SourceError(f"{path}: unreadable parquet file ({e})") from None
 
 
-def _read_chatterbot(path: Path) -> Iterator[Example]:
+def read_chatterbot(path: Path) -> Iterator[Example]:
+    """The examples of one chatterbot-corpus file (one category: ai.yml, food.yml, ...), in order."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as e:
@@ -150,4 +167,4 @@ def _read_chatterbot(path: Path) -> Iterator[Example]:
             continue
         for j, (question, answer) in enumerate(zip(lines, lines[1:])):
             where = f"conversation {i}, lines {j}-{j + 1}"
-            yield _check(path, where, {"instruction": question, "input": "", "output": answer})
+            yield check_strings(path, where, {"instruction": question, "input": "", "output": answer}, FIELDS)

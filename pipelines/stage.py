@@ -1,8 +1,8 @@
 """What every stage shares: a config fingerprint, the output folder it names, the finished-check, the finder.
 
 A stage writes into `DATA_DIR/<name>/<fingerprint>/`, so a changed config never mixes with old output; the
-shard stages name theirs `<dataset>-<kind>` (`sample-pretrain`, `alpaca-sft`: `shards_folder`), and readers
-(the trainers) find the one finished folder with `find_shards_dir`.
+shard stages name theirs `<dataset>-<kind>` (`sample-pretrain`, `alpaca-sft`, `ultrafeedback-prefs`:
+`shards_folder`), and readers (the trainers) find the one finished folder with `find_shards_dir`.
 Its work in progress lives in the folder's `parts/`. The folder is complete exactly when its
 `manifest.json` exists and records the same config (`finish` writes it, then drops `parts/`);
 rerunning a complete stage does nothing (`run_once`).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -24,9 +25,10 @@ from . import CUSTOM
 
 @runtime_checkable
 class Source(Protocol):
-    """What a stage reads, as both pipelines' sources provide it (`pipelines.sources.TextSource`, documents for
-    pretraining; `pipelines.sft_sources.ExampleSource`, instruction examples for SFT). Each adds how its
-    records are read (units of a text column; `examples()`)."""
+    """What a stage reads, as the pipelines' sources provide it (`pipelines.sources.TextSource`, documents for
+    pretraining; `pipelines.sft_sources.ExampleSource`, instruction examples for SFT;
+    `pipelines.pref_sources.PairSource`, preference pairs). Each adds how its records are read (units of a
+    text column; `examples()`; `pairs()`)."""
 
     files: list[Path]  # the input files, in the order their records are read
 
@@ -92,23 +94,40 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
         yield from pool.imap_unordered(work, jobs)
 
 
+# the make target that writes each kind of shards, and the variable that names its dataset
+MAKE_TARGETS = {"pretrain": ("pretrain-shards", "DATASET"), "sft": ("sft-shards", "SFT_DATASET"),
+                "prefs": ("pref-shards", "PREF_DATASET")}
+
+
 def shards_folder(dataset: str, kind: str) -> str:
-    """The folder under DATA_DIR of the `kind` ("pretrain" or "sft") shards of `dataset`: `<dataset>-<kind>`."""
+    """The folder under DATA_DIR of the `kind` ("pretrain", "sft" or "prefs") shards of `dataset`:
+    `<dataset>-<kind>`."""
     return f"{dataset}-{kind}"
 
 
 def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
-    """The one finished shard folder of `dataset` that the `kind` ("pretrain" or "sft") pipeline wrote,
+    """The one finished shard folder of `dataset` that the `kind` ("pretrain", "sft" or "prefs") pipeline wrote,
     `DATA_DIR/<dataset>-<kind>/<fingerprint>/`; an error saying what to run if there is none, and naming them
     all if there are several (a changed data setting writes a folder of its own: which one is meant is not
     guessed)."""
     base = Path(data_dir) / shards_folder(dataset, kind)
     found = sorted(p.parent for p in base.glob(f"*/{MANIFEST}"))
     if not found:
-        make = f"make {kind}-shards " + ("SOURCE=path" if dataset == CUSTOM else
-                                         f"{'DATASET' if kind == 'pretrain' else 'SFT_DATASET'}={dataset}")
+        target, variable = MAKE_TARGETS[kind]
+        make = f"make {target} " + ("SOURCE=path" if dataset == CUSTOM else f"{variable}={dataset}")
         raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass --shards-dir)")
     if len(found) > 1:
         raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
                             "choose one with --shards-dir (ARGS=\"--shards-dir ...\"), or delete the old ones")
     return found[0]
+
+
+def command(run: Callable, cfg) -> int:
+    """A stage run from its command line: 0, or 1 with the error's message on stderr (bad input, a busy folder,
+    a failed download, a full disk)."""
+    try:
+        run(cfg)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

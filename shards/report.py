@@ -3,9 +3,11 @@
 DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` below it is shown as a table
 (file, split, tokens, documents or examples, bytes). --verify checks every shard against its manifest:
 header, size, sha256 and token ids (below the manifest tokenizer's vocabulary) of the `.bin`, size and
-sha256 of its sidecars (`.docs` for pretraining; `.mask` and `.idx` for SFT, with masks only 0/1 and
-offsets increasing); it exits with status 1 naming each bad file.
---decode N prints N documents (pretraining) or examples, prompt and answer apart (SFT), of each folder.
+sha256 of its sidecars (`.docs` for pretraining; `.mask` and `.idx` for SFT and preference shards, with masks
+only 0/1 and offsets increasing), and for preference shards that the chosen and rejected files of a split pair
+up (as many examples, the same prompt tokens); it exits with status 1 naming each bad file.
+--decode N prints N documents (pretraining), examples, prompt and answer apart (SFT), or pairs, prompt, chosen
+and rejected apart (preferences), of each folder.
 Stage folders that a run began and never finished (a `.lock` or `parts/`, no manifest) are listed at the
 end, with their size and the command that removes those no stage is writing now.
 """
@@ -27,6 +29,7 @@ from .tokenizer import EOT, VOCAB_SIZE
 from .verify import check_file
 
 DECODE_CHARS = 600
+MASKED = ("sft", "prefs")  # the kinds of manifest whose shards are SFT shards (tokens, mask, offsets)
 
 
 def find_manifests(root: Path) -> list[Path]:
@@ -37,7 +40,7 @@ def find_manifests(root: Path) -> list[Path]:
 
 
 def _count_key(manifest: dict) -> str:
-    return "num_examples" if manifest.get("kind") == "sft" else "num_docs"
+    return "num_examples" if manifest.get("kind") in MASKED else "num_docs"
 
 
 def print_table(folder: Path, manifest: dict) -> None:
@@ -72,7 +75,7 @@ def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> No
         raise ShardError(f"{path}: header says {header[3]} documents/examples, the manifest {count}")
     check_file(path, entry["bytes"], entry["sha256"], manifest.get("tokenizer", {}).get("n_vocab", VOCAB_SIZE),
                progress)
-    if manifest.get("kind") == "sft":
+    if manifest.get("kind") in MASKED:
         for key in ("mask", "idx"):
             check_file(folder / entry[f"{key}_file"], entry[f"{key}_bytes"], entry[f"{key}_sha256"], progress=progress)
         shard = open_sft_shard(path)
@@ -112,7 +115,32 @@ def verify(folder: Path, manifest: dict) -> list[str]:
                 check_file(folder / f["file"], f["bytes"], f["sha256"], progress=bar.update)
             except (ShardError, OSError) as e:
                 problems.append(str(e))
+    if manifest.get("kind") == "prefs" and not problems:
+        problems += [problem for entry in manifest.get("pairs") or [] if (problem := check_pair(folder, entry))]
     return problems
+
+
+def prompt_length(mask: np.ndarray) -> int:
+    """The tokens before the first supervised one (all of them when none is)."""
+    return int(np.argmax(mask)) if mask.any() else len(mask)
+
+
+def check_pair(folder: Path, entry: dict) -> str | None:
+    """What is wrong with the pairing of a split's chosen and rejected shards (`entry` of the manifest's
+    "pairs"): their example counts, or the first pair whose prompt tokens differ or whose mask is not the
+    prompt's 0s then the answer's 1s. None when they pair up."""
+    chosen, rejected = (open_sft_shard(folder / entry[side]) for side in ("chosen", "rejected"))
+    if not len(chosen) == len(rejected) == entry["pairs"]:
+        return (f"{folder / entry['rejected']}: {len(chosen)} chosen and {len(rejected)} rejected examples, the "
+                f"manifest says {entry['pairs']} pairs")
+    for i in range(len(chosen)):
+        (c, cm), (r, rm) = chosen.example(i), rejected.example(i)
+        n = prompt_length(cm)
+        if n != prompt_length(rm) or not np.array_equal(c[:n], r[:n]):
+            return f"{folder / entry['rejected']}: pair {i} has a prompt other than {entry['chosen']}'s"
+        if not (cm[n:].all() and rm[n:].all()) or n == len(cm) or n == len(rm):
+            return f"{folder / entry['chosen']}: pair {i} is not masked as prompt then answer"
+    return None
 
 
 def _clip(text: str) -> str:
@@ -120,18 +148,32 @@ def _clip(text: str) -> str:
 
 
 def decode(folder: Path, manifest: dict, n: int) -> None:
-    """Print the first n documents (or examples) of the folder's first shard."""
+    """Print the first n documents (or examples) of the folder's first shard, or its first n pairs (preferences:
+    of the first split that has any)."""
     from .tokenizer import get_encoding
     enc = get_encoding()
     shards = manifest.get("shards") or []
     if not shards or n <= 0:
+        return
+    if manifest.get("kind") == "prefs":
+        pairs = next((p for p in manifest.get("pairs") or [] if p["pairs"]), None)
+        if pairs is not None:
+            chosen, rejected = (open_sft_shard(folder / pairs[side]) for side in ("chosen", "rejected"))
+            for i in range(min(n, len(chosen))):
+                (tokens, mask), (other, other_mask) = chosen.example(i), rejected.example(i)
+                start = prompt_length(mask)
+                print(f"--- {pairs['split']} pair {i} ({start} prompt tokens, {len(tokens) - start} chosen, "
+                      f"{len(other) - start} rejected)")
+                print("PROMPT: " + _clip(enc.decode(tokens[:start].tolist())))
+                print("CHOSEN: " + _clip(enc.decode(tokens[start:].tolist())))
+                print("REJECTED: " + _clip(enc.decode(other[prompt_length(other_mask):].tolist())))
         return
     path = folder / shards[0]["file"]
     if manifest.get("kind") == "sft":
         shard = open_sft_shard(path)
         for i in range(min(n, len(shard))):
             tokens, mask = shard.example(i)
-            start = int(np.argmax(mask)) if mask.any() else len(mask)
+            start = prompt_length(mask)
             print(f"--- {path.name} example {i} ({len(tokens)} tokens, {len(tokens) - start} supervised)")
             print("PROMPT: " + _clip(enc.decode(tokens[:start].tolist())))
             print("ANSWER: " + _clip(enc.decode(tokens[start:].tolist())))

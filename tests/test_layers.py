@@ -112,6 +112,7 @@ def test_no_import_cycles():
 
 def test_pipeline_workers_and_the_template_import_no_torch():
     code = ("import sys, gpt, gpt.template, shards, shards.tokenizer, shards.report, pipelines.pretrain, pipelines.sft, "
-            "pipelines.tokenize_stage, pipelines.stage\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+            "pipelines.prefs, pipelines.tokenize_stage, pipelines.stage\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr or proc.stdout

@@ -86,6 +86,16 @@ def test_source_selects_the_custom_dataset_for_pretraining(stub):
     assert argv[argv.index("--pretrain-run") + 1] == "runs/custom/pretrain"
 
 
+def test_preference_shards_follow_the_dataset_and_take_source(stub):
+    argv = stub("pref-shards")
+    assert argv[:3] == ["-m", "pipelines", "prefs"] and argv[argv.index("--dataset") + 1] == "sample"
+    assert "--source" not in argv
+    argv = stub("pref-shards", "DATASET=fineweb10B")
+    assert argv[argv.index("--dataset") + 1] == "ultrafeedback"
+    argv = stub("pref-shards", "SOURCE=my/pairs.jsonl", "DATA_DIR=d")
+    assert argv[argv.index("--source") + 1] == "my/pairs.jsonl" and argv[argv.index("--data-dir") + 1] == "d"
+
+
 @pytest.mark.parametrize("target", ["pretrain", "sft"])
 def test_verify_and_extend_variables(stub, target):
     assert "--no-verify-data" not in stub(target) and "--extend" not in stub(target)
@@ -97,7 +107,8 @@ def test_clean_leaves_exports_alone(tmp_path):
     kept = [tmp_path / "runs" / "sample" / "sft-hf", tmp_path / "runs" / "fineweb10B" / "pretrain",
             tmp_path / "data" / "fineweb10B-pretrain"]
     gone = [tmp_path / "runs" / "sample" / "pretrain", tmp_path / "runs" / "sample" / "sft",
-            tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source", tmp_path / "data" / "sample-sft"]
+            tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source",
+            tmp_path / "data" / "sample-sft", tmp_path / "data" / "sample-prefs"]
     for folder in kept + gone:
         folder.mkdir(parents=True)
         (folder / "file").touch()

@@ -6,12 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +16,7 @@ import pytest
 import zstandard
 
 from fake_hub import FakeHub
+from stage_runs import files_of, sigkill_after_a_chunk
 import gpt.template as alpaca
 from pipelines import hub, sft, sft_sources
 from pipelines.stage import output_dir
@@ -31,7 +27,6 @@ from shards.manifest import load_manifest
 from shards.sft import open_sft_shard
 from shards.tokenizer import EOT, get_encoding
 
-REPO = Path(__file__).resolve().parents[1]
 SHARD_KEYS = {"file", "split", "num_tokens", "num_examples", "bytes", "sha256", "mask_file", "mask_bytes",
               "mask_sha256", "idx_file", "idx_bytes", "idx_sha256", "supervised_tokens"}
 
@@ -55,10 +50,6 @@ def write_jsonl(path: Path, records) -> Path:
 def run(tmp_path: Path, source: Path, data: str = "data", **kw) -> Path:
     cfg = sft.SFTConfig(source=str(source), data_dir=str(tmp_path / data), workers=kw.pop("workers", 1), **kw)
     return sft.run(cfg)
-
-
-def files_of(directory: Path) -> dict:
-    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def many_examples(n: int, words: int = 5) -> list[dict]:
@@ -207,16 +198,7 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
 def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", many_examples(100))
     args = ["--source", str(src), "--workers", "1", "--chunk-examples", "5"]  # 20 chunks, each fsynced
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines", "sft", "--data-dir", str(tmp_path / "killed"), *args],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = tmp_path / "killed" / "custom-sft"
-    deadline = time.monotonic() + 60
-    while not list(parts.glob("*/parts/*.json")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the stage finished before it could be killed"
-    out = next(parts.iterdir())
-    assert not (out / "manifest.json").exists() and not list(out.glob("*.bin")), "nothing under a final name"
+    out = sigkill_after_a_chunk("sft", tmp_path / "killed", "custom-sft", args)
     assert sft.main(["--data-dir", str(tmp_path / "killed"), *args]) == 0
     assert sft.main(["--data-dir", str(tmp_path / "clean"), *args]) == 0
     assert files_of(out) == files_of(next((tmp_path / "clean" / "custom-sft").iterdir()))

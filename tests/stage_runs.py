@@ -1,0 +1,33 @@
+"""Helpers of the data stages' tests: a stage's output as bytes, and a stage killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def files_of(directory: Path) -> dict:
+    """Every file under `directory` (its path relative to it) with its bytes."""
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def sigkill_after_a_chunk(command: str, data_dir: Path, folder: str, args: list[str]) -> Path:
+    """Run `python -m pipelines <command> --data-dir data_dir *args`, SIGKILL it once a chunk of its work is
+    done, check that nothing is under a final name, and return its unfinished stage folder."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines", command, "--data-dir", str(data_dir), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = data_dir / folder
+    deadline = time.monotonic() + 60
+    while not list(parts.glob("*/parts/*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the stage finished before it could be killed"
+    out = next(parts.iterdir())
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.bin")), "nothing under a final name"
+    return out
