@@ -258,6 +258,8 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
         static = device.type == "cuda" and use_cache and not autocast
     if static and (autocast or not use_cache):
         raise ValueError("static decoding needs the KV cache and no autocast (load the model in the dtype to run)")
+    if compile and not static:
+        raise ValueError("compile=True compiles the static decoder's step: it needs static decoding")
     with torch.inference_mode():
         decoder = _static_decoder(model, batch, width + steps, compile) if static else None
     cache = decoder.cache if decoder is not None else (

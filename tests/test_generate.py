@@ -122,6 +122,8 @@ def test_static_decoding_gives_the_same_tokens(model):
     assert inference._DECODERS[model].shape == (1, columns)
     with pytest.raises(ValueError, match="static decoding needs the KV cache and no autocast"):
         greedy(model, PROMPTS, static=True, use_cache=False)
+    with pytest.raises(ValueError, match="compile=True compiles the static decoder's step"):
+        greedy(model, PROMPTS, static=False, compile=True)
 
 
 def test_a_models_static_decoder_goes_with_it():
