@@ -269,7 +269,7 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
         end = width + step  # columns filled so far
         with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
             if decoder is not None and step > 0:
-                logits = decoder.step(tokens[:, end - 1])
+                logits = queued
             else:
                 start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
                 if decoder is not None:
@@ -282,6 +282,10 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
                     decoder.start(real[:, :end], positions[:, end])
             new = _next_tokens(logits, temperature, top_k, top_p, generator)
             tokens[:, end] = new
+            if decoder is not None and step + 1 < steps:
+                # The next step goes to the GPU before this one's tokens come back to the host: the GPU works
+                # while Python reads them, checks for EOT and yields (stream order keeps it exact).
+                queued = decoder.step(new)
         new = new.tolist()
         yield [None if done else token for token, done in zip(new, finished)]
         finished = [done or token == eot for token, done in zip(new, finished)]
