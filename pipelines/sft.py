@@ -34,6 +34,10 @@ from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
 
 SPLITS = ("val", "train")
+# The sample's validation split: 2% of it would be 18 examples, too few to measure an EOT rate; 10% is 98
+# distinct prompts (335 examples: the sample repeats some prompts over a hundred times, with other answers).
+VAL_FRACTION = {"sample": 0.1}
+DEFAULT_VAL_FRACTION = 0.02
 COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
 
 
@@ -44,9 +48,13 @@ class SFTConfig:
     data_dir: str = "data"
     block_size: int = 1024            # longest example kept, in tokens
     truncate: bool = False            # cut long examples to block_size (keeping EOT) instead of dropping them
-    val_fraction: float = 0.02
+    val_fraction: float | None = None  # default: VAL_FRACTION of the dataset, else DEFAULT_VAL_FRACTION
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_examples: int = 4096        # source rows per unit of work
+
+    def __post_init__(self):
+        if self.val_fraction is None:
+            self.val_fraction = VAL_FRACTION.get(self.name(), DEFAULT_VAL_FRACTION)
 
     def name(self) -> str:
         return "custom" if self.source else self.dataset
@@ -207,7 +215,9 @@ def parse_args(argv=None) -> SFTConfig:
     p.add_argument("--data-dir", default=d.data_dir)
     p.add_argument("--block-size", type=int, default=d.block_size, help="longest example kept, in tokens")
     p.add_argument("--truncate", action="store_true", help="truncate long examples (keeping EOT) instead of dropping")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help=f"share of the prompts held out (default: {DEFAULT_VAL_FRACTION}; "
+                        + ", ".join(f"{k} {v}" for k, v in VAL_FRACTION.items()) + ")")
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--chunk-examples", type=int, default=d.chunk_examples, help="source rows per unit of work")
     return SFTConfig(**vars(p.parse_args(argv)))

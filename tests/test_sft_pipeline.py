@@ -226,7 +226,9 @@ def test_sample_source(tmp_path):
     assert out.parent == tmp_path / "sft-sample"
     m = load_manifest(out)
     assert m["source"]["dataset"] == "chatterbot-corpus==1.3.3" and len(m["source"]["files"]) == 21
-    assert (m["totals"]["rows"], m["totals"]["examples"], m["totals"]["val_examples"]) == (2306, 2306, 18)
+    # 10% of the prompts held out (2% for other datasets): enough distinct prompts to measure an EOT rate
+    assert m["config"]["val_fraction"] == 0.1 and sft.SFTConfig(dataset="alpaca").val_fraction == 0.02
+    assert (m["totals"]["rows"], m["totals"]["examples"], m["totals"]["val_examples"]) == (2306, 2306, 335)
     assert inspect_main([str(out), "--verify"]) == 0
     ex = next(sft_sources.sample_source().examples())
     assert ex == ("What is AI?", "",

@@ -6,6 +6,8 @@ tensor as `state.<param index>.<name>`; `optimizer.json`: param groups and non-t
 states (`rng.safetensors`) and `state.json` (step, data position, manifest sha256, train config, Python and
 NumPy RNG states). Nothing is unpickled when loading. The folder is built under a temporary name and
 renamed; `latest` (a text file naming the folder) is replaced atomically after it; the last K folders stay.
+A run that tracks its best evaluation (SFT) records it in state.json (`best`: step and val_loss) and keeps
+`best`, a text file like `latest` naming that checkpoint, which is never pruned.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gpt.checkpoint import save_model
 from shards.io import atomic_directory, atomic_write, write_json
 
 LATEST = "latest"
+BEST = "best"
 STATE = "state.json"
 
 
@@ -31,27 +34,36 @@ def ckpt_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "ckpt"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
-    pointer = ckpt_root(run_dir) / LATEST
-    if not pointer.exists():
+def _pointed(run_dir: str | Path, pointer: str) -> Path | None:
+    """The folder that the pointer file `RUN_DIR/ckpt/<pointer>` names, or None when there is no such file."""
+    path = ckpt_root(run_dir) / pointer
+    if not path.exists():
         return None
-    folder = ckpt_root(run_dir) / pointer.read_text().strip()
+    folder = ckpt_root(run_dir) / path.read_text().strip()
     if not (folder / STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
+        raise FileNotFoundError(f"{path} names {folder}, which is missing or incomplete")
     return folder
 
 
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
+    return _pointed(run_dir, LATEST)
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `RUN_DIR/ckpt/best` names (the lowest validation loss, kept by SFT), or None."""
+    return _pointed(run_dir, BEST)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for the latest checkpoint,
-    and so does the `ckpt/latest` pointer file; any other path is taken as it is."""
+    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for its best checkpoint
+    (`ckpt/best`), or without one its latest; the `ckpt/latest` and `ckpt/best` pointer files for the folder
+    each names; any other path is taken as it is."""
     path = Path(path)
-    run = path
-    if path.name == "ckpt":
-        run = path.parent
-    elif path.name == LATEST and path.is_file() and path.resolve().parent.name == "ckpt":
-        run = path.resolve().parent.parent
-    return latest_checkpoint(run) or path
+    if path.name in (LATEST, BEST) and path.is_file() and path.resolve().parent.name == "ckpt":
+        return _pointed(path.resolve().parent.parent, path.name)
+    run = path.parent if path.name == "ckpt" else path
+    return best_checkpoint(run) or latest_checkpoint(run) or path
 
 
 def _write_tensors(path: Path, tensors: dict) -> None:
@@ -109,11 +121,13 @@ def _set_rng_state(folder: Path, plain: dict) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
                     chat_template: str | None = None) -> Path:
     """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last
-    `keep`; `chat_template` goes into the model folder's tokenizer_config.json."""
+    `keep` and the best: `state["best"]`, when given, names its step, and `best` points there (replaced before
+    `latest`: a run killed between the two resumes from the previous checkpoint and writes both again);
+    `chat_template` goes into the model folder's tokenizer_config.json."""
     root = ckpt_root(run_dir)
     final = root / f"step-{step:06d}"
     for stale in root.glob(".*.tmp*"):  # what a killed save left (the run folder is locked: none is running)
-        if re.fullmatch(r"\.(step-\d+|latest)\.tmp(-\d+)?", stale.name):
+        if re.fullmatch(r"\.(step-\d+|latest|best)\.tmp(-\d+)?", stale.name):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     # This step's folder and later ones are of a run killed before `latest` named them (the loop saves only
     # after a step, so never the step `latest` names): this run's future replaces them.
@@ -128,9 +142,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
         rng_tensors, rng_plain = _rng_state()
         _write_tensors(tmp / "rng.safetensors", rng_tensors)
         write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
-    with atomic_write(root / LATEST, "w") as f:
-        f.write(final.name + "\n")
-    _prune(root, final, keep)
+    best = root / f"step-{state['best']['step']:06d}" if state.get("best") else None
+    for pointer, folder in ((BEST, best), (LATEST, final)):
+        if folder is not None:
+            with atomic_write(root / pointer, "w") as f:
+                f.write(folder.name + "\n")
+    _prune(root, (final, best), keep)
     return final
 
 
@@ -140,10 +157,11 @@ def _checkpoints(root: Path) -> list[tuple[Path, int]]:
     return sorted((p, int(m.group(1))) for p, m in found if m)
 
 
-def _prune(root: Path, latest: Path, keep: int) -> None:
+def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:
+    """Remove the checkpoint folders before the last `keep` (0: remove none), except the `kept` ones."""
     folders = [folder for folder, _ in _checkpoints(root)]
     for folder in folders[:-keep] if keep > 0 else []:
-        if folder != latest:
+        if folder not in kept:
             shutil.rmtree(folder)
 
 

@@ -7,10 +7,12 @@ over every supervised (answer) token of the global batch.
 
 At each evaluation: the answer-only loss on the validation split (`val_loss`) and `eot_rate`, the fraction
 of validation prompts whose greedy answer ends with EOT within `--eot-steps` new tokens; both go to
-log.jsonl and loss.png. Checkpoints carry the Alpaca prompt as the chat template of their
-tokenizer_config.json (and `"sft": true` in state.json), so the chat CLI applies it. At the end, rank 0
-prints `--show` validation prompts with their greedy answers. Exit status as `train pretrain`: 0 done, 143
-or 130 stopped by SIGTERM or Ctrl-C after a checkpoint, 1 with a message.
+log.jsonl and loss.png. Each evaluation that lowers `val_loss` saves a checkpoint and points `ckpt/best` at
+it: the model that `make generate`, `chat` and `export-hf` use. Checkpoints carry the Alpaca prompt as the
+chat template of their tokenizer_config.json (and `"sft": true` in state.json), so the chat CLI applies it.
+At the end, rank 0 prints the figures of the best checkpoint and `--show` validation prompts with its greedy
+answers. Exit status as `train pretrain`: 0 done, 143 or 130 stopped by SIGTERM or Ctrl-C after a
+checkpoint, 1 with a message.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from gpt.model import GPT
 from gpt.tokenizer import EOT, get_encoding
 from pipelines.alpaca import CHAT_TEMPLATE
 
-from .checkpoint import latest_checkpoint, resolve_checkpoint
+from .checkpoint import best_checkpoint, latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args
 from .data import SFTData, find_shards_dir, rank_slice
 from .distributed import Dist, process_group
@@ -84,12 +86,23 @@ def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch:
     return answers
 
 
+def distinct_prompts(data: SFTData) -> np.ndarray:
+    """The validation examples (indices) whose prompt comes first among those equal to it: the EOT rate and
+    the shown answers count each prompt once (the sample repeats some over a hundred times, with other answers,
+    and every copy has the same greedy answer)."""
+    first: dict[bytes, int] = {}
+    for i in range(len(data.val_ids)):
+        first.setdefault(data.val_prompt(i).tobytes(), i)
+    return np.fromiter(first.values(), dtype=np.int64)
+
+
 def eval_hook(data: SFTData, cfg: SFTTrainConfig):
-    """At each evaluation: `eot_rate`, the fraction of validation prompts whose greedy answer ends with EOT
-    within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
+    """At each evaluation: `eot_rate`, the fraction of distinct validation prompts whose greedy answer ends with
+    EOT within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
+    prompts = distinct_prompts(data)
 
     def extra_eval(model: GPT, dist: Dist) -> dict:
-        ids = rank_slice(np.arange(len(data.val_ids)), dist.rank, dist.world_size)
+        ids = rank_slice(prompts, dist.rank, dist.world_size)
         with autocast(cfg, dist.device):
             answers = greedy_answers(model, [data.val_prompt(i) for i in ids], cfg.eot_steps, cfg.micro_batch,
                                      progress=dist.is_main and cfg.progress)
@@ -121,10 +134,10 @@ def _format(data: SFTData, i: int, answer: list[int]) -> tuple[str, str, str]:
 
 
 def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[tuple[str, str, str]]:
-    """(instruction, reference answer, greedy answer) for the first `count` validation examples."""
-    count = min(count, len(data.val_ids))
-    answers = greedy_answers(model, [data.val_prompt(i) for i in range(count)], max_steps, max(count, 1))
-    return [_format(data, i, answer) for i, answer in enumerate(answers)]
+    """(instruction, reference answer, greedy answer) for the first `count` distinct validation prompts."""
+    ids = distinct_prompts(data)[:count]
+    answers = greedy_answers(model, [data.val_prompt(i) for i in ids], max_steps, max(len(ids), 1))
+    return [_format(data, i, answer) for i, answer in zip(ids, answers)]
 
 
 def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
@@ -155,7 +168,7 @@ def main(argv=None) -> int:
                       f"{shards_dir} ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
                       f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
             hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True},
-                          chat_template=CHAT_TEMPLATE)
+                          chat_template=CHAT_TEMPLATE, keep_best=True)
             result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
             if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
                 _report(cfg, data, dist.device)
@@ -166,16 +179,20 @@ def main(argv=None) -> int:
 
 
 def _report(cfg: SFTTrainConfig, data: SFTData, device: torch.device) -> None:
-    """Validation answer loss and EOT rate before and after, then a few held-out prompts with their answers."""
-    evals = [r for r in read_log(cfg.run_dir) if "val_loss" in r]
-    if evals:
-        first, last = evals[0], evals[-1]
-        print(f"sft: validation answer loss {first['val_loss']:.4f} (step {first['step']}) -> "
-              f"{last['val_loss']:.4f} (step {last['step']}); EOT rate within {cfg.eot_steps} tokens "
-              f"{first['eot_rate']:.0%} -> {last['eot_rate']:.0%}; checkpoints in {cfg.run_dir}/ckpt")
+    """Validation answer loss and EOT rate before and at the best checkpoint (and at the last step), then a few
+    held-out prompts with the best checkpoint's answers."""
+    folder = best_checkpoint(cfg.run_dir) or latest_checkpoint(cfg.run_dir)  # a run from before ckpt/best
+    evals = {r["step"]: r for r in read_log(cfg.run_dir) if "val_loss" in r}
+    first, best = evals.get(0), evals.get(read_state(folder)["step"])
+    if first and best:
+        last = evals[max(evals)]
+        print(f"sft: validation answer loss {first['val_loss']:.4f} -> {best['val_loss']:.4f}, EOT rate within "
+              f"{cfg.eot_steps} tokens {first['eot_rate']:.0%} -> {best['eot_rate']:.0%} (step 0 -> {best['step']}, "
+              f"the best checkpoint: {folder}; at the last step, {last['step']}: {last['val_loss']:.4f} and "
+              f"{last['eot_rate']:.0%})")
     if cfg.show:
-        model = load_model(latest_checkpoint(cfg.run_dir), device=device)
-        print(f"held-out prompts and greedy answers ({cfg.run_dir}):")
+        model = load_model(folder, device=device)
+        print(f"held-out prompts and greedy answers of {folder}:")
         for question, reference, answer in show_answers(model, data, cfg.show, cfg.eot_steps):
             print(f"  prompt:    {question}\n  reference: {reference}\n  answer:    {answer}\n")
 
