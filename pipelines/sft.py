@@ -3,7 +3,8 @@
 Output: `DATA_DIR/sft-<dataset>/<fingerprint>/` with `val.bin` and `train.bin` (each with its `.mask`
 and `.idx`, see shards/sft.py) and `manifest.json`, written last. An example is the rendered Alpaca
 prompt, then the answer (`output` + EOT); the mask is 1 exactly on the answer and its EOT.
-Examples whose output is empty (or only whitespace) are skipped; examples longer than `block_size`
+Examples whose output is empty (or only whitespace) are skipped, and so is every copy of an example
+(the same instruction, input and output) after its first; examples longer than `block_size`
 tokens are dropped, or with `--truncate` cut to `block_size` keeping the closing EOT. An example goes
 to validation when a hash of its prompt (instruction and input) falls under `val_fraction`, so the
 split is stable across runs and worker counts and no validation prompt is trained on.
@@ -34,11 +35,11 @@ from shards.io import remove_temporaries, sha256_json, write_json
 from shards.sft import open_sft_shard, write_sft_shard
 
 SPLITS = ("val", "train")
-# The sample's validation split: 2% of it would be 18 examples, too few to measure an EOT rate; 10% is 98
-# distinct prompts (335 examples: the sample repeats some prompts over a hundred times, with other answers).
+# The sample's validation split: 2% of it would be 18 examples, too few to measure an EOT rate; 10% is 108
+# (102 distinct prompts).
 VAL_FRACTION = {"sample": 0.1}
 DEFAULT_VAL_FRACTION = 0.02
-COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
+COUNTERS = ("rows", "empty_output", "duplicates", "dropped_too_long", "truncated")
 
 
 @dataclass
@@ -78,7 +79,7 @@ def load_source(cfg: SFTConfig) -> sft_sources.Source:
 
 def stage_config(cfg: SFTConfig, source: dict) -> dict:
     """Everything the output depends on: it names the output folder and is stored in the manifest."""
-    return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]),
+    return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]), "duplicates": "skipped",
             "block_size": cfg.block_size, "truncate": cfg.truncate, "val_fraction": cfg.val_fraction,
             "chunk_examples": cfg.chunk_examples, "template_sha256": alpaca.TEMPLATE_SHA256,
             "tokenizer_sha256": ranks_sha256()}
@@ -86,13 +87,16 @@ def stage_config(cfg: SFTConfig, source: dict) -> dict:
 
 def _tokenize_chunk(job: tuple) -> None:
     """Tokenize one chunk of examples into `parts/<index>.{val,train}.*`, then `parts/<index>.json`."""
-    parts, index, examples, cfg = job
+    parts, index, examples, copies, cfg = job
     kept = {split: [] for split in SPLITS}  # (tokens, prompt length) per example
     stats = dict.fromkeys(COUNTERS, 0)
     stats["rows"] = len(examples)
-    for instruction, input, output in examples:
+    for (instruction, input, output), copy in zip(examples, copies, strict=True):
         if not output.strip():
             stats["empty_output"] += 1
+            continue
+        if copy:
+            stats["duplicates"] += 1
             continue
         tokens, prompt_len = alpaca.encode_example(instruction, input, output)
         if len(tokens) > cfg.block_size:
@@ -112,6 +116,17 @@ def _tokenize_chunk(job: tuple) -> None:
             mask[int(start): int(start) + prompt_len] = 0
         write_sft_shard(parts / f"{index:05d}.{split}.bin", tokens, mask, offsets)
     write_json(parts / f"{index:05d}.json", stats)
+
+
+def _copies(source: sft_sources.Source) -> list[bool]:
+    """For every row of `source`, in order: whether an earlier row is the same example (instruction, input, output)."""
+    seen: set[bytes] = set()
+    copies = []
+    for example in source.examples():
+        key = hashlib.sha256(json.dumps(example).encode()).digest()[:16]
+        copies.append(key in seen)
+        seen.add(key)
+    return copies
 
 
 def _chunks(source: sft_sources.Source, size: int):
@@ -170,7 +185,8 @@ def run(cfg: SFTConfig) -> Path:
     if finished(out, config):
         print(f"sft: {out} is complete, nothing to do")
         return out
-    rows = sum(1 for _ in source.examples())  # check every row before writing anything
+    copies = _copies(source)  # reads (and checks) every row before anything is written
+    rows = len(copies)
     if rows == 0:
         raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: no examples")
     num_chunks = -(-rows // cfg.chunk_examples)
@@ -180,13 +196,15 @@ def run(cfg: SFTConfig) -> Path:
         parts = out / PARTS
         parts.mkdir(exist_ok=True)
         pending = {i for i in range(num_chunks) if not (parts / f"{i:05d}.json").exists()}
-        jobs = ((parts, i, chunk, cfg) for i, chunk in _chunks(source, cfg.chunk_examples) if i in pending)
+        size = cfg.chunk_examples
+        jobs = ((parts, i, chunk, copies[i * size:(i + 1) * size], cfg)
+                for i, chunk in _chunks(source, size) if i in pending)
         with tqdm(desc=f"sft {cfg.name()}", unit="chunk", total=num_chunks, initial=num_chunks - len(pending),
                   disable=None) as bar:
             for _ in parallel_map(_tokenize_chunk, jobs, len(pending), cfg.workers):
                 bar.update()
         totals = _counters(parts, num_chunks)
-        if totals["rows"] == totals["empty_output"] + totals["dropped_too_long"]:
+        if totals["rows"] == totals["empty_output"] + totals["duplicates"] + totals["dropped_too_long"]:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
                                           f"(empty output or longer than block_size {cfg.block_size})")
         entries, totals = _assemble(out, parts, num_chunks, totals)
@@ -201,8 +219,9 @@ def run(cfg: SFTConfig) -> Path:
 
     totals = run_once(out, config, build)["totals"]
     print(f"sft: {totals['examples']} examples ({totals['val_examples']} val), {totals['tokens']} tokens "
-          f"({totals['supervised_tokens']} supervised); skipped {totals['empty_output']} empty, dropped "
-          f"{totals['dropped_too_long']} too long, truncated {totals['truncated']} -> {out}")
+          f"({totals['supervised_tokens']} supervised); skipped {totals['empty_output']} empty and "
+          f"{totals['duplicates']} duplicates, dropped {totals['dropped_too_long']} too long, truncated "
+          f"{totals['truncated']} -> {out}")
     return out
 
 

@@ -43,7 +43,7 @@ from .pretrain import build_model
 # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
 ALPACA_DEFAULTS = dict(batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50, eval_every=200,
                        save_every=400, pretrain_run="runs/fineweb10B/pretrain")
-# The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
+# The CPU demo: the pretrained `tiny` model on the chatterbot sample (1,020 train examples, 104 validation).
 # Examples of at most 129 tokens: that leaves out the ~100 long code answers, whose runs of whitespace tokens
 # would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
 SAMPLE_DEFAULTS = dict(batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=10, eval_every=40,
@@ -88,8 +88,7 @@ def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch:
 
 def distinct_prompts(data: SFTData) -> np.ndarray:
     """The validation examples (indices) whose prompt comes first among those equal to it: the EOT rate and
-    the shown answers count each prompt once (the sample repeats some over a hundred times, with other answers,
-    and every copy has the same greedy answer)."""
+    the shown answers count each prompt once, since a prompt with several answers has one greedy answer."""
     first: dict[bytes, int] = {}
     for i in range(len(data.val_ids)):
         first.setdefault(data.val_prompt(i).tobytes(), i)
@@ -106,7 +105,7 @@ def eval_hook(data: SFTData, cfg: SFTTrainConfig):
         with autocast(cfg, dist.device):
             answers = greedy_answers(model, [data.val_prompt(i) for i in ids], cfg.eot_steps, cfg.micro_batch,
                                      progress=dist.is_main and cfg.progress)
-        counts = torch.tensor([sum(bool(a) and a[-1] == EOT for a in answers), len(answers)],
+        counts = torch.tensor([sum(len(a) > 1 and a[-1] == EOT for a in answers), len(answers)],  # not empty
                               dtype=torch.float64, device=dist.device)
         dist.all_reduce_sum(counts)
         record = {"eot_rate": (counts[0] / counts[1]).item()}
