@@ -262,14 +262,17 @@ def test_a_resumed_run_keeps_its_best_checkpoint(setup, monkeypatch):
     assert resolve_checkpoint(run_dir).name == "step-000002"
 
 
-def test_the_eot_rate_and_the_shown_answers_count_each_validation_prompt_once(tmp_path, monkeypatch, capsys):
-    """The sample repeats some prompts with many answers: each copy would count the same greedy answer again."""
+def test_the_eot_rate_counts_each_validation_prompt_once_and_an_empty_answer_as_not_ended(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A prompt with several answers has one greedy answer: it counts once, as it is shown once. An answer that is
+    EOT alone says nothing: it does not count as one that ends."""
     val = [([90, 91], [92, 0]), ([93], [94]), ([90, 91], [5]), ([90, 91], [6, 7]), ([95], [96])]
     shards = write_shards(tmp_path / "shards", val=val)
     assert distinct_prompts(SFTData(shards, seq_len=32, batch_examples=4, seed=0)).tolist() == [0, 1, 4]
-    # answers that end at once for the prompt [90, 91] only: 1 of 3 distinct prompts (3 of 5 examples)
+    # an answer that ends for the prompt [90, 91] (1 of 3 distinct prompts, 3 of 5 examples), an empty one for
+    # [95], one cut short for [93]
     monkeypatch.setattr("train.sft.greedy_answers", lambda model, prompts, *args, **kwargs: [
-        [EOT] if p[0] == 90 else [1] for p in prompts])
+        {90: [1, EOT], 93: [1], 95: [EOT]}[int(p[0])] for p in prompts])
     assert main(["--shards-dir", str(shards), "--init", str(nano(tmp_path / "init")), "--run-dir",
                  str(tmp_path / "run"), *FLAGS, "--batch-examples", "4", "--micro-batch", "4", "--steps", "1", "--show", "5"]) == 0
     assert [r["eot_rate"] for r in read_log(tmp_path / "run") if "eot_rate" in r] == [pytest.approx(1 / 3)] * 2
