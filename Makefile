@@ -73,11 +73,19 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: $(STAMP) ## create .venv, install the pinned packages (the only step that needs the network) and this project
 
+# `make demo` reports its duration from the start of make, the setup included
+DEMO_START := $(if $(filter demo,$(MAKECMDGOALS)),$(shell date +%s))
+
 demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 	$(MAKE) --no-print-directory shards
 	$(MAKE) --no-print-directory inspect
 	$(MAKE) --no-print-directory pretrain RESUME=1
 	$(MAKE) --no-print-directory sft RESUME=1
+	@elapsed=$$(( $$(date +%s) - $(DEMO_START) )); \
+	echo "demo: done in $$((elapsed / 60)) min $$((elapsed % 60)) s. Try next:"; \
+	echo "  make chat                      talk to the SFT model ($(RUN_DIR)/sft: its best checkpoint)"; \
+	echo "  make generate PROMPT='...'     answer one prompt (TEMPERATURE=0: greedy; REP_PENALTY=1.2)"; \
+	echo "  make export-hf                 write the model as a transformers folder, $(RUN_DIR)/sft-hf"
 
 test: $(STAMP) ## run the test suite (offline)
 	$(PY) -m pytest -q tests
@@ -106,7 +114,7 @@ pretrain: $(STAMP) ## pretrain GPT-2 on the shards (NGPU=8 for a node; NNODES, N
 sft: $(STAMP) ## fine-tune the latest pretraining checkpoint (or INIT) on the SFT shards; NGPU as for pretrain
 	$(TRAIN_LAUNCH) -m train sft $(SFT_FLAGS) --pretrain-run $(RUN_DIR)/pretrain --run-dir $(RUN_DIR)/sft $(ARGS)
 
-# Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its latest checkpoint)
+# Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft
 PROMPT ?= Give three tips for staying healthy.
 # PROMPT is data: its value as typed (never expanded by make, whose export of a command-line variable would
@@ -114,9 +122,10 @@ PROMPT ?= Give three tips for staying healthy.
 override PROMPT := $(value PROMPT)
 export PROMPT
 GEN_FLAGS = --ckpt $(CKPT) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
-  $(if $(TOP_K),--top-k $(TOP_K)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(SEED),--seed $(SEED))
+  $(if $(TOP_K),--top-k $(TOP_K)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(SEED),--seed $(SEED)) \
+  $(if $(REP_PENALTY),--repetition-penalty $(REP_PENALTY))
 
-generate: $(STAMP) ## print the completion of PROMPT by CKPT (TEMPERATURE, MAX_STEPS, TOP_K, TOP_P, SEED)
+generate: $(STAMP) ## print the completion of PROMPT by CKPT (TEMPERATURE, MAX_STEPS, TOP_K, TOP_P, REP_PENALTY, SEED)
 	$(PY) -m gpt generate $(GEN_FLAGS) --prompt="$$PROMPT" $(ARGS)
 
 chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template for SFT checkpoints)

@@ -1,10 +1,16 @@
 """The `generate` and `chat` commands of `python -m gpt`: completions of prompts, and an interactive loop.
 
-Both load a checkpoint folder (ours or a Hugging Face GPT-2 folder), or the latest checkpoint of a
-training run folder (one holding `ckpt/latest`), on the CPU by default. With
+Both load a checkpoint folder (ours or a Hugging Face GPT-2 folder), or a training run folder: its best
+checkpoint (`ckpt/best`, kept by SFT) or else its latest (`ckpt/latest`), on the CPU by default. With
 `--template alpaca` each prompt is wrapped in the Stanford Alpaca no-input template, as SFT models were
 trained; `--template auto` (the default) does so when the folder's tokenizer_config.json holds that
 template as its chat template (SFT checkpoints and their exports do), or its `state.json` says `"sft": true`.
+Both sample (temperature TEMPERATURE, nucleus TOP_P) unless `--temperature 0` asks for greedy decoding.
+
+With the template, `chat` keeps the conversation: the model reads the finished turns, each its Alpaca prompt,
+the answer and EOT, one after the other (what transformers' apply_chat_template renders from the checkpoint's
+chat template), then the new prompt; the oldest turns are dropped when they would leave less than
+`--max-steps` tokens of the context for the answer. Without the template every line is a fresh prompt.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import argparse
 import codecs
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,10 +27,17 @@ import torch
 from shards.tokenizer import EOT, get_encoding
 
 from .checkpoint import saved_chat_template
-from .inference import generate, stream, tokenize_batch_input
+from .inference import generate, pad_batch, stream, tokenize_batch_input
 from .template import CHAT_TEMPLATE, render_prompt
 
-CKPT_HELP = "checkpoint folder (ours or Hugging Face's), or a run folder: its latest checkpoint"
+CKPT_HELP = ("checkpoint folder (ours or Hugging Face's), or a run folder: its best checkpoint (ckpt/best) if it "
+             "has one, else its latest")
+# Sampling by default, at the settings of common chat tools (Ollama's top_p, a temperature a little below its 0.8):
+# greedy decoding of a small model tends to repeat itself. --temperature 0 is greedy.
+TEMPERATURE = 0.7
+TOP_P = 0.9
+HELP = ("/reset forgets the conversation, /help shows this, /quit (or Ctrl-D, or Ctrl-C at the prompt) ends the "
+        "chat; Ctrl-C during an answer stops it")
 
 
 def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
@@ -34,10 +48,15 @@ def add_arguments(p: argparse.ArgumentParser, *, chat: bool) -> None:
     p.add_argument("--template", choices=("auto", "alpaca", "none"), default="auto",
                    help="wrap prompts in the Alpaca template (auto: when the checkpoint's tokenizer_config.json "
                         "holds it as chat_template, as SFT checkpoints do, or an older one's state.json says sft)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--max-steps", type=int, default=256, help="most new tokens per prompt")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help=f"default {TEMPERATURE}; 0 = greedy")
+    p.add_argument("--max-steps", type=int, default=128 if chat else 256,
+                   help="most new tokens per " + ("answer (the history leaves room for them)" if chat else "prompt"))
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="sample within the nucleus of probability p")
+    p.add_argument("--top-p", type=float, default=TOP_P,
+                   help=f"sample within the nucleus of probability p (default {TOP_P}; 1 = all tokens)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="divide the positive logits, and multiply the negative ones, of the tokens already in the "
+                        "prompt or answer by this (transformers' repetition_penalty; default 1 = none, try 1.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
     p.add_argument("--truncate", action="store_true",
                    help="left-truncate prompts that leave no room for --max-steps tokens instead of refusing them")
@@ -69,7 +88,7 @@ def _template(args, command: str) -> bool:
 
 
 def _load(args, command: str):
-    """The model of --ckpt; a run folder stands for its latest checkpoint (args.ckpt is updated to it)."""
+    """The model of --ckpt; a run folder stands for its best or latest checkpoint (args.ckpt is updated to it)."""
     from .checkpoint import load_model, resolve_checkpoint
 
     try:
@@ -88,7 +107,8 @@ def _load(args, command: str):
 
 def _options(args) -> dict:
     return dict(temperature=args.temperature, max_steps=args.max_steps, top_k=args.top_k, top_p=args.top_p,
-                generator=torch.Generator(device=args.device).manual_seed(args.seed), truncate=args.truncate)
+                generator=torch.Generator(device=args.device).manual_seed(args.seed), truncate=args.truncate,
+                repetition_penalty=args.repetition_penalty)
 
 
 def run_generate(args) -> int:
@@ -112,17 +132,41 @@ def run_generate(args) -> int:
     return 0
 
 
+@dataclass
+class History:
+    """The finished turns of a chat, as one token sequence: each turn is its prompt (rendered in the Alpaca
+    template), the answer and EOT. `room` is how many tokens the turns and the next prompt may take."""
+    room: int
+    turns: list[list[int]] = field(default_factory=list)
+
+    def with_prompt(self, prompt: list[int]) -> tuple[list[int], int]:
+        """The turns, then `prompt`; the oldest turns are dropped first until they fit in `room` with it.
+        Returns the tokens and how many turns were dropped."""
+        dropped = 0
+        while self.turns and sum(map(len, self.turns)) + len(prompt) > self.room:
+            self.turns.pop(0)
+            dropped += 1
+        return [token for turn in self.turns for token in turn] + prompt, dropped
+
+    def add(self, prompt: list[int], answer: list[int]) -> None:
+        """A finished turn: `answer` without EOT, which is added (to a cut answer too, as the chat template
+        renders every answer)."""
+        self.turns.append(prompt + answer + [EOT])
+
+
 def run_chat(args, stdin=None, stdout=None) -> int:
-    """Read one prompt per line until EOF, /quit or Ctrl-C; stream each answer as it is generated (no history).
-    Ctrl-C during an answer stops that answer."""
+    """Read one prompt per line until EOF, /quit or Ctrl-C; stream each answer as it is generated. With the
+    template the conversation so far comes before each prompt (History; /reset forgets it). Ctrl-C during an
+    answer stops that answer, which is then left out of the history with its prompt."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model = _load(args, "chat")
     template = _template(args, "chat")
+    history = History(model.config.block_size - args.max_steps) if template else None
     interactive = stdin.isatty()
     enc = get_encoding()
     options = _options(args)
-    print(f"chat with {args.ckpt} ({'Alpaca template' if template else 'plain completion'}); /quit, EOF or Ctrl-C ends",
-          file=stdout)
+    mode = "Alpaca template, with history" if template else "plain completion, no history"
+    print(f"chat with {args.ckpt} ({mode}); /help lists the commands", file=stdout)
     while True:
         if interactive:
             print("> ", end="", file=stdout, flush=True)
@@ -131,22 +175,39 @@ def run_chat(args, stdin=None, stdout=None) -> int:
         except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat, as EOF does
             print(file=stdout)
             return 0
-        if not line or line.strip() == "/quit":
+        if not line:  # EOF (Ctrl-D): end the prompt's line too
+            if interactive:
+                print(file=stdout)
             return 0
         text = line.rstrip("\n")
-        if not text.strip():
+        command = text.strip()
+        if command == "/quit":
+            return 0
+        if command in ("/help", "/reset"):
+            if command == "/reset" and history is not None:
+                history.turns.clear()
+            print(HELP if command == "/help" else "(conversation reset)", file=stdout, flush=True)
             continue
+        if not command:
+            continue
+        prompt = enc.encode_ordinary(render_prompt(text) if template else text)
+        tokens, dropped = history.with_prompt(prompt) if history is not None else (prompt, 0)
+        if dropped:
+            print(f"(the {dropped} oldest turn(s) left out: the conversation no longer fits the context of "
+                  f"{model.config.block_size} tokens with --max-steps {args.max_steps})", file=stdout)
         try:
-            input_ids, masks = tokenize_batch_input([render_prompt(text) if template else text])
-            steps = stream(model, input_ids, masks, **options)
+            steps = stream(model, *pad_batch([tokens]), **options)
         except ValueError as e:
             print(f"error: {e}", file=stdout, flush=True)
             continue
-        utf8, end = codecs.getincrementaldecoder("utf-8")(errors="replace"), ""
+        utf8, end, answer = codecs.getincrementaldecoder("utf-8")(errors="replace"), "", []
         try:
             for (token,) in steps:
                 if token is not None and token != EOT:
+                    answer.append(token)
                     print(utf8.decode(enc.decode_single_token_bytes(token)), end="", file=stdout, flush=True)
         except KeyboardInterrupt:  # Ctrl-C while answering stops this answer only
             end = " [stopped]"
         print(utf8.decode(b"", final=True) + end, file=stdout, flush=True)
+        if history is not None and not end:
+            history.add(prompt, answer)

@@ -33,6 +33,7 @@ from .hf import build, complete_state_dict, config_from_hf, file_state_dict, hf_
 from .model import GPT, GPTConfig
 
 LATEST = "latest"  # RUN_DIR/ckpt/latest: the name of the newest complete checkpoint folder
+BEST = "best"  # RUN_DIR/ckpt/best: the folder of the lowest validation loss (SFT keeps it)
 STATE = "state.json"  # a training checkpoint's state; a folder without it is incomplete
 FORMAT = "minigpt2"  # the key of our own fields in config.json
 FORMAT_VERSION = 2
@@ -46,27 +47,36 @@ def ckpt_root(run_dir: str | Path) -> Path:
     return Path(run_dir) / "ckpt"
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
-    pointer = ckpt_root(run_dir) / LATEST
-    if not pointer.exists():
+def _pointed(run_dir: str | Path, pointer: str) -> Path | None:
+    """The folder that the pointer file `RUN_DIR/ckpt/<pointer>` names, or None when there is no such file."""
+    path = ckpt_root(run_dir) / pointer
+    if not path.exists():
         return None
-    folder = ckpt_root(run_dir) / pointer.read_text().strip()
+    folder = ckpt_root(run_dir) / path.read_text().strip()
     if not (folder / STATE).is_file():
-        raise FileNotFoundError(f"{pointer} names {folder}, which is missing or incomplete")
+        raise FileNotFoundError(f"{path} names {folder}, which is missing or incomplete")
     return folder
 
 
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `RUN_DIR/ckpt/latest` names, or None when the run has no checkpoint yet."""
+    return _pointed(run_dir, LATEST)
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `RUN_DIR/ckpt/best` names (the lowest validation loss, kept by SFT), or None."""
+    return _pointed(run_dir, BEST)
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for the latest checkpoint,
-    and so does the `ckpt/latest` pointer file; any other path is taken as it is."""
+    """The checkpoint folder a user means by `path`: a run folder or its `ckpt/` stands for its best checkpoint
+    (`ckpt/best`), or without one its latest; the `ckpt/latest` and `ckpt/best` pointer files for the folder
+    each names; any other path is taken as it is."""
     path = Path(path)
-    run = path
-    if path.name == "ckpt":
-        run = path.parent
-    elif path.name == LATEST and path.is_file() and path.resolve().parent.name == "ckpt":
-        run = path.resolve().parent.parent
-    return latest_checkpoint(run) or path
+    if path.name in (LATEST, BEST) and path.is_file() and path.resolve().parent.name == "ckpt":
+        return _pointed(path.resolve().parent.parent, path.name)
+    run = path.parent if path.name == "ckpt" else path
+    return best_checkpoint(run) or latest_checkpoint(run) or path
 
 
 def save_model(model: GPT, directory, chat_template: str | None = None) -> Path:

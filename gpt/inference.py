@@ -51,7 +51,7 @@ def pad_batch(token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch
     return input_ids, attention_masks
 
 
-def _check_options(temperature, max_steps, top_k, top_p) -> None:
+def _check_options(temperature, max_steps, top_k, top_p, repetition_penalty) -> None:
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
@@ -60,6 +60,9 @@ def _check_options(temperature, max_steps, top_k, top_p) -> None:
         raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
+    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float))
+            or not math.isfinite(repetition_penalty) or repetition_penalty <= 0):
+        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = none), got {repetition_penalty!r}")
 
 
 def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncate: bool) -> list[torch.Tensor]:
@@ -90,9 +93,15 @@ def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncat
     return rows
 
 
-def _next_tokens(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+def _next_tokens(logits, temperature, top_k, top_p, generator, repetition_penalty=1.0, seen=None) -> torch.Tensor:
     """One token per row from logits [B, V]: argmax at temperature 0, else a sample from the
-    temperature-scaled distribution restricted to the top_k tokens and the top_p nucleus."""
+    temperature-scaled distribution restricted to the top_k tokens and the top_p nucleus. First, with a
+    `repetition_penalty` other than 1, the logits of the tokens in `seen` (a bool mask [B, V] of each row's
+    prompt and answer so far) are divided by it where positive and multiplied by it where negative, as in
+    transformers' RepetitionPenaltyLogitsProcessor (the CTRL paper's penalty)."""
+    if repetition_penalty != 1:
+        penalized = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -111,7 +120,8 @@ def _next_tokens(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
 def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
            max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
-           truncate: bool = False, static: bool | None = None, compile: bool = False) -> Iterator[list[int | None]]:
+           truncate: bool = False, repetition_penalty: float = 1.0, static: bool | None = None,
+           compile: bool = False) -> Iterator[list[int | None]]:
     """Generate step by step: each item is a list with, for every row, its new token, or None once the
     row has finished (it produced `eot`). Stops when every row has finished, after `max_steps` steps, or
     when the longest prompt plus the new tokens fill the model's context (`block_size`).
@@ -119,15 +129,18 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     `input_ids` and `attention_masks` are [B, T] (as `tokenize_batch_input` returns; the real tokens of a
     row are those with mask 1, in order). `temperature` 0 is greedy; otherwise logits are divided by it
     and sampled (with `generator` when given), after keeping the `top_k` most likely tokens and the
-    smallest set whose probability reaches `top_p`. A prompt that fills the context is refused, or, with
+    smallest set whose probability reaches `top_p`. `repetition_penalty` (1 = none; HF's, e.g. 1.2) first
+    divides the positive logits, and multiplies the negative ones, of every token already in the row's prompt
+    or answer, at any temperature. A prompt that fills the context is refused, or, with
     `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1) keeps its last tokens.
     `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
     `static` decodes with a `StaticDecoder` (fixed shapes; a CUDA graph on a GPU); by default it does so on a
     GPU without autocast, and `compile` also compiles its step. Arguments are checked here, before the first step.
     """
-    _check_options(temperature, max_steps, top_k, top_p)
+    _check_options(temperature, max_steps, top_k, top_p, repetition_penalty)
     rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
-    return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, static, compile)
+    return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, repetition_penalty,
+                  static, compile)
 
 
 class StaticDecoder:
@@ -235,7 +248,8 @@ def _static_decoder(model: GPT, batch: int, columns: int, compile: bool) -> Stat
     return decoder
 
 
-def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, static, compile):
+def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, repetition_penalty, static,
+           compile):
     param = next(model.parameters())
     device, batch = param.device, len(rows)
     lengths = [len(r) for r in rows]
@@ -265,6 +279,11 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     cache = decoder.cache if decoder is not None else (
         KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
     finished = [False] * batch
+    seen = None  # for the repetition penalty: the tokens of each row's prompt and answer so far
+    if repetition_penalty != 1:
+        seen = torch.zeros(batch, model.config.vocab_size, dtype=torch.bool, device=device)
+        for i, row in enumerate(rows):
+            seen[i, row.to(device)] = True
     for step in range(steps):
         end = width + step  # columns filled so far
         with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
@@ -280,8 +299,10 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
                     logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
                 if decoder is not None:
                     decoder.start(real[:, :end], positions[:, end])
-            new = _next_tokens(logits, temperature, top_k, top_p, generator)
+            new = _next_tokens(logits, temperature, top_k, top_p, generator, repetition_penalty, seen)
             tokens[:, end] = new
+            if seen is not None:
+                seen.scatter_(1, new[:, None], True)
             if decoder is not None and step + 1 < steps:
                 # The next step goes to the GPU before this one's tokens come back to the host: the GPU works
                 # while Python reads them, checks for EOT and yields (stream order keeps it exact).
@@ -296,14 +317,14 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
 def generate(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,
              max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
-             truncate: bool = False, static: bool | None = None, compile: bool = False,
-             progress: bool = False) -> list[list[int]]:
+             truncate: bool = False, repetition_penalty: float = 1.0, static: bool | None = None,
+             compile: bool = False, progress: bool = False) -> list[list[int]]:
     """The new tokens of every row (EOT included when the row produced it); arguments as in `stream`;
     `progress` shows a bar over the steps on a terminal."""
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0] if torch.is_tensor(input_ids) else 0)]
     steps = stream(model, input_ids, attention_masks, temperature, max_steps, top_k=top_k, top_p=top_p,
-                   generator=generator, eot=eot, use_cache=use_cache, truncate=truncate, static=static,
-                   compile=compile)
+                   generator=generator, eot=eot, use_cache=use_cache, truncate=truncate,
+                   repetition_penalty=repetition_penalty, static=static, compile=compile)
     for step in tqdm(steps, total=max_steps, desc="generate", unit="step", leave=False,
                      disable=None if progress else True):
         for row, token in zip(out, step):

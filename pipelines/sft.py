@@ -3,7 +3,8 @@
 Output: `DATA_DIR/<dataset>-sft/<fingerprint>/` with `val.bin` and `train.bin` (each with its `.mask`
 and `.idx`, see shards/sft.py) and `manifest.json`, written last. An example is the rendered Alpaca
 prompt, then the answer (`output` + EOT); the mask is 1 exactly on the answer and its EOT.
-Examples whose output is empty (or only whitespace) are skipped; examples longer than `block_size`
+Examples whose output is empty (or only whitespace) are skipped, and so is every copy of an example
+(the same instruction, input and output) after its first; examples longer than `block_size`
 tokens are dropped, or with `--truncate` cut to `block_size` keeping the closing EOT. An example goes
 to validation when a hash of its prompt (instruction and input) falls under `val_fraction`, so the
 split is stable across runs and worker counts and no validation prompt is trained on.
@@ -15,6 +16,8 @@ redoes only unfinished chunks, and the result is byte-identical whatever the num
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,7 +32,11 @@ from shards import cli
 from shards.io import sha256_json
 from shards.tokenizer import EOT, describe, ranks_sha256
 
-COUNTERS = ("rows", "empty_output", "dropped_too_long", "truncated")
+# The sample's validation split: 2% of it would be 18 examples, too few to measure an EOT rate; 10% is 108
+# (102 distinct prompts).
+VAL_FRACTION = {"sample": 0.1}
+DEFAULT_VAL_FRACTION = 0.02
+COUNTERS = ("rows", "empty_output", "duplicates", "dropped_too_long", "truncated")
 
 
 @dataclass
@@ -39,16 +46,22 @@ class SFTConfig:
         "source": "an Alpaca-format .json, .jsonl, .jsonl.zst or .parquet file (overrides --dataset)",
         "block_size": "longest example kept, in tokens",
         "truncate": "truncate long examples (keeping EOT) instead of dropping",
-        "chunk_examples": "source rows per unit of work"}
+        "chunk_examples": "source rows per unit of work",
+        "val_fraction": "share of the prompts held out (default: " + ", ".join(
+            f"{k} {v}" for k, v in VAL_FRACTION.items()) + f", other datasets {DEFAULT_VAL_FRACTION})"}
 
     dataset: str = "sample"           # sample | alpaca (ignored when source is set)
     source: str | None = None         # a user's Alpaca-format .json/.jsonl/.parquet file
     data_dir: str = "data"
     block_size: int = 1024            # longest example kept, in tokens
     truncate: bool = False            # cut long examples to block_size (keeping EOT) instead of dropping them
-    val_fraction: float = 0.02
+    val_fraction: float | None = None  # default: VAL_FRACTION of the dataset, else DEFAULT_VAL_FRACTION
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_examples: int = 4096        # source rows per unit of work
+
+    def __post_init__(self):
+        if self.val_fraction is None:
+            self.val_fraction = VAL_FRACTION.get(self.name(), DEFAULT_VAL_FRACTION)
 
     def name(self) -> str:
         return CUSTOM if self.source else self.dataset
@@ -66,7 +79,7 @@ def load_source(cfg: SFTConfig) -> sft_sources.ExampleSource:
 
 def stage_config(cfg: SFTConfig, source: dict) -> dict:
     """Everything the output depends on: it names the output folder and is stored in the manifest."""
-    return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]),
+    return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]), "duplicates": "skipped",
             "block_size": cfg.block_size, "truncate": cfg.truncate, "val_fraction": cfg.val_fraction,
             "chunk_examples": cfg.chunk_examples, "template_sha256": template.TEMPLATE_SHA256,
             "tokenizer_sha256": ranks_sha256()}
@@ -78,9 +91,12 @@ def _tokenize_chunk(job: tuple) -> None:
     kept = {split: [] for split in SPLITS}  # (tokens, prompt length) per example
     stats = dict.fromkeys(COUNTERS, 0)
     stats["rows"] = len(rows)
-    for instruction, input, output in rows:
+    for instruction, input, output, copy in rows:
         if not output.strip():
             stats["empty_output"] += 1
+            continue
+        if copy:
+            stats["duplicates"] += 1
             continue
         tokens, prompt_len = encode_example(instruction, input, output)
         if len(tokens) > cfg.block_size:
@@ -94,6 +110,15 @@ def _tokenize_chunk(job: tuple) -> None:
     for split, items in kept.items():
         examples.write_part(parts / f"{index:05d}.{split}.bin", items)
     examples.mark_done(parts, index, stats)
+
+
+def _marked(rows):
+    """Each row (instruction, input, output) with a fourth field: whether an earlier row is the same example."""
+    seen: set[bytes] = set()
+    for row in rows:
+        key = hashlib.sha256(json.dumps(row).encode()).digest()[:16]
+        yield (*row, key in seen)
+        seen.add(key)
 
 
 def _assemble(out: Path, parts: Path, num_chunks: int, totals: dict) -> tuple[list[dict], dict]:
@@ -125,10 +150,10 @@ def run(cfg: SFTConfig) -> Path:
     num_chunks = examples.plan(source.examples(), source.files, cfg.chunk_examples, "examples")
 
     def build() -> dict:
-        parts = examples.run_chunks(out, source.examples(), num_chunks, cfg.chunk_examples, _tokenize_chunk, cfg,
+        parts = examples.run_chunks(out, _marked(source.examples()), num_chunks, cfg.chunk_examples, _tokenize_chunk, cfg,
                                     cfg.workers, f"sft {cfg.name()}")
         totals = examples.counters(parts, num_chunks, COUNTERS)
-        if totals["rows"] == totals["empty_output"] + totals["dropped_too_long"]:
+        if totals["rows"] == totals["empty_output"] + totals["duplicates"] + totals["dropped_too_long"]:
             raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
                                           f"(empty output or longer than block_size {cfg.block_size})")
         entries, totals = _assemble(out, parts, num_chunks, totals)
@@ -141,8 +166,9 @@ def run(cfg: SFTConfig) -> Path:
 
     totals = run_once(out, config, build)["totals"]
     print(f"sft: {totals['examples']} examples ({totals['val_examples']} val), {totals['tokens']} tokens "
-          f"({totals['supervised_tokens']} supervised); skipped {totals['empty_output']} empty, dropped "
-          f"{totals['dropped_too_long']} too long, truncated {totals['truncated']} -> {out}")
+          f"({totals['supervised_tokens']} supervised); skipped {totals['empty_output']} empty and "
+          f"{totals['duplicates']} duplicates, dropped {totals['dropped_too_long']} too long, truncated "
+          f"{totals['truncated']} -> {out}")
     return out
 
 

@@ -4,8 +4,9 @@ pipelines and the trainers).
 `build_parser(cls, prog, description, defaults)` gives a field `shard_tokens` the flag `--shard-tokens`,
 typed from its annotation (int, float, str; `T | None` as T; bool as `--x` / `--no-x`), with the choices of
 `cls.CHOICES` and the help text of `cls.HELP` (dicts by field name) and the default of `defaults` (an
-instance, or a function of the field name returning its help's "default: ..." text). `parse(cls, argv, ...)`
-returns the flags given on the command line, by field name, so that a caller lays them over a recipe.
+instance, or a function of the field name returning its help's "default: ..." text; without it, the fields'
+own defaults). `parse(cls, argv, ...)` returns the instance of the flags. With `suppress_defaults`, the parser
+returns only the flags given on the command line, which the trainers lay over a recipe.
 """
 
 from __future__ import annotations
@@ -38,15 +39,14 @@ def build_parser(cls, prog: str, description: str, defaults: object | Callable[[
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     hints = typing.get_type_hints(cls)
-    defaults = cls() if defaults is None else defaults
     for field in dataclasses.fields(cls):
         if not field.init:
             continue
         kind = flag_type(hints[field.name])
         if callable(defaults):
             shown, default = defaults(field.name), None
-        else:
-            default = getattr(defaults, field.name)
+        else:  # the field's own default (before any __post_init__), or the instance's value
+            default = _field_default(field) if defaults is None else getattr(defaults, field.name)
             shown = None if default is None else f"default: {default}"
         text = "; ".join(t for t in (getattr(cls, "HELP", {}).get(field.name), shown) if t) or None
         default = argparse.SUPPRESS if suppress_defaults else default
@@ -57,6 +57,12 @@ def build_parser(cls, prog: str, description: str, defaults: object | Callable[[
             parser.add_argument(flag_name(field.name), type=kind, default=default, help=text,
                                 choices=getattr(cls, "CHOICES", {}).get(field.name))
     return parser
+
+
+def _field_default(field: dataclasses.Field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
 
 
 def parse(cls, argv: Sequence[str] | None, prog: str, description: str, defaults=None):

@@ -176,7 +176,10 @@ def test_key_mask_leaves_real_positions_alone_and_padding_finite(model):
     torch.testing.assert_close(out[1, 4:], alone[0], atol=1e-4, rtol=1e-4)
 
 
-def test_greedy_equals_transformers_generate():
+@pytest.mark.parametrize("penalty", [1.0, 1.5])
+def test_greedy_equals_transformers_generate(penalty):
+    """With and without transformers' repetition_penalty (the logits of the tokens of the prompt and answer so
+    far divided by it when positive, multiplied when negative), on a batch of prompts of different lengths."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(1)
@@ -184,13 +187,55 @@ def test_greedy_equals_transformers_generate():
                                     resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)).eval()
     ours = from_hf(hf)
     ids, masks = tokenize_batch_input(PROMPTS)
-    got = generate(ours, ids, masks, 0, 15, eot=-1)
+    got = generate(ours, ids, masks, 0, 15, eot=-1, repetition_penalty=penalty)
     for i, row in enumerate(got):
         prompt = ids[i, :int(masks[i].sum())][None]
         with torch.no_grad():
             out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=15,
-                              min_new_tokens=15, pad_token_id=EOT, eos_token_id=None)
+                              min_new_tokens=15, pad_token_id=EOT, eos_token_id=None, repetition_penalty=penalty)
         assert row == out[0, prompt.shape[1]:].tolist(), f"prompt {i}"
+    if penalty != 1:  # the penalty changed the answers: the test tells it apart from none
+        assert got != generate(ours, ids, masks, 0, 15, eot=-1)
+
+
+def test_repetition_penalty_is_transformers_logits_processor():
+    """The penalty itself on random logits of both signs, against RepetitionPenaltyLogitsProcessor; the padding
+    of a batch (token 0 here) is not a token the row has seen."""
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    from gpt.inference import _next_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 50257, generator=gen) * 4
+    history = [torch.randint(0, 50257, (n,), generator=gen) for n in (1, 7, 30)]
+    seen = torch.zeros(3, 50257, dtype=torch.bool)
+    for i, tokens in enumerate(history):
+        seen[i, tokens] = True
+        logits[i, tokens[0]] = -abs(logits[i, tokens[0]]) - 5  # a negative logit among the seen tokens...
+        logits[i, tokens[-1]] = abs(logits[i, tokens[-1]]) + 10  # ...and the largest, positive one
+    for penalty in (1.3, 0.7, 20.0):
+        for i, tokens in enumerate(history):
+            expected = RepetitionPenaltyLogitsProcessor(penalty)(tokens[None], logits[i:i + 1].clone())
+            want = expected.argmax(-1)
+            assert _next_tokens(logits[i:i + 1], 0, None, None, None, penalty, seen[i:i + 1]) == want
+            sampled = [_next_tokens(logits[i:i + 1], 1.0, 1, None, torch.Generator().manual_seed(s), penalty,
+                                    seen[i:i + 1]) for s in range(3)]  # top_k 1: the processed argmax
+            assert all(s == want for s in sampled), (penalty, i)
+
+
+def test_repetition_penalty_counts_the_rows_own_tokens_not_the_padding():
+    torch.manual_seed(0)
+    m = GPT(preset("nano")).eval()
+    with torch.no_grad():  # the final LayerNorm always outputs e_0: the logit of token v is wte[v, 0]
+        m.transformer.ln_f.weight.zero_()
+        m.transformer.ln_f.bias.zero_()
+        m.transformer.ln_f.bias[0] = 1.0
+        m.transformer.wte.weight[0, 0] = 10.0  # "!" (also the padding value) first, then token 7 once "!" is seen
+        m.transformer.wte.weight[7, 0] = 5.0
+    rows = [[5, 5], [5, 5, 5, 5, 5, 5]]  # the first is padded (with 0) to the width of the second
+    assert generate(m, *batch(rows), 0, 3, eot=-1, repetition_penalty=3.0) == [[0, 7, 0]] * 2
+    assert generate(m, *batch([[5, 0]]), 0, 2, eot=-1, repetition_penalty=3.0) == [[7, 0]]  # a real "!" counts
+    assert generate(m, *batch(rows), 0, 3, eot=-1) == [[0, 0, 0]] * 2
 
 
 def test_eot_finishes_a_row_and_the_loop(model):
@@ -287,6 +332,8 @@ def test_top_k_and_top_p_restrict_the_choices():
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(top_k=0), "top_k must be an integer >= 1"),
     (dict(max_steps=-1), "max_steps must be an integer >= 0"),
+    (dict(repetition_penalty=0.0), "repetition_penalty must be a finite number > 0"),
+    (dict(repetition_penalty=float("inf")), "repetition_penalty must be a finite number > 0"),
 ])
 def test_bad_options_are_refused(model, kwargs, message):
     ids, masks = tokenize_batch_input(["Hi"])
@@ -327,17 +374,39 @@ def checkpoints(tmp_path_factory, model):
     return plain, run, exported
 
 
-def test_generate_command_prints_completions(checkpoints, model, capsys):
+@pytest.mark.parametrize("flags, options", [
+    ([], dict(temperature=0.7, top_p=0.9)),  # sampling by default, seed 0
+    (["--temperature", "0"], dict(temperature=0)),
+    (["--top-p", "1", "--seed", "3"], dict(temperature=0.7, top_p=1.0, seed=3)),
+])
+def test_generate_command_prints_completions(checkpoints, model, capsys, flags, options):
     plain, *_ = checkpoints
     assert main(["generate", "--ckpt", str(plain), "--prompt", "Hello there, how are", "--prompt", "A",
-                 "--max-steps", "6"]) == 0
+                 "--max-steps", "6", *flags]) == 0
     out = capsys.readouterr().out
     enc = get_encoding()
-    rows = generate(model, *tokenize_batch_input(["Hello there, how are", "A"]), 0, 6)
+    seed = options.pop("seed", 0)
+    ids, masks = tokenize_batch_input(["Hello there, how are", "A"])
+    rows = generate(model, ids, masks, max_steps=6, generator=torch.Generator().manual_seed(seed), **options)
     for i, row in enumerate(rows, 1):
         assert EOT not in row
         assert f"=== prompt {i}: " in out and enc.decode(row) in out
     assert out.count("(6 tokens, cut)") == 2
+    assert (rows == generate(model, ids, masks, 0, 6)) == (options["temperature"] == 0)  # sampled: not greedy
+
+
+def test_generate_and_chat_pass_their_sampling_options(checkpoints, monkeypatch):
+    from gpt import chat
+
+    for command, function in (("generate", "generate"), ("chat", "stream")):
+        monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+        with mock.patch.object(chat, function, wraps=getattr(chat, function)) as called:
+            extra = ["--prompt", "Hi"] if command == "generate" else []
+            assert main([command, "--ckpt", str(checkpoints[0]), "--max-steps", "2", "--repetition-penalty", "1.5",
+                         "--top-k", "5", *extra]) == 0
+        options = called.call_args.kwargs
+        assert (options["temperature"], options["top_p"], options["top_k"]) == (0.7, 0.9, 5)
+        assert (options["repetition_penalty"], options["max_steps"]) == (1.5, 2)
 
 
 def test_generate_command_reports_bad_input(checkpoints, tmp_path):
@@ -374,15 +443,93 @@ def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model
     enc = get_encoding()
     for ckpt, template in ((plain, False), (sft, True), (exported, True)):
         monkeypatch.setattr("sys.stdin", io.StringIO("Name a colour.\n\nSay hi\n/quit\nnever read\n"))
-        assert main(["chat", "--ckpt", str(ckpt), "--max-steps", "5"]) == 0
+        assert main(["chat", "--ckpt", str(ckpt), "--max-steps", "5", "--temperature", "0"]) == 0
         lines = capsys.readouterr().out.splitlines()
         prompts = [ALPACA_NO_INPUT.format(instruction=q) if template else q for q in ("Name a colour.", "Say hi")]
         answers = [enc.decode(generate(model, *tokenize_batch_input([p]), 0, 5)[0]) for p in prompts]
-        assert ("Alpaca template" in lines[0]) == template
-        assert "\n".join(lines[1:]) == "\n".join(answers)
+        assert ("Alpaca template, with history" in lines[0]) == template
+        # the nano model's 64-token context holds one Alpaca turn: the first is left out of the second's prompt
+        dropped = ["(the 1 oldest turn(s) left out: the conversation no longer fits the context of 64 tokens with "
+                   "--max-steps 5)"] if template else []
+        assert lines[1:] == answers[:1] + dropped + answers[1:]
     monkeypatch.setattr("sys.stdin", io.StringIO("Say hi"))  # EOF ends the loop too
     assert main(["chat", "--ckpt", str(plain), "--max-steps", "3", "--template", "alpaca"]) == 0
     assert "Alpaca template" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory):
+    """An SFT checkpoint with a context of 256 tokens: room for a few Alpaca turns."""
+    torch.manual_seed(0)
+    m = GPT(preset("nano", block_size=256)).eval()
+    return m, save_model(m, tmp_path_factory.mktemp("chat") / "sft", chat_template=CHAT_TEMPLATE)
+
+
+def chat_prompts(monkeypatch):
+    """Record what the chat feeds the model: (prompt tokens, answer tokens without EOT) per answer."""
+    from gpt import chat
+
+    calls, real = [], chat.stream
+
+    def recording(model, input_ids, attention_masks, **options):
+        calls.append((input_ids[0][attention_masks[0].bool()].tolist(), []))
+        for step in real(model, input_ids, attention_masks, **options):
+            if step[0] not in (None, EOT):
+                calls[-1][1].append(step[0])
+            yield step
+
+    monkeypatch.setattr(chat, "stream", recording)
+    return calls
+
+
+def test_chat_keeps_the_conversation_as_the_chat_template_renders_it(chat_model, monkeypatch, capsys):
+    from transformers import AutoTokenizer
+
+    model, sft = chat_model
+    calls = chat_prompts(monkeypatch)
+    questions = ["Name a colour.", "And another one?", "Why?", "Thanks."]
+    monkeypatch.setattr("sys.stdin", io.StringIO("".join(q + "\n" for q in questions)))
+    assert main(["chat", "--ckpt", str(sft), "--max-steps", "40"]) == 0  # sampled: 40 tokens, no EOT
+    out = capsys.readouterr().out
+    enc = get_encoding()
+    prompts = [enc.encode_ordinary(ALPACA_NO_INPUT.format(instruction=q)) for q in questions]
+    turns = [prompt + answer + [EOT] for prompt, (_, answer) in zip(prompts, calls)]
+    assert [len(answer) for _, answer in calls] == [40] * 4
+    assert [prompt for prompt, _ in calls[:3]] == [prompts[0], turns[0] + prompts[1], turns[0] + turns[1] + prompts[2]]
+    # 3 turns and a prompt would leave less than --max-steps of the 256 tokens: the oldest turn is dropped
+    assert len(turns[0] + turns[1] + turns[2] + prompts[3]) > 256 - 40
+    assert calls[3][0] == turns[1] + turns[2] + prompts[3]
+    assert out.count("(the 1 oldest turn(s) left out") == 1
+    # the same text as transformers renders from the checkpoint's chat template
+    messages = [m for q, (_, answer) in zip(questions, calls) for m in (
+        {"role": "user", "content": q}, {"role": "assistant", "content": enc.decode(answer)})]
+    rendered = AutoTokenizer.from_pretrained(sft).apply_chat_template(messages[:5], tokenize=False)
+    assert enc.decode(calls[2][0]) == rendered
+
+
+def test_chat_commands_reset_and_help_and_ctrl_d(chat_model, checkpoints, monkeypatch, capsys):
+    from gpt import chat
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    model, sft = chat_model
+    calls = chat_prompts(monkeypatch)
+    monkeypatch.setattr("sys.stdin", Terminal("Hi\n/reset\nHello\n /help \n"))
+    assert main(["chat", "--ckpt", str(sft), "--max-steps", "3"]) == 0
+    out = capsys.readouterr().out
+    prompts = [get_encoding().encode_ordinary(ALPACA_NO_INPUT.format(instruction=q)) for q in ("Hi", "Hello")]
+    assert [prompt for prompt, _ in calls] == prompts  # /reset: the second prompt comes without the first turn
+    assert "> (conversation reset)\n" in out and f"> {chat.HELP}\n" in out
+    assert "/help lists the commands" in out.splitlines()[0]
+    assert out.endswith("> \n")  # Ctrl-D (EOF) at the prompt ends its line
+    # without the template (a pretrained model) every line is a prompt of its own
+    calls.clear()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\nHello\n"))
+    assert main(["chat", "--ckpt", str(checkpoints[0]), "--max-steps", "3"]) == 0
+    assert [prompt for prompt, _ in calls] == [get_encoding().encode_ordinary(q) for q in ("Hi", "Hello")]
+    assert "plain completion, no history" in capsys.readouterr().out
 
 
 def test_ctrl_c_stops_an_answer_then_ends_the_chat(checkpoints, monkeypatch, capsys):
@@ -403,6 +550,12 @@ def test_ctrl_c_stops_an_answer_then_ends_the_chat(checkpoints, monkeypatch, cap
     monkeypatch.setattr("sys.stdin", Keyboard("Say hi\n"))
     assert main(["chat", "--ckpt", str(checkpoints[0]), "--max-steps", "5"]) == 0
     assert capsys.readouterr().out.splitlines()[1:] == [" hello [stopped]", ""]
+    # a stopped answer is left out of the history, with its prompt
+    prompts = []
+    monkeypatch.setattr(chat, "stream", lambda model, ids, masks, **kw: prompts.append(ids[0].tolist()) or interrupted())
+    monkeypatch.setattr("sys.stdin", Keyboard("Say hi\nSay hello\n"))
+    assert main(["chat", "--ckpt", str(checkpoints[1]), "--max-steps", "5"]) == 0
+    assert prompts[1] == get_encoding().encode_ordinary(ALPACA_NO_INPUT.format(instruction="Say hello"))
 
 
 def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):

@@ -124,13 +124,16 @@ def test_truncate_keeps_eot_and_prompt(tmp_path):
 def test_split_is_by_prompt_hash_and_worker_invariant(tmp_path):
     records = many_examples(150)
     records += [dict(r, output="another answer") for r in records[:30]]  # repeated prompts
+    records += [records[3], records[170], records[3]]  # copies of examples, in other chunks: skipped
     src = write_jsonl(tmp_path / "many.jsonl", records)
     one = run(tmp_path, src, "one", val_fraction=0.2, chunk_examples=16, workers=1)
     two = run(tmp_path, src, "two", val_fraction=0.2, chunk_examples=16, workers=2)
     assert files_of(one) == files_of(two)
+    totals = load_manifest(one)["totals"]
+    assert (totals["rows"], totals["duplicates"], totals["examples"]) == (183, 3, 180)
     enc = get_encoding()
     expected = {"val": [], "train": []}
-    for r in records:
+    for r in records[:180]:
         split = "val" if sft.is_val(r["instruction"], r["input"], 0.2) else "train"
         expected[split].append(alpaca.render_prompt(r["instruction"], r["input"]))
     assert 15 < len(expected["val"]) < 60
@@ -209,7 +212,11 @@ def test_sample_source(tmp_path):
     assert out.parent == tmp_path / "sample-sft"
     m = load_manifest(out)
     assert m["source"]["dataset"] == "chatterbot-corpus==1.3.3" and len(m["source"]["files"]) == 21
-    assert (m["totals"]["rows"], m["totals"]["examples"], m["totals"]["val_examples"]) == (2306, 2306, 18)
+    # 10% of the prompts held out (2% for other datasets): enough to measure an EOT rate; the sample's tech
+    # support conversations repeat ten examples about a hundred times each: each is kept once
+    assert m["config"]["val_fraction"] == 0.1 and sft.SFTConfig(dataset="alpaca").val_fraction == 0.02
+    totals = m["totals"]
+    assert (totals["rows"], totals["duplicates"], totals["examples"], totals["val_examples"]) == (2306, 1130, 1176, 108)
     assert inspect_main([str(out), "--verify"]) == 0
     ex = next(sft_sources.sample_source().examples())
     assert ex == ("What is AI?", "",

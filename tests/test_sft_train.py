@@ -4,6 +4,7 @@ learning on a small dataset, and the refusals. Tiny hand-made SFT shards and the
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,11 +24,11 @@ from pipelines.sft import run as sft_pipeline
 from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
 from shards.tokenizer import EOT
-from train.checkpoint import latest_checkpoint, save_checkpoint
+from train.checkpoint import latest_checkpoint, resolve_checkpoint, save_checkpoint
 from train.config import build_parser, parse_args
 from train.data import SFTData
 from train.log import read_log
-from train.sft import SFTTrainConfig, main
+from train.sft import SFTTrainConfig, distinct_prompts, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Train examples (prompt, answer); the answer is followed by EOT. Token 0 is "!": a real answer token here.
@@ -207,6 +208,80 @@ def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_
     assert first["eot_rate"] == 0 and last["eot_rate"] == 1
 
 
+def scripted_val_losses(monkeypatch, losses, stop_after=None):
+    """Make the loop's validation loss `losses`, one per evaluation; after the `stop_after`-th, a SIGTERM (the
+    run then saves at the end of the next step and stops)."""
+    import signal
+
+    calls = iter(range(len(losses)))
+
+    def evaluate(*args):
+        i = next(calls)
+        if i + 1 == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return losses[i]
+
+    monkeypatch.setattr("train.loop.evaluate", evaluate)
+
+
+def folders(run_dir):
+    return sorted(p.name for p in (run_dir / "ckpt").iterdir())
+
+
+def test_best_checkpoint_is_saved_at_each_improvement_kept_from_pruning_and_preferred(setup, monkeypatch, capsys):
+    """Evaluations at every step: the loss improves at steps 1 and 3 only; checkpoints are due at step 6 alone."""
+    flags = ["--batch-examples", "4", "--micro-batch", "4", "--steps", "6", "--eval-every", "1", "--save-every",
+             "100", "--show", "1"]
+    scripted_val_losses(monkeypatch, [9.0, 5.0, 6.0, 4.0, 4.5, 4.0, 4.7])  # step 0 (not a checkpoint) to 6
+    run_dir = setup["tmp"] / "all"
+    assert sft(setup, run_dir, *flags, "--keep-checkpoints", "0") == 0
+    assert folders(run_dir) == ["best", "latest", "step-000001", "step-000003", "step-000006"]
+    best = run_dir / "ckpt" / "step-000003"
+    assert json.loads((run_dir / "ckpt" / "step-000006" / "state.json").read_text())["best"] == \
+        {"step": 3, "val_loss": 4.0}  # a tie (step 5) is no improvement
+    out = capsys.readouterr().out  # the summary and the held-out answers are the best checkpoint's
+    assert "validation answer loss 9.0000 -> 4.0000" in out and f"(step 0 -> 3, the best checkpoint: {best}; " \
+        "at the last step, 6: 4.7000" in out and f"held-out prompts and greedy answers of {best}:" in out
+    # a run folder (and its ckpt/, and ckpt/best) means the best checkpoint; ckpt/latest still the latest
+    for path in (run_dir, run_dir / "ckpt", run_dir / "ckpt" / "best"):
+        assert resolve_checkpoint(path) == best
+    assert resolve_checkpoint(run_dir / "ckpt" / "latest") == run_dir / "ckpt" / "step-000006"
+    # pruning keeps the last checkpoint and the best
+    scripted_val_losses(monkeypatch, [9.0, 5.0, 6.0, 4.0, 4.5, 4.0, 4.7])
+    assert sft(setup, setup["tmp"] / "pruned", *flags, "--keep-checkpoints", "1") == 0
+    assert folders(setup["tmp"] / "pruned") == ["best", "latest", "step-000003", "step-000006"]
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint(setup, monkeypatch):
+    flags = ["--batch-examples", "4", "--micro-batch", "4", "--steps", "6", "--eval-every", "1", "--save-every",
+             "100", "--keep-checkpoints", "1"]
+    run_dir = setup["tmp"] / "resumed"
+    scripted_val_losses(monkeypatch, [9.0, 5.0, 4.0, 4.5], stop_after=4)  # steps 0 to 3; SIGTERM during step 3's
+    assert sft(setup, run_dir, *flags) == 143  # saved at the end of step 4, without its evaluation
+    assert folders(run_dir) == ["best", "latest", "step-000002", "step-000004"]
+    scripted_val_losses(monkeypatch, [4.2, 4.1])  # steps 5 and 6: worse than step 2's 4.0
+    assert sft(setup, run_dir, *flags, "--resume") == 0
+    assert folders(run_dir) == ["best", "latest", "step-000002", "step-000006"]
+    assert resolve_checkpoint(run_dir).name == "step-000002"
+
+
+def test_the_eot_rate_counts_each_validation_prompt_once_and_an_empty_answer_as_not_ended(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """A prompt with several answers has one greedy answer: it counts once, as it is shown once. An answer that is
+    EOT alone says nothing: it does not count as one that ends."""
+    val = [([90, 91], [92, 0]), ([93], [94]), ([90, 91], [5]), ([90, 91], [6, 7]), ([95], [96])]
+    shards = write_shards(tmp_path / "shards", val=val)
+    assert distinct_prompts(SFTData(shards, seq_len=32, batch_examples=4, seed=0)).tolist() == [0, 1, 4]
+    # an answer that ends for the prompt [90, 91] (1 of 3 distinct prompts, 3 of 5 examples), an empty one for
+    # [95], one cut short for [93]
+    monkeypatch.setattr("train.sft.greedy_answers", lambda model, prompts, *args, **kwargs: [
+        {90: [1, EOT], 93: [1], 95: [EOT]}[int(p[0])] for p in prompts])
+    assert main(["--shards-dir", str(shards), "--init", str(nano(tmp_path / "init")), "--run-dir",
+                 str(tmp_path / "run"), *FLAGS, "--batch-examples", "4", "--micro-batch", "4", "--steps", "1", "--show", "5"]) == 0
+    assert [r["eot_rate"] for r in read_log(tmp_path / "run") if "eot_rate" in r] == [pytest.approx(1 / 3)] * 2
+    assert capsys.readouterr().out.count("reference:") == 3
+
+
 def test_refusals_name_the_fix(setup, tmp_path, capsys):
     assert main(["--shards-dir", str(setup["shards"]), "--pretrain-run", str(tmp_path / "nothing"),
                  "--run-dir", str(tmp_path / "run"), *FLAGS]) == 1
@@ -235,3 +310,14 @@ def test_dataset_defaults():
     help_text = " ".join(build_parser(SFTTrainConfig).format_help().split())
     assert "--lr LR recipes: sample 0.003, alpaca 2e-05" in help_text
     assert "default: runs/<dataset>/sft" in help_text
+
+
+def test_make_demo_ends_with_its_duration_and_what_to_try_next(tmp_path):
+    """The demo's steps replaced by `true` (MAKE=true), its setup by an up-to-date stamp in an empty VENV."""
+    (tmp_path / ".installed").touch()
+    proc = subprocess.run(["make", "--no-print-directory", "demo", "MAKE=true", f"VENV={tmp_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.fullmatch(r"demo: done in 0 min \d+ s\. Try next:", lines[-4]), lines
+    assert [line.split()[:2] for line in lines[-3:]] == [["make", "chat"], ["make", "generate"], ["make", "export-hf"]]

@@ -7,6 +7,8 @@ tensor as `state.<param index>.<name>`; `optimizer.json`: param groups and non-t
 states (`rng.safetensors`) and `state.json` (step, data position, manifest sha256, train config, Python and
 NumPy RNG states). Nothing is unpickled when loading. The folder is built under a temporary name and
 renamed; `latest` (a text file naming the folder) is replaced atomically after it; the last K folders stay.
+A run that tracks its best evaluation (SFT) records it in state.json (`best`: step and val_loss) and keeps
+`best`, a text file like `latest` naming that checkpoint, which is never pruned.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-# The run folder's layout and pointer live in gpt.checkpoint (load_model takes run folders); the trainers
-# import latest_checkpoint and resolve_checkpoint from here too
-from gpt.checkpoint import LATEST, STATE, ckpt_root, latest_checkpoint, resolve_checkpoint, save_model  # noqa: F401
+# The run folder's layout and pointers live in gpt.checkpoint (load_model takes run folders); the trainers
+# import latest_checkpoint, best_checkpoint and resolve_checkpoint from here too
+from gpt.checkpoint import (BEST, LATEST, STATE, best_checkpoint, ckpt_root, latest_checkpoint,  # noqa: F401
+                            resolve_checkpoint, save_model)
 from shards.io import atomic_directory, atomic_write, write_json
 
 
@@ -82,11 +85,13 @@ def _set_rng_state(folder: Path, plain: dict) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
                     chat_template: str | None = None) -> Path:
     """Write checkpoint `step` (model, optimizer, RNG, `state`) atomically, point `latest` at it, keep the last
-    `keep`; `chat_template` goes into the model folder's tokenizer_config.json."""
+    `keep` and the best: `state["best"]`, when given, names its step, and `best` points there (replaced before
+    `latest`: a run killed between the two resumes from the previous checkpoint and writes both again);
+    `chat_template` goes into the model folder's tokenizer_config.json."""
     root = ckpt_root(run_dir)
     final = root / f"step-{step:06d}"
     for stale in root.glob(".*.tmp*"):  # what a killed save left (the run folder is locked: none is running)
-        if re.fullmatch(r"\.(step-\d+|latest)\.tmp(-\d+)?", stale.name):
+        if re.fullmatch(r"\.(step-\d+|latest|best)\.tmp(-\d+)?", stale.name):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     # This step's folder and later ones are of a run killed before `latest` named them (the loop saves only
     # after a step, so never the step `latest` names): this run's future replaces them.
@@ -101,9 +106,12 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
         rng_tensors, rng_plain = _rng_state()
         _write_tensors(tmp / "rng.safetensors", rng_tensors)
         write_json(tmp / STATE, {**state, "step": step, "rng": rng_plain})
-    with atomic_write(root / LATEST, "w") as f:
-        f.write(final.name + "\n")
-    _prune(root, final, keep)
+    best = root / f"step-{state['best']['step']:06d}" if state.get("best") else None
+    for pointer, folder in ((BEST, best), (LATEST, final)):
+        if folder is not None:
+            with atomic_write(root / pointer, "w") as f:
+                f.write(folder.name + "\n")
+    _prune(root, (final, best), keep)
     return final
 
 
@@ -113,10 +121,11 @@ def _checkpoints(root: Path) -> list[tuple[Path, int]]:
     return sorted((p, int(m.group(1))) for p, m in found if m)
 
 
-def _prune(root: Path, latest: Path, keep: int) -> None:
+def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:
+    """Remove the checkpoint folders before the last `keep` (0: remove none), except the `kept` ones."""
     folders = [folder for folder, _ in _checkpoints(root)]
     for folder in folders[:-keep] if keep > 0 else []:
-        if folder != latest:
+        if folder not in kept:
             shutil.rmtree(folder)
 
 

@@ -87,6 +87,8 @@ class Hooks:
     plot_metrics: tuple[str, ...] = ()  # extra_eval metrics drawn in loss.png (right axis), e.g. ("eot_rate",)
     state: dict = field(default_factory=dict)  # extra keys for each checkpoint's state.json (e.g. {"sft": True})
     chat_template: str | None = None  # for each checkpoint's tokenizer_config.json (SFT: the Alpaca prompt)
+    # save a checkpoint at each evaluation after step 0 that lowers val_loss, and point ckpt/best at it (SFT)
+    keep_best: bool = False
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -272,8 +274,9 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
         previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS
                     if signal.getsignal(sig) is not signal.SIG_IGN}  # a job started ignoring Ctrl-C (nohup) still does
         try:
+            best = state.get("best") if state else None  # {"step", "val_loss"} of the best checkpoint so far
             return _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop,
-                         schedule["schedule_steps"])
+                         schedule["schedule_steps"], best)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -320,7 +323,8 @@ def _schedule(state: dict | None, start: int, total: int) -> dict:
     return schedule
 
 
-def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop, schedule_steps) -> dict:
+def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop, schedule_steps,
+          best) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
     peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     flops_per_token = functools.cache(raw.flops_per_token)  # by sequence width: SFT's widths vary
@@ -377,16 +381,19 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
+        improved = hooks.keep_best and "val_loss" in record and (best is None or record["val_loss"] < best["val_loss"])
+        if improved:  # val_loss is all-reduced: every rank decides the same
+            best = {"step": step, "val_loss": record["val_loss"]}
         log.write(record)
         if "val_loss" in record:
             log.plot()
-        if step % cfg.save_every == 0 or step == total or stopped:
+        if step % cfg.save_every == 0 or step == total or stopped or improved:
             with dist.unanimous():  # a failed write (disk full) stops every rank with rank 0's message
                 if dist.is_main:
                     save_checkpoint(cfg.run_dir, step, raw, optimizer, {
                         **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
                         "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
-                        "shards_dir": str(data.dir), "config": cfg.to_dict()},
+                        "shards_dir": str(data.dir), "config": cfg.to_dict(), "best": best},
                         cfg.keep_checkpoints, hooks.chat_template)
         if stopped and step < total:
             sig = stop.signal or signal.SIGTERM  # another rank's signal stopped this one

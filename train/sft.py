@@ -7,10 +7,12 @@ over every supervised (answer) token of the global batch.
 
 At each evaluation: the answer-only loss on the validation split (`val_loss`) and `eot_rate`, the fraction
 of validation prompts whose greedy answer ends with EOT within `--eot-steps` new tokens; both go to
-log.jsonl and loss.png. Checkpoints carry the Alpaca prompt as the chat template of their
-tokenizer_config.json (and `"sft": true` in state.json), so the chat CLI applies it. At the end, rank 0
-prints `--show` validation prompts with their greedy answers. Exit status as `train pretrain`: 0 done, 143
-or 130 stopped by SIGTERM or Ctrl-C after a checkpoint, 1 with a message.
+log.jsonl and loss.png. Each evaluation that lowers `val_loss` saves a checkpoint and points `ckpt/best` at
+it: the model that `make generate`, `chat` and `export-hf` use. Checkpoints carry the Alpaca prompt as the
+chat template of their tokenizer_config.json (and `"sft": true` in state.json), so the chat CLI applies it.
+At the end, rank 0 prints the figures of the best checkpoint and `--show` validation prompts with its greedy
+answers. Exit status as `train pretrain`: 0 done, 143 or 130 stopped by SIGTERM or Ctrl-C after a
+checkpoint, 1 with a message.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pipelines import CUSTOM, SFT_DATASETS
 from pipelines.stage import find_shards_dir
 from shards.tokenizer import EOT, get_encoding
 
-from .checkpoint import latest_checkpoint, resolve_checkpoint
+from .checkpoint import best_checkpoint, latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
@@ -63,7 +65,7 @@ class SFTTrainConfig(RunConfig):
 
 set_recipes(
     SFTTrainConfig,
-    # The CPU demo: the pretrained `tiny` model on the chatterbot sample (2,288 train examples, 18 validation).
+    # The CPU demo: the pretrained `tiny` model on the chatterbot sample (1,020 train examples, 104 validation).
     # Examples of at most 129 tokens: that leaves out the ~100 long code answers, whose runs of whitespace
     # tokens would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces.
     sample=SFTTrainConfig(dataset="sample", batch_examples=16, micro_batch=16, seq_len=128, lr=3e-3, warmup=10,
@@ -88,16 +90,26 @@ def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch:
     return answers
 
 
+def distinct_prompts(data: SFTData) -> np.ndarray:
+    """The validation examples (indices) whose prompt comes first among those equal to it: the EOT rate and
+    the shown answers count each prompt once, since a prompt with several answers has one greedy answer."""
+    first: dict[bytes, int] = {}
+    for i in range(len(data.val_ids)):
+        first.setdefault(data.val_prompt(i).tobytes(), i)
+    return np.fromiter(first.values(), dtype=np.int64)
+
+
 def eval_hook(data: SFTData, cfg: SFTTrainConfig):
-    """At each evaluation: `eot_rate`, the fraction of validation prompts whose greedy answer ends with EOT
-    within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
+    """At each evaluation: `eot_rate`, the fraction of distinct validation prompts whose greedy answer ends with
+    EOT within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
+    prompts = distinct_prompts(data)
 
     def extra_eval(model: GPT, dist: Dist) -> dict:
-        ids = rank_slice(np.arange(len(data.val_ids)), dist.rank, dist.world_size)
+        ids = rank_slice(prompts, dist.rank, dist.world_size)
         with autocast(cfg, dist.device):
             answers = greedy_answers(model, [data.val_prompt(i) for i in ids], cfg.eot_steps, cfg.micro_batch,
                                      progress=dist.is_main and cfg.progress)
-        counts = torch.tensor([sum(bool(a) and a[-1] == EOT for a in answers), len(answers)],
+        counts = torch.tensor([sum(len(a) > 1 and a[-1] == EOT for a in answers), len(answers)],  # not empty
                               dtype=torch.float64, device=dist.device)
         dist.all_reduce_sum(counts)
         record = {"eot_rate": (counts[0] / counts[1]).item()}
@@ -125,10 +137,10 @@ def _format(data: SFTData, i: int, answer: list[int]) -> tuple[str, str, str]:
 
 
 def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[tuple[str, str, str]]:
-    """(instruction, reference answer, greedy answer) for the first `count` validation examples."""
-    count = min(count, len(data.val_ids))
-    answers = greedy_answers(model, [data.val_prompt(i) for i in range(count)], max_steps, max(count, 1))
-    return [_format(data, i, answer) for i, answer in enumerate(answers)]
+    """(instruction, reference answer, greedy answer) for the first `count` distinct validation prompts."""
+    ids = distinct_prompts(data)[:count]
+    answers = greedy_answers(model, [data.val_prompt(i) for i in ids], max_steps, max(len(ids), 1))
+    return [_format(data, i, answer) for i, answer in zip(ids, answers)]
 
 
 def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
@@ -160,7 +172,7 @@ def main(argv=None) -> int:
                       f"{shards_dir} ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
                       f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
             hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True},
-                          chat_template=CHAT_TEMPLATE)
+                          chat_template=CHAT_TEMPLATE, keep_best=True)
             result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
             if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
                 _report(cfg, data, dist.device)
@@ -171,16 +183,20 @@ def main(argv=None) -> int:
 
 
 def _report(cfg: SFTTrainConfig, data: SFTData, device: torch.device) -> None:
-    """Validation answer loss and EOT rate before and after, then a few held-out prompts with their answers."""
-    evals = [r for r in read_log(cfg.run_dir) if "val_loss" in r]
-    if evals:
-        first, last = evals[0], evals[-1]
-        print(f"sft: validation answer loss {first['val_loss']:.4f} (step {first['step']}) -> "
-              f"{last['val_loss']:.4f} (step {last['step']}); EOT rate within {cfg.eot_steps} tokens "
-              f"{first['eot_rate']:.0%} -> {last['eot_rate']:.0%}; checkpoints in {cfg.run_dir}/ckpt")
+    """Validation answer loss and EOT rate before and at the best checkpoint (and at the last step), then a few
+    held-out prompts with the best checkpoint's answers."""
+    folder = best_checkpoint(cfg.run_dir) or latest_checkpoint(cfg.run_dir)  # a run from before ckpt/best
+    evals = {r["step"]: r for r in read_log(cfg.run_dir) if "val_loss" in r}
+    first, best = evals.get(0), evals.get(read_state(folder)["step"])
+    if first and best:
+        last = evals[max(evals)]
+        print(f"sft: validation answer loss {first['val_loss']:.4f} -> {best['val_loss']:.4f}, EOT rate within "
+              f"{cfg.eot_steps} tokens {first['eot_rate']:.0%} -> {best['eot_rate']:.0%} (step 0 -> {best['step']}, "
+              f"the best checkpoint: {folder}; at the last step, {last['step']}: {last['val_loss']:.4f} and "
+              f"{last['eot_rate']:.0%})")
     if cfg.show:
-        model = load_model(latest_checkpoint(cfg.run_dir), device=device)
-        print(f"held-out prompts and greedy answers ({cfg.run_dir}):")
+        model = load_model(folder, device=device)
+        print(f"held-out prompts and greedy answers of {folder}:")
         for question, reference, answer in show_answers(model, data, cfg.show, cfg.eot_steps):
             print(f"  prompt:    {question}\n  reference: {reference}\n  answer:    {answer}\n")
 
