@@ -100,7 +100,9 @@ def _load(args, command: str):
                          "device(s)")
     try:
         args.ckpt = str(resolve_checkpoint(args.ckpt))
-        return load_model(args.ckpt, device=device)
+        # bf16 weights on a GPU that has it natively: half the bytes per decoding step, read by the CUDA graph
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return load_model(args.ckpt, device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{command}: {e}") from None
 
