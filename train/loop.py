@@ -1,6 +1,6 @@
 """THE training loop, shared by every training stage: accumulation, DDP, schedule, eval, checkpoints, resume.
 
-A training stage (pretraining, SFT, and the preference stages to come) is one module that brings four things
+A training stage (pretraining, SFT, DPO, and the preference stages to come) is one module that brings four things
 to this loop, and nothing else:
 1. its recipe: a `RunConfig` subclass with named complete configs (train/config.py: `set_recipes`);
 2. its data reader: an object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`, `dir`
