@@ -43,6 +43,10 @@ TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) $(if $(RECIPE),--recipe $(RECIPE)) -
 # SFT: the global batch counts examples (python -m train sft --help)
 SFT_FLAGS = --dataset $(SFT_DATASET) $(if $(SFT_RECIPE),--recipe $(SFT_RECIPE)) --data-dir $(DATA_DIR) \
   $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) $(RUN_FLAGS)
+# DPO: the global batch counts pairs; BETA, LABEL_SMOOTHING (python -m train dpo --help)
+DPO_FLAGS = --dataset $(PREF_DATASET) $(if $(DPO_RECIPE),--recipe $(DPO_RECIPE)) --data-dir $(DATA_DIR) \
+  $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(BETA),--beta $(BETA)) \
+  $(if $(LABEL_SMOOTHING),--label-smoothing $(LABEL_SMOOTHING)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
 # gives the workers 300 s (not its default 30) to write their checkpoint before it kills them
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
@@ -50,7 +54,7 @@ TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY)
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test shards pretrain-shards sft-shards pref-shards inspect pretrain sft export-hf generate chat \
+.PHONY: help setup demo test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo export-hf generate chat \
         bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
@@ -63,6 +67,7 @@ help: ## list targets and variables
 	@echo "  trainer: RECIPE (sample, gpt2-124m) MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check)"
 	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
+	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -81,6 +86,7 @@ demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 	$(MAKE) --no-print-directory inspect
 	$(MAKE) --no-print-directory pretrain RESUME=1
 	$(MAKE) --no-print-directory sft RESUME=1
+	$(MAKE) --no-print-directory dpo RESUME=1
 	@elapsed=$$(( $$(date +%s) - $(DEMO_START) )); \
 	echo "demo: done in $$((elapsed / 60)) min $$((elapsed % 60)) s. Try next:"; \
 	echo "  make chat                      talk to the SFT model ($(RUN_DIR)/sft: its best checkpoint)"; \
@@ -114,6 +120,9 @@ pretrain: $(STAMP) ## pretrain GPT-2 on the shards (NGPU=8 for a node; NNODES, N
 sft: $(STAMP) ## fine-tune the latest pretraining checkpoint (or INIT) on the SFT shards; NGPU as for pretrain
 	$(TRAIN_LAUNCH) -m train sft $(SFT_FLAGS) --pretrain-run $(RUN_DIR)/pretrain --run-dir $(RUN_DIR)/sft $(ARGS)
 
+dpo: $(STAMP) ## preference-tune the SFT run's checkpoint (or INIT) with DPO on the preference pairs; NGPU as for sft
+	$(TRAIN_LAUNCH) -m train dpo $(DPO_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/dpo $(ARGS)
+
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft
 PROMPT ?= Give three tips for staying healthy.
@@ -142,9 +151,9 @@ bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak
 bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124M fp32 CPU; bf16 and MFU on a GPU)
 	$(PY) -m bench.train $(ARGS)
 
-clean: ## remove the sample's data, runs/sample/pretrain and runs/sample/sft (exports such as sft-hf, FineWeb, .venv stay)
+clean: ## remove the sample's data, runs/sample/pretrain, sft and dpo (exports such as sft-hf, FineWeb, .venv stay)
 	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft $(DATA_DIR)/sample-prefs \
-	  runs/sample/pretrain runs/sample/sft
+	  runs/sample/pretrain runs/sample/sft runs/sample/dpo
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

@@ -53,8 +53,8 @@ class Linear(nn.Linear):
 
 
 class CrossEntropy(torch.autograd.Function):
-    """`F.cross_entropy(logits [..., V], targets [...], ignore_index=-100)`, summed or averaged over the
-    supervised targets, computed in float32 whatever the logits' dtype, with a leaner backward: the saved
+    """`F.cross_entropy(logits [..., V], targets [...], ignore_index=-100, reduction)`: summed or averaged over
+    the supervised targets, or per target ("none": [...], 0 where ignored; DPO sums it per sequence), computed in float32 whatever the logits' dtype, with a leaner backward: the saved
     log-probabilities become the gradient in place (softmax minus one-hot, as llm.c's fused classifier does).
     The loss holds one float32 [N, V] buffer where `F.cross_entropy(logits.float())` holds three: bf16 logits
     are converted CHUNK_ROWS rows at a time into it (log_softmax copies the whole input to float32 first for
@@ -64,7 +64,7 @@ class CrossEntropy(torch.autograd.Function):
     CHUNK_ROWS = 2048
 
     @staticmethod
-    def forward(ctx, logits, targets, mean: bool):
+    def forward(ctx, logits, targets, reduction: str):
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
         rows = logits.reshape(-1, logits.shape[-1])  # a view, also of the unpadded part of padded logits
         logp = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
@@ -72,12 +72,13 @@ class CrossEntropy(torch.autograd.Function):
             for i in range(0, len(rows), CrossEntropy.CHUNK_ROWS):
                 chunk = slice(i, i + CrossEntropy.CHUNK_ROWS)
                 torch.log_softmax(rows[chunk].float(), dim=-1, out=logp[chunk])
-        targets = targets.reshape(-1)
+        shape, targets = targets.shape, targets.reshape(-1)
         supervised = targets != -100
         index = targets.clamp(min=0).unsqueeze(1)
-        loss = -logp.gather(1, index).squeeze(1).masked_fill(~supervised, 0).sum()
+        losses = -logp.gather(1, index).squeeze(1).masked_fill(~supervised, 0)
+        loss = losses.view(shape) if reduction == "none" else losses.sum()
         scale = supervised.to(logp.dtype)  # d(loss)/d(picked log-probability), negated
-        if mean:
+        if reduction == "mean":
             count = supervised.sum()
             loss, scale = loss / count, scale / count
         ctx.save_for_backward(logp, index, scale)
@@ -88,21 +89,23 @@ class CrossEntropy(torch.autograd.Function):
         logp, index, scale = ctx.saved_tensors
         grad = logp.exp_()  # softmax
         grad.scatter_add_(1, index, torch.full_like(index, -1, dtype=grad.dtype))
-        grad.mul_((scale * grad_loss).unsqueeze(1))  # ignored rows: 0
+        grad.mul_((scale * grad_loss.reshape(-1)).unsqueeze(1))  # ignored rows: 0
         return grad.reshape(ctx.logits_shape).to(ctx.logits_dtype), None, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean",
                   compiled: bool | None = None) -> torch.Tensor:
-    """`F.cross_entropy(logits [..., V].float(), targets [...], ignore_index=-100, reduction)`: the one place that
+    """`F.cross_entropy(logits [..., V].float(), targets [...], ignore_index=-100, reduction)` (reduction "mean",
+    "sum" or "none": the loss of each target [...], 0 where ignored): the one place that
     picks the loss's path. `compiled` (default: whether torch.compile is tracing this call) selects plain
     `F.cross_entropy` inside the graph; otherwise the leaner `CrossEntropy`. Both give the same loss and
     gradients (tests/test_model.py)."""
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if compiled is None:
         compiled = torch.compiler.is_compiling()
     if not compiled:
-        return CrossEntropy.apply(logits, targets, reduction == "mean")
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+        return CrossEntropy.apply(logits, targets, reduction)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
                            reduction=reduction)
+    return loss.view(targets.shape) if reduction == "none" else loss

@@ -197,7 +197,8 @@ class GPT(nn.Module):
 
         Training passes only `idx` and `targets` (-100 = ignored). Generation may pass `positions` [B, T]
         (per-row position ids), `key_mask` [B, cache.length + T] (False on padding keys) and a `cache`
-        that this call appends its keys and values to. `reduction="sum"` returns the summed loss.
+        that this call appends its keys and values to. `reduction="sum"` returns the summed loss, "none" the loss
+        of each target [B, T] (0 where ignored).
         """
         x = self.hidden_states(idx, positions=positions, key_mask=key_mask, cache=cache)
         logits = self.lm_head(x)[..., :self.config.vocab_size]

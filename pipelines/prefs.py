@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -32,6 +32,9 @@ from shards.io import sha256_json
 from shards.tokenizer import describe, ranks_sha256
 
 SIDES = ("chosen", "rejected")
+# The validation share by prompt hash: 10% of the sample's prompts (~230 pairs, enough to measure DPO's reward
+# accuracy; no more than the SFT sample's held-out share, so DPO's validation prompts are unseen by SFT too)
+SAMPLE_VAL_FRACTION, VAL_FRACTION = 0.1, 0.02
 COUNTERS = ("rows", "empty", "identical", "dropped_too_long")
 
 
@@ -42,7 +45,8 @@ class PrefsConfig:
         "source": "a .jsonl, .jsonl.zst, .json or .parquet file with string fields prompt, chosen, rejected "
                   "(overrides --dataset)",
         "max_tokens": "longest pair kept: prompt + the longer answer + EOT, in tokens (longer pairs are dropped)",
-        "val_fraction": "validation share by prompt hash (sample and --source; ultrafeedback has its own split)",
+        "val_fraction": "validation share by prompt hash (sample and --source; ultrafeedback has its own split); "
+                        f"default: {SAMPLE_VAL_FRACTION} on the sample, {VAL_FRACTION} on --source",
         "seed": "the sample's draw of rejected answers",
         "chunk_pairs": "source rows per unit of work"}
 
@@ -50,7 +54,7 @@ class PrefsConfig:
     source: str | None = None         # a user's .jsonl/.jsonl.zst/.json/.parquet file of prompt, chosen, rejected
     data_dir: str = "data"
     max_tokens: int = 1024            # longest sequence kept: prompt + the longer answer + EOT, in tokens
-    val_fraction: float = 0.02        # by prompt hash (sample and --source; ultrafeedback has its own split)
+    val_fraction: float | None = None  # by prompt hash (sample and --source; ultrafeedback has its own split)
     seed: int = 0                     # the sample's draw of rejected answers
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     chunk_pairs: int = 4096           # source rows per unit of work
@@ -126,6 +130,8 @@ def _assemble(out: Path, parts: Path, num_chunks: int, totals: dict) -> tuple[li
 
 def run(cfg: PrefsConfig) -> Path:
     """Run the stage (a no-op when its output is complete) and return the output folder."""
+    if cfg.val_fraction is None:
+        cfg = replace(cfg, val_fraction=SAMPLE_VAL_FRACTION if cfg.name() == "sample" else VAL_FRACTION)
     if cfg.max_tokens < 2:
         raise ValueError(f"--max-tokens must be at least 2, got {cfg.max_tokens}")
     if not 0 <= cfg.val_fraction < 1:

@@ -60,13 +60,13 @@ def test_blocked_decoding_product_equals_f_linear(out_features):
         assert torch.equal(linear(x, weight, bias), expected)
 
 
-@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_rows", [CrossEntropy.CHUNK_ROWS, 5])
-def test_cross_entropy_equals_torch_in_value_and_gradient(mean, dtype, chunk_rows, monkeypatch):
+def test_cross_entropy_equals_torch_in_value_and_gradient(reduction, dtype, chunk_rows, monkeypatch):
     """Same loss and gradient as F.cross_entropy on float32 logits, for [B, T, V] logits (a padded
     vocabulary's slice included) in float32 or bf16 (whose loss is computed in float32 from the bf16 values),
-    converted in one chunk or several."""
+    converted in one chunk or several; "none" (per target, [B, T]) backpropagates a weight per target."""
     monkeypatch.setattr(CrossEntropy, "CHUNK_ROWS", chunk_rows)
     g = torch.Generator().manual_seed(0)
     padded = (3 * torch.randn(2, 6, 64, generator=g)).to(dtype).requires_grad_()
@@ -75,22 +75,24 @@ def test_cross_entropy_equals_torch_in_value_and_gradient(mean, dtype, chunk_row
     targets[0, 0] = targets[0, 5] = targets[1, 0] = -100
     reference = logits.detach().float().requires_grad_()
     expected = torch.nn.functional.cross_entropy(reference.reshape(-1, 50), targets.reshape(-1),
-                                                 reduction="mean" if mean else "sum")
-    (2.5 * expected).backward()
-    loss = CrossEntropy.apply(logits, targets, mean)
-    (2.5 * loss).backward(retain_graph=True)
-    assert loss.dtype == torch.float32 and abs(loss.item() - expected.item()) < 1e-5
+                                                 reduction=reduction).reshape(-1 if reduction == "none" else ())
+    weight = torch.linspace(0.5, 2.5, 12) if reduction == "none" else torch.tensor(2.5)
+    (weight * expected).sum().backward()
+    loss = CrossEntropy.apply(logits, targets, reduction)
+    (weight * loss.reshape(weight.shape)).sum().backward(retain_graph=True)
+    assert loss.dtype == torch.float32 and loss.shape == ((2, 6) if reduction == "none" else ())
+    assert max_diff(loss.reshape(weight.shape), expected.detach()) < 1e-5
     assert padded.grad.dtype == dtype and padded.grad[..., 50:].eq(0).all()
     tolerance = 1e-6 if dtype == torch.float32 else 1e-2 * reference.grad.abs().max().item()
     assert max_diff(padded.grad[..., :50].float(), reference.grad) <= tolerance
     assert padded.grad[0, 0].eq(0).all() and padded.grad[1, 0].eq(0).all()
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        loss.backward()  # the saved log-probabilities became the gradient: no second backward
+        loss.sum().backward()  # the saved log-probabilities became the gradient: no second backward
 
 
-@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_both_loss_paths_give_the_same_loss_and_gradients(mean, dtype):
+def test_both_loss_paths_give_the_same_loss_and_gradients(reduction, dtype):
     """`cross_entropy`'s two paths (the lean CrossEntropy when eager, F.cross_entropy inside a compiled graph)
     agree in value and gradient, for padded-vocabulary logits in float32 or bf16."""
     g = torch.Generator().manual_seed(1)
@@ -100,17 +102,17 @@ def test_both_loss_paths_give_the_same_loss_and_gradients(mean, dtype):
     results = []
     for compiled in (False, True):
         padded = base.clone().requires_grad_()
-        loss = cross_entropy(padded[..., :50], targets, "mean" if mean else "sum", compiled=compiled)
-        (3 * loss).backward()
-        results.append((loss, padded.grad))
+        loss = cross_entropy(padded[..., :50], targets, reduction, compiled=compiled)
+        (torch.arange(1.0, 16.0).view(3, 5) * loss).sum().backward()  # a weight per target for "none"
+        results.append((loss.detach(), padded.grad))
     (eager, eager_grad), (plain, plain_grad) = results
-    assert eager.dtype == plain.dtype == torch.float32
-    assert abs(eager.item() - plain.item()) <= 1e-5 * max(1.0, abs(plain.item()))
+    assert eager.dtype == plain.dtype == torch.float32 and eager.shape == plain.shape
+    assert max_diff(eager, plain) <= 1e-5 * max(1.0, plain.abs().max().item())
     assert eager_grad.dtype == plain_grad.dtype == dtype
-    tolerance = 1e-6 if dtype == torch.float32 else 1e-2 * plain_grad.float().abs().max().item()
+    tolerance = (1e-6 if dtype == torch.float32 else 1e-2) * plain_grad.float().abs().max().item()
     assert max_diff(eager_grad.float(), plain_grad.float()) <= tolerance
-    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
-        cross_entropy(base, targets, "none")
+    with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
+        cross_entropy(base, targets, "max")
 
 
 @pytest.mark.parametrize("sft", [False, True])

@@ -15,6 +15,11 @@ orders its share of the global batch by length first, so little is padding); inp
 targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or padding (past the
 example's length, from its `.idx` offsets; never from a token value: 0 is "!").
 
+`PrefData` serves preference shards (pipelines/prefs.py: per split, a chosen and a rejected SFT shard whose
+example i is pair i) with SFTData's rows: a row is one pair, and a micro-batch of B pairs is 2B sequences in
+one padded batch, the B chosen then their B rejected (pairs ordered by their longer sequence first), for
+one forward of both.
+
 `verify_data` checks the files either one reads (`shard_entries`) against the manifest's sha256, and their
 token ids against the model's vocabulary, before the first step (shards.verify; remembered across restarts).
 """
@@ -89,12 +94,46 @@ def accumulation_steps(rows_per_step: int, micro_batch: int, world_size: int, ba
 
 
 def _open_manifest(directory: Path, kind: str) -> tuple[dict, str]:
-    """The manifest of a shard folder, checked to be of `kind` ("pretrain" or "sft"), and its sha256."""
+    """The manifest of a shard folder, checked to be of `kind` ("pretrain", "sft" or "prefs"), and its sha256."""
     manifest = load_manifest(directory)
     if manifest.get("kind") != kind:
+        target = "pref-shards" if kind == "prefs" else f"{kind}-shards"
         raise ManifestError(f"{directory / 'manifest.json'}: kind {manifest.get('kind')!r}, expected {kind!r} "
-                            f"({kind} shards are written by `make {kind}-shards`)")
+                            f"({kind} shards are written by `make {target}`)")
     return manifest, manifest_sha256(directory)
+
+
+def _open_examples(directory: Path, entry: dict) -> SFTShard:
+    """The SFT shard of a manifest entry, checked against the entry's token and example counts."""
+    path = directory / entry["file"]
+    shard = open_sft_shard(path)
+    if len(shard.tokens) != entry["num_tokens"] or len(shard) != entry["num_examples"]:
+        raise ShardError(f"{path}: {len(shard.tokens)} tokens in {len(shard)} examples, the manifest says "
+                         f"{entry['num_tokens']} in {entry['num_examples']}")
+    return shard
+
+
+def _lengths(shard: SFTShard) -> np.ndarray:
+    return np.diff(shard.offsets.astype(np.int64))
+
+
+def _by_length(ids: np.ndarray, lengths: np.ndarray, micro_batch: int) -> list[np.ndarray]:
+    """`ids` ordered by their `lengths` (then id), cut into micro-batches: similar lengths share a micro-batch."""
+    return micro_batches(ids[np.lexsort((ids, lengths))], micro_batch)
+
+
+def _padded(examples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of SFT examples (tokens, mask): inputs padded with 0 and targets with -100 where the
+    target is a prompt token or past the example."""
+    width = max(len(tokens) for tokens, _ in examples) - 1
+    x = torch.zeros(len(examples), width, dtype=torch.int64)
+    y = torch.full((len(examples), width), -100, dtype=torch.int64)
+    for row, (tokens, mask) in enumerate(examples):
+        n = len(tokens) - 1
+        tokens = torch.from_numpy(tokens.astype(np.int64))
+        x[row, :n] = tokens[:-1]
+        y[row, :n] = tokens[1:].masked_fill(torch.from_numpy(mask[1:] == 0), -100)
+    return x, y
 
 
 class PretrainData:
@@ -183,34 +222,19 @@ class SFTData:
         if len(entries) != 1:
             raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
         self.shard_entries.append(entries[0])
-        path = self.dir / entries[0]["file"]
-        shard = open_sft_shard(path)
-        if len(shard.tokens) != entries[0]["num_tokens"] or len(shard) != entries[0]["num_examples"]:
-            raise ShardError(f"{path}: {len(shard.tokens)} tokens in {len(shard)} examples, the manifest says "
-                             f"{entries[0]['num_tokens']} in {entries[0]['num_examples']}")
-        ids = np.flatnonzero(np.diff(shard.offsets.astype(np.int64)) <= self.seq_len + 1)
+        shard = _open_examples(self.dir, entries[0])
+        ids = np.flatnonzero(_lengths(shard) <= self.seq_len + 1)
         if len(ids) == 0:
-            raise ValueError(f"{path}: no example fits in --seq-len {self.seq_len} + 1 tokens")
+            raise ValueError(f"{self.dir / entries[0]['file']}: no example fits in --seq-len {self.seq_len} + 1 tokens")
         return shard, ids
 
     def _micro_batches(self, shard: SFTShard, ids: np.ndarray, micro_batch: int):
         """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
-        lengths = shard.offsets[ids + 1].astype(np.int64) - shard.offsets[ids].astype(np.int64)
-        ids = ids[np.lexsort((ids, lengths))]
-        return [self._batch(shard, rows) for rows in micro_batches(ids, micro_batch)]
+        return [self._batch(shard, rows) for rows in _by_length(ids, _lengths(shard)[ids], micro_batch)]
 
     def _batch(self, shard: SFTShard, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs padded with 0 and targets with -100 where the target is a prompt token or past the example."""
-        examples = [shard.example(int(i)) for i in ids]
-        width = max(len(tokens) for tokens, _ in examples) - 1
-        x = torch.zeros(len(ids), width, dtype=torch.int64)
-        y = torch.full((len(ids), width), -100, dtype=torch.int64)
-        for row, (tokens, mask) in enumerate(examples):
-            n = len(tokens) - 1
-            tokens = torch.from_numpy(tokens.astype(np.int64))
-            x[row, :n] = tokens[:-1]
-            y[row, :n] = tokens[1:].masked_fill(torch.from_numpy(mask[1:] == 0), -100)
-        return x, y
+        return _padded([shard.example(int(i)) for i in ids])
 
     def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
         """This rank's micro-batches (inputs, targets) of global batch `step`."""
@@ -229,3 +253,73 @@ class SFTData:
     def val_answer(self, i: int) -> np.ndarray:
         tokens, mask = self.val.example(int(self.val_ids[i]))
         return tokens[int(np.argmax(mask)):]
+
+
+class PrefData:
+    """Pairs of a preference manifest as micro-batches of 2B padded sequences (B chosen, then their B rejected)."""
+
+    rows_name = "pairs"
+
+    def __init__(self, shards_dir: str | Path, seq_len: int, batch_pairs: int, seed: int, eval_pairs: int = 0):
+        self.dir = Path(shards_dir)
+        manifest, self.manifest_sha256 = _open_manifest(self.dir, "prefs")
+        self.seq_len = seq_len
+        self.shard_entries = []  # what it reads
+        self.train, self.train_ids = self._split(manifest, "train", "train")
+        self.val, self.val_ids = self._split(manifest, "val", "validation")
+        self.left_out = len(self.train[0]) - len(self.train_ids) + len(self.val[0]) - len(self.val_ids)
+        if eval_pairs > 0:
+            self.val_ids = self.val_ids[:eval_pairs]
+        self.plan = BatchPlan(len(self.train_ids), batch_pairs, seed,
+                              f"pairs whose sequences fit in {seq_len + 1} tokens")
+        self.rows_per_step = self.plan.rows_per_step
+
+    def _split(self, manifest: dict, split: str, what: str) -> tuple[tuple[SFTShard, SFTShard], np.ndarray]:
+        """The split's (chosen, rejected) shards and the ids of its pairs whose two sequences fit in seq_len + 1
+        tokens (the others are left out)."""
+        pair = []
+        for side in ("chosen", "rejected"):
+            entries = [s for s in manifest["shards"] if s["split"] == split and s.get("side") == side]
+            if len(entries) != 1:
+                raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} {side} shards, expected one")
+            self.shard_entries.append(entries[0])
+            pair.append(_open_examples(self.dir, entries[0]))
+        chosen, rejected = pair
+        if len(chosen) != len(rejected):
+            raise ShardError(f"{self.dir}: the {what} split has {len(chosen)} chosen and {len(rejected)} rejected "
+                             "answers (example i of each is pair i)")
+        ids = np.flatnonzero(self._longer(pair) <= self.seq_len + 1)
+        if len(ids) == 0:
+            raise ValueError(f"{self.dir}: no {what} pair fits in --seq-len {self.seq_len} + 1 tokens")
+        return (chosen, rejected), ids
+
+    @staticmethod
+    def _longer(pair: tuple[SFTShard, SFTShard]) -> np.ndarray:
+        """The length of each pair's longer sequence."""
+        return np.maximum(_lengths(pair[0]), _lengths(pair[1]))
+
+    def _micro_batches(self, pair: tuple[SFTShard, SFTShard], ids: np.ndarray, micro_batch: int):
+        return [self._batch(pair, rows) for rows in _by_length(ids, self._longer(pair)[ids], micro_batch)]
+
+    def _batch(self, pair: tuple[SFTShard, SFTShard], ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chosen sequences of pairs `ids`, then their rejected ones, in one padded (inputs, targets)."""
+        return _padded([side.example(int(i)) for side in pair for i in ids])
+
+    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches of global batch `step`: `micro_batch` pairs (2 x micro_batch rows) each."""
+        rows = rank_slice(self.plan.global_rows(step), rank, world_size)
+        return self._micro_batches(self.train, self.train_ids[rows], micro_batch)
+
+    def val_batches(self, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches of the validation pairs (the same ones at every evaluation)."""
+        return self._micro_batches(self.val, rank_slice(self.val_ids, rank, world_size), micro_batch)
+
+    def val_prompt(self, i: int) -> np.ndarray:
+        """The prompt tokens of validation pair `i` (those before the first supervised token)."""
+        tokens, mask = self.val[0].example(int(self.val_ids[i]))
+        return tokens[:int(np.argmax(mask))]
+
+    def val_answers(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen and the rejected answer tokens (each ending with EOT) of validation pair `i`."""
+        return tuple(tokens[int(np.argmax(mask)):] for tokens, mask in
+                     (side.example(int(self.val_ids[i])) for side in self.val))

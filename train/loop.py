@@ -1,6 +1,6 @@
 """THE training loop, shared by every training stage: accumulation, DDP, schedule, eval, checkpoints, resume.
 
-A training stage (pretraining, SFT, and the preference stages to come) is one module that brings four things
+A training stage (pretraining, SFT, DPO, and the preference stages to come) is one module that brings four things
 to this loop, and nothing else:
 1. its recipe: a `RunConfig` subclass with named complete configs (train/config.py: `set_recipes`);
 2. its data reader: an object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`, `dir`
@@ -10,7 +10,9 @@ to this loop, and nothing else:
    is the input ids [B, T] (and optionally `rows_name`, what a row is, for error messages);
 3. its loss: `Hooks.loss(model, batch)`, summed over the batch's units, and `Hooks.count(batch)`, how many
    units that is, known before the forward (default: next-token cross-entropy over (inputs, targets), targets
-   -100 where not supervised; units are the supervised targets);
+   -100 where not supervised; units are the supervised targets); with `Hooks.metrics` named, the loss returns
+   (that sum, {name: its sum over the units}), and each name's mean over the units is logged at every step
+   and, as `val_<name>`, at each evaluation (DPO's rewards);
 4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `plot_metrics`, and what checkpoints carry.
 `train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
 epochs).
@@ -79,8 +81,10 @@ def supervised_targets(batch) -> int:
 @dataclass
 class Hooks:
     """What a training stage adds to the shared loop (see the module's docstring)."""
-    loss: Callable[[torch.nn.Module, tuple], torch.Tensor] = token_loss  # summed over the batch's units
+    # summed over the batch's units; with `metrics`, (that sum, {metric: its sum over the units})
+    loss: Callable[[torch.nn.Module, tuple], torch.Tensor | tuple[torch.Tensor, dict]] = token_loss
     count: Callable[[tuple], int] = supervised_targets  # the batch's units, counted before the forward
+    metrics: tuple[str, ...] = ()  # means over the units logged each step, and as val_<name> at each evaluation
     # more metrics at each evaluation (e.g. SFT's EOT rate); rank 0's "samples" (texts) are printed too
     extra_eval: Callable[[GPT, Dist], dict] | None = None
     samples: Callable[[GPT], list[str]] | None = None  # texts generated at each evaluation (rank 0)
@@ -146,20 +150,28 @@ def total_steps(cfg: RunConfig, data) -> int:
     return cfg.steps if cfg.steps else cfg.epochs * data.plan.steps_per_epoch
 
 
+def _sums(output, metrics: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of one `Hooks.loss` output, and the float64 vector [loss, *metrics] of its sums, detached."""
+    loss, extra = (output, {}) if torch.is_tensor(output) else output
+    return loss, torch.stack([loss.detach().double(), *(extra[k].detach().double() for k in metrics)])
+
+
 @torch.no_grad()
-def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig, hooks: Hooks) -> float:
-    """Mean loss over the units of the validation rows (the same rows every time), all ranks."""
+def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig, hooks: Hooks) -> dict:
+    """{"val_loss": the mean loss over the units of the validation rows (the same rows every time), all ranks,
+    and "val_<name>": the mean of each of `hooks.metrics`}."""
     model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=dist.device)
+    totals = torch.zeros(len(hooks.metrics) + 2, dtype=torch.float64, device=dist.device)
     batches = data.val_batches(dist.rank, dist.world_size, cfg.micro_batch)
     for batch in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not (dist.is_main and cfg.progress)):
         count = hooks.count(batch)
         with autocast(cfg, dist.device):
-            loss = hooks.loss(model, tuple(t.to(dist.device) for t in batch))
-        totals += torch.stack([loss.double(), loss.new_tensor(count, dtype=torch.float64)])
+            _, sums = _sums(hooks.loss(model, tuple(t.to(dist.device) for t in batch)), hooks.metrics)
+        totals += torch.cat([sums, sums.new_tensor([count])])
     dist.all_reduce_sum(totals)
     model.train()
-    return (totals[0] / totals[1]).item()
+    means = (totals[:-1] / totals[-1]).tolist()
+    return dict(zip(["val_loss", *(f"val_{name}" for name in hooks.metrics)], means))
 
 
 def _resume(cfg: RunConfig, data, dist: Dist, total: int):
@@ -284,7 +296,7 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
 
 
 def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
-    record = {"val_loss": evaluate(raw, data, dist, cfg, hooks)}
+    record = evaluate(raw, data, dist, cfg, hooks)
     if hooks.extra_eval is not None:
         raw.eval()
         record.update(hooks.extra_eval(raw, dist))
@@ -345,20 +357,19 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if count == 0:
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
         scale = dist.world_size / count
-        losses = torch.zeros((), dtype=torch.float64, device=device)
+        sums = torch.zeros(len(hooks.metrics) + 1, dtype=torch.float64, device=device)  # loss, metrics
         for i, batch in enumerate(batches):
             sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg, device):
-                    loss = hooks.loss(model, batch)
+                    loss, batch_sums = _sums(hooks.loss(model, batch), hooks.metrics)
                 (loss * scale).backward()
-            losses += loss.detach().double()
+            sums += batch_sums
         tokens = sum(b[0].numel() for b in batches)
         flops = sum(b[0].numel() * flops_per_token(b[0].shape[1]) for b in batches)
         fetched = _fetch(data, step + 1, dist, cfg, hooks) if step + 1 < total else None  # while the GPU computes
-        stats = torch.stack([losses, losses.new_tensor(tokens), losses.new_tensor(flops),
-                             losses.new_tensor(float(stop.signal is not None))])
-        loss_sum, tokens, flops, stops = dist.all_reduce_sum(stats).tolist()
+        stats = torch.cat([sums, sums.new_tensor([tokens, flops, float(stop.signal is not None)])])
+        loss_sum, *metric_sums, tokens, flops, stops = dist.all_reduce_sum(stats).tolist()
         stopped = stops > 0  # a stop signal on any rank: save at once, skip this step's evaluation
         loss = loss_sum / count
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf).item()
@@ -374,8 +385,8 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             torch.cuda.synchronize(device)
         step += 1
         dt = time.perf_counter() - t0
-        record = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                  "tokens_per_s": tokens / dt, "accumulation": accum}
+        record = {"step": step, "loss": loss, **{k: v / count for k, v in zip(hooks.metrics, metric_sums)},
+                  "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt, "accumulation": accum}
         if peak is not None:
             record["mfu"] = flops / dt / (peak * dist.world_size)
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last

@@ -24,16 +24,15 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from gpt.checkpoint import load_model
-from gpt.inference import generate, pad_batch
 from gpt.model import GPT
 from gpt.template import CHAT_TEMPLATE
 from pipelines import CUSTOM, SFT_DATASETS
 from pipelines.stage import find_shards_dir
 from shards.tokenizer import EOT, get_encoding
 
+from .answers import answer_text, greedy_answers, instruction
 from .checkpoint import best_checkpoint, latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
@@ -75,21 +74,6 @@ set_recipes(
                           eval_every=200, save_every=400, pretrain_run="runs/fineweb10B/pretrain"))
 
 
-def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int,
-                   progress: bool = False) -> list[list[int]]:
-    """Greedy new tokens for each prompt, generated `batch` prompts at a time (similar lengths together)."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers: list[list[int]] = [[] for _ in prompts]
-    for start in tqdm(range(0, len(order), batch), desc="eval answers", unit="batch", leave=False,
-                      disable=not progress):
-        group = order[start:start + batch]
-        ids, masks = pad_batch([prompts[i] for i in group])
-        for i, new in zip(group, generate(model, ids.to(device), masks.to(device), 0.0, max_steps)):
-            answers[i] = new
-    return answers
-
-
 def distinct_prompts(data: SFTData) -> np.ndarray:
     """The validation examples (indices) whose prompt comes first among those equal to it: the EOT rate and
     the shown answers count each prompt once, since a prompt with several answers has one greedy answer."""
@@ -121,19 +105,11 @@ def eval_hook(data: SFTData, cfg: SFTTrainConfig):
     return extra_eval
 
 
-def _instruction(prompt: str) -> str:
-    """The instruction (and input) of an Alpaca prompt, for display."""
-    body = prompt.split("### Instruction:\n", 1)[-1]
-    return body.removesuffix("\n\n### Response:\n").replace("\n\n### Input:\n", " | ")
-
-
 def _format(data: SFTData, i: int, answer: list[int]) -> tuple[str, str, str]:
     """(instruction, reference answer, `answer`) of validation example `i`, as text."""
     enc = get_encoding()
-    ended = bool(answer) and answer[-1] == EOT
-    text = enc.decode(answer[:-1] if ended else answer) + ("" if ended else " [no EOT]")
     reference = enc.decode(data.val_answer(i)[:-1].tolist())
-    return _instruction(enc.decode(data.val_prompt(i).tolist())), reference, text
+    return instruction(enc.decode(data.val_prompt(i).tolist())), reference, answer_text(answer)
 
 
 def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[tuple[str, str, str]]:

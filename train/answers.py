@@ -1,0 +1,37 @@
+"""Greedy answers to validation prompts, shown by the SFT and preference stages at each evaluation and at the end."""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from gpt.inference import generate, pad_batch
+from gpt.model import GPT
+from shards.tokenizer import EOT, get_encoding
+
+
+def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int,
+                   progress: bool = False) -> list[list[int]]:
+    """Greedy new tokens for each prompt, generated `batch` prompts at a time (similar lengths together)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[list[int]] = [[] for _ in prompts]
+    for start in tqdm(range(0, len(order), batch), desc="eval answers", unit="batch", leave=False,
+                      disable=not progress):
+        group = order[start:start + batch]
+        ids, masks = pad_batch([prompts[i] for i in group])
+        for i, new in zip(group, generate(model, ids.to(device), masks.to(device), 0.0, max_steps)):
+            answers[i] = new
+    return answers
+
+
+def instruction(prompt: str) -> str:
+    """The instruction (and input) of an Alpaca prompt, for display."""
+    body = prompt.split("### Instruction:\n", 1)[-1]
+    return body.removesuffix("\n\n### Response:\n").replace("\n\n### Input:\n", " | ")
+
+
+def answer_text(answer: list[int]) -> str:
+    """Generated tokens as text: without their closing EOT, or marked "[no EOT]" when they have none."""
+    ended = bool(answer) and answer[-1] == EOT
+    return get_encoding().decode(answer[:-1] if ended else answer) + ("" if ended else " [no EOT]")
