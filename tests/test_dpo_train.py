@@ -93,7 +93,7 @@ def expected_rows(pair, width):
 
 def test_a_micro_batch_is_the_chosen_then_the_rejected_of_its_pairs_padded_together(setup):
     pairs = make_pairs(64, 0)
-    data = PrefData(setup["shards"], seq_len=32, batch_pairs=8, seed=3)
+    data = PrefData(setup["shards"], seq_len=32, batch_rows=8, seed=3)
     assert data.rows_name == "pairs" and len(data.train_ids) == 64 and len(data.val_ids) == 12
     rows = data.plan.global_rows(0)
     batches = data.train_batches(0, 0, 1, micro_batch=4)
@@ -109,7 +109,7 @@ def test_a_micro_batch_is_the_chosen_then_the_rejected_of_its_pairs_padded_toget
                 assert x[r].tolist() == want_x and y[r].tolist() == want_y, (i, side)
     two = data.train_batches(0, 0, 2, 4) + data.train_batches(0, 1, 2, 4)  # 2 ranks: the same pairs
     assert sorted(pair_rows(two)) == sorted(pair_rows(batches))
-    short = PrefData(setup["shards"], seq_len=8, batch_pairs=4, seed=3)  # a pair goes when either side is long
+    short = PrefData(setup["shards"], seq_len=8, batch_rows=4, seed=3)  # a pair goes when either side is long
     assert short.left_out == sum(n > 9 for n in longer) + sum(sequence(p) > 9 for p in make_pairs(12, 1))
     assert set(short.train_ids) == {i for i, n in enumerate(longer) if n <= 9}
     assert data.val_prompt(0).tolist() == make_pairs(12, 1)[0][0]
@@ -156,7 +156,7 @@ def test_loss_and_metrics_equal_a_direct_computation_and_start_at_log_2(setup, l
             assert record[f"{prefix}{name}"] == 0.0, name
     # Step 2: the policy after one step against the reference, from two independent forwards per pair
     pairs = make_pairs(64, 0)
-    data = PrefData(setup["shards"], seq_len=32, batch_pairs=8, seed=1337)
+    data = PrefData(setup["shards"], seq_len=32, batch_rows=8, seed=1337)
     policy, reference = load_model(run_dir / "ckpt" / "step-000001"), load_model(setup["init"])
     losses, chosen_rewards, rejected_rewards, logps_c, logps_r = [], [], [], [], []
     with torch.no_grad():

@@ -80,7 +80,7 @@ def expected_row(prompt, answer, width):
 
 
 def test_rows_mask_the_prompt_and_the_padding_by_length_not_by_token_value(setup):
-    data = SFTData(setup["shards"], seq_len=32, batch_examples=8, seed=3)
+    data = SFTData(setup["shards"], seq_len=32, batch_rows=8, seed=3)
     ids = data.plan.global_rows(0)
     assert sorted(ids) == list(range(8)) and list(ids) != list(range(8))  # shuffled, every example once
     batches = data.train_batches(0, 0, 1, micro_batch=4)
@@ -96,7 +96,7 @@ def test_rows_mask_the_prompt_and_the_padding_by_length_not_by_token_value(setup
     assert x[0].tolist() == [20, 0] + [0] * 9 and y[0].tolist() == [0, EOT] + [-100] * 9
     (vx, vy), = data.val_batches(0, 1, 4)
     assert vx.tolist() == [[90, 91, 92, 0], [93, 94, 95, 96]] and vy.tolist() == [[-100, 92, 0, EOT], [94, 95, 96, EOT]]
-    assert data.val_prompt(0).tolist() == [90, 91] and data.val_answer(1).tolist() == [94, 95, 96, EOT]
+    assert data.val_prompt(0).tolist() == [90, 91] and data.val_answers(1)[0].tolist() == [94, 95, 96, EOT]
 
 
 def sorted_by_length(ids):
@@ -104,7 +104,7 @@ def sorted_by_length(ids):
 
 
 def test_long_examples_are_left_out_and_ranks_share_each_batch(setup):
-    data = SFTData(setup["shards"], seq_len=6, batch_examples=2, seed=3)
+    data = SFTData(setup["shards"], seq_len=6, batch_rows=2, seed=3)
     assert data.left_out == 2 and 2 not in data.train_ids  # 12 and 8 tokens > seq_len + 1 (7)
     assert data.plan.steps_per_epoch == 3
     seen = []
@@ -128,7 +128,7 @@ def test_loss_is_the_mean_over_all_supervised_tokens_of_the_global_batch(setup):
     assert sft(setup, run_dir, "--batch-examples", "4", "--micro-batch", "1", "--steps", "2", "--lr", "1e-2",
                "--eval-every", "2", "--save-every", "2") == 0
     log = read_log(run_dir)
-    data = SFTData(setup["shards"], seq_len=32, batch_examples=4, seed=1337)
+    data = SFTData(setup["shards"], seq_len=32, batch_rows=4, seed=1337)
     model = load_model(setup["init"])  # the weights of step 1's forward pass
     totals, means = [0.0, 0], []
     with torch.no_grad():
@@ -271,7 +271,7 @@ def test_the_eot_rate_counts_each_validation_prompt_once_and_an_empty_answer_as_
     EOT alone says nothing: it does not count as one that ends."""
     val = [([90, 91], [92, 0]), ([93], [94]), ([90, 91], [5]), ([90, 91], [6, 7]), ([95], [96])]
     shards = write_shards(tmp_path / "shards", val=val)
-    assert distinct_prompts(SFTData(shards, seq_len=32, batch_examples=4, seed=0)).tolist() == [0, 1, 4]
+    assert distinct_prompts(SFTData(shards, seq_len=32, batch_rows=4, seed=0)).tolist() == [0, 1, 4]
     # an answer that ends for the prompt [90, 91] (1 of 3 distinct prompts, 3 of 5 examples), an empty one for
     # [95], one cut short for [93]
     monkeypatch.setattr("train.sft.greedy_answers", lambda model, prompts, *args, **kwargs: [

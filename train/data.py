@@ -9,14 +9,15 @@ its own contiguous slice of the batch (`rank_slice`) and cuts it into micro-batc
 every seq_len tokens inside a shard and never cross shards); inputs are its first seq_len tokens, targets its
 last seq_len. The validation rows are the first windows of the validation split, always the same ones.
 
-`SFTData` serves SFT shards (shards/sft.py): a row is one example, its prompt and answer tokens (examples
+`ExampleData` serves masked shards (shards/sft.py), as `SFTData` (SFT's) and `PrefData` (the preference
+stage's). For SFT a row is one example, its prompt and answer tokens (examples
 longer than seq_len + 1 are left out), right-padded with 0 to the longest row of the micro-batch (each rank
 orders its share of the global batch by length first, so little is padding); inputs are tokens[:-1],
 targets tokens[1:], -100 where the target is a prompt token (its `.mask` is 0) or padding (past the
 example's length, from its `.idx` offsets; never from a token value: 0 is "!").
 
-`PrefData` serves preference shards (pipelines/prefs.py: per split, a chosen and a rejected SFT shard whose
-example i is pair i) with SFTData's rows: a row is one pair, and a micro-batch of B pairs is 2B sequences in
+For `PrefData` (pipelines/prefs.py: per split, a chosen and a rejected SFT shard whose example i is pair i)
+a row is one pair, and a micro-batch of B pairs is 2B sequences in
 one padded batch, the B chosen then their B rejected (pairs ordered by their longer sequence first), for
 one forward of both.
 
@@ -198,128 +199,95 @@ class _Windows:
         return self.shards[shard][offset:offset + self.seq_len + 1]
 
 
-class SFTData:
-    """Examples of an SFT manifest's shards as padded (inputs, targets) micro-batches per step and rank."""
+class ExampleData:
+    """Examples of a masked-shard manifest (SFT's, or the preference stage's chosen and rejected pairs) as padded
+    (inputs, targets) micro-batches per step and rank. A row is one example of each of `SIDES` (the manifest
+    entries' `side`; None: the split's one shard), and a micro-batch holds every side's sequences of its rows,
+    side after side: SFT's B examples, or DPO's B chosen then their B rejected. Rows whose longest sequence
+    exceeds seq_len + 1 tokens are left out."""
 
-    rows_name = "examples"
+    KIND = ""  # the manifest's kind
+    SIDES: tuple[str | None, ...] = (None,)
+    rows_name = "rows"
 
-    def __init__(self, shards_dir: str | Path, seq_len: int, batch_examples: int, seed: int, eval_examples: int = 0):
+    def __init__(self, shards_dir: str | Path, seq_len: int, batch_rows: int, seed: int, eval_rows: int = 0):
         self.dir = Path(shards_dir)
-        manifest, self.manifest_sha256 = _open_manifest(self.dir, "sft")
-        self.seq_len = seq_len
-        self.shard_entries = []  # what it reads
-        self.train, self.train_ids = self._split(manifest, "train", "train")
-        self.val, self.val_ids = self._split(manifest, "val", "validation")
-        self.left_out = len(self.train) - len(self.train_ids) + len(self.val) - len(self.val_ids)
-        if eval_examples > 0:
-            self.val_ids = self.val_ids[:eval_examples]
-        self.plan = BatchPlan(len(self.train_ids), batch_examples, seed, f"examples of at most {seq_len + 1} tokens")
-        self.rows_per_step = self.plan.rows_per_step
-
-    def _split(self, manifest: dict, split: str, what: str) -> tuple[SFTShard, np.ndarray]:
-        """The split's shard and the ids of its examples that fit in seq_len + 1 tokens (longer ones are left out)."""
-        entries = [s for s in manifest["shards"] if s["split"] == split]
-        if len(entries) != 1:
-            raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} shards, expected one")
-        self.shard_entries.append(entries[0])
-        shard = _open_examples(self.dir, entries[0])
-        ids = np.flatnonzero(_lengths(shard) <= self.seq_len + 1)
-        if len(ids) == 0:
-            raise ValueError(f"{self.dir / entries[0]['file']}: no example fits in --seq-len {self.seq_len} + 1 tokens")
-        return shard, ids
-
-    def _micro_batches(self, shard: SFTShard, ids: np.ndarray, micro_batch: int):
-        """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
-        return [self._batch(shard, rows) for rows in _by_length(ids, _lengths(shard)[ids], micro_batch)]
-
-    def _batch(self, shard: SFTShard, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs padded with 0 and targets with -100 where the target is a prompt token or past the example."""
-        return _padded([shard.example(int(i)) for i in ids])
-
-    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
-        """This rank's micro-batches (inputs, targets) of global batch `step`."""
-        rows = rank_slice(self.plan.global_rows(step), rank, world_size)
-        return self._micro_batches(self.train, self.train_ids[rows], micro_batch)
-
-    def val_batches(self, rank: int, world_size: int, micro_batch: int):
-        """This rank's micro-batches of the validation examples (the same ones at every evaluation)."""
-        return self._micro_batches(self.val, rank_slice(self.val_ids, rank, world_size), micro_batch)
-
-    def val_prompt(self, i: int) -> np.ndarray:
-        """The prompt tokens of validation example `i` (those before its first supervised token)."""
-        tokens, mask = self.val.example(int(self.val_ids[i]))
-        return tokens[:int(np.argmax(mask))]
-
-    def val_answer(self, i: int) -> np.ndarray:
-        tokens, mask = self.val.example(int(self.val_ids[i]))
-        return tokens[int(np.argmax(mask)):]
-
-
-class PrefData:
-    """Pairs of a preference manifest as micro-batches of 2B padded sequences (B chosen, then their B rejected)."""
-
-    rows_name = "pairs"
-
-    def __init__(self, shards_dir: str | Path, seq_len: int, batch_pairs: int, seed: int, eval_pairs: int = 0):
-        self.dir = Path(shards_dir)
-        manifest, self.manifest_sha256 = _open_manifest(self.dir, "prefs")
+        manifest, self.manifest_sha256 = _open_manifest(self.dir, self.KIND)
         self.seq_len = seq_len
         self.shard_entries = []  # what it reads
         self.train, self.train_ids = self._split(manifest, "train", "train")
         self.val, self.val_ids = self._split(manifest, "val", "validation")
         self.left_out = len(self.train[0]) - len(self.train_ids) + len(self.val[0]) - len(self.val_ids)
-        if eval_pairs > 0:
-            self.val_ids = self.val_ids[:eval_pairs]
-        self.plan = BatchPlan(len(self.train_ids), batch_pairs, seed,
-                              f"pairs whose sequences fit in {seq_len + 1} tokens")
+        if eval_rows > 0:
+            self.val_ids = self.val_ids[:eval_rows]
+        self.plan = BatchPlan(len(self.train_ids), batch_rows, seed,
+                              f"{self.rows_name} whose sequences fit in {seq_len + 1} tokens")
         self.rows_per_step = self.plan.rows_per_step
 
-    def _split(self, manifest: dict, split: str, what: str) -> tuple[tuple[SFTShard, SFTShard], np.ndarray]:
-        """The split's (chosen, rejected) shards and the ids of its pairs whose two sequences fit in seq_len + 1
-        tokens (the others are left out)."""
-        pair = []
-        for side in ("chosen", "rejected"):
+    def _split(self, manifest: dict, split: str, what: str) -> tuple[tuple[SFTShard, ...], np.ndarray]:
+        """The split's shards (one per side) and the ids of its rows that fit in seq_len + 1 tokens."""
+        shards = []
+        for side in self.SIDES:
             entries = [s for s in manifest["shards"] if s["split"] == split and s.get("side") == side]
             if len(entries) != 1:
-                raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {what} {side} shards, expected one")
+                named = f"{what} {side}" if side else what
+                raise ManifestError(f"{self.dir / 'manifest.json'}: {len(entries)} {named} shards, expected one")
             self.shard_entries.append(entries[0])
-            pair.append(_open_examples(self.dir, entries[0]))
-        chosen, rejected = pair
-        if len(chosen) != len(rejected):
-            raise ShardError(f"{self.dir}: the {what} split has {len(chosen)} chosen and {len(rejected)} rejected "
-                             "answers (example i of each is pair i)")
-        ids = np.flatnonzero(self._longer(pair) <= self.seq_len + 1)
+            shards.append(_open_examples(self.dir, entries[0]))
+        if len({len(shard) for shard in shards}) > 1:
+            counts = " and ".join(f"{len(shard)} {side}" for shard, side in zip(shards, self.SIDES))
+            raise ShardError(f"{self.dir}: the {what} split has {counts} answers (example i of each is row i)")
+        ids = np.flatnonzero(self._longest(shards) <= self.seq_len + 1)
         if len(ids) == 0:
-            raise ValueError(f"{self.dir}: no {what} pair fits in --seq-len {self.seq_len} + 1 tokens")
-        return (chosen, rejected), ids
+            where = self.dir / entries[0]["file"] if len(shards) == 1 else self.dir
+            raise ValueError(f"{where}: no {what} {self.rows_name[:-1]} fits in --seq-len {self.seq_len} + 1 tokens")
+        return tuple(shards), ids
 
     @staticmethod
-    def _longer(pair: tuple[SFTShard, SFTShard]) -> np.ndarray:
-        """The length of each pair's longer sequence."""
-        return np.maximum(_lengths(pair[0]), _lengths(pair[1]))
+    def _longest(shards) -> np.ndarray:
+        """The length of each row's longest sequence."""
+        return np.max([_lengths(shard) for shard in shards], axis=0)
 
-    def _micro_batches(self, pair: tuple[SFTShard, SFTShard], ids: np.ndarray, micro_batch: int):
-        return [self._batch(pair, rows) for rows in _by_length(ids, self._longer(pair)[ids], micro_batch)]
+    def _micro_batches(self, shards, ids: np.ndarray, micro_batch: int):
+        """`ids` ordered by length (then id), cut into micro-batches: similar lengths share a micro-batch."""
+        return [self._batch(shards, rows) for rows in _by_length(ids, self._longest(shards)[ids], micro_batch)]
 
-    def _batch(self, pair: tuple[SFTShard, SFTShard], ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The chosen sequences of pairs `ids`, then their rejected ones, in one padded (inputs, targets)."""
-        return _padded([side.example(int(i)) for side in pair for i in ids])
+    def _batch(self, shards, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every side's sequences of rows `ids`, side after side, inputs padded with 0 and targets with -100 where
+        the target is a prompt token or past the sequence."""
+        return _padded([shard.example(int(i)) for shard in shards for i in ids])
 
     def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
-        """This rank's micro-batches of global batch `step`: `micro_batch` pairs (2 x micro_batch rows) each."""
+        """This rank's micro-batches (inputs, targets) of global batch `step`: `micro_batch` rows each."""
         rows = rank_slice(self.plan.global_rows(step), rank, world_size)
         return self._micro_batches(self.train, self.train_ids[rows], micro_batch)
 
     def val_batches(self, rank: int, world_size: int, micro_batch: int):
-        """This rank's micro-batches of the validation pairs (the same ones at every evaluation)."""
+        """This rank's micro-batches of the validation rows (the same ones at every evaluation)."""
         return self._micro_batches(self.val, rank_slice(self.val_ids, rank, world_size), micro_batch)
 
     def val_prompt(self, i: int) -> np.ndarray:
-        """The prompt tokens of validation pair `i` (those before the first supervised token)."""
+        """The prompt tokens of validation row `i` (those before its first supervised token)."""
         tokens, mask = self.val[0].example(int(self.val_ids[i]))
         return tokens[:int(np.argmax(mask))]
 
-    def val_answers(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """The chosen and the rejected answer tokens (each ending with EOT) of validation pair `i`."""
+    def val_answers(self, i: int) -> tuple[np.ndarray, ...]:
+        """The answer tokens (each ending with EOT) of validation row `i`, one per side."""
         return tuple(tokens[int(np.argmax(mask)):] for tokens, mask in
-                     (side.example(int(self.val_ids[i])) for side in self.val))
+                     (shard.example(int(self.val_ids[i])) for shard in self.val))
+
+
+class SFTData(ExampleData):
+    """SFT examples: a row is one example of the split's shard."""
+
+    KIND = "sft"
+    rows_name = "examples"
+
+
+class PrefData(ExampleData):
+    """Preference pairs: a row is pair i of the chosen and the rejected shards (the same prompt, two answers); a
+    micro-batch of B pairs is 2B sequences, the B chosen then their B rejected."""
+
+    KIND = "prefs"
+    SIDES = ("chosen", "rejected")
+    rows_name = "pairs"

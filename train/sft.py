@@ -108,7 +108,7 @@ def eval_hook(data: SFTData, cfg: SFTTrainConfig):
 def _format(data: SFTData, i: int, answer: list[int]) -> tuple[str, str, str]:
     """(instruction, reference answer, `answer`) of validation example `i`, as text."""
     enc = get_encoding()
-    reference = enc.decode(data.val_answer(i)[:-1].tolist())
+    reference = enc.decode(data.val_answers(i)[0][:-1].tolist())
     return instruction(enc.decode(data.val_prompt(i).tolist())), reference, answer_text(answer)
 
 
