@@ -61,7 +61,7 @@ class GPUBenchConfig:
     parts: str = "train,smoke,decode"
     train_batches: str = "32"
     decode_batches: str = "1,64"
-    decoders: str = "graph,graph+compile,eager"  # and transformers' when installed
+    decoders: str = "graph,graph+compile"  # and always eager (the reference), and transformers' when installed
     new_tokens: int = 128
     budget_s: float = 280
     json: str | None = None
@@ -183,7 +183,7 @@ def part_decode(args) -> dict:
                 "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=True,
                                                   static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
-        runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",")}
+        runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",") or name == "eager"}
         if hf is not None:
             hf_ids, hf_masks = left_padded(ids, masks)
 
