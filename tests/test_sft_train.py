@@ -201,7 +201,8 @@ def test_sft_from_the_pretraining_run_lowers_the_answer_loss_and_raises_the_eot_
     assert out.count("sample: 'Colour") == 4  # two validation prompts' answers at each of the two evaluations
     assert saved_chat_template(latest_checkpoint(tmp_path / "sft")) == CHAT_TEMPLATE  # the Alpaca prompt, for HF
     assert saved_chat_template(latest_checkpoint(tmp_path / "pretrain")) is None
-    assert "held-out prompts and greedy answers" in out and out.count("reference:") == 2
+    assert "held-out prompts and the answers of" in out and out.count("reference:") == 2
+    assert out.count("  greedy:    ") == out.count("  sampled:   ") == 2
     first, last = [r for r in read_log(tmp_path / "sft") if "val_loss" in r]
     assert (first["step"], last["step"]) == (0, 30)
     assert first["val_loss"] > 10 and last["val_loss"] < 2  # ~ln 3 / 2: the colour is a guess, EOT is not
@@ -241,7 +242,7 @@ def test_best_checkpoint_is_saved_at_each_improvement_kept_from_pruning_and_pref
         {"step": 3, "val_loss": 4.0}  # a tie (step 5) is no improvement
     out = capsys.readouterr().out  # the summary and the held-out answers are the best checkpoint's
     assert "validation answer loss 9.0000 -> 4.0000" in out and f"(step 0 -> 3, the best checkpoint: {best}; " \
-        "at the last step, 6: 4.7000" in out and f"held-out prompts and greedy answers of {best}:" in out
+        "at the last step, 6: 4.7000" in out and f"held-out prompts and the answers of {best}, greedy and " in out
     # a run folder (and its ckpt/, and ckpt/best) means the best checkpoint; ckpt/latest still the latest
     for path in (run_dir, run_dir / "ckpt", run_dir / "ckpt" / "best"):
         assert resolve_checkpoint(path) == best
@@ -274,7 +275,7 @@ def test_the_eot_rate_counts_each_validation_prompt_once_and_an_empty_answer_as_
     assert distinct_prompts(SFTData(shards, seq_len=32, batch_rows=4, seed=0)).tolist() == [0, 1, 4]
     # an answer that ends for the prompt [90, 91] (1 of 3 distinct prompts, 3 of 5 examples), an empty one for
     # [95], one cut short for [93]
-    monkeypatch.setattr("train.sft.greedy_answers", lambda model, prompts, *args, **kwargs: [
+    monkeypatch.setattr("train.sft.answers_to", lambda model, prompts, *args, **kwargs: [
         {90: [1, EOT], 93: [1], 95: [EOT]}[int(p[0])] for p in prompts])
     assert main(["--shards-dir", str(shards), "--init", str(nano(tmp_path / "init")), "--run-dir",
                  str(tmp_path / "run"), *FLAGS, "--batch-examples", "4", "--micro-batch", "4", "--steps", "1", "--show", "5"]) == 0
@@ -301,14 +302,16 @@ def test_refusals_name_the_fix(setup, tmp_path, capsys):
 
 def test_dataset_defaults():
     sample = parse_args([], SFTTrainConfig)
-    assert (sample.epochs, sample.seq_len, sample.pretrain_run) == (2, 128, "runs/sample/pretrain")
+    assert (sample.epochs, sample.lr, sample.seq_len, sample.pretrain_run) == (4, 6e-3, 128, "runs/sample/pretrain")
+    assert parse_args(["--epochs", "1"], SFTTrainConfig).epochs == 1
     alpaca = parse_args(["--dataset", "alpaca", "--lr", "3e-5"], SFTTrainConfig)
     assert (alpaca.epochs, alpaca.batch_examples, alpaca.micro_batch, alpaca.seq_len) == (2, 64, 16, 1024)
     assert (alpaca.lr, alpaca.warmup, alpaca.min_lr_ratio) == (3e-5, 50, 0.1)
     assert not {"model", "batch_tokens", "eval_tokens"} & {f.name for f in dataclasses.fields(SFTTrainConfig)}
     assert (sample.run_dir, alpaca.run_dir) == ("runs/sample/sft", "runs/alpaca/sft")
     help_text = " ".join(build_parser(SFTTrainConfig).format_help().split())
-    assert "--lr LR recipes: sample 0.003, alpaca 2e-05" in help_text
+    assert "--lr LR recipes: sample 0.006, alpaca 2e-05" in help_text
+    assert "--epochs EPOCHS given, it replaces the recipe's --steps; recipes: sample 4, alpaca 2" in help_text
     assert "default: runs/<dataset>/sft" in help_text
 
 

@@ -1,4 +1,4 @@
-"""Greedy answers to validation prompts, shown by the SFT and preference stages at each evaluation and at the end."""
+"""Answers to validation prompts (greedy, or sampled), shown by the SFT and preference stages at each evaluation and at the end."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from gpt.model import GPT
 from shards.tokenizer import EOT, get_encoding
 
 
-def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int,
-                   progress: bool = False) -> list[list[int]]:
-    """Greedy new tokens for each prompt, generated `batch` prompts at a time (similar lengths together)."""
+def answers_to(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int, progress: bool = False,
+               temperature: float = 0.0, **sampling) -> list[list[int]]:
+    """New tokens for each prompt, greedy or sampled (`temperature` and `sampling`: generate's top_p, generator...),
+    generated `batch` prompts at a time (similar lengths together)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
@@ -20,7 +21,8 @@ def greedy_answers(model: GPT, prompts: list[np.ndarray], max_steps: int, batch:
                       disable=not progress):
         group = order[start:start + batch]
         ids, masks = pad_batch([prompts[i] for i in group])
-        for i, new in zip(group, generate(model, ids.to(device), masks.to(device), 0.0, max_steps)):
+        for i, new in zip(group, generate(model, ids.to(device), masks.to(device), temperature, max_steps,
+                                          **sampling)):
             answers[i] = new
     return answers
 

@@ -37,7 +37,7 @@ from pipelines import CUSTOM, PREF_DATASETS
 from pipelines.stage import find_shards_dir
 from shards.tokenizer import get_encoding
 
-from .answers import answer_text, greedy_answers, instruction
+from .answers import answer_text, answers_to, instruction
 from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData
@@ -158,7 +158,7 @@ def samples_hook(data: PrefData, count: int, max_steps: int):
 
     def samples(model: GPT) -> list[str]:
         prompts = [data.val_prompt(i) for i in range(min(count, len(data.val_ids)))]
-        answers = greedy_answers(model, prompts, max_steps, max(len(prompts), 1))
+        answers = answers_to(model, prompts, max_steps, max(len(prompts), 1))
         return [f"{instruction(get_encoding().decode(p.tolist()))} => {answer_text(a)}"
                 for p, a in zip(prompts, answers)]
 
@@ -208,7 +208,7 @@ def _report(cfg: DPOTrainConfig, data: PrefData, device: torch.device) -> None:
     if cfg.show:
         count = min(cfg.show, len(data.val_ids))
         prompts = [data.val_prompt(i) for i in range(count)]
-        before, after = ([answer_text(a) for a in greedy_answers(load_model(folder, device=device), prompts,
+        before, after = ([answer_text(a) for a in answers_to(load_model(folder, device=device), prompts,
                                                                   cfg.answer_tokens, max(count, 1))]
                          for folder in (cfg.init, latest_checkpoint(cfg.run_dir)))
         enc = get_encoding()
