@@ -212,7 +212,7 @@ def env():
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-STEPS = 16  # long enough after the first checkpoint (step 1) for a signal to land on a loaded machine
+STEPS = 8
 RUN = ["--batch-pairs", "8", "--steps", str(STEPS), "--lr", "1e-2", "--eval-every", "4", "--save-every", "1",
        "--keep-checkpoints", "0"]
 
