@@ -24,7 +24,7 @@ from train.pretrain import main as pretrain
 from train_shards import one_thread, small_model, write_test_shards  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 24  # long enough after the first checkpoint (step 1) for a signal to land on a loaded machine
+STEPS = 10
 
 
 def flags(setup, run_dir, micro_batch=2):
