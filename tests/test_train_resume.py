@@ -65,7 +65,10 @@ def losses(run_dir):
 def interrupt(setup, run_dir, sig, nproc=1, ignore_sigint=False):
     """Start a run, send `sig` as soon as its first checkpoint exists (to its whole process group, as a terminal
     sends Ctrl-C, under torchrun), and return its exit status and output."""
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    # The run's SIGINT is set here, not inherited: a test runner started in the background (`cmd &` in a
+    # script, as `nohup`) passes SIGINT ignored, and the trainer keeps an ignored SIGINT ignored, by design
+    disposition = signal.SIG_IGN if ignore_sigint else signal.SIG_DFL
+    ignore = lambda: signal.signal(signal.SIGINT, disposition)  # noqa: E731
     proc = subprocess.Popen(command(nproc) + flags(setup, run_dir), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, preexec_fn=ignore)
     deadline = time.monotonic() + 240
