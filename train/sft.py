@@ -68,9 +68,9 @@ set_recipes(
     # The CPU demo: the pretrained `tiny` model on the chatterbot sample (1,020 train examples, 104 validation).
     # Examples of at most 129 tokens: that leaves out the ~50 long code answers, whose runs of whitespace
     # tokens would be 9% of the supervised tokens and make the tiny model's greedy answers runs of spaces. 4
-    # epochs at lr 6e-3: with 2 epochs or 3e-3 the greedy answers of a seed end at some evaluations and loop at
-    # others (EOT rate 0% to 100%); this recipe kept 94% or more at every evaluation from step 40 on
-    # (docs/benchmarks.md).
+    # epochs at lr 6e-3: at 3e-3 (2, 4 or 8 epochs) or 1e-3 the greedy answers of a seed end at some evaluations
+    # and loop at others (EOT rate 0% to 100%); this recipe kept 94% or more at every evaluation from step 120
+    # on, in three runs (docs/benchmarks.md).
     sample=SFTTrainConfig(dataset="sample", epochs=4, batch_examples=16, micro_batch=16, seq_len=128, lr=6e-3,
                           warmup=10, eval_every=40, save_every=100, pretrain_run="runs/sample/pretrain"),
     # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
@@ -88,8 +88,8 @@ def distinct_prompts(data: SFTData) -> np.ndarray:
 
 
 def eval_hook(data: SFTData, cfg: SFTTrainConfig):
-    """At each evaluation: `eot_rate`, the fraction of distinct validation prompts whose greedy answer ends with
-    EOT within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
+    """At each evaluation: `eot_rate`, the fraction of distinct validation prompts whose greedy answer is not
+    empty and ends with EOT within eot_steps new tokens, and on rank 0 `samples`, the first two of those answers (sample_tokens long)."""
     prompts = distinct_prompts(data)
 
     def extra_eval(model: GPT, dist: Dist) -> dict:
