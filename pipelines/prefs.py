@@ -67,7 +67,7 @@ def load_source(cfg: PrefsConfig) -> pref_sources.PairSource:
     if cfg.source:
         return pref_sources.path_source(cfg.source)
     if cfg.dataset == "sample":
-        return pref_sources.sample_source(cfg.seed)
+        return pref_sources.sample_source(cfg.seed, cfg.val_fraction)
     if cfg.dataset == "ultrafeedback":
         return pref_sources.ultrafeedback_source(cfg.data_dir)
     raise ValueError(f"unknown preference dataset {cfg.dataset!r} (expected {' or '.join(PREF_DATASETS)}, "
@@ -82,7 +82,7 @@ def stage_config(cfg: PrefsConfig, source: pref_sources.PairSource, info: dict) 
     if source.kind != "ultrafeedback":
         config["val_fraction"] = cfg.val_fraction
     if source.kind == "sample":
-        config["seed"] = cfg.seed
+        config.update(seed=cfg.seed, pairing=pref_sources.SAMPLE_PAIRING)
     return config
 
 

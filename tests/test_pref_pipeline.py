@@ -188,26 +188,39 @@ def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
     assert files_of(out) == files_of(next((tmp_path / "clean" / "custom-prefs").iterdir()))
 
 
-def test_sample_pairs_an_answer_with_another_categorys(tmp_path, capsys):
-    source = pref_sources.sample_source()
+def test_sample_pairs_an_answer_of_the_same_split_and_another_category(tmp_path, capsys):
+    source = pref_sources.sample_source(0, 0.1)
     pairs = list(source.pairs())
     corpus = sft_sources.sample_source()
-    assert [(p, c) for p, c, _, _ in pairs] == [(i, o) for i, _, o in corpus.examples()], "the SFT sample's examples"
-    category = {}
+    distinct = list(dict.fromkeys((i, o) for i, _, o in corpus.examples()))
+    assert len(distinct) < 2306 and [(p, c) for p, c, _, _ in pairs] == distinct, "the distinct SFT examples"
+    category, split = {}, {}
     for path in corpus.files:
-        for _, _, output in sft_sources.read_chatterbot(path):
+        for instruction, _, output in sft_sources.read_chatterbot(path):
             category.setdefault(output, set()).add(path.stem)
-    own = [path.stem for path in corpus.files for _ in sft_sources.read_chatterbot(path)]
-    assert all(category[rejected] - {mine} for (_, _, rejected, _), mine in zip(pairs, own)), "another category's"
-    assert list(pref_sources.sample_source().pairs()) == pairs, "deterministic"
-    assert [r for _, _, r, _ in pref_sources.sample_source(seed=1).pairs()] != [r for _, _, r, _ in pairs]
+            split.setdefault(output, set()).add("val" if examples.is_val(instruction, "", 0.1) else "train")
+    own = {}
+    for path in corpus.files:
+        for instruction, _, output in sft_sources.read_chatterbot(path):
+            own.setdefault((instruction, output), path.stem)
+    assert all(s == ("val" if examples.is_val(p, "", 0.1) else "train") for p, _, _, s in pairs), "the stage's split"
+    assert all(category[r] - {own[p, c]} for p, c, r, _ in pairs), "another category's answer"
+    assert all(s in split[r] for _, _, r, s in pairs), "an answer of the same split"
+    # the leak this prevents: no validation pair's chosen answer is only ever a train answer, and the other way round
+    train_rejected = {r for _, _, r, s in pairs if s == "train"}
+    assert not {c for _, c, _, s in pairs if s == "val"} & train_rejected - {c for _, c, _, s in pairs if s == "train"}
+    assert list(pref_sources.sample_source(0, 0.1).pairs()) == pairs, "deterministic"
+    assert [r for _, _, r, _ in pref_sources.sample_source(1, 0.1).pairs()] != [r for _, _, r, _ in pairs]
     out = prefs.run(prefs.PrefsConfig(data_dir=str(tmp_path), workers=2))
     assert out == find_shards_dir(tmp_path, "prefs", "sample")
     m = load_manifest(out)
     assert m["source"]["dataset"] == "chatterbot-corpus==1.3.3" and m["source"]["pairing"]["seed"] == 0
-    assert (m["totals"]["rows"], m["totals"]["pairs"], m["totals"]["val_pairs"]) == (2306, 2306, 335)  # 10%
-    sft_val = {i for i, _, _ in corpus.examples() if examples.is_val(i, "", 0.02)}
-    assert {p for p, _, _, _ in pairs if examples.is_val(p, "", 0.02)} == sft_val, "the SFT sample's val prompts"
+    assert m["config"]["pairing"] == pref_sources.SAMPLE_PAIRING
+    val = sum(s == "val" for *_, s in pairs)
+    assert (m["totals"]["rows"], m["totals"]["pairs"], m["totals"]["val_pairs"]) == (len(pairs), len(pairs), val)
+    assert 0.07 < val / len(pairs) < 0.13  # 10%
+    sft_val = {i for i, _, _ in corpus.examples() if examples.is_val(i, "", 0.1)}
+    assert {p for p, _, _, s in pairs if s == "val"} == sft_val, "the SFT sample's val prompts"
     assert inspect_main([str(tmp_path), "--verify", "--decode", "2"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("--- val pair") == 2 and printed.count("\nPROMPT: ") == 2
