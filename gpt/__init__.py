@@ -1,4 +1,5 @@
-"""GPT-2 in PyTorch: the model, checkpoints, inference and the chat template (the tokenizer re-exported).
+"""GPT-2 in PyTorch: the model, the reward model, checkpoints, inference and the chat template (the tokenizer
+re-exported).
 
 The names load lazily, so that a process which needs only the tokenizer or the template (a pipeline
 worker) does not import torch. The tokenizer lives in shards.tokenizer (the vocabulary is what shards
@@ -10,7 +11,8 @@ import importlib
 _EXPORTS = {
     "EOT": "shards.tokenizer", "get_encoding": "shards.tokenizer",
     "GPT": ".model", "GPTConfig": ".model", "KVCache": ".model", "PRESETS": ".model", "preset": ".model",
-    "load_model": ".checkpoint", "save_model": ".checkpoint",
+    "load_model": ".checkpoint", "save_model": ".checkpoint", "load_reward_model": ".checkpoint",
+    "RewardModel": ".reward",
     "generate": ".inference", "stream": ".inference", "tokenize_batch_input": ".inference",
     "CHAT_TEMPLATE": ".template", "render_prompt": ".template",
 }

@@ -11,7 +11,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export-hf", help="write the model alone (no training state) as a folder that "
-                                         "transformers.GPT2LMHeadModel loads, from any checkpoint")
+                                         "transformers.GPT2LMHeadModel loads (a reward model: "
+                                         "GPT2ForSequenceClassification), from any checkpoint")
     p.add_argument("ckpt", help=chat.CKPT_HELP)
     p.add_argument("out", help="folder to write (config.json, model.safetensors, tokenizer files)")
     p = sub.add_parser("generate", help="print completions of prompts")
@@ -28,7 +29,8 @@ def main(argv=None) -> int:
 
 def _export_hf(args) -> int:
     from shards.io import atomic_directory
-    from .checkpoint import load_model, resolve_checkpoint, save_model, saved_chat_template
+    from .checkpoint import (is_reward_model, load_model, load_reward_model, resolve_checkpoint, save_model,
+                             saved_chat_template)
     from .template import CHAT_TEMPLATE
 
     out = Path(args.out)
@@ -36,13 +38,15 @@ def _export_hf(args) -> int:
         raise SystemExit(f"export-hf: {out} exists; choose another OUT or remove it first")
     try:
         ckpt = resolve_checkpoint(args.ckpt)
-        model = load_model(ckpt)
+        reward = is_reward_model(ckpt)
+        model = (load_reward_model if reward else load_model)(ckpt)
         template = CHAT_TEMPLATE if chat.uses_template(ckpt, "auto") else saved_chat_template(ckpt)
         with atomic_directory(out) as tmp:  # a killed export leaves no half-written folder under OUT
             save_model(model, tmp, template)
     except (OSError, ValueError) as e:
         raise SystemExit(f"export-hf: {e}") from None
-    print(f"wrote {out}: load it with transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})")
+    architecture = "GPT2ForSequenceClassification" if reward else "GPT2LMHeadModel"
+    print(f"wrote {out}: load it with transformers.{architecture}.from_pretrained({str(out)!r})")
     return 0
 
 

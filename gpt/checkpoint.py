@@ -10,6 +10,10 @@ atomically, config.json last: a folder without it is incomplete. Folders of form
 names in `nn.Linear` layout, our own config.json) still load. Nothing is unpickled: HF's
 `pytorch_model.bin` is read with `torch.load(weights_only=True)`.
 
+A reward model (gpt.reward.RewardModel) is saved the same way as transformers' `GPT2ForSequenceClassification`
+(config.json names that architecture, with one label and `pad_token_id` 0; model.safetensors adds the head,
+`score.weight`): `load_reward_model` reads it, and `load_model` refuses it, naming `load_reward_model`.
+
 `load_model` (and `load_config`, the config alone) also takes a training run folder, its `ckpt/` or its
 `ckpt/latest` pointer, each meaning the run's latest checkpoint (`resolve_checkpoint`): what `CKPT=` and
 `INIT=` take. A run keeps its checkpoints in `RUN_DIR/ckpt/step-XXXXXX/`, and `ckpt/latest` names the newest
@@ -29,8 +33,10 @@ from safetensors.torch import load_file, save
 from shards.io import atomic_write, write_json
 from shards.tokenizer import ENCODER_JSON_SHA256, EOT, VOCAB_BPE_SHA256, packaged_file
 
-from .hf import build, complete_state_dict, config_from_hf, file_state_dict, hf_config, state_dict_from_hf
+from .hf import (REWARD_ARCHITECTURE, SCORE, build, complete_state_dict, config_from_hf, file_state_dict, hf_config,
+                 state_dict_from_hf)
 from .model import GPT, GPTConfig
+from .reward import RewardModel
 
 LATEST = "latest"  # RUN_DIR/ckpt/latest: the name of the newest complete checkpoint folder
 BEST = "best"  # RUN_DIR/ckpt/best: the folder of the lowest validation loss (SFT keeps it)
@@ -79,21 +85,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return best_checkpoint(run) or latest_checkpoint(run) or path
 
 
-def save_model(model: GPT, directory, chat_template: str | None = None) -> Path:
-    """Write `model` to `directory` (created if needed) as a transformers GPT-2 folder; return the folder.
+def save_model(model: GPT | RewardModel, directory, chat_template: str | None = None) -> Path:
+    """Write `model` to `directory` (created if needed) as a transformers GPT-2 folder, a reward model as a
+    `GPT2ForSequenceClassification` one (its backbone's tensors and `score.weight`); return the folder.
     `chat_template` (a Jinja template, e.g. SFT's Alpaca prompt) goes into tokenizer_config.json."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"save_model expects a gpt.GPT, got {type(model).__name__} (unwrap DDP / torch.compile first)")
+    if not isinstance(model, (GPT, RewardModel)):
+        raise TypeError(f"save_model expects a gpt.GPT or gpt.RewardModel, got {type(model).__name__} (unwrap DDP / "
+                        "torch.compile first)")
+    reward = isinstance(model, RewardModel)
+    tensors = ({**file_state_dict(model.backbone), SCORE: model.head.weight.detach().cpu().contiguous()} if reward
+               else file_state_dict(model))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with atomic_write(directory / WEIGHTS) as f:
-        f.write(save(file_state_dict(model), metadata={"format": "pt"}))
+        f.write(save(tensors, metadata={"format": "pt"}))
     for name, (packaged, sha256) in TOKENIZER_FILES.items():
         with atomic_write(directory / name) as f, open(packaged_file(packaged, sha256), "rb") as src:
             shutil.copyfileobj(src, f)
     write_json(directory / "tokenizer_config.json", tokenizer_config(model.config.block_size, chat_template))
     write_json(directory / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
-    write_json(directory / "config.json", {**hf_config(model.config), FORMAT: {
+    write_json(directory / "config.json", {**hf_config(model.config, reward), FORMAT: {
         "format_version": FORMAT_VERSION, "padded_vocab_size": model.config.padded_vocab_size}})
     return directory
 
@@ -126,16 +137,54 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
     """
     folder = resolve_checkpoint(path)
     config, raw = _read_config(folder, padded_vocab_size)
-    ours = raw.get("format") == FORMAT or FORMAT in raw
-    weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
-    missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
-               else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
-    tensors = _read_weights(weights, missing)
+    if _is_reward(raw):
+        raise ValueError(f"{folder}: a reward model ({REWARD_ARCHITECTURE}); load it with gpt.load_reward_model")
+    tensors, weights = _read_folder_weights(folder, raw)
     if raw.get("format") == FORMAT:  # format_version 1: our names and layout
         state = complete_state_dict(tensors, config, str(weights))
     else:
         state = state_dict_from_hf(tensors, config, source=str(weights))
     return build(config, state, device=device, dtype=dtype)
+
+
+def load_reward_model(path, device="cpu", padded_vocab_size: int | None = None, *,
+                      dtype=torch.float32) -> RewardModel:
+    """A reward model (gpt.reward), in eval mode on `device`, from a folder `save_model` wrote it to (or a run
+    folder: `resolve_checkpoint`), or a transformers `GPT2ForSequenceClassification` GPT-2 folder with one
+    label; arguments and errors as `load_model`'s."""
+    folder = resolve_checkpoint(path)
+    config, raw = _read_config(folder, padded_vocab_size)
+    if not _is_reward(raw):
+        raise ValueError(f"{folder / 'config.json'}: not a reward model (architectures {raw.get('architectures')!r}, "
+                         f"not [{REWARD_ARCHITECTURE!r}]); gpt.load_model loads it")
+    tensors, weights = _read_folder_weights(folder, raw)
+    head = tensors.pop(SCORE, None)
+    if head is None or tuple(head.shape) != (1, config.n_embd):
+        found = "missing" if head is None else f"of shape {tuple(head.shape)}"
+        raise ValueError(f"{weights}: tensor {SCORE} {found}, expected (1, {config.n_embd}): one reward per sequence")
+    model = RewardModel(build(config, state_dict_from_hf(tensors, config, source=str(weights)), device, dtype))
+    with torch.no_grad():
+        model.head.weight.copy_(head)
+    return model.eval()
+
+
+def is_reward_model(path) -> bool:
+    """Whether the checkpoint `path` means (`resolve_checkpoint`) is a reward model, from its config.json."""
+    return _is_reward(_read_config(resolve_checkpoint(path), None)[1])
+
+
+def _is_reward(raw: dict) -> bool:
+    return raw.get("architectures") == [REWARD_ARCHITECTURE]
+
+
+def _read_folder_weights(folder: Path, raw: dict) -> tuple[dict[str, torch.Tensor], Path]:
+    """The tensors of checkpoint `folder`, whose config.json is `raw`, and the file they come from: ours, or an HF
+    folder's model.safetensors, else its pytorch_model.bin."""
+    ours = raw.get("format") == FORMAT or FORMAT in raw
+    weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
+    missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
+               else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
+    return _read_weights(weights, missing), weights
 
 
 def load_config(path, padded_vocab_size: int | None = None) -> GPTConfig:

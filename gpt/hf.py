@@ -1,4 +1,5 @@
-"""Conversion between our GPT and Hugging Face transformers' GPT-2 (`GPT2LMHeadModel`), both ways.
+"""Conversion between our GPT and Hugging Face transformers' GPT-2 (`GPT2LMHeadModel`), both ways (and the config
+of a reward model, transformers' `GPT2ForSequenceClassification`: the same tensors and `score.weight`).
 
 The two models hold the same tensors under the same names up to three differences, handled here:
 HF's `Conv1D` layers store their weights transposed ([in, out]) where our `nn.Linear` stores [out, in];
@@ -23,6 +24,9 @@ from .model import GPT, GPTConfig
 _CONV1D = re.compile(r"h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$")
 # Causal-mask buffers that old HF checkpoints store; not weights.
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
+# A reward model's config.json names this architecture; its head is the tensor SCORE, [1, n_embd]
+REWARD_ARCHITECTURE = "GPT2ForSequenceClassification"
+SCORE = "score.weight"
 # What our architecture is, in HF config terms: anything else cannot be converted.
 _REQUIRED_HF = {
     "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
@@ -52,10 +56,15 @@ def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: 
         raise ValueError(f"{source}: {e}") from None
 
 
-def hf_config(config: GPTConfig) -> dict:
-    """The `config.json` of transformers' GPT2Config for our config: same architecture, no dropout."""
+def hf_config(config: GPTConfig, reward: bool = False) -> dict:
+    """The `config.json` of transformers' GPT2Config for our config: same architecture, no dropout. With
+    `reward`, that of a reward model (gpt.reward): `GPT2ForSequenceClassification` with one label, whose
+    `pad_token_id` 0 makes transformers read each row's last token that is not 0, the closing EOT of a
+    right-padded row (a 0 inside the row, "!", comes before it and is not read)."""
+    head = ({"architectures": [REWARD_ARCHITECTURE], "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
+             "pad_token_id": 0} if reward else {"architectures": ["GPT2LMHeadModel"]})
     return {
-        "architectures": ["GPT2LMHeadModel"],
+        **head,
         "model_type": "gpt2",
         "vocab_size": config.vocab_size,
         "n_positions": config.block_size,
