@@ -35,6 +35,12 @@ class Dist:
             torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
         return tensor
 
+    def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The elementwise maximum of `tensor` over ranks, in place (a no-op in a single process); returns it."""
+        if self.enabled:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX)
+        return tensor
+
     def same_on_every_rank(self, values: torch.Tensor) -> bool:
         """Whether the float64 `values` are equal on every rank; every rank gets the same answer."""
         if not self.enabled:

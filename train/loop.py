@@ -12,8 +12,11 @@ to this loop, and nothing else:
    units that is, known before the forward (default: next-token cross-entropy over (inputs, targets), targets
    -100 where not supervised; units are the supervised targets); with `Hooks.metrics` named, the loss returns
    (that sum, {name: its sum over the units}), and each name's mean over the units is logged at every step
-   and, as `val_<name>`, at each evaluation (DPO's rewards);
-4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `plot_metrics`, and what checkpoints carry.
+   and, as `val_<name>`, at each evaluation (DPO's rewards); the names of `Hooks.minima` and `Hooks.maxima`
+   are the batch's minimum or maximum of something instead, logged as the minimum or maximum over the global
+   batch (the reward model's extreme rewards);
+4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `plot_metrics`, and what checkpoints carry, and how
+   its checkpoints load when a run resumes (`Hooks.load`: gpt.load_model, or the reward model's loader).
 `train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
 epochs).
 
@@ -93,6 +96,10 @@ class Hooks:
     chat_template: str | None = None  # for each checkpoint's tokenizer_config.json (SFT: the Alpaca prompt)
     # save a checkpoint at each evaluation after step 0 that lowers val_loss, and point ckpt/best at it (SFT)
     keep_best: bool = False
+    # minimums and maximums over the units, logged each step and as val_<name> (the loss returns each over its batch)
+    minima: tuple[str, ...] = ()
+    maxima: tuple[str, ...] = ()
+    load: Callable[..., torch.nn.Module] = load_model  # a checkpoint folder to the model, as load_model's arguments
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -150,10 +157,27 @@ def total_steps(cfg: RunConfig, data) -> int:
     return cfg.steps if cfg.steps else cfg.epochs * data.plan.steps_per_epoch
 
 
-def _sums(output, metrics: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss of one `Hooks.loss` output, and the float64 vector [loss, *metrics] of its sums, detached."""
+def _sums(output, hooks: Hooks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of one `Hooks.loss` output, the float64 vector [loss, *metrics] of its sums, and its peaks,
+    [*maxima, *(-minima)] (whose maximum over batches and ranks gives both), detached."""
     loss, extra = (output, {}) if torch.is_tensor(output) else output
-    return loss, torch.stack([loss.detach().double(), *(extra[k].detach().double() for k in metrics)])
+    sums = torch.stack([loss.detach().double(), *(extra[k].detach().double() for k in hooks.metrics)])
+    peaks = [extra[k].detach().double() for k in hooks.maxima] + [-extra[k].detach().double() for k in hooks.minima]
+    return loss, sums, torch.stack(peaks) if peaks else sums.new_zeros(0)
+
+
+def _no_peaks(hooks: Hooks, device: torch.device) -> torch.Tensor:
+    """The peaks before any batch: -inf, below every value."""
+    return torch.full((len(hooks.maxima) + len(hooks.minima),), -math.inf, dtype=torch.float64, device=device)
+
+
+def _extremes(hooks: Hooks, dist: Dist, peaks: torch.Tensor, prefix: str = "") -> dict:
+    """{name: the maximum or minimum over every rank} of this rank's `peaks` (from `_sums`)."""
+    if not len(peaks):
+        return {}
+    values = dist.all_reduce_max(peaks).tolist()
+    maxima, minima = values[:len(hooks.maxima)], [-v for v in values[len(hooks.maxima):]]
+    return {f"{prefix}{k}": v for k, v in zip((*hooks.maxima, *hooks.minima), (*maxima, *minima))}
 
 
 @torch.no_grad()
@@ -162,19 +186,22 @@ def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig, hooks: Hooks) -> dict
     and "val_<name>": the mean of each of `hooks.metrics`}."""
     model.eval()
     totals = torch.zeros(len(hooks.metrics) + 2, dtype=torch.float64, device=dist.device)
+    peaks = _no_peaks(hooks, dist.device)
     batches = data.val_batches(dist.rank, dist.world_size, cfg.micro_batch)
     for batch in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not (dist.is_main and cfg.progress)):
         count = hooks.count(batch)
         with autocast(cfg, dist.device):
-            _, sums = _sums(hooks.loss(model, tuple(t.to(dist.device) for t in batch)), hooks.metrics)
+            _, sums, batch_peaks = _sums(hooks.loss(model, tuple(t.to(dist.device) for t in batch)), hooks)
         totals += torch.cat([sums, sums.new_tensor([count])])
+        peaks = torch.maximum(peaks, batch_peaks)
     dist.all_reduce_sum(totals)
     model.train()
     means = (totals[:-1] / totals[-1]).tolist()
-    return dict(zip(["val_loss", *(f"val_{name}" for name in hooks.metrics)], means))
+    return {**dict(zip(["val_loss", *(f"val_{name}" for name in hooks.metrics)], means)),
+            **_extremes(hooks, dist, peaks, "val_")}
 
 
-def _resume(cfg: RunConfig, data, dist: Dist, total: int):
+def _resume(cfg: RunConfig, data, dist: Dist, total: int, load: Callable[..., torch.nn.Module]):
     """The checkpoint to resume from, its state.json and its model, or (None, None, None) for a fresh start."""
     folder = latest_checkpoint(cfg.run_dir)
     if folder is None:
@@ -198,7 +225,7 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int):
     if diff:
         hint = "; more steps need --extend (EXTEND=1)" if longer and not cfg.extend else ""
         raise TrainingError(f"cannot resume from {folder}: the run's config changed ({'; '.join(diff)}){hint}")
-    model = load_model(folder, device=dist.device, padded_vocab_size=cfg.padded_vocab).train()
+    model = load(folder, device=dist.device, padded_vocab_size=cfg.padded_vocab).train()
     return folder, state, model
 
 
@@ -246,7 +273,7 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                     lock.enter_context(directory_lock(cfg.run_dir))
                 except RuntimeError as e:  # another run holds this run folder
                     raise TrainingError(str(e)) from None
-            folder, state, model = _resume(cfg, data, dist, total)
+            folder, state, model = _resume(cfg, data, dist, total, hooks.load)
             start = 0
             if model is None:
                 torch.manual_seed(cfg.seed)
@@ -358,13 +385,15 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
         scale = dist.world_size / count
         sums = torch.zeros(len(hooks.metrics) + 1, dtype=torch.float64, device=device)  # loss, metrics
+        peaks = _no_peaks(hooks, device)
         for i, batch in enumerate(batches):
             sync = model.no_sync() if dist.enabled and i < len(batches) - 1 else contextlib.nullcontext()
             with sync:
                 with autocast(cfg, device):
-                    loss, batch_sums = _sums(hooks.loss(model, batch), hooks.metrics)
+                    loss, batch_sums, batch_peaks = _sums(hooks.loss(model, batch), hooks)
                 (loss * scale).backward()
             sums += batch_sums
+            peaks = torch.maximum(peaks, batch_peaks)
         tokens = sum(b[0].numel() for b in batches)
         flops = sum(b[0].numel() * flops_per_token(b[0].shape[1]) for b in batches)
         fetched = _fetch(data, step + 1, dist, cfg, hooks) if step + 1 < total else None  # while the GPU computes
@@ -386,7 +415,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         step += 1
         dt = time.perf_counter() - t0
         record = {"step": step, "loss": loss, **{k: v / count for k, v in zip(hooks.metrics, metric_sums)},
-                  "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt, "accumulation": accum}
+                  **_extremes(hooks, dist, peaks), "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt, "accumulation": accum}
         if peak is not None:
             record["mfu"] = flops / dt / (peak * dist.world_size)
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last
