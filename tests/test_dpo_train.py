@@ -10,9 +10,7 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,51 +21,16 @@ import torch.nn.functional as F
 
 from gpt.checkpoint import load_model
 from shards.manifest import write_manifest
-from shards.sft import write_sft_shard
 from train.config import build_parser, parse_args
 from train.data import PrefData
 from train.dpo import DPOTrainConfig, dpo_losses, main
 from train.log import read_log
-from train_shards import one_thread, small_model  # noqa: F401 (an autouse fixture)
+from train_shards import SMALL_EOT as EOT
+from train_shards import one_thread  # noqa: F401 (an autouse fixture)
+from train_shards import make_pairs, small_model, trainer_command, trainer_env, write_pref_shards
 
 ROOT = Path(__file__).resolve().parents[1]
-EOT = 99  # stands for GPT-2's 50256 in the 256-token vocabulary
 FLAGS = ["--seq-len", "32", "--warmup", "1", "--sample-tokens", "0", "--show", "0", "--no-progress"]
-
-
-def make_pairs(count: int, seed: int) -> list[tuple[list[int], list[int], list[int]]]:
-    """(prompt, chosen, rejected) token lists: prompts of 2 to 5 tokens, answers of 1 to 6 tokens."""
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in range(count):
-        prompt = rng.integers(10, 60, rng.integers(2, 6)).tolist()
-        start = int(rng.integers(100, 110))
-        chosen = list(range(start, start + int(rng.integers(1, 7))))
-        rejected = rng.integers(200, 250, rng.integers(1, 7)).tolist()
-        pairs.append((prompt, chosen, rejected))
-    return pairs
-
-
-def write_side(path: Path, rows: list[tuple[list[int], list[int]]]) -> dict:
-    """One SFT shard of (prompt, answer) examples, each answer followed by EOT (mask 1 on the answer and EOT)."""
-    tokens = [np.array(p + a + [EOT], dtype=np.uint16) for p, a in rows]
-    masks = [np.array([0] * len(p) + [1] * (len(a) + 1), dtype=np.uint8) for p, a in rows]
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.uint64)
-    info = write_sft_shard(path, np.concatenate(tokens), np.concatenate(masks), offsets)
-    return {"file": path.name, **info, "num_examples": len(rows), "mask_file": f"{path.stem}.mask",
-            "idx_file": f"{path.stem}.idx"}
-
-
-def write_pref_shards(directory: Path, train, val) -> Path:
-    """The layout of pipelines/prefs.py: per split, `<split>.chosen.bin` and `<split>.rejected.bin`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for split, pairs in (("val", val), ("train", train)):
-        for side, index in (("chosen", 1), ("rejected", 2)):
-            entry = write_side(directory / f"{split}.{side}.bin", [(p[0], p[index]) for p in pairs])
-            shards.append({**entry, "split": split, "side": side})
-    write_manifest(directory, {"kind": "prefs", "shards": shards})
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -198,20 +161,6 @@ def test_dpo_losses_follow_the_formulas():
     assert smoothed.tolist() == pytest.approx((-0.75 * F.logsigmoid(z) - 0.25 * F.logsigmoid(-z)).tolist())
 
 
-def command(nproc):
-    if nproc == 1:
-        return [sys.executable, "-m", "train", "dpo"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
-            f"--master_port={port}", "-m", "train", "dpo"]
-
-
-def env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
 STEPS = 8
 RUN = ["--batch-pairs", "8", "--steps", str(STEPS), "--lr", "1e-2", "--eval-every", "4", "--save-every", "1",
        "--keep-checkpoints", "0"]
@@ -239,8 +188,8 @@ def compared(log):
 
 def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(setup, reference_run):
     run_dir = setup["tmp"] / "ddp"
-    proc = subprocess.run(command(2) + flags(setup, run_dir, *RUN, "--micro-batch", "2"), cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(trainer_command("dpo", 2) + flags(setup, run_dir, *RUN, "--micro-batch", "2"), cwd=ROOT,
+                          env=trainer_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp, ref = compared(read_log(run_dir)), compared(reference_run)
     assert read_log(run_dir)[1]["accumulation"] == 2 and reference_run[1]["accumulation"] == 4
@@ -253,8 +202,9 @@ def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(
 
 def test_sigterm_then_resume_gives_the_same_losses(setup, reference_run):
     run_dir = setup["tmp"] / "interrupted"
-    proc = subprocess.Popen(command(1) + flags(setup, run_dir, *RUN, "--micro-batch", "2"), cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(trainer_command("dpo", 1) + flags(setup, run_dir, *RUN, "--micro-batch", "2"), cwd=ROOT,
+                            env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.monotonic() + 240
     while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

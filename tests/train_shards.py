@@ -1,7 +1,11 @@
-"""Tiny synthetic pretraining shards, a small-vocabulary model and a one-thread fixture for the trainer tests."""
+"""Tiny synthetic pretraining and preference shards, a small-vocabulary model, a one-thread fixture and the
+trainer's command line, for the trainer tests."""
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +16,12 @@ from gpt.checkpoint import save_model
 from gpt.model import GPT, preset
 from shards.format import write_shard
 from shards.manifest import write_manifest
+from shards.sft import write_sft_shard
 
+ROOT = Path(__file__).resolve().parents[1]
 EOT = 50256
 SMALL_VOCAB = 256  # the vocabulary of `small_model`: 50x faster than GPT-2's for tests of the machinery
+SMALL_EOT = 99  # stands for GPT-2's 50256 in the preference shards of that vocabulary
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -47,3 +54,55 @@ def write_test_shards(directory: Path, train_tokens=(3000, 2000), val_tokens=100
         shards.append({"file": name, "split": split, "num_docs": len(docs), **info})
     write_manifest(directory, {"kind": "pretrain", "shards": shards})
     return directory
+
+
+def make_pairs(count: int, seed: int) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) token lists: prompts of 2 to 5 tokens, answers of 1 to 6 tokens; an easy task:
+    the chosen answers count up from 100 to 115, the rejected ones are other tokens (200 and up)."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(count):
+        prompt = rng.integers(10, 60, rng.integers(2, 6)).tolist()
+        start = int(rng.integers(100, 110))
+        chosen = list(range(start, start + int(rng.integers(1, 7))))
+        rejected = rng.integers(200, 250, rng.integers(1, 7)).tolist()
+        pairs.append((prompt, chosen, rejected))
+    return pairs
+
+
+def write_side(path: Path, rows: list[tuple[list[int], list[int]]]) -> dict:
+    """One SFT shard of (prompt, answer) examples, each answer followed by SMALL_EOT (mask 1 on the answer and EOT)."""
+    tokens = [np.array(p + a + [SMALL_EOT], dtype=np.uint16) for p, a in rows]
+    masks = [np.array([0] * len(p) + [1] * (len(a) + 1), dtype=np.uint8) for p, a in rows]
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.uint64)
+    info = write_sft_shard(path, np.concatenate(tokens), np.concatenate(masks), offsets)
+    return {"file": path.name, **info, "num_examples": len(rows), "mask_file": f"{path.stem}.mask",
+            "idx_file": f"{path.stem}.idx"}
+
+
+def write_pref_shards(directory: Path, train, val) -> Path:
+    """The layout of pipelines/prefs.py: per split, `<split>.chosen.bin` and `<split>.rejected.bin`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for split, pairs in (("val", val), ("train", train)):
+        for side, index in (("chosen", 1), ("rejected", 2)):
+            entry = write_side(directory / f"{split}.{side}.bin", [(p[0], p[index]) for p in pairs])
+            shards.append({**entry, "split": split, "side": side})
+    write_manifest(directory, {"kind": "prefs", "shards": shards})
+    return directory
+
+
+def trainer_command(stage: str, nproc: int) -> list[str]:
+    """`python -m train <stage>`, under torchrun on a free local port for more than one process."""
+    if nproc == 1:
+        return [sys.executable, "-m", "train", stage]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "-m", "train", stage]
+
+
+def trainer_env() -> dict[str, str]:
+    """The environment of a trainer subprocess: this checkout's code, one thread per process."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

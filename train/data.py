@@ -291,3 +291,8 @@ class PrefData(ExampleData):
     KIND = "prefs"
     SIDES = ("chosen", "rejected")
     rows_name = "pairs"
+
+
+def pairs(batch: tuple) -> int:
+    """`Hooks.count` of a `PrefData` micro-batch: its pairs (half its rows)."""
+    return len(batch[0]) // 2

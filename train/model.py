@@ -1,17 +1,21 @@
 """The model a training stage starts from, shared by every stage (pretrain, sft and the ones to come).
 
 `build_model` gives the `--init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh preset;
-`check_context` refuses a `--seq-len` beyond that model's context before the data is read.
+`check_context` refuses a `--seq-len` beyond that model's context before the data is read; `resolve_sft_init`
+finds where a preference stage (DPO, the reward model) starts: the SFT run's checkpoint, or `--init`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from gpt.checkpoint import load_config, load_model
 from gpt.model import GPT, preset
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig
 from .distributed import Dist
+from .loop import TrainingError
 
 PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
 
@@ -26,10 +30,30 @@ def build_model(cfg: RunConfig, dist: Dist, preset_name: str | None = None) -> G
     return model.train()
 
 
-def check_context(cfg: RunConfig, preset_name: str | None = None) -> None:
+def check_context(cfg: RunConfig, preset_name: str | None = None, whole: bool = False) -> None:
     """Refuse a --seq-len beyond the context of the model the run trains (its latest checkpoint when resuming,
-    else `cfg.init`, else the preset), from its config alone: before the data, whose checks depend on it."""
+    else `cfg.init`, else the preset), from its config alone: before the data, whose checks depend on it.
+    `whole`: the model reads each sequence whole, seq_len + 1 tokens (the reward model), not its seq_len inputs."""
     start = (latest_checkpoint(cfg.run_dir) if cfg.resume else None) or cfg.init
     context = (load_config(start) if start else preset(preset_name)).block_size
-    if context < cfg.seq_len:
-        raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {context}")
+    if context < cfg.seq_len + whole:
+        read = " + 1 (the reward model reads each sequence whole, its closing EOT too)" if whole else ""
+        raise ValueError(f"--seq-len {cfg.seq_len}{read} exceeds the model's context of {context}")
+
+
+def resolve_sft_init(cfg: RunConfig, stage: str) -> RunConfig:
+    """`cfg` with `init` as a checkpoint folder, where a stage after SFT (named `stage` in messages) starts: the
+    one a resumed run's checkpoints record, else --init's (a run folder stands for its checkpoint), else the
+    checkpoint of the SFT run `cfg.sft_run` (`resolve_checkpoint`: its best, else its latest)."""
+    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    if resumed is not None:
+        recorded = read_state(resumed)["config"]["init"]
+        if cfg.init and str(resolve_checkpoint(cfg.init)) != recorded:
+            raise TrainingError(f"cannot resume from {resumed}: the run started from {recorded}, not {cfg.init}")
+        return dataclasses.replace(cfg, init=recorded)
+    if cfg.init:
+        return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
+    if latest_checkpoint(cfg.sft_run) is None:
+        raise FileNotFoundError(f"no SFT checkpoint under {cfg.sft_run}/ckpt to start {stage} from: run `make sft` "
+                                f"first, or pass --sft-run RUN_DIR or --init FOLDER")
+    return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.sft_run)))
