@@ -46,7 +46,8 @@ class RewardModel(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token: the backbone's, less its vocabulary projection, plus the head's."""
-        return self.backbone.flops_per_token(seq_len) - 6 * self.backbone.lm_head.weight.numel() + 6 * self.config.n_embd
+        backbone = self.backbone
+        return backbone.flops_per_token(seq_len) - 6 * backbone.lm_head.weight.numel() + 6 * self.config.n_embd
 
     def forward(self, idx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The float32 reward [B] of each row of `idx` [B, T], read at its last real token, position

@@ -4,8 +4,11 @@ trainer's command line, for the trainer tests."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +109,33 @@ def trainer_command(stage: str, nproc: int) -> list[str]:
 def trainer_env() -> dict[str, str]:
     """The environment of a trainer subprocess: this checkout's code, one thread per process."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def run_two_ranks(stage: str, argv: list[str]) -> None:
+    """`python -m train <stage> argv` on 2 gloo ranks (torchrun), which must succeed."""
+    proc = subprocess.run(trainer_command(stage, 2) + argv, cwd=ROOT, env=trainer_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def stop_after_first_checkpoint(stage: str, argv: list[str], run_dir: Path) -> str:
+    """Start `python -m train <stage> argv`, send it SIGTERM once `run_dir` holds a checkpoint; it must exit with
+    143 after saving one. Returns its output."""
+    proc = subprocess.Popen(trainer_command(stage, 1) + argv, cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out[-3000:]
+    return out
+
+
+def assert_same_values(got: dict[int, dict], want: dict[int, dict], tolerance: float = 1e-5) -> None:
+    """Two runs' {step: {name: value}} have the same steps and names, and values within `tolerance`."""
+    assert sorted(got) == sorted(want)
+    for step, values in want.items():
+        assert sorted(got[step]) == sorted(values), step
+        for key, value in values.items():
+            assert got[step][key] == pytest.approx(value, abs=tolerance), (step, key)

@@ -415,7 +415,8 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         step += 1
         dt = time.perf_counter() - t0
         record = {"step": step, "loss": loss, **{k: v / count for k, v in zip(hooks.metrics, metric_sums)},
-                  **_extremes(hooks, dist, peaks), "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt, "accumulation": accum}
+                  **_extremes(hooks, dist, peaks), "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt,
+                  "accumulation": accum}
         if peak is not None:
             record["mfu"] = flops / dt / (peak * dist.world_size)
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last
