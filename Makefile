@@ -47,6 +47,10 @@ SFT_FLAGS = --dataset $(SFT_DATASET) $(if $(SFT_RECIPE),--recipe $(SFT_RECIPE)) 
 DPO_FLAGS = --dataset $(PREF_DATASET) $(if $(DPO_RECIPE),--recipe $(DPO_RECIPE)) --data-dir $(DATA_DIR) \
   $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(BETA),--beta $(BETA)) \
   $(if $(LABEL_SMOOTHING),--label-smoothing $(LABEL_SMOOTHING)) $(RUN_FLAGS)
+# Reward model: the global batch counts pairs; MARGIN, CENTER_COEF (python -m train rm --help)
+RM_FLAGS = --dataset $(PREF_DATASET) $(if $(RM_RECIPE),--recipe $(RM_RECIPE)) --data-dir $(DATA_DIR) \
+  $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(MARGIN),--margin $(MARGIN)) \
+  $(if $(CENTER_COEF),--center-coef $(CENTER_COEF)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
 # gives the workers 300 s (not its default 30) to write their checkpoint before it kills them
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
@@ -54,7 +58,7 @@ TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY)
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo export-hf generate chat \
+.PHONY: help setup demo test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm export-hf generate chat \
         bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
@@ -68,6 +72,7 @@ help: ## list targets and variables
 	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check)"
 	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
+	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -123,6 +128,9 @@ sft: $(STAMP) ## fine-tune the latest pretraining checkpoint (or INIT) on the SF
 dpo: $(STAMP) ## preference-tune the SFT run's checkpoint (or INIT) with DPO on the preference pairs; NGPU as for sft
 	$(TRAIN_LAUNCH) -m train dpo $(DPO_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/dpo $(ARGS)
 
+rm: $(STAMP) ## train a reward model from the SFT run's checkpoint (or INIT) on the preference pairs; NGPU as for sft
+	$(TRAIN_LAUNCH) -m train rm $(RM_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/rm $(ARGS)
+
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft
 PROMPT ?= Give three tips for staying healthy.
@@ -151,9 +159,9 @@ bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak
 bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124M fp32 CPU; bf16 and MFU on a GPU)
 	$(PY) -m bench.train $(ARGS)
 
-clean: ## remove the sample's data, runs/sample/pretrain, sft and dpo (exports such as sft-hf, FineWeb, .venv stay)
+clean: ## remove the sample's data, runs/sample/pretrain, sft, dpo and rm (exports such as sft-hf, FineWeb, .venv stay)
 	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft $(DATA_DIR)/sample-prefs \
-	  runs/sample/pretrain runs/sample/sft runs/sample/dpo
+	  runs/sample/pretrain runs/sample/sft runs/sample/dpo runs/sample/rm
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

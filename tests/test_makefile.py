@@ -110,7 +110,21 @@ def test_dpo_starts_from_the_sft_run_on_the_preference_data(stub):
     assert [argv[argv.index(f) + 1] for f in flags] == ["ultrafeedback", "0.05", "0.1", "32", "runs/x/sft"]
 
 
-@pytest.mark.parametrize("target", ["pretrain", "sft", "dpo"])
+def test_rm_starts_from_the_sft_run_on_the_preference_data(stub):
+    argv = stub("rm")
+    assert argv[:3] == ["-m", "train", "rm"] and argv[argv.index("--dataset") + 1] == "sample"
+    assert argv[argv.index("--sft-run") + 1] == "runs/sample/sft"
+    assert argv[argv.index("--run-dir") + 1] == "runs/sample/rm"
+    assert not {"--recipe", "--margin", "--center-coef", "--batch-pairs", "--init"} & set(argv)
+    argv = stub("rm", "DATASET=fineweb10B", "RM_RECIPE=ultrafeedback", "MARGIN=0.5", "CENTER_COEF=0.01",
+                "BATCH_PAIRS=32", "INIT=runs/x/sft")
+    assert argv[argv.index("--dataset") + 1] == "ultrafeedback"
+    assert argv[argv.index("--sft-run") + 1] == "runs/fineweb10B/sft"
+    flags = ("--recipe", "--margin", "--center-coef", "--batch-pairs", "--init")
+    assert [argv[argv.index(f) + 1] for f in flags] == ["ultrafeedback", "0.5", "0.01", "32", "runs/x/sft"]
+
+
+@pytest.mark.parametrize("target", ["pretrain", "sft", "dpo", "rm"])
 def test_verify_and_extend_variables(stub, target):
     assert "--no-verify-data" not in stub(target) and "--extend" not in stub(target)
     argv = stub(target, "VERIFY=0", "EXTEND=1", "RESUME=1", "STEPS=9")
@@ -121,7 +135,7 @@ def test_clean_leaves_exports_alone(tmp_path):
     kept = [tmp_path / "runs" / "sample" / "sft-hf", tmp_path / "runs" / "fineweb10B" / "pretrain",
             tmp_path / "data" / "fineweb10B-pretrain"]
     gone = [tmp_path / "runs" / "sample" / "pretrain", tmp_path / "runs" / "sample" / "sft",
-            tmp_path / "runs" / "sample" / "dpo",
+            tmp_path / "runs" / "sample" / "dpo", tmp_path / "runs" / "sample" / "rm",
             tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source",
             tmp_path / "data" / "sample-sft", tmp_path / "data" / "sample-prefs"]
     for folder in kept + gone:
