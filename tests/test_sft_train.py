@@ -22,13 +22,13 @@ from gpt.template import CHAT_TEMPLATE
 from pipelines.sft import SFTConfig
 from pipelines.sft import run as sft_pipeline
 from shards.manifest import write_manifest
-from shards.sft import write_sft_shard
 from shards.tokenizer import EOT
 from train.checkpoint import latest_checkpoint, resolve_checkpoint, save_checkpoint
 from train.config import build_parser, parse_args
 from train.data import SFTData
 from train.log import read_log
 from train.sft import SFTTrainConfig, distinct_prompts, main
+from train_shards import write_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 # Train examples (prompt, answer); the answer is followed by EOT. Token 0 is "!": a real answer token here.
@@ -39,19 +39,10 @@ FLAGS = ["--seq-len", "32", "--warmup", "1", "--eot-steps", "4", "--sample-token
          "--no-progress"]
 
 
-def write_examples(path: Path, examples) -> dict:
-    tokens = [np.array(p + a + [EOT], dtype=np.uint16) for p, a in examples]
-    masks = [np.array([0] * len(p) + [1] * (len(a) + 1), dtype=np.uint8) for p, a in examples]
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.uint64)
-    info = write_sft_shard(path, np.concatenate(tokens), np.concatenate(masks), offsets)
-    return {"file": path.name, **info, "num_examples": len(examples), "mask_file": f"{path.stem}.mask",
-            "idx_file": f"{path.stem}.idx"}
-
-
 def write_shards(directory: Path, train=TRAIN, val=VAL) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    shards = [{**write_examples(directory / "val.bin", val), "split": "val"},
-              {**write_examples(directory / "train.bin", train), "split": "train"}]
+    shards = [{**write_examples(directory / "val.bin", val, EOT), "split": "val"},
+              {**write_examples(directory / "train.bin", train, EOT), "split": "train"}]
     write_manifest(directory, {"kind": "sft", "shards": shards})
     return directory
 

@@ -73,9 +73,10 @@ def make_pairs(count: int, seed: int) -> list[tuple[list[int], list[int], list[i
     return pairs
 
 
-def write_side(path: Path, rows: list[tuple[list[int], list[int]]]) -> dict:
-    """One SFT shard of (prompt, answer) examples, each answer followed by SMALL_EOT (mask 1 on the answer and EOT)."""
-    tokens = [np.array(p + a + [SMALL_EOT], dtype=np.uint16) for p, a in rows]
+def write_examples(path: Path, rows: list[tuple[list[int], list[int]]], eot: int = SMALL_EOT) -> dict:
+    """One SFT shard of (prompt, answer) examples, each answer followed by `eot` (mask 1 on the answer and EOT);
+    its manifest entry, but the split."""
+    tokens = [np.array(p + a + [eot], dtype=np.uint16) for p, a in rows]
     masks = [np.array([0] * len(p) + [1] * (len(a) + 1), dtype=np.uint8) for p, a in rows]
     offsets = np.concatenate([[0], np.cumsum([len(t) for t in tokens])]).astype(np.uint64)
     info = write_sft_shard(path, np.concatenate(tokens), np.concatenate(masks), offsets)
@@ -89,7 +90,7 @@ def write_pref_shards(directory: Path, train, val) -> Path:
     shards = []
     for split, pairs in (("val", val), ("train", train)):
         for side, index in (("chosen", 1), ("rejected", 2)):
-            entry = write_side(directory / f"{split}.{side}.bin", [(p[0], p[index]) for p in pairs])
+            entry = write_examples(directory / f"{split}.{side}.bin", [(p[0], p[index]) for p in pairs])
             shards.append({**entry, "split": split, "side": side})
     write_manifest(directory, {"kind": "prefs", "shards": shards})
     return directory
