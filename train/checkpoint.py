@@ -29,6 +29,8 @@ from gpt.checkpoint import (BEST, LATEST, STATE, best_checkpoint, ckpt_root, lat
                             resolve_checkpoint, save_model)
 from shards.io import atomic_directory, atomic_write, write_json
 
+from .log import read_log
+
 
 def _write_tensors(path: Path, tensors: dict) -> None:
     with atomic_write(path) as f:
@@ -132,6 +134,14 @@ def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:
 def read_state(folder: Path) -> dict:
     """The state.json of checkpoint `folder`."""
     return json.loads((folder / STATE).read_text())
+
+
+def best_evaluations(run_dir: str | Path) -> tuple[Path, dict | None, dict | None, dict | None]:
+    """The checkpoint a finished run stands for (its best, else its latest: a run that keeps no best) and the
+    log records of the evaluations at step 0, at that checkpoint's step and at the last step (None if absent)."""
+    folder = best_checkpoint(run_dir) or latest_checkpoint(run_dir)
+    evals = {r["step"]: r for r in read_log(run_dir) if "val_loss" in r}
+    return folder, evals.get(0), evals.get(read_state(folder)["step"]), evals[max(evals)] if evals else None
 
 
 def load_training_state(folder: Path, optimizer, state: dict) -> None:

@@ -42,11 +42,10 @@ from pipelines.stage import find_shards_dir
 from shards.tokenizer import get_encoding
 
 from .answers import instruction
-from .checkpoint import best_checkpoint, latest_checkpoint, read_state
+from .checkpoint import best_evaluations
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, pairs
 from .distributed import process_group
-from .log import read_log
 from .loop import RUN_ERRORS, Hooks, exit_status, train
 from .model import build_model, check_context, resolve_sft_init
 
@@ -160,9 +159,7 @@ def main(argv=None) -> int:
 
 def _report(cfg: RMTrainConfig, data: PrefData, device: torch.device) -> None:
     """Validation loss and accuracy before and at the best checkpoint, then validation pairs and their rewards."""
-    folder = best_checkpoint(cfg.run_dir) or latest_checkpoint(cfg.run_dir)
-    evals = {r["step"]: r for r in read_log(cfg.run_dir) if "val_loss" in r}
-    first, best = evals.get(0), evals.get(read_state(folder)["step"])
+    folder, first, best, _ = best_evaluations(cfg.run_dir)
     if first and best:
         print(f"rm: validation loss {first['val_loss']:.4f} -> {best['val_loss']:.4f}, accuracy "
               f"{first['val_accuracy']:.1%} -> {best['val_accuracy']:.1%}, margin {best['val_margin']:.3f} on "

@@ -34,11 +34,10 @@ from pipelines.stage import find_shards_dir
 from shards.tokenizer import EOT, get_encoding
 
 from .answers import answer_text, answers_to, instruction
-from .checkpoint import best_checkpoint, latest_checkpoint, read_state, resolve_checkpoint
+from .checkpoint import best_evaluations, latest_checkpoint, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
-from .log import read_log
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, train
 from .model import build_model, check_context
 
@@ -169,11 +168,8 @@ def main(argv=None) -> int:
 def _report(cfg: SFTTrainConfig, data: SFTData, device: torch.device) -> None:
     """Validation answer loss and EOT rate before and at the best checkpoint (and at the last step), then a few
     held-out prompts with the best checkpoint's answers."""
-    folder = best_checkpoint(cfg.run_dir) or latest_checkpoint(cfg.run_dir)  # a run from before ckpt/best
-    evals = {r["step"]: r for r in read_log(cfg.run_dir) if "val_loss" in r}
-    first, best = evals.get(0), evals.get(read_state(folder)["step"])
+    folder, first, best, last = best_evaluations(cfg.run_dir)
     if first and best:
-        last = evals[max(evals)]
         print(f"sft: validation answer loss {first['val_loss']:.4f} -> {best['val_loss']:.4f}, EOT rate within "
               f"{cfg.eot_steps} tokens {first['eot_rate']:.0%} -> {best['eot_rate']:.0%} (step 0 -> {best['step']}, "
               f"the best checkpoint: {folder}; at the last step, {last['step']}: {last['val_loss']:.4f} and "
