@@ -14,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt.checkpoint import load_model
+from gpt.checkpoint import best_checkpoint, load_model, resolve_checkpoint
 from shards.manifest import write_manifest
 from train.config import build_parser, parse_args
 from train.data import PrefData
 from train.dpo import DPOTrainConfig, dpo_losses, main
+from train.checkpoint import read_state
 from train.log import read_log
 from train_shards import SMALL_EOT as EOT
 from train_shards import one_thread  # noqa: F401 (an autouse fixture)
@@ -169,11 +170,16 @@ def reference_run(setup):
     return read_log(run_dir)
 
 
-def test_the_easy_task_is_learned(reference_run):
+def test_the_easy_task_is_learned_and_the_best_checkpoint_kept(setup, reference_run):
     first, last = reference_run[0], reference_run[-1]
     assert first["val_rewards/accuracies"] == 0 and last["val_rewards/accuracies"] >= 0.9
     assert last["val_rewards/margins"] > 0.5 and last["val_loss"] < 0.5
     assert last["val_rewards/chosen"] > 0 > last["val_rewards/rejected"]
+    evals = [r for r in reference_run if "val_loss" in r and r["step"] > 0]
+    lowest = min(evals, key=lambda r: r["val_loss"])
+    run_dir = setup["tmp"] / "reference"
+    assert read_state(best_checkpoint(run_dir))["step"] == lowest["step"]
+    assert resolve_checkpoint(run_dir) == best_checkpoint(run_dir)  # what chat and generate load
 
 
 def compared(log):
@@ -213,7 +219,7 @@ def test_recipes_and_show_config(capsys):
     assert (shown["sft_run"], shown["run_dir"], shown["label_smoothing"]) == ("runs/fineweb10B/sft",
                                                                               "runs/ultrafeedback/dpo", 0.0)
     help_text = " ".join(build_parser(DPOTrainConfig, "python -m train dpo").format_help().split())
-    assert "--lr LR recipes: sample 0.0001, ultrafeedback 1e-06" in help_text and "--batch-pairs" in help_text
+    assert "--lr LR recipes: sample 0.001, ultrafeedback 1e-06" in help_text and "--batch-pairs" in help_text
     with pytest.raises(SystemExit):
         parse_args(["--label-smoothing", "0.5"], DPOTrainConfig)
     assert "--label-smoothing must be within [0, 0.5)" in capsys.readouterr().err
