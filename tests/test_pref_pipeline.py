@@ -192,7 +192,7 @@ def test_sample_pairs_an_answer_with_another_categorys(tmp_path, capsys):
     source = pref_sources.sample_source()
     pairs = list(source.pairs())
     corpus = sft_sources.sample_source()
-    assert [(p, c) for p, c, _, _ in pairs] == [(i, o) for i, _, o in corpus.examples()], "the SFT sample's examples"
+    assert [(p, c) for p, c, _, _ in pairs] == [(i, o) for i, _, o, _ in corpus.examples()], "the SFT sample's examples"
     category = {}
     for path in corpus.files:
         for _, _, output in sft_sources.read_chatterbot(path):
@@ -206,7 +206,7 @@ def test_sample_pairs_an_answer_with_another_categorys(tmp_path, capsys):
     m = load_manifest(out)
     assert m["source"]["dataset"] == "chatterbot-corpus==1.3.3" and m["source"]["pairing"]["seed"] == 0
     assert (m["totals"]["rows"], m["totals"]["pairs"], m["totals"]["val_pairs"]) == (2306, 2306, 335)  # 10%
-    sft_val = {i for i, _, _ in corpus.examples() if examples.is_val(i, "", 0.02)}
+    sft_val = {i for i, _, _, _ in corpus.examples() if examples.is_val(i, "", 0.02)}
     assert {p for p, _, _, _ in pairs if examples.is_val(p, "", 0.02)} == sft_val, "the SFT sample's val prompts"
     assert inspect_main([str(tmp_path), "--verify", "--decode", "2"]) == 0
     printed = capsys.readouterr().out
