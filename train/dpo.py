@@ -22,7 +22,6 @@ prompts with their greedy answers before (the reference) and after DPO. Exit sta
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -38,13 +37,13 @@ from pipelines.stage import find_shards_dir
 from shards.tokenizer import get_encoding
 
 from .answers import answer_text, answers_to, instruction
-from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
+from .checkpoint import latest_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData
 from .distributed import process_group
 from .log import read_log
-from .loop import RUN_ERRORS, Hooks, TrainingError, exit_status, train
-from .model import build_model, check_context
+from .loop import RUN_ERRORS, Hooks, exit_status, train
+from .model import build_model, check_context, frozen, resolve_init
 
 # Means over pairs, logged at each step and (val_<name>) at each evaluation, as TRL's DPOTrainer names them
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -129,28 +128,6 @@ def loss_hook(reference: GPT, beta: float, label_smoothing: float):
 def pairs(batch: tuple) -> int:
     """`Hooks.count`: a batch's pairs (half its rows)."""
     return len(batch[0]) // 2
-
-
-def frozen(model: GPT) -> GPT:
-    """The reference: eval mode, no gradient."""
-    return model.eval().requires_grad_(False)
-
-
-def resolve_init(cfg: DPOTrainConfig) -> DPOTrainConfig:
-    """`init` as a checkpoint folder, the start of the policy and the reference: the one a resumed run's
-    checkpoints record, else --init's (a run folder stands for its checkpoint), else the SFT run's."""
-    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
-    if resumed is not None:
-        recorded = read_state(resumed)["config"]["init"]
-        if cfg.init and str(resolve_checkpoint(cfg.init)) != recorded:
-            raise TrainingError(f"cannot resume from {resumed}: its reference model is {recorded}, not {cfg.init}")
-        return dataclasses.replace(cfg, init=recorded)
-    if cfg.init:
-        return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
-    if latest_checkpoint(cfg.sft_run) is None:
-        raise FileNotFoundError(f"no SFT checkpoint under {cfg.sft_run}/ckpt to start DPO from: run `make sft` "
-                                f"first, or pass --sft-run RUN_DIR or --init FOLDER")
-    return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.sft_run)))
 
 
 def samples_hook(data: PrefData, count: int, max_steps: int):

@@ -17,6 +17,12 @@ to this loop, and nothing else:
 `train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
 epochs).
 
+An on-policy stage (RL) trains on what the model itself makes: its `Hooks.prepare(model, step, batches)` turns
+the step's micro-batches from `train_batches` (prompts) into the micro-batches trained on (sampled answers and
+their advantages), with the model as the previous step's update left it, at the start of the step and before
+they are counted; the seconds it took are logged as `prepare_s`, apart from the learning's (`learn_s`, over
+which `tokens_per_s` is measured).
+
 The loss of a step is the sum of the per-unit losses of the global batch divided by its number of units (all
 ranks, all micro-batches): the usual mean for pretraining, the right normalization for SFT. Each rank
 backpropagates its summed loss times world_size / global count, so DDP's gradient average is exactly the
@@ -93,6 +99,9 @@ class Hooks:
     chat_template: str | None = None  # for each checkpoint's tokenizer_config.json (SFT: the Alpaca prompt)
     # save a checkpoint at each evaluation after step 0 that lowers val_loss, and point ckpt/best at it (SFT)
     keep_best: bool = False
+    # on-policy stages (RL): (the raw model in eval mode, step, this rank's micro-batches of train_batches) ->
+    # (the micro-batches to train on, on the device; {name: value} for the step's record, the same on every rank)
+    prepare: Callable[[GPT, int, list], tuple[list, dict]] | None = None
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -311,14 +320,24 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
     return record
 
 
-def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float]:
+def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float | None]:
     """This rank's micro-batches of global batch `step`, on the device (from pinned memory, copied without
-    waiting, on a GPU), and their number of units (`hooks.count`)."""
+    waiting, on a GPU), and their number of units (`hooks.count`); as read, and None, for `hooks.prepare`."""
     batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
+    if hooks.prepare is not None:  # prepared and counted at the start of their step (_prepare)
+        return batches, None
     count = float(sum(hooks.count(b) for b in batches))
     if dist.device.type == "cuda":
         batches = [tuple(t.pin_memory().to(dist.device, non_blocking=True) for t in b) for b in batches]
     return batches, count
+
+
+def _prepare(raw: GPT, step: int, batches: list, hooks: Hooks) -> tuple[list, float, dict]:
+    """`hooks.prepare`'s micro-batches for step `step`, their number of units, and its record entries."""
+    raw.eval()
+    batches, record = hooks.prepare(raw, step, batches)
+    raw.train()
+    return batches, float(sum(hooks.count(b) for b in batches)), record
 
 
 def _schedule(state: dict | None, start: int, total: int) -> dict:
@@ -353,6 +372,10 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     while step < total:
         t0 = time.perf_counter()
         batches, count = fetched
+        prepared, prepare_s = {}, 0.0
+        if hooks.prepare is not None:
+            batches, count, prepared = _prepare(raw, step, batches, hooks)
+            prepare_s = time.perf_counter() - t0
         count = dist.all_reduce_sum(torch.tensor([count], device=device)).item()
         if count == 0:
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
@@ -384,9 +407,11 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step += 1
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 - prepare_s  # the learning's
         record = {"step": step, "loss": loss, **{k: v / count for k, v in zip(hooks.metrics, metric_sums)},
                   "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt, "accumulation": accum}
+        if hooks.prepare is not None:
+            record.update(prepare_s=prepare_s, learn_s=dt, **prepared)
         if peak is not None:
             record["mfu"] = flops / dt / (peak * dist.world_size)
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last

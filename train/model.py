@@ -1,17 +1,21 @@
 """The model a training stage starts from, shared by every stage (pretrain, sft and the ones to come).
 
 `build_model` gives the `--init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh preset;
-`check_context` refuses a `--seq-len` beyond that model's context before the data is read.
+`check_context` refuses a `--seq-len` beyond that model's context before the data is read. The preference
+stages (DPO, RL) start from an SFT run (`resolve_init`) and keep that start as their `frozen` reference.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from gpt.checkpoint import load_config, load_model
 from gpt.model import GPT, preset
 
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig
 from .distributed import Dist
+from .loop import TrainingError
 
 PADDED_VOCAB_CUDA = 50304  # a multiple of 128: faster matmuls on GPU
 
@@ -33,3 +37,26 @@ def check_context(cfg: RunConfig, preset_name: str | None = None) -> None:
     context = (load_config(start) if start else preset(preset_name)).block_size
     if context < cfg.seq_len:
         raise ValueError(f"--seq-len {cfg.seq_len} exceeds the model's context of {context}")
+
+
+def frozen(model: GPT) -> GPT:
+    """A reference model: eval mode, no gradient."""
+    return model.eval().requires_grad_(False)
+
+
+def resolve_init(cfg):
+    """`init` as a checkpoint folder, the start of a preference stage's policy and of its reference (`cfg` has
+    `sft_run`): the one a resumed run's checkpoints record, else --init's (a run folder stands for its
+    checkpoint), else the SFT run's."""
+    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    if resumed is not None:
+        recorded = read_state(resumed)["config"]["init"]
+        if cfg.init and str(resolve_checkpoint(cfg.init)) != recorded:
+            raise TrainingError(f"cannot resume from {resumed}: its reference model is {recorded}, not {cfg.init}")
+        return dataclasses.replace(cfg, init=recorded)
+    if cfg.init:
+        return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
+    if latest_checkpoint(cfg.sft_run) is None:
+        raise FileNotFoundError(f"no SFT checkpoint under {cfg.sft_run}/ckpt to start {cfg.STAGE.upper()} from: "
+                                f"run `make sft` first, or pass --sft-run RUN_DIR or --init FOLDER")
+    return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.sft_run)))
