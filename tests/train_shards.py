@@ -1,7 +1,14 @@
-"""Tiny synthetic pretraining shards, a small-vocabulary model and a one-thread fixture for the trainer tests."""
+"""Tiny synthetic pretraining shards, a small-vocabulary model, a one-thread fixture, and trainer command lines
+(one process or torchrun's gloo ranks; a run stopped by SIGTERM at its first checkpoint) for the trainer tests."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +54,26 @@ def write_test_shards(directory: Path, train_tokens=(3000, 2000), val_tokens=100
         shards.append({"file": name, "split": split, "num_docs": len(docs), **info})
     write_manifest(directory, {"kind": "pretrain", "shards": shards})
     return directory
+
+
+def trainer_command(stage: str, nproc: int = 1) -> list[str]:
+    """`python -m train STAGE`, in one process or under torchrun with `nproc` ranks on a free local port."""
+    if nproc == 1:
+        return [sys.executable, "-m", "train", stage]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "-m", "train", stage]
+
+
+def sigterm_at_first_checkpoint(command: list[str], run_dir: Path, cwd: Path, env: dict) -> tuple[int, str]:
+    """Run `command`, send SIGTERM as soon as `run_dir` holds a checkpoint; (its exit status, its output)."""
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, out

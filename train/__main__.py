@@ -1,9 +1,9 @@
-"""`python -m train pretrain|sft|dpo [flags]`: run a trainer (each module parses its own flags)."""
+"""`python -m train pretrain|sft|dpo|rl [flags]`: run a trainer (each module parses its own flags)."""
 
 import importlib
 import sys
 
-COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo"}
+COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rl": "train.rl"}
 
 
 def main(argv=None) -> int:
