@@ -51,6 +51,14 @@ DPO_FLAGS = --dataset $(PREF_DATASET) $(if $(DPO_RECIPE),--recipe $(DPO_RECIPE))
 RM_FLAGS = --dataset $(PREF_DATASET) $(if $(RM_RECIPE),--recipe $(RM_RECIPE)) --data-dir $(DATA_DIR) \
   $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(MARGIN),--margin $(MARGIN)) \
   $(if $(CENTER_COEF),--center-coef $(CENTER_COEF)) $(RUN_FLAGS)
+# RL (docs/rl.md): the global batch counts prompts; REWARD is arithmetic (the built-in task), gsm8k (the gsm8k SFT
+# shards: make sft-shards SFT_DATASET=gsm8k) or rm:PATH (a reward model, on the preference shards' prompts);
+# GROUP, MAX_NEW, KL_BETA, UPDATES, BATCH_PROMPTS (python -m train rl --help)
+REWARD ?= arithmetic
+RL_FLAGS = --reward $(REWARD) --dataset $(if $(filter gsm8k,$(REWARD)),gsm8k,$(PREF_DATASET)) \
+  $(if $(RL_RECIPE),--recipe $(RL_RECIPE)) --data-dir $(DATA_DIR) $(if $(BATCH_PROMPTS),--batch-prompts $(BATCH_PROMPTS)) \
+  $(if $(GROUP),--group $(GROUP)) $(if $(MAX_NEW),--max-new $(MAX_NEW)) $(if $(KL_BETA),--kl-beta $(KL_BETA)) \
+  $(if $(UPDATES),--updates $(UPDATES)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
 # gives the workers 300 s (not its default 30) to write their checkpoint before it kills them
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
@@ -58,8 +66,8 @@ TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY)
   --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm export-hf generate chat \
-        bench bench-shards bench-train bench-generate bench-gpu clean
+.PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm rl \
+        export-hf generate chat bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
 	@echo "minigpt2 targets:"
@@ -73,6 +81,7 @@ help: ## list targets and variables
 	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"
+	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -97,6 +106,10 @@ demo: $(STAMP) ## the whole job on the built-in sample, offline, on a CPU
 	echo "  make chat                      talk to the SFT model ($(RUN_DIR)/sft: its best checkpoint)"; \
 	echo "  make generate PROMPT='...'     answer one prompt (TEMPERATURE=0: greedy; REP_PENALTY=1.2)"; \
 	echo "  make export-hf                 write the model as a transformers folder, $(RUN_DIR)/sft-hf"
+
+demo-rl: $(STAMP) ## after `make demo`: the reward model, then RL on the built-in task, offline, on a CPU
+	$(MAKE) --no-print-directory rm RESUME=1
+	$(MAKE) --no-print-directory rl RESUME=1
 
 test: $(STAMP) ## run the test suite (offline)
 	$(PY) -m pytest -q tests
@@ -130,6 +143,8 @@ dpo: $(STAMP) ## preference-tune the SFT run's checkpoint (or INIT) with DPO on 
 
 rm: $(STAMP) ## train a reward model from the SFT run's checkpoint (or INIT) on the preference pairs; NGPU as for sft
 	$(TRAIN_LAUNCH) -m train rm $(RM_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/rm $(ARGS)
+rl: $(STAMP) ## online RL (GRPO) of the SFT run's checkpoint (or INIT) on REWARD=arithmetic|gsm8k|rm:PATH; NGPU as for sft
+	$(TRAIN_LAUNCH) -m train rl $(RL_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/rl $(ARGS)
 
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft
@@ -159,9 +174,9 @@ bench-shards: $(STAMP) ## tokenize-stage tokens/s against raw tiktoken, and peak
 bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124M fp32 CPU; bf16 and MFU on a GPU)
 	$(PY) -m bench.train $(ARGS)
 
-clean: ## remove the sample's data, runs/sample/pretrain, sft, dpo and rm (exports such as sft-hf, FineWeb, .venv stay)
+clean: ## remove the sample's data, runs/sample/pretrain, sft, dpo, rm and rl (exports such as sft-hf, FineWeb, .venv stay)
 	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft $(DATA_DIR)/sample-prefs \
-	  runs/sample/pretrain runs/sample/sft runs/sample/dpo runs/sample/rm
+	  runs/sample/pretrain runs/sample/sft runs/sample/dpo runs/sample/rm runs/sample/rl
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)

@@ -192,15 +192,25 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)
 
     def forward(self, idx, targets=None, *, positions=None, key_mask=None, cache: KVCache | None = None,
-                reduction: str = "mean"):
+                reduction: str = "mean", supervised_only: bool = False):
         """Logits [B, T, vocab_size] for tokens `idx` [B, T], and the loss when `targets` are given.
 
         Training passes only `idx` and `targets` (-100 = ignored). Generation may pass `positions` [B, T]
         (per-row position ids), `key_mask` [B, cache.length + T] (False on padding keys) and a `cache`
         that this call appends its keys and values to. `reduction="sum"` returns the summed loss, "none" the loss
-        of each target [B, T] (0 where ignored).
+        of each target [B, T] (0 where ignored). `supervised_only` (with targets, reduction "none") projects onto
+        the vocabulary only the positions whose target is supervised and returns (None, the losses [B, T]): the
+        same losses for a fraction of the head's cost when most targets are ignored (RL: rows of prompt and a
+        short answer).
         """
         x = self.hidden_states(idx, positions=positions, key_mask=key_mask, cache=cache)
+        if supervised_only:
+            if targets is None or reduction != "none":
+                raise ValueError('supervised_only needs targets and reduction="none"')
+            keep = targets != -100
+            logits = self.lm_head(x[keep])[..., :self.config.vocab_size]
+            losses = cross_entropy(logits, targets[keep], "none")
+            return None, torch.zeros(targets.shape, dtype=losses.dtype, device=x.device).masked_scatter(keep, losses)
         logits = self.lm_head(x)[..., :self.config.vocab_size]
         if targets is None:
             return logits

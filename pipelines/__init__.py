@@ -19,6 +19,6 @@ The dataset names each pipeline knows are here, for the trainers too (importing 
 
 HUB_DATASETS = ("fineweb10B", "fineweb-edu10B")  # pinned in pipelines.hub.SOURCES
 PRETRAIN_DATASETS = ("sample", *HUB_DATASETS)  # `--dataset` of `python -m pipelines pretrain`
-SFT_DATASETS = ("sample", "alpaca")  # `--dataset` of `python -m pipelines sft`
+SFT_DATASETS = ("sample", "alpaca", "gsm8k")  # `--dataset` of `python -m pipelines sft`
 PREF_DATASETS = ("sample", "ultrafeedback")  # `--dataset` of `python -m pipelines prefs`
 CUSTOM = "custom"  # the dataset name of a stage given --source (SOURCE=): the user's own files

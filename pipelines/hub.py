@@ -56,6 +56,9 @@ class HubSource:
 # - ultrafeedback_binarized 3949bf5f8c17c394422ccfab0c31ea9c20bdeb85: a dataset note that pins it as main at its
 #   check date (last modified 2024-10-16, the release without the TruthfulQA rows and the mislabelled pairs),
 #   train_prefs 61,135 rows; the file names follow the card's `data/<split>-*` layout, one file per split.
+# - gsm8k cc7b047b6e5bb11b4f1af84efc572db110a51b3c: the commit that dataset caches name
+#   (`openai___gsm8k/main/0.0.0/cc7b047b.../gsm8k-test.arrow`) and that evaluation and data-provenance
+#   scripts pin, with the `main` config's two files below (train 7,473 rows, test 1,319; columns question, answer).
 FINEWEB_10B = HubSource("HuggingFaceFW/fineweb", "9bb295ddab0e05d785b879661af7260fed5140fc",
                         tuple(f"sample/10BT/{i:03d}_00000.parquet" for i in range(15)))
 FINEWEB_EDU_10B = HubSource("HuggingFaceFW/fineweb-edu", "87f09149ef4734204d70ed1d046ddc9ca3f2b8f9",
@@ -64,8 +67,10 @@ ALPACA = HubSource("tatsu-lab/alpaca", "dce01c9b08f87459cf36a430d809084718273017
                    ("data/train-00000-of-00001-a09b74b3ef9c3b56.parquet",))
 ULTRAFEEDBACK = HubSource("HuggingFaceH4/ultrafeedback_binarized", "3949bf5f8c17c394422ccfab0c31ea9c20bdeb85",
                           ("data/train_prefs-00000-of-00001.parquet", "data/test_prefs-00000-of-00001.parquet"))
+GSM8K = HubSource("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c",
+                  ("main/train-00000-of-00001.parquet", "main/test-00000-of-00001.parquet"))
 SOURCES = {"fineweb10B": FINEWEB_10B, "fineweb-edu10B": FINEWEB_EDU_10B, "alpaca": ALPACA,
-           "ultrafeedback": ULTRAFEEDBACK}
+           "ultrafeedback": ULTRAFEEDBACK, "gsm8k": GSM8K}
 
 BOOKKEEPING = ".download"
 _COMMIT = re.compile(r"[0-9a-f]{40}")

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.examples import is_val
-from pipelines.sft_sources import (SAMPLE_DATASET, check_strings, read_chatterbot, read_records, sample_source as
-                                   chatterbot_source, user_file)
+from pipelines.sft_sources import (SAMPLE_DATASET, check_splits, check_strings, read_chatterbot, read_records,
+                                   sample_source as chatterbot_source, split_of, user_file)
 from pipelines.sources import SourceError, download_hub, hash_files
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -70,7 +70,7 @@ class PairSource:
             yield from _sample_pairs(self.files, self.seed, self.val_fraction)
         elif self.kind == "ultrafeedback":
             for path in self.files:
-                yield from _read_ultrafeedback(path, ULTRAFEEDBACK_SPLITS[path.name.split("-")[0]])
+                yield from _read_ultrafeedback(path, split_of(path, ULTRAFEEDBACK_SPLITS))
         else:
             for path in self.files:
                 for where, record in read_records(path, FIELDS):
@@ -89,9 +89,7 @@ def ultrafeedback_source(data_dir: str | os.PathLike) -> PairSource:
     DATA_DIR/ultrafeedback-source/."""
     downloaded = download_hub("ultrafeedback", data_dir)
     info = downloaded.description
-    unknown = [p.name for p in downloaded.files if p.name.split("-")[0] not in ULTRAFEEDBACK_SPLITS]
-    if unknown:
-        raise SourceError(f"{', '.join(unknown)}: not a file of {', '.join(ULTRAFEEDBACK_SPLITS)}")
+    check_splits(downloaded.files, ULTRAFEEDBACK_SPLITS)
     return PairSource(info["dataset"], info["revision"], downloaded.files, "ultrafeedback", info["files"])
 
 

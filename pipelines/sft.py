@@ -7,7 +7,8 @@ Examples whose output is empty (or only whitespace) are skipped, and so is every
 (the same instruction, input and output) after its first; examples longer than `block_size`
 tokens are dropped, or with `--truncate` cut to `block_size` keeping the closing EOT. An example goes
 to validation when a hash of its prompt (instruction and input) falls under `val_fraction`, so the
-split is stable across runs and worker counts and no validation prompt is trained on.
+split is stable across runs and worker counts and no validation prompt is trained on; gsm8k keeps its own
+split (its test file is the validation split).
 
 Work is done in chunks of `chunk_examples` source rows, each written to `parts/` (its `.json` last), in
 parallel over `workers` processes (pipelines/examples.py, shared with the preference stage); a killed run
@@ -47,10 +48,10 @@ class SFTConfig:
         "block_size": "longest example kept, in tokens",
         "truncate": "truncate long examples (keeping EOT) instead of dropping",
         "chunk_examples": "source rows per unit of work",
-        "val_fraction": "share of the prompts held out (default: " + ", ".join(
+        "val_fraction": "share of the prompts held out, gsm8k having its own split (default: " + ", ".join(
             f"{k} {v}" for k, v in VAL_FRACTION.items()) + f", other datasets {DEFAULT_VAL_FRACTION})"}
 
-    dataset: str = "sample"           # sample | alpaca (ignored when source is set)
+    dataset: str = "sample"           # sample | alpaca | gsm8k (ignored when source is set)
     source: str | None = None         # a user's Alpaca-format .json/.jsonl/.parquet file
     data_dir: str = "data"
     block_size: int = 1024            # longest example kept, in tokens
@@ -74,7 +75,10 @@ def load_source(cfg: SFTConfig) -> sft_sources.ExampleSource:
         return sft_sources.sample_source()
     if cfg.dataset == "alpaca":
         return sft_sources.alpaca_source(cfg.data_dir)
-    raise ValueError(f"unknown SFT dataset {cfg.dataset!r} (expected sample or alpaca, or a --source file)")
+    if cfg.dataset == "gsm8k":
+        return sft_sources.gsm8k_source(cfg.data_dir)
+    raise ValueError(f"unknown SFT dataset {cfg.dataset!r} (expected {', '.join(SFT_DATASETS)}, or a --source "
+                     "file)")
 
 
 def stage_config(cfg: SFTConfig, source: dict) -> dict:
@@ -91,7 +95,7 @@ def _tokenize_chunk(job: tuple) -> None:
     kept = {split: [] for split in SPLITS}  # (tokens, prompt length) per example
     stats = dict.fromkeys(COUNTERS, 0)
     stats["rows"] = len(rows)
-    for instruction, input, output, copy in rows:
+    for instruction, input, output, split, copy in rows:
         if not output.strip():
             stats["empty_output"] += 1
             continue
@@ -106,14 +110,15 @@ def _tokenize_chunk(job: tuple) -> None:
             tokens = tokens[: cfg.block_size]
             tokens[-1] = EOT
             stats["truncated"] += 1
-        kept["val" if is_val(instruction, input, cfg.val_fraction) else "train"].append((tokens, prompt_len))
+        split = split or ("val" if is_val(instruction, input, cfg.val_fraction) else "train")
+        kept[split].append((tokens, prompt_len))
     for split, items in kept.items():
         examples.write_part(parts / f"{index:05d}.{split}.bin", items)
     examples.mark_done(parts, index, stats)
 
 
 def _marked(rows):
-    """Each row (instruction, input, output) with a fourth field: whether an earlier row is the same example."""
+    """Each row (instruction, input, output, split) with a fifth field: whether an earlier row is the same example."""
     seen: set[bytes] = set()
     for row in rows:
         key = hashlib.sha256(json.dumps(row).encode()).digest()[:16]
@@ -159,7 +164,9 @@ def run(cfg: SFTConfig) -> Path:
         entries, totals = _assemble(out, parts, num_chunks, totals)
         manifest = {"kind": "sft", "name": out.parent.name, "config": config, "source": source_info,
                     "tokenizer": describe(), "template": examples.template_record(),
-                    "split": {"method": "sha256 of [instruction, input] < val_fraction", "val_fraction": cfg.val_fraction},
+                    "split": ({"method": "the dataset's own: train is train, test is val"} if source.kind == "gsm8k"
+                              else {"method": "sha256 of [instruction, input] < val_fraction",
+                                    "val_fraction": cfg.val_fraction}),
                     "totals": totals, "shards": entries}
         finish(out, manifest)
         return manifest

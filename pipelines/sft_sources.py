@@ -10,8 +10,16 @@ itself for the manifest (dataset id, revision, every file with size and sha256).
   `conversations` that is not a list is skipped (1.3.3 has one: a single string in trivia.yml).
 - `alpaca`: `tatsu-lab/alpaca` (52,002 rows) at the revision pinned in `pipelines.hub`, downloaded and
   verified by the same download stage as FineWeb (`pipelines.sources.download_hub`).
+- `gsm8k`: `openai/gsm8k`, config `main` (train 7,473 rows, test 1,319) at the revision pinned in
+  `pipelines.hub`, downloaded and verified by the same download stage. An example is the `question` as the
+  instruction and the `answer` (its reasoning, then `#### <number>`) as the output, the calculator annotations
+  `<<48/2=24>>` removed (the model has no calculator); the dataset's own split: train is train, test is val
+  (the RL stage's `--reward gsm8k` reads these shards: its prompts, and the number after `####`).
 - a path: an Alpaca-format `.json` (a list of objects), `.jsonl` or `.jsonl.zst` (one object a line) or
   `.parquet` file with string fields `instruction`, `input` and `output`.
+
+`examples()` yields each example with its split: "train" or "val" when the dataset has its own (gsm8k), else
+None (the stage splits by a hash of the prompt).
 
 The preference sources (pipelines/pref_sources.py) read their files and the chatterbot corpus with the same
 functions: `user_file`, `read_records`, `check_strings`, `read_chatterbot`.
@@ -22,6 +30,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +49,10 @@ SAMPLE_SHA256 = "30ff13357ed2a32e2b09e20dd718016d51d149db2a15da186181d1466557b21
 SUFFIXES = (".json", ".jsonl", ".jsonl.zst", ".parquet")
 
 Example = tuple[str, str, str]
+# the gsm8k file of each split (`main/<split>-00000-of-00001.parquet`), and its calculator annotations
+GSM8K_SPLITS = {"train": "train", "test": "val"}
+GSM8K_FIELDS = ("question", "answer")
+CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
 @dataclass
@@ -48,7 +61,7 @@ class ExampleSource:
     dataset: str            # what the manifest calls it: a hub repo id, a PyPI pin, or the user's file
     revision: str | None    # the hub revision, when there is one
     files: list[Path]
-    kind: str               # "chatterbot" or "alpaca-format"
+    kind: str               # "chatterbot", "alpaca-format" or "gsm8k"
     verified: list[dict] | None = None  # {"file", "bytes", "sha256"} per file, when a download stage checked them
 
     def describe(self) -> dict:
@@ -56,10 +69,13 @@ class ExampleSource:
         files = self.verified or hash_files(self.files, [p.name for p in self.files])
         return {"dataset": self.dataset, "revision": self.revision, "files": files}
 
-    def examples(self) -> Iterator[Example]:
-        read = read_chatterbot if self.kind == "chatterbot" else _read_alpaca_format
+    def examples(self) -> Iterator[tuple[str, str, str, str | None]]:
+        """(instruction, input, output, split) of every example in order; split None: by the prompt's hash."""
+        read = {"chatterbot": read_chatterbot, "gsm8k": _read_gsm8k}.get(self.kind, _read_alpaca_format)
         for path in self.files:
-            yield from read(path)
+            split = split_of(path, GSM8K_SPLITS) if self.kind == "gsm8k" else None
+            for example in read(path):
+                yield (*example, split)
 
 
 def sample_source() -> ExampleSource:
@@ -79,6 +95,26 @@ def alpaca_source(data_dir: str | os.PathLike) -> ExampleSource:
     downloaded = download_hub("alpaca", data_dir)
     info = downloaded.description
     return ExampleSource(info["dataset"], info["revision"], downloaded.files, "alpaca-format", info["files"])
+
+
+def gsm8k_source(data_dir: str | os.PathLike) -> ExampleSource:
+    """openai/gsm8k (main) at the pinned revision, downloaded (or found complete) in DATA_DIR/gsm8k-source/."""
+    downloaded = download_hub("gsm8k", data_dir)
+    info = downloaded.description
+    check_splits(downloaded.files, GSM8K_SPLITS)
+    return ExampleSource(info["dataset"], info["revision"], downloaded.files, "gsm8k", info["files"])
+
+
+def split_of(path: Path, splits: dict[str, str]) -> str:
+    """Our split ("train" or "val") of a hub file named `<the repo's split>-...` (`splits`: theirs -> ours)."""
+    return splits[path.name.split("-")[0]]
+
+
+def check_splits(files: list[Path], splits: dict[str, str]) -> None:
+    """A SourceError naming the downloaded files that belong to none of `splits`."""
+    unknown = [p.name for p in files if p.name.split("-")[0] not in splits]
+    if unknown:
+        raise SourceError(f"{', '.join(unknown)}: not a file of {', '.join(splits)}")
 
 
 def path_source(path: str | os.PathLike) -> ExampleSource:
@@ -115,6 +151,12 @@ def check_strings(path: Path, where, record, fields: tuple[str, ...]) -> tuple[s
 def _read_alpaca_format(path: Path) -> Iterator[Example]:
     for where, record in read_records(path, FIELDS):
         yield check_strings(path, where, record, FIELDS)
+
+
+def _read_gsm8k(path: Path) -> Iterator[Example]:
+    for where, record in read_records(path, GSM8K_FIELDS):
+        question, answer = check_strings(path, where, record, GSM8K_FIELDS)
+        yield question, "", CALCULATOR.sub("", answer)
 
 
 def read_records(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[object, object]]:

@@ -124,7 +124,22 @@ def test_rm_starts_from_the_sft_run_on_the_preference_data(stub):
     assert [argv[argv.index(f) + 1] for f in flags] == ["ultrafeedback", "0.5", "0.01", "32", "runs/x/sft"]
 
 
-@pytest.mark.parametrize("target", ["pretrain", "sft", "dpo", "rm"])
+def test_rl_starts_from_the_sft_run_with_the_reward_asked_for(stub):
+    argv = stub("rl")
+    assert argv[:3] == ["-m", "train", "rl"] and argv[argv.index("--reward") + 1] == "arithmetic"
+    assert argv[argv.index("--dataset") + 1] == "sample" and argv[argv.index("--sft-run") + 1] == "runs/sample/sft"
+    assert argv[argv.index("--run-dir") + 1] == "runs/sample/rl"
+    assert not {"--recipe", "--group", "--max-new", "--kl-beta", "--updates", "--batch-prompts", "--init"} & set(argv)
+    argv = stub("rl", "REWARD=gsm8k", "RUN_DIR=runs/gsm8k", "GROUP=16", "MAX_NEW=128", "KL_BETA=0.04", "UPDATES=2",
+                "BATCH_PROMPTS=32", "RL_RECIPE=gsm8k")
+    assert argv[argv.index("--dataset") + 1] == "gsm8k" and argv[argv.index("--sft-run") + 1] == "runs/gsm8k/sft"
+    flags = ("--group", "--max-new", "--kl-beta", "--updates", "--batch-prompts", "--recipe")
+    assert [argv[argv.index(f) + 1] for f in flags] == ["16", "128", "0.04", "2", "32", "gsm8k"]
+    argv = stub("rl", "REWARD=rm:runs/x/rm", "DATASET=fineweb10B")
+    assert argv[argv.index("--reward") + 1] == "rm:runs/x/rm" and argv[argv.index("--dataset") + 1] == "ultrafeedback"
+
+
+@pytest.mark.parametrize("target", ["pretrain", "sft", "dpo", "rm", "rl"])
 def test_verify_and_extend_variables(stub, target):
     assert "--no-verify-data" not in stub(target) and "--extend" not in stub(target)
     argv = stub(target, "VERIFY=0", "EXTEND=1", "RESUME=1", "STEPS=9")
@@ -136,6 +151,7 @@ def test_clean_leaves_exports_alone(tmp_path):
             tmp_path / "data" / "fineweb10B-pretrain"]
     gone = [tmp_path / "runs" / "sample" / "pretrain", tmp_path / "runs" / "sample" / "sft",
             tmp_path / "runs" / "sample" / "dpo", tmp_path / "runs" / "sample" / "rm",
+            tmp_path / "runs" / "sample" / "rl",
             tmp_path / "data" / "sample-pretrain", tmp_path / "data" / "sample-source",
             tmp_path / "data" / "sample-sft", tmp_path / "data" / "sample-prefs"]
     for folder in kept + gone:

@@ -115,6 +115,28 @@ def test_both_loss_paths_give_the_same_loss_and_gradients(reduction, dtype):
         cross_entropy(base, targets, "max")
 
 
+def test_supervised_only_gives_the_losses_and_gradients_of_the_whole_projection():
+    """RL's forward projects only the supervised positions: the same losses per target, the same gradients."""
+    torch.manual_seed(0)
+    model = GPT(preset("nano", vocab_size=256))
+    x = torch.randint(0, 256, (3, 9))
+    targets = torch.full((3, 9), -100)
+    targets[0, 4:] = torch.randint(0, 256, (5,))
+    targets[2, 8] = 7
+    grads, losses = [], []
+    for supervised_only in (False, True):
+        model.zero_grad()
+        logits, loss = model(x, targets, reduction="none", supervised_only=supervised_only)
+        assert (logits is None) == supervised_only and loss.shape == (3, 9)
+        (torch.arange(27.0).view(3, 9) * loss).sum().backward()
+        losses.append(loss.detach())
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
+    assert torch.allclose(losses[0], losses[1], atol=1e-6) and (losses[1][targets == -100] == 0).all()
+    assert all(max_diff(grads[0][k], grads[1][k]) <= 1e-6 * max(1.0, grads[0][k].abs().max().item()) for k in grads[0])
+    with pytest.raises(ValueError, match="supervised_only needs targets"):
+        model(x, targets, supervised_only=True)
+
+
 @pytest.mark.parametrize("sft", [False, True])
 def test_training_forward_with_the_loss_is_one_graph(sft):
     """Under torch.compile the forward and its loss trace into one graph with no break (the custom autograd

@@ -192,7 +192,7 @@ def test_sample_pairs_an_answer_of_the_same_split_and_another_category(tmp_path,
     source = pref_sources.sample_source(0, 0.1)
     pairs = list(source.pairs())
     corpus = sft_sources.sample_source()
-    distinct = list(dict.fromkeys((i, o) for i, _, o in corpus.examples()))
+    distinct = list(dict.fromkeys((i, o) for i, _, o, _ in corpus.examples()))
     assert len(distinct) < 2306 and [(p, c) for p, c, _, _ in pairs] == distinct, "the distinct SFT examples"
     category, split = {}, {}
     for path in corpus.files:
@@ -219,7 +219,7 @@ def test_sample_pairs_an_answer_of_the_same_split_and_another_category(tmp_path,
     val = sum(s == "val" for *_, s in pairs)
     assert (m["totals"]["rows"], m["totals"]["pairs"], m["totals"]["val_pairs"]) == (len(pairs), len(pairs), val)
     assert 0.07 < val / len(pairs) < 0.13  # 10%
-    sft_val = {i for i, _, _ in corpus.examples() if examples.is_val(i, "", 0.1)}
+    sft_val = {i for i, _, _, _ in corpus.examples() if examples.is_val(i, "", 0.1)}
     assert {p for p, _, _, s in pairs if s == "val"} == sft_val, "the SFT sample's val prompts"
     assert inspect_main([str(tmp_path), "--verify", "--decode", "2"]) == 0
     printed = capsys.readouterr().out

@@ -221,7 +221,7 @@ def test_sample_source(tmp_path):
     ex = next(sft_sources.sample_source().examples())
     assert ex == ("What is AI?", "",
                   "Artificial Intelligence is the branch of engineering and science devoted to constructing "
-                  "machines that think.")
+                  "machines that think.", None)  # no split of its own: by the prompt's hash
 
 
 def test_sample_checksum_mismatch_is_refused(monkeypatch):
@@ -310,6 +310,55 @@ def test_alpaca_download_through_a_flaky_hub(tmp_path, monkeypatch):
     stat = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     assert sft.run(cfg) == out, "a rerun with the hub gone needs no network"
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat
+
+
+GSM8K_TRAIN = [("Ann has 48 apples and gives half away. How many are left?",
+                "She gives 48/2 = <<48/2=24>>24 away.\nSo 48-24 = <<48-24=24>>24 are left.\n#### 24"),
+               ("A shop sells 1,200 pens a day. How many in 3 days?", "1,200*3 = <<1200*3=3600>>3,600\n#### 3,600")]
+GSM8K_TEST = [("What is 7 times 6?", "7*6 = <<7*6=42>>42\n#### 42")]
+
+
+def gsm8k_parquet(rows) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"question": [q for q, _ in rows], "answer": [a for _, a in rows]}), buf)
+    return buf.getvalue()
+
+
+def test_gsm8k_download_through_the_fake_hub_keeps_its_split_and_drops_the_calculator(tmp_path, monkeypatch):
+    train_name, test_name = hub.GSM8K.files
+    assert (hub.GSM8K.repo_id, train_name, test_name) == ("openai/gsm8k", "main/train-00000-of-00001.parquet",
+                                                          "main/test-00000-of-00001.parquet")
+    assert re.fullmatch(r"[0-9a-f]{40}", hub.GSM8K.revision), "a pinned commit, not a branch"
+    payloads = {train_name: gsm8k_parquet(GSM8K_TRAIN), test_name: gsm8k_parquet(GSM8K_TEST)}
+    monkeypatch.setitem(hub.SOURCES, "gsm8k", dataclasses.replace(hub.GSM8K, revision=FakeHub.COMMIT))
+    monkeypatch.setattr(hub, "RETRY", hub.Retry(tries=6, first_s=0.01, max_s=0.05))
+    cfg = sft.SFTConfig(dataset="gsm8k", data_dir=str(tmp_path), workers=1)
+    with FakeHub({"openai/gsm8k": payloads}, faults={train_name: [503, "drop"]}) as server:
+        server.point_huggingface_hub(monkeypatch)
+        out = sft.run(cfg)
+    m = load_manifest(out)
+    assert out.parent == tmp_path / "gsm8k-sft" and m["source"]["dataset"] == "openai/gsm8k"
+    assert m["source"]["files"] == [{"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                                    for name, data in payloads.items()]
+    assert m["split"]["method"] == "the dataset's own: train is train, test is val"
+    assert (m["totals"]["train_examples"], m["totals"]["val_examples"]) == (2, 1)
+    enc = get_encoding()
+
+    def decoded(split):
+        shard = open_sft_shard(out / f"{split}.bin")
+        rows = []
+        for i in range(len(shard)):
+            tokens, mask = shard.example(i)
+            start = int(np.argmax(mask))
+            assert tokens[-1] == EOT
+            rows.append((enc.decode(tokens[:start].tolist()), enc.decode(tokens[start:-1].tolist())))
+        return rows
+
+    assert decoded("val") == [(alpaca.render_prompt("What is 7 times 6?"), "7*6 = 42\n#### 42")]
+    assert decoded("train") == [
+        (alpaca.render_prompt(GSM8K_TRAIN[0][0]), "She gives 48/2 = 24 away.\nSo 48-24 = 24 are left.\n#### 24"),
+        (alpaca.render_prompt(GSM8K_TRAIN[1][0]), "1,200*3 = 3,600\n#### 3,600")]
+    assert sft.run(cfg) == out, "a rerun with the hub gone needs no network"
 
 
 def test_both_pipelines_sources_are_one_protocol(tmp_path):

@@ -164,7 +164,7 @@ def test_sft_datasets_are_those_the_pipeline_makes(capsys):
 
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "nope"], SFTTrainConfig, prog="python -m train sft")
-    assert "invalid choice: 'nope' (choose from 'sample', 'alpaca', 'custom')" in capsys.readouterr().err
+    assert "invalid choice: 'nope' (choose from 'sample', 'alpaca', 'gsm8k', 'custom')" in capsys.readouterr().err
 
 
 def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""Tiny synthetic pretraining and preference shards, a small-vocabulary model, a one-thread fixture and the
-trainer's command line, for the trainer tests."""
+"""Tiny synthetic pretraining and preference shards, a small-vocabulary model, a one-thread fixture, and trainer
+command lines (one process or torchrun's gloo ranks; a run stopped by SIGTERM at its first checkpoint) for the
+trainer tests."""
 
 from __future__ import annotations
 
@@ -96,8 +97,8 @@ def write_pref_shards(directory: Path, train, val) -> Path:
     return directory
 
 
-def trainer_command(stage: str, nproc: int) -> list[str]:
-    """`python -m train <stage>`, under torchrun on a free local port for more than one process."""
+def trainer_command(stage: str, nproc: int = 1) -> list[str]:
+    """`python -m train <stage>`, in one process or under torchrun with `nproc` ranks on a free local port."""
     if nproc == 1:
         return [sys.executable, "-m", "train", stage]
     with socket.socket() as s:
@@ -112,17 +113,17 @@ def trainer_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def run_two_ranks(stage: str, argv: list[str]) -> None:
-    """`python -m train <stage> argv` on 2 gloo ranks (torchrun), which must succeed."""
-    proc = subprocess.run(trainer_command(stage, 2) + argv, cwd=ROOT, env=trainer_env(), capture_output=True,
+def run_two_ranks(stage: str, argv: list[str], env: dict | None = None) -> None:
+    """`python -m train <stage> argv` on 2 gloo ranks (torchrun), which must succeed (`env`: trainer_env())."""
+    proc = subprocess.run(trainer_command(stage, 2) + argv, cwd=ROOT, env=env or trainer_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def stop_after_first_checkpoint(stage: str, argv: list[str], run_dir: Path) -> str:
-    """Start `python -m train <stage> argv`, send it SIGTERM once `run_dir` holds a checkpoint; it must exit with
-    143 after saving one. Returns its output."""
-    proc = subprocess.Popen(trainer_command(stage, 1) + argv, cwd=ROOT, env=trainer_env(), stdout=subprocess.PIPE,
+def stop_after_first_checkpoint(stage: str, argv: list[str], run_dir: Path, env: dict | None = None) -> str:
+    """Start `python -m train <stage> argv` (`env`: trainer_env()), send it SIGTERM once `run_dir` holds a
+    checkpoint; it must exit with 143 after saving one. Returns its output."""
+    proc = subprocess.Popen(trainer_command(stage, 1) + argv, cwd=ROOT, env=env or trainer_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -1,11 +1,13 @@
-"""The trainer: one loop shared by pretraining, SFT, DPO and the reward model, DDP with torchrun, checkpoints and logs.
+"""The trainer: one loop shared by pretraining, SFT, DPO, the reward model and RL; DDP with torchrun, checkpoints, logs.
 
 Public surface (imported from the modules):
-- `python -m train pretrain|sft|dpo|rm` (`make pretrain`, `make sft`, `make dpo`, `make rm`): each module's `main`;
+- `python -m train pretrain|sft|dpo|rm|rl` (`make pretrain`, `sft`, `dpo`, `rm`, `rl`): each module's `main`;
 - `train.loop.train(cfg, data, dist, build_model, hooks)`: the loop, with `Hooks` for what a trainer adds;
-- `train.config`: `RunConfig`, `TrainConfig`, `parse_args`; `train.sft.SFTTrainConfig`;
-- `train.model`: `build_model`, `check_context`, `resolve_sft_init` (the model a stage starts from);
-- `train.data`: `PretrainData`, `SFTData`, `BatchPlan` (the deterministic order of global batches);
-- `train.checkpoint`: `save_checkpoint`, `latest_checkpoint`, `load_training_state`;
+- `train.config`: `RunConfig`, `TrainConfig`, `parse_args`; each stage's config (`train.sft.SFTTrainConfig`, ...);
+- `train.model`: `build_model`, `check_context`, `resolve_sft_init`, `frozen` (the model a stage starts from);
+- `train.data`: `PretrainData`, `SFTData`, `PrefData`, `PromptData`, `BatchPlan` (the deterministic order of
+  global batches);
+- `train.tasks`: the RL rewards (`load_reward`: the built-in arithmetic task, GSM8K, a reward model);
+- `train.checkpoint`: `save_checkpoint`, `latest_checkpoint`, `load_training_state`, `best_evaluations`;
 - `train.distributed`: `Dist`, `process_group`; `train.log`: `RunLog`, `read_log`.
 """

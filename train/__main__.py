@@ -1,9 +1,9 @@
-"""`python -m train pretrain|sft|dpo|rm [flags]`: run a trainer (each module parses its own flags)."""
+"""`python -m train pretrain|sft|dpo|rm|rl [flags]`: run a trainer (each module parses its own flags)."""
 
 import importlib
 import sys
 
-COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm"}
+COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm", "rl": "train.rl"}
 
 
 def main(argv=None) -> int:

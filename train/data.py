@@ -21,6 +21,10 @@ a row is one pair, and a micro-batch of B pairs is 2B sequences in
 one padded batch, the B chosen then their B rejected (pairs ordered by their longer sequence first), for
 one forward of both.
 
+`PromptData` serves the prompts of an on-policy stage (RL): a row is one prompt, with its reference answer,
+from a task of its own or from the rows of SFT or preference shards; a micro-batch is padded prompts in the
+order of the global batch, which the stage turns into sampled answers (`Hooks.prepare`).
+
 `verify_data` checks the files either one reads (`shard_entries`) against the manifest's sha256, and their
 token ids against the model's vocabulary, before the first step (shards.verify; remembered across restarts).
 """
@@ -50,13 +54,15 @@ def verify_data(data, vocab_size: int, progress: bool) -> None:
 
 
 class BatchPlan:
-    """Which of `num_rows` rows make global batch `step`: `rows_per_step` rows of a seeded permutation per epoch."""
+    """Which of `num_rows` rows make global batch `step`: `rows_per_step` rows of a seeded permutation per epoch;
+    with `repeats` > 1 (RL's updates per batch of prompts), each batch serves that many steps in a row."""
 
-    def __init__(self, num_rows: int, rows_per_step: int, seed: int, what: str = "rows"):
+    def __init__(self, num_rows: int, rows_per_step: int, seed: int, what: str = "rows", repeats: int = 1):
         if num_rows < rows_per_step:
             raise ValueError(f"the train split has {num_rows} {what}, fewer than one global batch of {rows_per_step}")
-        self.num_rows, self.rows_per_step, self.seed = num_rows, rows_per_step, seed
-        self.steps_per_epoch = num_rows // rows_per_step  # the remainder of each epoch is left out
+        self.num_rows, self.rows_per_step, self.seed, self.repeats = num_rows, rows_per_step, seed, repeats
+        self.batches_per_epoch = num_rows // rows_per_step  # the remainder of each epoch is left out
+        self.steps_per_epoch = self.batches_per_epoch * repeats
         self._epoch, self._order = -1, None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -66,11 +72,11 @@ class BatchPlan:
 
     def position(self, step: int) -> dict:
         """Where global batch `step` sits in the data: epoch and batch within the epoch."""
-        return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch,
+        return {"epoch": step // self.steps_per_epoch, "batch": step // self.repeats % self.batches_per_epoch,
                 "rows_per_step": self.rows_per_step, "num_rows": self.num_rows, "seed": self.seed}
 
     def global_rows(self, step: int) -> np.ndarray:
-        epoch, batch = divmod(step, self.steps_per_epoch)
+        epoch, batch = divmod(step // self.repeats, self.batches_per_epoch)
         return self.order(epoch)[batch * self.rows_per_step:(batch + 1) * self.rows_per_step]
 
 
@@ -123,7 +129,7 @@ def _by_length(ids: np.ndarray, lengths: np.ndarray, micro_batch: int) -> list[n
     return micro_batches(ids[np.lexsort((ids, lengths))], micro_batch)
 
 
-def _padded(examples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_examples(examples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of SFT examples (tokens, mask): inputs padded with 0 and targets with -100 where the
     target is a prompt token or past the example."""
     width = max(len(tokens) for tokens, _ in examples) - 1
@@ -255,7 +261,7 @@ class ExampleData:
     def _batch(self, shards, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Every side's sequences of rows `ids`, side after side, inputs padded with 0 and targets with -100 where
         the target is a prompt token or past the sequence."""
-        return _padded([shard.example(int(i)) for shard in shards for i in ids])
+        return pad_examples([shard.example(int(i)) for shard in shards for i in ids])
 
     def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
         """This rank's micro-batches (inputs, targets) of global batch `step`: `micro_batch` rows each."""
@@ -296,3 +302,80 @@ class PrefData(ExampleData):
 def pairs(batch: tuple) -> int:
     """`Hooks.count` of a `PrefData` micro-batch: its pairs (half its rows)."""
     return len(batch[0]) // 2
+
+
+class PromptData:
+    """The prompts of an on-policy stage (RL), per step, rank and micro-batch, each with its reference answer.
+
+    Built from (prompt tokens, reference answer tokens ending with EOT) per split: a task's own, or the rows of
+    SFT or preference shards (`from_shards`: each row's prompt and its first side's answer: SFT's, or the chosen
+    one). A prompt that leaves fewer than `max_new` of the `seq_len` tokens for its answer is left out; the first
+    `eval_prompts` validation rows that fit (0: all) are the held-out prompts. A micro-batch is (prompts [B, T]
+    right-padded with 0, their attention mask [B, T], their rows in `train` [B], their positions in the global
+    batch [B]), in the order of the global batch: never reordered by length, so the same micro-batches (and
+    the same samples) come out for any number of ranks with the same micro-batch size. With `updates` > 1, each
+    global batch serves that many steps in a row (BatchPlan's `repeats`).
+    """
+
+    rows_name = "prompts"
+
+    def __init__(self, train: list[tuple[np.ndarray, np.ndarray]], val: list[tuple[np.ndarray, np.ndarray]],
+                 seq_len: int, max_new: int, batch_prompts: int, seed: int, updates: int = 1, eval_prompts: int = 0,
+                 *, directory: str | Path, manifest_sha256: str, shard_entries: list[dict] = ()):
+        fits = [[row for row in rows if len(row[0]) + max_new <= seq_len] for rows in (train, val)]
+        self.train, val_fit = fits
+        self.left_out = len(train) + len(val) - len(self.train) - len(val_fit)
+        self.val = val_fit[:eval_prompts] if eval_prompts > 0 else val_fit
+        for split, rows in (("train", self.train), ("validation", self.val)):
+            if not rows:
+                raise ValueError(f"{directory}: no {split} prompt leaves room for --max-new {max_new} tokens in "
+                                 f"--seq-len {seq_len}")
+        self.dir, self.manifest_sha256, self.shard_entries = Path(directory), manifest_sha256, list(shard_entries)
+        self.plan = BatchPlan(len(self.train), batch_prompts, seed, f"prompts of at most {seq_len - max_new} tokens",
+                              updates)
+        self.rows_per_step = batch_prompts
+
+    @classmethod
+    def from_shards(cls, reader: ExampleData, max_new: int, batch_prompts: int, seed: int, updates: int = 1,
+                    eval_prompts: int = 0) -> "PromptData":
+        """The prompts of SFT or preference shards (an SFTData or PrefData `reader`), with their first answers."""
+        def rows(shards, ids):
+            split = []
+            for i in ids:
+                tokens, mask = shards[0].example(int(i))
+                start = int(np.argmax(mask))
+                split.append((tokens[:start].astype(np.int64), tokens[start:].astype(np.int64)))
+            return split
+
+        return cls(rows(reader.train, reader.train_ids), rows(reader.val, reader.val_ids), reader.seq_len, max_new,
+                   batch_prompts, seed, updates, eval_prompts, directory=reader.dir,
+                   manifest_sha256=reader.manifest_sha256, shard_entries=reader.shard_entries)
+
+    def train_batches(self, step: int, rank: int, world_size: int, micro_batch: int):
+        """This rank's micro-batches of global batch `step`: (prompts, mask, rows, positions)."""
+        positions = rank_slice(np.arange(self.rows_per_step), rank, world_size)
+        rows = self.plan.global_rows(step)[positions]
+        return [self._prompts(rows[i:i + micro_batch], positions[i:i + micro_batch])
+                for i in range(0, len(rows), micro_batch)]
+
+    def _prompts(self, rows: np.ndarray, positions: np.ndarray) -> tuple[torch.Tensor, ...]:
+        width = max(len(self.train[i][0]) for i in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.int64)
+        mask = torch.zeros(len(rows), width, dtype=torch.int64)
+        for r, i in enumerate(rows):
+            prompt = self.train[i][0]
+            ids[r, :len(prompt)] = torch.from_numpy(prompt)
+            mask[r, :len(prompt)] = 1
+        return ids, mask, torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(positions.astype(np.int64))
+
+    def val_batches(self, rank: int, world_size: int, micro_batch: int):
+        """(inputs, targets) of this rank's held-out prompts with their reference answers, as SFT's batches
+        (the validation loss: how well the policy still models the references)."""
+        rows = rank_slice(np.arange(len(self.val)), rank, world_size)
+        return [pad_examples([with_answer(*self.val[i]) for i in ids]) for ids in micro_batches(rows, micro_batch)]
+
+
+def with_answer(prompt: np.ndarray, answer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, mask) of a prompt and its answer: mask 1 on the answer."""
+    return np.concatenate([prompt, answer]), np.concatenate([np.zeros(len(prompt), np.uint8),
+                                                             np.ones(len(answer), np.uint8)])

@@ -42,7 +42,7 @@ from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, pairs
 from .distributed import process_group
 from .loop import RUN_ERRORS, Hooks, exit_status, train
-from .model import build_model, check_context, resolve_sft_init
+from .model import build_model, check_context, frozen, resolve_sft_init
 
 # Means over pairs, logged at each step and (val_<name>) at each evaluation, as TRL's DPOTrainer names them
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -126,9 +126,6 @@ def loss_hook(reference: GPT, beta: float, label_smoothing: float):
     return loss
 
 
-def frozen(model: GPT) -> GPT:
-    """The reference: eval mode, no gradient."""
-    return model.eval().requires_grad_(False)
 
 
 def samples_hook(data: PrefData, count: int, max_steps: int):

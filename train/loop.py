@@ -1,6 +1,6 @@
 """THE training loop, shared by every training stage: accumulation, DDP, schedule, eval, checkpoints, resume.
 
-A training stage (pretraining, SFT, DPO, and the preference stages to come) is one module that brings four things
+A training stage (pretraining, SFT, DPO, the reward model, RL) is one module that brings four things
 to this loop, and nothing else:
 1. its recipe: a `RunConfig` subclass with named complete configs (train/config.py: `set_recipes`);
 2. its data reader: an object with `plan` (a train.data.BatchPlan), `rows_per_step`, `manifest_sha256`, `dir`
@@ -19,6 +19,12 @@ to this loop, and nothing else:
    its checkpoints load when a run resumes (`Hooks.load`: gpt.load_model, or the reward model's loader).
 `train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
 epochs).
+
+An on-policy stage (RL) trains on what the model itself makes: its `Hooks.prepare(model, step, batches)` turns
+the step's micro-batches from `train_batches` (prompts) into the micro-batches trained on (sampled answers and
+their advantages), with the model as the previous step's update left it, at the start of the step and before
+they are counted; the seconds it took are logged as `prepare_s`, apart from the learning's (`learn_s`, over
+which `tokens_per_s` is measured).
 
 The loss of a step is the sum of the per-unit losses of the global batch divided by its number of units (all
 ranks, all micro-batches): the usual mean for pretraining, the right normalization for SFT. Each rank
@@ -100,6 +106,9 @@ class Hooks:
     minima: tuple[str, ...] = ()
     maxima: tuple[str, ...] = ()
     load: Callable[..., torch.nn.Module] = load_model  # a checkpoint folder to the model, as load_model's arguments
+    # on-policy stages (RL): (the raw model in eval mode, step, this rank's micro-batches of train_batches) ->
+    # (the micro-batches to train on, on the device; {name: value} for the step's record, the same on every rank)
+    prepare: Callable[[GPT, int, list], tuple[list, dict]] | None = None
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -338,14 +347,24 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
     return record
 
 
-def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float]:
+def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float | None]:
     """This rank's micro-batches of global batch `step`, on the device (from pinned memory, copied without
-    waiting, on a GPU), and their number of units (`hooks.count`)."""
+    waiting, on a GPU), and their number of units (`hooks.count`); as read, and None, for `hooks.prepare`."""
     batches = data.train_batches(step, dist.rank, dist.world_size, cfg.micro_batch)
+    if hooks.prepare is not None:  # prepared and counted at the start of their step (_prepare)
+        return batches, None
     count = float(sum(hooks.count(b) for b in batches))
     if dist.device.type == "cuda":
         batches = [tuple(t.pin_memory().to(dist.device, non_blocking=True) for t in b) for b in batches]
     return batches, count
+
+
+def _prepare(raw: GPT, step: int, batches: list, hooks: Hooks) -> tuple[list, float, dict]:
+    """`hooks.prepare`'s micro-batches for step `step`, their number of units, and its record entries."""
+    raw.eval()
+    batches, record = hooks.prepare(raw, step, batches)
+    raw.train()
+    return batches, float(sum(hooks.count(b) for b in batches)), record
 
 
 def _schedule(state: dict | None, start: int, total: int) -> dict:
@@ -380,6 +399,10 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     while step < total:
         t0 = time.perf_counter()
         batches, count = fetched
+        prepared, prepare_s = {}, 0.0
+        if hooks.prepare is not None:
+            batches, count, prepared = _prepare(raw, step, batches, hooks)
+            prepare_s = time.perf_counter() - t0
         count = dist.all_reduce_sum(torch.tensor([count], device=device)).item()
         if count == 0:
             raise TrainingError(f"step {step + 1}: the global batch has no supervised target")
@@ -413,10 +436,12 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step += 1
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 - prepare_s  # the learning's
         record = {"step": step, "loss": loss, **{k: v / count for k, v in zip(hooks.metrics, metric_sums)},
                   **_extremes(hooks, dist, peaks), "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens / dt,
                   "accumulation": accum}
+        if hooks.prepare is not None:
+            record.update(prepare_s=prepare_s, learn_s=dt, **prepared)
         if peak is not None:
             record["mfu"] = flops / dt / (peak * dist.world_size)
         if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last

@@ -1,8 +1,9 @@
-"""The model a training stage starts from, shared by every stage (pretrain, sft and the ones to come).
+"""The model a training stage starts from, shared by every stage (pretrain, sft, dpo, rm, rl).
 
 `build_model` gives the `--init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh preset;
-`check_context` refuses a `--seq-len` beyond that model's context before the data is read; `resolve_sft_init`
-finds where a preference stage (DPO, the reward model) starts: the SFT run's checkpoint, or `--init`.
+`check_context` refuses a `--seq-len` beyond that model's context before the data is read. The stages after
+SFT (DPO, the reward model, RL) start where `resolve_sft_init` says (the SFT run's checkpoint, or `--init`);
+DPO and RL keep that start as their `frozen` reference.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ def check_context(cfg: RunConfig, preset_name: str | None = None, whole: bool = 
     if context < cfg.seq_len + whole:
         read = " + 1 (the reward model reads each sequence whole, its closing EOT too)" if whole else ""
         raise ValueError(f"--seq-len {cfg.seq_len}{read} exceeds the model's context of {context}")
+
+
+def frozen(model: GPT) -> GPT:
+    """A reference model: eval mode, no gradient."""
+    return model.eval().requires_grad_(False)
 
 
 def resolve_sft_init(cfg: RunConfig, stage: str) -> RunConfig:

@@ -1,0 +1,36 @@
+"""The GSM8K reward (`--reward gsm8k`): exact match of the final number, as nanochat's GSM8K task scores it.
+
+A GSM8K answer ends with `#### <number>`; the reference is that of the gsm8k SFT shards' answer (`make sft-shards
+SFT_DATASET=gsm8k`: openai/gsm8k, config main, pinned and verified by pipelines.hub). An answer scores 1 when the
+first number after its last `####` equals the reference's (commas dropped: `#### 1,234` is 1234; `18.0` equals
+`18`), else 0; an answer without `####` and a number after it scores 0.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+MARK = "####"
+NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def final_number(text: str) -> Decimal | None:
+    """The first number after the last `####` of `text` (commas dropped), or None."""
+    at = text.rfind(MARK)
+    found = NUMBER.search(text, at + len(MARK)) if at >= 0 else None
+    if found is None:
+        return None
+    try:
+        return Decimal(found.group().replace(",", ""))
+    except InvalidOperation:  # e.g. "1,,": commas only between digits are expected
+        return None
+
+
+def reward(prompts: list[str], references: list[str], answers: list[str]) -> list[float]:
+    """1.0 where the answer's final number is the reference's, else 0.0."""
+    scores = []
+    for reference, answer in zip(references, answers):
+        expected, got = final_number(reference), final_number(answer)
+        scores.append(float(got is not None and got == expected))
+    return scores
