@@ -94,8 +94,10 @@ set_recipes(
 
 
 def sequence_logps(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per row: the sum of the log-probabilities of its supervised targets (the answer and its EOT) [rows]."""
-    return -model(inputs, targets, reduction="none")[1].sum(dim=1)
+    """Per row: the sum of the log-probabilities of its supervised targets (the answer and its EOT) [rows]; the
+    vocabulary projection is made at those positions only (`supervised_only`: two thirds of the sample's tokens
+    are prompt, whose logits DPO never reads)."""
+    return -model(inputs, targets, reduction="none", supervised_only=True)[1].sum(dim=1)
 
 
 def dpo_losses(logps: torch.Tensor, ref_logps: torch.Tensor, beta: float, label_smoothing: float = 0.0):
