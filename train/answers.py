@@ -33,7 +33,16 @@ def instruction(prompt: str) -> str:
     return body.removesuffix("\n\n### Response:\n").replace("\n\n### Input:\n", " | ")
 
 
+def ended(answer: list[int]) -> bool:
+    """Whether generated tokens end with EOT (a finished answer, not one cut by max_steps)."""
+    return bool(answer) and answer[-1] == EOT
+
+
+def without_eot(answer: list[int]) -> list[int]:
+    """Generated tokens without their closing EOT, if any."""
+    return answer[:-1] if ended(answer) else answer
+
+
 def answer_text(answer: list[int]) -> str:
     """Generated tokens as text: without their closing EOT, or marked "[no EOT]" when they have none."""
-    ended = bool(answer) and answer[-1] == EOT
-    return get_encoding().decode(answer[:-1] if ended else answer) + ("" if ended else " [no EOT]")
+    return get_encoding().decode(without_eot(answer)) + ("" if ended(answer) else " [no EOT]")

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt.inference import pad_batch
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError, load_manifest, manifest_sha256
 from shards.sft import SFTShard, open_sft_shard
@@ -359,13 +360,7 @@ class PromptData:
                 for i in range(0, len(rows), micro_batch)]
 
     def _prompts(self, rows: np.ndarray, positions: np.ndarray) -> tuple[torch.Tensor, ...]:
-        width = max(len(self.train[i][0]) for i in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.int64)
-        mask = torch.zeros(len(rows), width, dtype=torch.int64)
-        for r, i in enumerate(rows):
-            prompt = self.train[i][0]
-            ids[r, :len(prompt)] = torch.from_numpy(prompt)
-            mask[r, :len(prompt)] = 1
+        ids, mask = pad_batch([self.train[i][0] for i in rows])
         return ids, mask, torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(positions.astype(np.int64))
 
     def val_batches(self, rank: int, world_size: int, micro_batch: int):

@@ -52,10 +52,10 @@ from gpt.template import CHAT_TEMPLATE
 from pipelines import CUSTOM, PREF_DATASETS, SFT_DATASETS
 from pipelines.stage import find_shards_dir
 from shards.io import atomic_write
-from shards.tokenizer import EOT, get_encoding
+from shards.tokenizer import get_encoding
 
 from . import tasks
-from .answers import answer_text, answers_to, instruction
+from .answers import answer_text, answers_to, ended, instruction, without_eot
 from .checkpoint import latest_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, PromptData, SFTData, pad_examples, rank_slice, with_answer
@@ -257,7 +257,7 @@ class Sampler:
             ref = token_logps(self.reference, inputs, targets) if self.reference is not None else empty
         grouped = rewards.view(-1, cfg.group)
         sums += torch.tensor([rewards.sum().item(), len(answers), sum(map(len, answers)),
-                              sum(bool(a) and a[-1] == EOT for a in answers),
+                              sum(map(ended, answers)),
                               (grouped == grouped[:, :1]).all(dim=1).sum().item(), len(grouped), gen_s],
                              dtype=torch.float64)
         return Rollout(inputs, targets, advantages.to(device), old, ref)
@@ -299,7 +299,7 @@ def eval_hook(cfg: RLTrainConfig, data: PromptData, reward: tasks.Reward):
     def extra_eval(model: GPT, dist: Dist) -> dict:
         ids = rank_slice(np.arange(len(data.val)), dist.rank, dist.world_size)
         answers, rewards = held_out_answers(model, cfg, data, ids, reward, dist)
-        sums = torch.tensor([sum(rewards), sum(map(len, answers)), sum(bool(a) and a[-1] == EOT for a in answers),
+        sums = torch.tensor([sum(rewards), sum(map(len, answers)), sum(map(ended, answers)),
                              len(answers)], dtype=torch.float64, device=dist.device)
         dist.all_reduce_sum(sums)
         record = {"val_reward": (sums[0] / sums[3]).item(), "val_answer_tokens": (sums[1] / sums[3]).item(),
@@ -330,7 +330,7 @@ def score(reward: tasks.Reward, examples: list[tuple[np.ndarray, np.ndarray]], a
     enc = get_encoding()
     return reward([enc.decode(prompt.tolist()) for prompt, _ in examples],
                   [enc.decode(reference[:-1].tolist()) for _, reference in examples],
-                  [enc.decode(a[:-1] if a and a[-1] == EOT else a) for a in answers])
+                  [enc.decode(without_eot(a)) for a in answers])
 
 
 def load_prompts(cfg: RLTrainConfig) -> PromptData:
