@@ -33,6 +33,7 @@ from train.config import parse_args
 from train.data import PromptData, SFTData
 from train.distributed import Dist
 from train.log import read_log
+from train.model import frozen
 from train.rl import (RLTrainConfig, Rollout, Sampler, group_advantages, loss_hook, main, policy_loss,
                       sample_seed)
 from train.tasks import arithmetic, gsm8k
@@ -139,11 +140,10 @@ def test_the_policy_gradient_loss_equals_a_direct_computation(setup, updates, kl
         old = (-policy(inputs, targets, reduction="none")[1] + shift) * (targets != -100)
         ref = -reference(inputs, targets, reduction="none")[1]
     cfg = RLTrainConfig(updates=updates, clip=0.2, kl_beta=kl_beta)
-    hook = loss_hook(cfg, reference if kl_beta else None)
-    empty = torch.empty(0)
-    batch = Rollout(inputs, targets, advantages, old if updates > 1 else empty, ref if kl_beta else empty)
-    out = hook(policy, batch)
-    loss, kl = (out[0], out[1]["kl"]) if kl_beta else (out, None)
+    hook = loss_hook(cfg, reference)
+    batch = Rollout(inputs, targets, advantages, old if updates > 1 else torch.empty(0), ref)
+    loss, kl = hook(policy, batch)
+    kl = kl["kl"]
     loss.backward()
     got_grad = policy.transformer.h[0].attn.c_attn.weight.grad.clone()
     policy.zero_grad()
@@ -155,14 +155,12 @@ def test_the_policy_gradient_loss_equals_a_direct_computation(setup, updates, kl
         ratio = torch.exp(logps - old_r)
         A = advantages[r]
         direct = direct - torch.minimum(ratio * A, torch.clamp(ratio, 0.8, 1.2) * A).sum()
-        if kl_beta:
-            d = ref[r][mine] - logps
-            direct_kl = direct_kl + (torch.exp(d) - d - 1).sum()
+        d = ref[r][mine] - logps
+        direct_kl = direct_kl + (torch.exp(d) - d - 1).sum()
     total = direct + kl_beta * direct_kl
     total.backward()
     assert loss.item() == pytest.approx(total.item(), abs=1e-6)
-    if kl_beta:
-        assert kl.detach().item() == pytest.approx(direct_kl.item(), abs=1e-6) and kl.detach().item() > 0
+    assert kl.detach().item() == pytest.approx(direct_kl.item(), abs=1e-6) and kl.detach().item() > 0  # always logged
     # the model's cross-entropy computes log-probabilities in float32 (gpt/kernels.py), the direct one in float64
     assert torch.allclose(got_grad, policy.transformer.h[0].attn.c_attn.weight.grad, rtol=1e-5, atol=1e-7)
     assert got_grad.abs().max() > 0
@@ -173,8 +171,8 @@ def test_the_policy_gradient_loss_equals_a_direct_computation(setup, updates, kl
 def test_policy_loss_clips_the_ratio_where_the_advantage_says():
     logps = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1 against old log-probs 0
     mask = torch.ones(1, 3, dtype=torch.bool)
-    up, _ = policy_loss(logps, torch.zeros(1, 3), torch.tensor([1.0]), mask, clip=0.2)
-    down, _ = policy_loss(logps, torch.zeros(1, 3), torch.tensor([-1.0]), mask, clip=0.2)
+    up, _ = policy_loss(logps, torch.zeros(1, 3), torch.tensor([1.0]), mask, 0.2, torch.zeros(1, 3))
+    down, _ = policy_loss(logps, torch.zeros(1, 3), torch.tensor([-1.0]), mask, 0.2, torch.zeros(1, 3))
     assert up.item() == pytest.approx(-(1.2 + 0.5 + 1.1))  # A > 0: the ratio counts up to 1 + clip
     assert down.item() == pytest.approx(1.5 + 0.8 + 1.1)  # A < 0: down to 1 - clip
 
@@ -210,7 +208,7 @@ def sampler(setup, **overrides):
     data = PromptData(rows[:32], rows[32:], cfg.seq_len, cfg.max_new, cfg.batch_prompts, cfg.seed,
                       directory="x", manifest_sha256="0" * 64)
     scorer = ModelReward(setup["scorer"].OddShare())
-    return Sampler(cfg, data, scorer, None, Dist()), data, cfg
+    return Sampler(cfg, data, scorer, frozen(load_model(setup["init"])), Dist()), data, cfg
 
 
 def test_sampling_is_reproducible_from_the_seed(setup):
@@ -260,7 +258,7 @@ def test_each_step_samples_with_the_model_its_previous_update_left(setup, tmp_pa
     cfg = parse_args(flags(setup, run_dir, "--seed", "5"), RLTrainConfig)
     data = PromptData.from_shards(SFTData(setup["shards"], cfg.seq_len, cfg.batch_prompts, cfg.seed), cfg.max_new,
                                   cfg.batch_prompts, cfg.seed, eval_prompts=cfg.eval_prompts)
-    sample = Sampler(cfg, data, ModelReward(setup["scorer"].OddShare()), None, Dist())
+    sample = Sampler(cfg, data, ModelReward(setup["scorer"].OddShare()), frozen(load_model(setup["init"])), Dist())
     for step, folder in ((0, setup["init"]), (1, run_dir / "ckpt" / "step-000001"),
                          (2, run_dir / "ckpt" / "step-000002")):
         _, stats = sample(load_model(folder), step, data.train_batches(step, 0, 1, cfg.micro_batch))

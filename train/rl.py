@@ -1,7 +1,7 @@
 """`python -m train rl [flags]`: online RL, GRPO-style, on the policy's own samples; a configuration of the loop.
 
-The policy starts from `--init` or, by default, from the SFT run `--sft-run` (as DPO's); with `--kl-beta` > 0
-that start is also the frozen reference. A row is one prompt (train.data.PromptData): the built-in task's
+The policy starts from `--init` or, by default, from the SFT run `--sft-run` (as DPO's); that start is also
+the frozen reference, whose KL to the policy is always logged and, with `--kl-beta` > 0, penalized. A row is one prompt (train.data.PromptData): the built-in task's
 (`--reward arithmetic`, train/tasks/arithmetic.py), the gsm8k SFT shards' (`--reward gsm8k`), or with a reward
 model (`--reward rm:PATH`) the preference or SFT shards' prompts of `--dataset` (`--prompts prefs|sft`); the
 global batch is `--batch-prompts` prompts.
@@ -24,8 +24,8 @@ current batch are kept in RUN_DIR/rollouts/, so a run resumed in the middle of a
 Logged at each sampling step: `reward` (the mean over answers), `answer_tokens` (mean answer length, EOT
 included), `eot_rate` (answers that end with EOT within --max-new), `zero_variance` (the share of groups whose
 rewards are all equal: no gradient from them), `gen_tokens_per_s`, and the loop's `prepare_s` (sampling:
-generation, rewards, reference log-probs) and `learn_s` (over which `tokens_per_s` is measured); with a
-reference, `kl` (mean per answer token). At each evaluation: `val_reward`, `val_answer_tokens`, `val_eot_rate` of the greedy answers to
+generation, rewards, reference log-probs) and `learn_s` (over which `tokens_per_s` is measured), and `kl`
+(the k3 estimate, mean per answer token). At each evaluation: `val_reward`, `val_answer_tokens`, `val_eot_rate` of the greedy answers to
 the held-out prompts (`--eval-prompts`), and `val_loss`, the cross-entropy of their reference answers (drift
 from what the SFT model learned). loss.png draws the train and held-out reward. Checkpoints carry the Alpaca
 chat template. At the end rank 0 prints the held-out reward before and after, the split of time between
@@ -99,7 +99,7 @@ class RLTrainConfig(RunConfig):
     top_k: int | None = None  # sample among the k most likely tokens (None: all)
     updates: int = 1
     clip: float = 0.2  # PPO's clip of the ratio (used with --updates > 1)
-    kl_beta: float = 0.0  # weight of the KL to the reference (0: no reference is loaded)
+    kl_beta: float = 0.0  # weight of the KL to the reference in the loss (0: logged only)
     mean_only: bool = False
     sft_run: str = "runs/fineweb10B/sft"  # without --init: start from this run's checkpoint (resolve_checkpoint)
     eval_prompts: int = 64  # held-out prompts answered greedily at each evaluation (0: all)
@@ -142,7 +142,7 @@ class Rollout(NamedTuple):
     targets: torch.Tensor  # [R, T] the answer's tokens (its EOT included when sampled) where predicted, else -100
     advantages: torch.Tensor  # [R]
     old_logps: torch.Tensor  # [R, T] at sampling (with --updates > 1), else empty
-    ref_logps: torch.Tensor  # [R, T] of the reference (with --kl-beta > 0), else empty
+    ref_logps: torch.Tensor  # [R, T] of the reference
 
 
 def group_advantages(rewards: torch.Tensor, group: int, mean_only: bool = False) -> torch.Tensor:
@@ -156,16 +156,15 @@ def group_advantages(rewards: torch.Tensor, group: int, mean_only: bool = False)
 
 
 def policy_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                clip: float, ref_logps: torch.Tensor | None = None, kl_beta: float = 0.0):
-    """(the summed loss of the answer tokens, their summed k3 KL to the reference, or None): per token
+                clip: float, ref_logps: torch.Tensor, kl_beta: float = 0.0):
+    """(the summed loss of the answer tokens, their summed k3 KL to the reference): per token
     -min(ratio * A, clip(ratio) * A) + kl_beta * k3, with logps, old_logps, ref_logps, mask [R, T], A [R]."""
     ratio = torch.exp(logps - old_logps)
     advantage = advantages[:, None]
     losses = -torch.min(ratio * advantage, ratio.clamp(1 - clip, 1 + clip) * advantage)
-    if ref_logps is None:
-        return (losses * mask).sum(), None
     kl = k3(logps, ref_logps)
-    return ((losses + kl_beta * kl) * mask).sum(), (kl * mask).sum()
+    penalized = losses + kl_beta * kl if kl_beta else losses  # with kl_beta 0 the KL is only measured
+    return (penalized * mask).sum(), (kl * mask).sum()
 
 
 def k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
@@ -180,25 +179,22 @@ def token_logps(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Ten
     return -model(inputs, targets, reduction="none", supervised_only=True)[1]
 
 
-def loss_hook(cfg: RLTrainConfig, reference: GPT | None):
-    """`Hooks.loss`: the summed policy-gradient loss of a Rollout micro-batch (and its summed KL, with a
-    reference); of a validation batch (inputs, targets), the cross-entropy of the reference answers."""
+def loss_hook(cfg: RLTrainConfig, reference: GPT):
+    """`Hooks.loss`: the summed policy-gradient loss of a Rollout micro-batch, and its summed KL to the reference;
+    of a validation batch (inputs, targets), the cross-entropy of the reference answers, and their KL."""
 
     def loss(model: torch.nn.Module, batch: tuple):
         inputs, targets = batch[:2]
         logps = token_logps(model, inputs, targets)
         mask = targets != -100
-        ref = None
-        if reference is not None:
-            with torch.no_grad():
-                ref = batch.ref_logps if isinstance(batch, Rollout) else token_logps(reference, inputs, targets)
         if isinstance(batch, Rollout):
             old = batch.old_logps if cfg.updates > 1 else logps.detach()
-            total, kl = policy_loss(logps, old, batch.advantages, mask, cfg.clip, ref, cfg.kl_beta)
+            total, kl = policy_loss(logps, old, batch.advantages, mask, cfg.clip, batch.ref_logps, cfg.kl_beta)
         else:
-            total = -logps.sum()
-            kl = None if ref is None else (k3(logps, ref) * mask).sum()
-        return total if reference is None else (total, {"kl": kl})
+            with torch.no_grad():
+                ref = token_logps(reference, inputs, targets)
+            total, kl = -logps.sum(), (k3(logps, ref) * mask).sum()
+        return total, {"kl": kl}
 
     return loss
 
@@ -214,7 +210,7 @@ class Sampler:
 
     STATS = ("reward", "answers", "answer_tokens", "eot", "zero_variance", "groups", "gen_s")
 
-    def __init__(self, cfg: RLTrainConfig, data: PromptData, reward: tasks.Reward, reference: GPT | None,
+    def __init__(self, cfg: RLTrainConfig, data: PromptData, reward: tasks.Reward, reference: GPT,
                  dist: Dist):
         self.cfg, self.data, self.reward, self.reference, self.dist = cfg, data, reward, reference, dist
         self.current: tuple[int, list[Rollout]] | None = None  # (batch, its rollouts) with --updates > 1
@@ -251,10 +247,9 @@ class Sampler:
         inputs, targets = pad_examples([with_answer(prompt, np.array(answer, dtype=np.int64))
                                         for (prompt, _), answer in zip(examples, answers)])
         inputs, targets = inputs.to(device), targets.to(device)
-        empty = torch.empty(0, device=device)
         with torch.no_grad(), autocast(cfg, device):
-            old = token_logps(model, inputs, targets) if cfg.updates > 1 else empty
-            ref = token_logps(self.reference, inputs, targets) if self.reference is not None else empty
+            old = token_logps(model, inputs, targets) if cfg.updates > 1 else torch.empty(0, device=device)
+            ref = token_logps(self.reference, inputs, targets)
         grouped = rewards.view(-1, cfg.group)
         sums += torch.tensor([rewards.sum().item(), len(answers), sum(map(len, answers)),
                               sum(map(ended, answers)),
@@ -356,15 +351,15 @@ def main(argv=None) -> int:
                 check_context(cfg)
                 data = load_prompts(cfg)
                 reward = tasks.load_reward(cfg.reward, dist.device)
-                reference = frozen(build_model(cfg, dist)) if cfg.kl_beta > 0 else None
+                reference = frozen(build_model(cfg, dist))
             if dist.is_main:
                 print(f"rl: {len(data.train)} train and {len(data.val)} held-out prompts from {data.dir} "
                       f"({data.left_out} left out: longer than {cfg.seq_len - cfg.max_new} tokens), reward "
-                      f"{cfg.reward}, {cfg.group} answers of at most {cfg.max_new} tokens per prompt; policy"
-                      f"{' and frozen reference' if reference is not None else ''} from {cfg.init}")
-            if cfg.compile and reference is not None:
+                      f"{cfg.reward}, {cfg.group} answers of at most {cfg.max_new} tokens per prompt; policy and "
+                      f"frozen reference from {cfg.init}")
+            if cfg.compile:
                 reference = torch.compile(reference)
-            hooks = Hooks(loss=loss_hook(cfg, reference), metrics=("kl",) if reference is not None else (),
+            hooks = Hooks(loss=loss_hook(cfg, reference), metrics=("kl",),
                           extra_eval=eval_hook(cfg, data, reward), plot_metrics=("reward", "val_reward"),
                           state={"rl": True}, chat_template=CHAT_TEMPLATE,
                           prepare=Sampler(cfg, data, reward, reference, dist))
