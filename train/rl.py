@@ -2,9 +2,9 @@
 
 The policy starts from `--init` or, by default, from the SFT run `--sft-run` (as DPO's); that start is also
 the frozen reference, whose KL to the policy is always logged and, with `--kl-beta` > 0, penalized. A row is
-one prompt (train.data.PromptData): the built-in task's (`--reward arithmetic`, train/tasks/arithmetic.py), the gsm8k SFT shards' (`--reward gsm8k`), or with a reward
-model (`--reward rm:PATH`) the preference or SFT shards' prompts of `--dataset` (`--prompts prefs|sft`); the
-global batch is `--batch-prompts` prompts.
+one prompt (train.data.PromptData): the built-in task's (`--reward arithmetic`, train/tasks/arithmetic.py),
+the gsm8k SFT shards' (`--reward gsm8k`), or with a reward model (`--reward rm:PATH`) the preference or SFT
+shards' prompts of `--dataset` (`--prompts prefs|sft`); the global batch is `--batch-prompts` prompts.
 
 Each step starts by sampling, with the model as the previous step left it (the loop's `Hooks.prepare`): for
 each micro-batch of `--micro-batch` prompts, one `generate` call of prompts x `--group` rows (temperature 1,
