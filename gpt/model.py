@@ -198,20 +198,28 @@ class GPT(nn.Module):
         Training passes only `idx` and `targets` (-100 = ignored). Generation may pass `positions` [B, T]
         (per-row position ids), `key_mask` [B, cache.length + T] (False on padding keys) and a `cache`
         that this call appends its keys and values to. `reduction="sum"` returns the summed loss, "none" the loss
-        of each target [B, T] (0 where ignored). `supervised_only` (with targets, reduction "none") projects onto
-        the vocabulary only the positions whose target is supervised and returns (None, the losses [B, T]): the
-        same losses for a fraction of the head's cost when most targets are ignored (RL: rows of prompt and a
-        short answer).
+        of each target [B, T] (0 where ignored). `supervised_only` (with targets) returns (None, the loss) and,
+        run eagerly, projects onto the vocabulary only the positions whose target is supervised: the same loss
+        for a fraction of the head's cost when most targets are ignored (SFT, DPO and RL rows are mostly prompt
+        and padding). Under torch.compile it projects every position, as without it: a boolean index has a
+        data-dependent shape, which would break the graph and run the head and the loss eagerly.
         """
         x = self.hidden_states(idx, positions=positions, key_mask=key_mask, cache=cache)
         if supervised_only:
-            if targets is None or reduction != "none":
-                raise ValueError('supervised_only needs targets and reduction="none"')
+            if targets is None:
+                raise ValueError("supervised_only needs targets")
+            if torch.compiler.is_compiling():
+                return None, self._loss(x, targets, reduction)
             keep = targets != -100
-            logits = self.lm_head(x[keep])[..., :self.config.vocab_size]
-            losses = cross_entropy(logits, targets[keep], "none")
-            return None, torch.zeros(targets.shape, dtype=losses.dtype, device=x.device).masked_scatter(keep, losses)
+            loss = self._loss(x[keep], targets[keep], reduction)
+            if reduction == "none":
+                loss = torch.zeros(targets.shape, dtype=loss.dtype, device=x.device).masked_scatter(keep, loss)
+            return None, loss
         logits = self.lm_head(x)[..., :self.config.vocab_size]
         if targets is None:
             return logits
         return logits, cross_entropy(logits, targets, reduction)
+
+    def _loss(self, x, targets, reduction: str) -> torch.Tensor:
+        """The loss of hidden states x [..., n_embd] against targets [...], the logits not kept."""
+        return cross_entropy(self.lm_head(x)[..., :self.config.vocab_size], targets, reduction)

@@ -115,43 +115,50 @@ def test_both_loss_paths_give_the_same_loss_and_gradients(reduction, dtype):
         cross_entropy(base, targets, "max")
 
 
-def test_supervised_only_gives_the_losses_and_gradients_of_the_whole_projection():
-    """RL's forward projects only the supervised positions: the same losses per target, the same gradients."""
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_supervised_only_gives_the_losses_and_gradients_of_the_whole_projection(reduction):
+    """SFT's, DPO's and RL's forward projects only the supervised positions: the same loss, the same gradients."""
     torch.manual_seed(0)
     model = GPT(preset("nano", vocab_size=256))
     x = torch.randint(0, 256, (3, 9))
     targets = torch.full((3, 9), -100)
     targets[0, 4:] = torch.randint(0, 256, (5,))
     targets[2, 8] = 7
+    weights = torch.arange(27.0).view(3, 9) if reduction == "none" else torch.tensor(3.0)
     grads, losses = [], []
     for supervised_only in (False, True):
         model.zero_grad()
-        logits, loss = model(x, targets, reduction="none", supervised_only=supervised_only)
-        assert (logits is None) == supervised_only and loss.shape == (3, 9)
-        (torch.arange(27.0).view(3, 9) * loss).sum().backward()
+        logits, loss = model(x, targets, reduction=reduction, supervised_only=supervised_only)
+        assert (logits is None) == supervised_only and loss.shape == weights.shape
+        (weights * loss).sum().backward()
         losses.append(loss.detach())
         grads.append({name: p.grad.clone() for name, p in model.named_parameters()})
-    assert torch.allclose(losses[0], losses[1], atol=1e-6) and (losses[1][targets == -100] == 0).all()
+    assert torch.allclose(losses[0], losses[1], atol=1e-6) and losses[0].abs().sum() > 1
+    if reduction == "none":
+        assert (losses[1][targets == -100] == 0).all()
     assert all(max_diff(grads[0][k], grads[1][k]) <= 1e-6 * max(1.0, grads[0][k].abs().max().item()) for k in grads[0])
     with pytest.raises(ValueError, match="supervised_only needs targets"):
-        model(x, targets, supervised_only=True)
+        model(x, supervised_only=True)
 
 
-@pytest.mark.parametrize("sft", [False, True])
-def test_training_forward_with_the_loss_is_one_graph(sft):
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo"])
+def test_training_forward_with_the_loss_is_one_graph(stage):
     """Under torch.compile the forward and its loss trace into one graph with no break (the custom autograd
-    loss broke it, and ran eagerly: a third of a GPU step), for pretraining's mean loss over full targets and
-    for the loop's summed loss over SFT's masked targets."""
+    loss broke it, and ran eagerly: a third of a GPU step; so would `supervised_only`'s boolean index), for
+    a mean loss over full targets, the loop's summed loss over SFT's masked targets (`supervised_only`, as
+    train.loop.token_loss asks), and DPO's and RL's losses per target."""
     import torch._dynamo
 
     torch._dynamo.reset()
     model = GPT(preset("nano", padded_vocab_size=64 * 787)).train()
     x = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(0))
     y = torch.roll(x, -1, dims=1)
-    if sft:
+    if stage != "pretrain":
         y[:, :5] = -100  # the prompt
         y[1, 12:] = -100  # padding
-    explained = torch._dynamo.explain(model)(x, y, reduction="sum" if sft else "mean")
+    options = dict(mean=dict(reduction="mean"), sft=dict(reduction="sum", supervised_only=True),
+                   dpo=dict(reduction="none", supervised_only=True))
+    explained = torch._dynamo.explain(model)(x, y, **options["mean" if stage == "pretrain" else stage])
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
 

@@ -77,9 +77,10 @@ RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, 
 
 
 def token_loss(model, batch) -> torch.Tensor:
-    """Next-token cross-entropy of (inputs, targets), summed over the supervised targets."""
+    """Next-token cross-entropy of (inputs, targets), summed over the supervised targets (the vocabulary projected
+    at those positions only when eager: SFT's prompts and padding cost no logits)."""
     inputs, targets = batch
-    return model(inputs, targets, reduction="sum")[1]  # the logits are not kept
+    return model(inputs, targets, reduction="sum", supervised_only=True)[1]
 
 
 def supervised_targets(batch) -> int:
@@ -308,10 +309,10 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
             model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                         gradient_as_bucket_view=True)  # gradients live in the all-reduce buckets: no copy
         if cfg.compile:  # after DDP: dynamo then splits the graph at DDP's buckets, overlapping the all-reduces
-            model = torch.compile(model)
+            model = torch.compile(model, mode=cfg.compile_mode)
         log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
         log.print(f"{desc}: {dist.world_size} process(es) on {_device_name(dist.device)}, "
-                  f"{_dtype(cfg, dist.device)}{', compiled' if cfg.compile else ''}, "
+                  f"{_dtype(cfg, dist.device)}{f', compiled ({cfg.compile_mode})' if cfg.compile else ''}, "
                   f"{accum} micro-batch(es) of {cfg.micro_batch} per step and process")
         if folder is not None:
             log.print(f"resumed from {folder} at step {start}")
