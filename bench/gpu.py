@@ -37,7 +37,7 @@ import torch
 
 from bench import train as bench_train
 from bench.generate import PROMPTS, left_padded
-from gpt.inference import generate, tokenize_batch_input
+from gpt.inference import COMPILE_MODES, generate, tokenize_batch_input
 from gpt.model import GPT, preset
 from shards import cli
 from shards.format import write_shard
@@ -56,7 +56,9 @@ class GPUBenchConfig:
         "budget_s": "no part starts after this many seconds",
         "json": "also write the figures to this file",
         "device": "cuda; cpu for a dry run (tests/test_generate.py: --model nano --seq-len 64 --micro-batch 4)",
-        "micro_batch": "the smoke run's"}
+        "micro_batch": "the smoke run's",
+        "compile_mode": "torch.compile's mode in every part (max-autotune-no-cudagraphs: minutes of autotuning)"}
+    CHOICES: ClassVar[dict] = {"compile_mode": COMPILE_MODES}
 
     parts: str = "train,smoke,decode"
     train_batches: str = "32"
@@ -69,6 +71,7 @@ class GPUBenchConfig:
     model: str = "gpt2"
     seq_len: int = 1024
     micro_batch: int = 32
+    compile_mode: str = "default"
 
 
 def parse_args(argv=None) -> GPUBenchConfig:
@@ -79,14 +82,16 @@ def part_train(args) -> dict:
     out = {}
     for i, batch in enumerate(int(b) for b in args.train_batches.split(",")):
         cfg = bench_train.BenchConfig(model=args.model, device=args.device, batch=batch, seq_len=args.seq_len,
-                                      warmup=3, rounds=10, compile=True, padded_vocab_size=50304, gpu=False)
+                                      warmup=3, rounds=10, compile=True, padded_vocab_size=50304, gpu=False,
+                                      compile_mode=args.compile_mode)
         r = bench_train.run(cfg, baseline=i == 0 and _has_transformers())
         out[batch] = {k: r.get(k) for k in ("tokens_per_s", "mfu", "ratio", "first_loss")}
         line = ", ".join(f"{name} {tps:,.0f} tokens/s" + (f" (MFU {r['mfu'][name]:.1%})" if "mfu" in r else "")
                          for name, tps in r["tokens_per_s"].items())
         ratio = f"; ours/transformers {r['ratio']:.2f}" if "ratio" in r else ""
-        print(f"train, micro-batch {batch} x {args.seq_len}, compiled, {'bf16' if args.device == 'cuda' else 'fp32'}: "
-              f"{line}{ratio}", flush=True)
+        dtype = "bf16" if args.device == "cuda" else "fp32"
+        print(f"train, micro-batch {batch} x {args.seq_len}, compiled ({args.compile_mode}), {dtype}: {line}{ratio}",
+              flush=True)
     return out
 
 
@@ -111,7 +116,7 @@ def _pretrain(args, run_dir: Path, shards: Path, *extra: str) -> None:
                "--micro-batch", str(args.micro_batch), "--batch-tokens", str(_smoke_batch(args)),
                "--steps", str(SMOKE_STEPS), "--lr", "6e-4", "--warmup", "2", "--eval-every", str(SMOKE_SAVE),
                "--save-every", str(SMOKE_SAVE), "--eval-tokens", str(2 * args.micro_batch * args.seq_len),
-               "--compile", "--device", args.device, "--no-progress", *extra]
+               "--compile", "--compile-mode", args.compile_mode, "--device", args.device, "--no-progress", *extra]
     print("$ " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
 
@@ -179,8 +184,9 @@ def part_decode(args) -> dict:
         ids, masks = tokenize_batch_input(prompts)
         ids, masks = ids.to(args.device), masks.to(args.device)
         static = args.device != "cuda" or None  # the static decoder is the GPU's default
+        mode = True if args.compile_mode == "default" else args.compile_mode
         runs = {"graph": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=static),
-                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=True,
+                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=mode,
                                                   static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
         runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",") or name == "eager"}

@@ -22,6 +22,7 @@ import torch
 
 from bench import cpu_name
 from gpt.hf import from_hf, to_hf
+from gpt.inference import COMPILE_MODES
 from gpt.model import GPT, preset
 from shards import cli
 from train.loop import peak_bf16_flops
@@ -31,7 +32,7 @@ from train.model import PADDED_VOCAB_CUDA
 
 @dataclass
 class BenchConfig:
-    CHOICES: ClassVar[dict] = {"device": ("cpu", "cuda")}
+    CHOICES: ClassVar[dict] = {"device": ("cpu", "cuda"), "compile_mode": COMPILE_MODES}
 
     model: str = "gpt2"
     batch: int = 4
@@ -42,6 +43,7 @@ class BenchConfig:
     padded_vocab_size: int | None = None  # ours only; None = the same vocabulary as HF
     device: str = "cpu"  # cpu or cuda
     compile: bool = False  # torch.compile both models
+    compile_mode: str = "default"  # its mode
     gpu: bool = True  # when CUDA is available, also run --gpu-batch x 1024 tokens on it in bf16
     gpu_batch: int = 16
     seed: int = 0
@@ -57,7 +59,7 @@ class Trainer:
     def __init__(self, name: str, model, ours: bool, cfg: BenchConfig):
         self.name, self.ours, self.cfg = name, ours, cfg
         self.model = model.to(cfg.device).train()
-        self.step_fn = torch.compile(self.model) if cfg.compile else self.model
+        self.step_fn = torch.compile(self.model, mode=cfg.compile_mode) if cfg.compile else self.model
         # Fused AdamW (one pass over the parameters) is also ~3x faster than the default on a CPU.
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8,
                                      weight_decay=0.1, fused=True)

@@ -25,6 +25,11 @@ from .kernels import linear
 from .model import GPT, KVCache
 
 
+# torch.compile's modes for the decoding step (and training runs): the others make CUDA graphs of their own, where
+# the decoder captures its own (and a training step varies: evaluations, checkpoints, DDP's all-reduces)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
 def tokenize_batch_input(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """GPT-2 tokens of `prompts` as int64 `input_ids` [B, T] right-padded with 0, and `attention_masks`
     [B, T] (1 on real tokens, 0 on padding). Special-token text such as "<|endoftext|>" stays text."""
@@ -121,7 +126,7 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
            max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
            truncate: bool = False, repetition_penalty: float = 1.0, static: bool | None = None,
-           compile: bool = False) -> Iterator[list[int | None]]:
+           compile: bool | str = False) -> Iterator[list[int | None]]:
     """Generate step by step: each item is a list with, for every row, its new token, or None once the
     row has finished (it produced `eot`). Stops when every row has finished, after `max_steps` steps, or
     when the longest prompt plus the new tokens fill the model's context (`block_size`).
@@ -135,9 +140,12 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1) keeps its last tokens.
     `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
     `static` decodes with a `StaticDecoder` (fixed shapes; a CUDA graph on a GPU); by default it does so on a
-    GPU without autocast, and `compile` also compiles its step. Arguments are checked here, before the first step.
+    GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or a mode's
+    name, e.g. "max-autotune-no-cudagraphs"). Arguments are checked here, before the first step.
     """
     _check_options(temperature, max_steps, top_k, top_p, repetition_penalty)
+    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
     rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
     return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, repetition_penalty,
                   static, compile)
@@ -150,14 +158,15 @@ class StaticDecoder:
     not a Python int) and attends to every column through the mask `visible`, so no shape depends on the
     step. The step reads its inputs from, and advances, tensors it owns (`token`, `position`, `column`,
     `visible`); `start` sets them after the prompt went through `GPT.hidden_states` with `cache`. With
-    `compile`, the step is compiled first (inductor fuses LayerNorm, GELU and the residual adds). On a GPU the
-    step is captured once as a CUDA graph, so a step costs one launch instead of ~200 (at batch 1 the Python
-    and launch overhead, not the GPU, bounded the eager loop: docs/benchmarks.md). Keys, values and logits
+    `compile` (True, or torch.compile's mode), the step is compiled first (inductor fuses LayerNorm, GELU and
+    the residual adds). On a GPU the step is captured once as a CUDA graph, so a step costs one launch instead
+    of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
+    docs/benchmarks.md). Keys, values and logits
     are in the weights' dtype: the graph is not used under autocast, whose cast weights would be cached
     outside the graph.
     """
 
-    def __init__(self, model: GPT, batch: int, max_len: int, compile: bool = False):
+    def __init__(self, model: GPT, batch: int, max_len: int, compile: bool | str = False):
         param = next(model.parameters())
         device = param.device
         # the modules, not the model: _DECODERS holds decoders weakly by model, so none may refer to its key
@@ -168,7 +177,10 @@ class StaticDecoder:
         self.column = torch.zeros(1, dtype=torch.int64, device=device)
         self.visible = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.head = model.lm_head.weight[:model.config.vocab_size]
-        self._step = torch.compile(self._forward, fullgraph=True, dynamic=False) if compile else self._forward
+        self._step = self._forward
+        if compile:
+            mode = None if compile is True else compile
+            self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, mode=mode)
         self.graph = None
         if device.type == "cuda":
             self.graph, self.logits = self._capture(device)
@@ -238,7 +250,7 @@ _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 STATIC_COLUMNS = 128
 
 
-def _static_decoder(model: GPT, batch: int, columns: int, compile: bool) -> StaticDecoder:
+def _static_decoder(model: GPT, batch: int, columns: int, compile: bool | str) -> StaticDecoder:
     max_len = min(model.config.block_size, -(-columns // STATIC_COLUMNS) * STATIC_COLUMNS)
     decoder = _DECODERS.get(model)
     if decoder is None or decoder.shape != (batch, max_len) or decoder.compiled != compile or \
@@ -318,7 +330,7 @@ def generate(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor,
              max_steps: int = 64, *, top_k: int | None = None, top_p: float | None = None,
              generator: torch.Generator | None = None, eot: int = EOT, use_cache: bool = True,
              truncate: bool = False, repetition_penalty: float = 1.0, static: bool | None = None,
-             compile: bool = False, progress: bool = False) -> list[list[int]]:
+             compile: bool | str = False, progress: bool = False) -> list[list[int]]:
     """The new tokens of every row (EOT included when the row produced it); arguments as in `stream`;
     `progress` shows a bar over the steps on a terminal."""
     out: list[list[int]] = [[] for _ in range(input_ids.shape[0] if torch.is_tensor(input_ids) else 0)]

@@ -124,6 +124,9 @@ def test_static_decoding_gives_the_same_tokens(model):
         greedy(model, PROMPTS, static=True, use_cache=False)
     with pytest.raises(ValueError, match="compile=True compiles the static decoder's step"):
         greedy(model, PROMPTS, static=False, compile=True)
+    with pytest.raises(ValueError, match="compile must be True, False or one of default, max-autotune-no-cudagraphs, "
+                                         "got 'max-autotune'"):  # its CUDA graphs would go inside the decoder's
+        greedy(model, PROMPTS, static=True, compile="max-autotune")
 
 
 def test_a_models_static_decoder_goes_with_it():

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gpt.inference import COMPILE_MODES
 from gpt.model import PRESETS
 from pipelines import CUSTOM, PRETRAIN_DATASETS
 from shards import cli
@@ -39,9 +40,12 @@ class RunConfig:
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("warmup", "weight_decay", "grad_clip", "sample_tokens",
                                                "keep_checkpoints")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"device": ("auto", "cpu", "cuda"),
-                                                     "dtype": ("auto", "float32", "bfloat16")}
+                                                     "dtype": ("auto", "float32", "bfloat16"),
+                                                     "compile_mode": COMPILE_MODES}
     HELP: ClassVar[dict[str, str]] = {"epochs": "given, it replaces the recipe's --steps",
-                                      "show_config": "print the resolved config as JSON and exit"}
+                                      "show_config": "print the resolved config as JSON and exit",
+                                      "compile_mode": "torch.compile's mode, with --compile (max-autotune-no-"
+                                                      "cudagraphs: minutes of timing kernels at the start)"}
 
     recipe: str = "sample"  # the named recipe the other fields start from
     # data
@@ -75,6 +79,7 @@ class RunConfig:
     extend: bool = False  # with --resume: more --steps (or --epochs) than the run had; they run at its final lr
     # execution
     compile: bool = False
+    compile_mode: str = "default"
     seed: int = 1337
     device: str = "auto"  # auto, cpu, cuda
     dtype: str = "auto"  # auto (bfloat16 autocast on GPUs with native bf16, else float32), float32, bfloat16
@@ -93,6 +98,8 @@ class RunConfig:
                 value = getattr(self, name)
                 if value is not None and not ok(value):
                     raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"--compile-mode {self.compile_mode} needs --compile")
 
 
 @dataclass

@@ -157,7 +157,7 @@ def main(argv=None) -> int:
                       f"({data.left_out} with a sequence longer than {cfg.seq_len + 1} tokens left out), beta "
                       f"{cfg.beta}; policy and frozen reference from {cfg.init}")
             if cfg.compile:
-                reference = torch.compile(reference)
+                reference = torch.compile(reference, mode=cfg.compile_mode)
             hooks = Hooks(loss=loss_hook(reference, cfg.beta, cfg.label_smoothing), count=pairs, metrics=METRICS,
                           samples=samples_hook(data, 2, cfg.sample_tokens) if cfg.sample_tokens else None,
                           plot_metrics=("val_rewards/accuracies", "val_rewards/margins"),

@@ -358,7 +358,7 @@ def main(argv=None) -> int:
                       f"{cfg.reward}, {cfg.group} answers of at most {cfg.max_new} tokens per prompt; policy and "
                       f"frozen reference from {cfg.init}")
             if cfg.compile:
-                reference = torch.compile(reference)
+                reference = torch.compile(reference, mode=cfg.compile_mode)
             hooks = Hooks(loss=loss_hook(cfg, reference), metrics=("kl",),
                           extra_eval=eval_hook(cfg, data, reward), plot_metrics=("reward", "val_reward"),
                           state={"rl": True}, chat_template=CHAT_TEMPLATE,
