@@ -52,10 +52,13 @@ RM_FLAGS = --dataset $(PREF_DATASET) $(if $(RM_RECIPE),--recipe $(RM_RECIPE)) --
   $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(MARGIN),--margin $(MARGIN)) \
   $(if $(CENTER_COEF),--center-coef $(CENTER_COEF)) $(RUN_FLAGS)
 # RL (docs/rl.md): the global batch counts prompts; REWARD is arithmetic (the built-in task), gsm8k (the gsm8k SFT
-# shards: make sft-shards SFT_DATASET=gsm8k) or rm:PATH (a reward model, on the preference shards' prompts);
+# shards: make sft-shards SFT_DATASET=gsm8k) or rm:PATH (a reward model, on the prompts of the PREF_DATASET
+# preference shards, or with RL_PROMPTS=sft of the SFT_DATASET SFT shards);
 # GROUP, MAX_NEW, KL_BETA, UPDATES, BATCH_PROMPTS (python -m train rl --help)
 REWARD ?= arithmetic
-RL_FLAGS = --reward $(REWARD) --dataset $(if $(filter gsm8k,$(REWARD)),gsm8k,$(PREF_DATASET)) \
+RL_PROMPTS ?= prefs
+RL_FLAGS = --reward $(REWARD) --prompts $(RL_PROMPTS) \
+  --dataset $(if $(filter gsm8k,$(REWARD)),gsm8k,$(if $(filter sft,$(RL_PROMPTS)),$(SFT_DATASET),$(PREF_DATASET))) \
   $(if $(RL_RECIPE),--recipe $(RL_RECIPE)) --data-dir $(DATA_DIR) $(if $(BATCH_PROMPTS),--batch-prompts $(BATCH_PROMPTS)) \
   $(if $(GROUP),--group $(GROUP)) $(if $(MAX_NEW),--max-new $(MAX_NEW)) $(if $(KL_BETA),--kl-beta $(KL_BETA)) \
   $(if $(UPDATES),--updates $(UPDATES)) $(RUN_FLAGS)
@@ -81,7 +84,7 @@ help: ## list targets and variables
 	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"
-	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
+	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_PROMPTS (prefs, sft) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 $(STAMP): requirements.lock pyproject.toml

@@ -146,7 +146,7 @@ def test_training_forward_with_the_loss_is_one_graph(stage):
     """Under torch.compile the forward and its loss trace into one graph with no break (the custom autograd
     loss broke it, and ran eagerly: a third of a GPU step; so would `supervised_only`'s boolean index), for
     a mean loss over full targets, the loop's summed loss over SFT's masked targets (`supervised_only`, as
-    train.loop.token_loss asks), and DPO's and RL's losses per target."""
+    train.sft asks of train.loop.token_loss), and DPO's and RL's losses per target."""
     import torch._dynamo
 
     torch._dynamo.reset()

@@ -250,6 +250,21 @@ def test_zero_advantages_change_no_parameter(setup, tmp_path, monkeypatch):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_prompts_of_shards_are_kept_whatever_their_answers_length(tmp_path):
+    """A prompt that leaves room for --max-new is used even when its reference answer makes the example longer
+    than seq_len + 1 (the SFT reader leaves such an example out); the answer is cut to fit with the prompt."""
+    rows = [([11, 12, 13], [21, 22]), ([14, 15], list(range(100, 130))), ([16] * 20, [23])]
+    shards = write_sft_shards(tmp_path / "shards", rows, rows[:2])
+    reader = SFTData(shards, 16, 1, 0)
+    assert reader.left_out == 3  # the long answer (in both splits) and the long prompt
+    data = PromptData.from_shards(reader, max_new=4, batch_prompts=2, seed=0)
+    assert [p.tolist() for p, _ in data.train] == [[11, 12, 13], [14, 15]] and data.left_out == 1
+    assert data.train[1][1].tolist() == list(range(100, 115))  # 2 + 15 = seq_len + 1 tokens
+    assert data.train[0][1].tolist() == [21, 22, EOT] and len(data.val) == 2
+    inputs, targets = data.val_batches(0, 1, 2)[0]
+    assert inputs.shape[1] == 16
+
+
 def test_each_step_samples_with_the_model_its_previous_update_left(setup, tmp_path, fake_rm):
     run_dir = tmp_path / "run"
     assert main(flags(setup, run_dir, "--steps", "3", "--eval-every", "3", "--save-every", "1", "--seed", "5",

@@ -296,7 +296,7 @@ def test_dataset_defaults():
     assert (sample.epochs, sample.lr, sample.seq_len, sample.pretrain_run) == (4, 6e-3, 128, "runs/sample/pretrain")
     assert parse_args(["--epochs", "1"], SFTTrainConfig).epochs == 1
     alpaca = parse_args(["--dataset", "alpaca", "--lr", "3e-5"], SFTTrainConfig)
-    assert (alpaca.epochs, alpaca.batch_examples, alpaca.micro_batch, alpaca.seq_len) == (2, 64, 16, 1024)
+    assert (alpaca.epochs, alpaca.batch_examples, alpaca.micro_batch, alpaca.seq_len) == (2, 64, 8, 1024)
     assert (alpaca.lr, alpaca.warmup, alpaca.min_lr_ratio) == (3e-5, 50, 0.1)
     assert not {"model", "batch_tokens", "eval_tokens"} & {f.name for f in dataclasses.fields(SFTTrainConfig)}
     assert (sample.run_dir, alpaca.run_dir) == ("runs/sample/sft", "runs/alpaca/sft")

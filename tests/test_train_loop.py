@@ -162,6 +162,28 @@ def test_values_out_of_range_are_usage_errors(flags, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "rm", "rl"])
+def test_the_full_recipes_run_on_1_2_4_or_8_gpus(stage):
+    """`make <stage> NGPU=8` (and 1, 2, 4) with a recipe's own batch: its global batch divides into micro-batches
+    on every rank (alpaca's 64 examples in micro-batches of 16 did not on 8 GPUs)."""
+    import importlib
+
+    from train.config import TrainConfig
+    from train.data import accumulation_steps
+
+    module = importlib.import_module(f"train.{stage}")
+    config = TrainConfig if stage == "pretrain" else next(
+        v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__ and
+        getattr(v, "STAGE", None) == stage)
+    rows = dict(pretrain=lambda c: c.batch_tokens // c.seq_len, sft=lambda c: c.batch_examples,
+                dpo=lambda c: c.batch_pairs, rm=lambda c: c.batch_pairs, rl=lambda c: c.batch_prompts)[stage]
+    recipes = [c for name, c in config.RECIPES.items() if name != "sample"]
+    assert recipes
+    for cfg in recipes:
+        for gpus in (1, 2, 4, 8):
+            assert accumulation_steps(rows(cfg), cfg.micro_batch, gpus) >= 1, (cfg.recipe, gpus)
+
+
 def test_sft_datasets_are_those_the_pipeline_makes(capsys):
     from train.sft import SFTTrainConfig
 

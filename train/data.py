@@ -339,16 +339,18 @@ class PromptData:
     @classmethod
     def from_shards(cls, reader: ExampleData, max_new: int, batch_prompts: int, seed: int, updates: int = 1,
                     eval_prompts: int = 0) -> "PromptData":
-        """The prompts of SFT or preference shards (an SFTData or PrefData `reader`), with their first answers."""
-        def rows(shards, ids):
+        """The prompts of SFT or preference shards (an SFTData or PrefData `reader`), with their first answers:
+        every row's, whatever its answers' length (the reader's own rows are those whose longest sequence fits),
+        each answer cut to fit in `reader.seq_len` + 1 tokens with its prompt (the held-out loss reads them)."""
+        def rows(shards):
             split = []
-            for i in ids:
-                tokens, mask = shards[0].example(int(i))
+            for i in range(len(shards[0])):
+                tokens, mask = shards[0].example(i)
                 start = int(np.argmax(mask))
-                split.append((tokens[:start].astype(np.int64), tokens[start:].astype(np.int64)))
+                split.append((tokens[:start].astype(np.int64), tokens[start:reader.seq_len + 1].astype(np.int64)))
             return split
 
-        return cls(rows(reader.train, reader.train_ids), rows(reader.val, reader.val_ids), reader.seq_len, max_new,
+        return cls(rows(reader.train), rows(reader.val), reader.seq_len, max_new,
                    batch_prompts, seed, updates, eval_prompts, directory=reader.dir,
                    manifest_sha256=reader.manifest_sha256, shard_entries=reader.shard_entries)
 

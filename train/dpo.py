@@ -3,7 +3,9 @@
 The policy starts from `--init` or, by default, from the SFT run `--sft-run` (its checkpoint as
 `resolve_checkpoint` picks it); the reference model is that same starting point, frozen (eval mode, no
 gradient), and its log-probabilities are computed on the fly in the same step (one more forward, no
-backward: about a third more compute per step, and a second copy of the weights in memory). A row is one
+backward: about a third more compute per step, and a second copy of the weights in memory). The reference runs
+eagerly even with `--compile`, as the evaluations' policy does: at step 0 both give the same log-probabilities,
+so every reward is exactly 0 (compiled kernels round differently). A row is one
 pair of the preference shards, served by train.data.PrefData: a micro-batch of B pairs is one forward of 2B
 sequences (the B chosen, then their B rejected, right-padded to the longest); the global batch is
 `--batch-pairs` pairs.
@@ -156,8 +158,6 @@ def main(argv=None) -> int:
                 print(f"dpo: {len(data.train_ids)} train and {len(data.val_ids)} validation pairs from {shards_dir} "
                       f"({data.left_out} with a sequence longer than {cfg.seq_len + 1} tokens left out), beta "
                       f"{cfg.beta}; policy and frozen reference from {cfg.init}")
-            if cfg.compile:
-                reference = torch.compile(reference, mode=cfg.compile_mode)
             hooks = Hooks(loss=loss_hook(reference, cfg.beta, cfg.label_smoothing), count=pairs, metrics=METRICS,
                           samples=samples_hook(data, 2, cfg.sample_tokens) if cfg.sample_tokens else None,
                           plot_metrics=("val_rewards/accuracies", "val_rewards/margins"),

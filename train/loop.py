@@ -76,11 +76,11 @@ class TrainingError(RuntimeError):
 RUN_ERRORS = (TrainingError, RankFailed, ManifestError, ShardError, ValueError, OSError)
 
 
-def token_loss(model, batch) -> torch.Tensor:
-    """Next-token cross-entropy of (inputs, targets), summed over the supervised targets (the vocabulary projected
-    at those positions only when eager: SFT's prompts and padding cost no logits)."""
+def token_loss(model, batch, supervised_only: bool = False) -> torch.Tensor:
+    """Next-token cross-entropy of (inputs, targets), summed over the supervised targets; `supervised_only` (SFT,
+    whose prompts and padding are most targets) projects onto the vocabulary at those positions only when eager."""
     inputs, targets = batch
-    return model(inputs, targets, reduction="sum", supervised_only=True)[1]
+    return model(inputs, targets, reduction="sum", supervised_only=supervised_only)[1]  # the logits are not kept
 
 
 def supervised_targets(batch) -> int:

@@ -1,10 +1,11 @@
 """`python -m train rl [flags]`: online RL, GRPO-style, on the policy's own samples; a configuration of the loop.
 
 The policy starts from `--init` or, by default, from the SFT run `--sft-run` (as DPO's); that start is also
-the frozen reference, whose KL to the policy is always logged and, with `--kl-beta` > 0, penalized. A row is
-one prompt (train.data.PromptData): the built-in task's (`--reward arithmetic`, train/tasks/arithmetic.py),
-the gsm8k SFT shards' (`--reward gsm8k`), or with a reward model (`--reward rm:PATH`) the preference or SFT
-shards' prompts of `--dataset` (`--prompts prefs|sft`); the global batch is `--batch-prompts` prompts.
+the frozen reference (run eagerly, as DPO's), whose KL to the policy is always logged and, with `--kl-beta` > 0,
+penalized. A row is one prompt (train.data.PromptData): the built-in task's (`--reward arithmetic`,
+train/tasks/arithmetic.py), the gsm8k SFT shards' (`--reward gsm8k`), or with a reward model (`--reward rm:PATH`)
+the preference or SFT shards' prompts of `--dataset` (`--prompts prefs|sft`); the global batch is
+`--batch-prompts` prompts.
 
 Each step starts by sampling, with the model as the previous step left it (the loop's `Hooks.prepare`): for
 each micro-batch of `--micro-batch` prompts, one `generate` call of prompts x `--group` rows (temperature 1,
@@ -357,8 +358,6 @@ def main(argv=None) -> int:
                       f"({data.left_out} left out: longer than {cfg.seq_len - cfg.max_new} tokens), reward "
                       f"{cfg.reward}, {cfg.group} answers of at most {cfg.max_new} tokens per prompt; policy and "
                       f"frozen reference from {cfg.init}")
-            if cfg.compile:
-                reference = torch.compile(reference, mode=cfg.compile_mode)
             hooks = Hooks(loss=loss_hook(cfg, reference), metrics=("kl",),
                           extra_eval=eval_hook(cfg, data, reward), plot_metrics=("reward", "val_reward"),
                           state={"rl": True}, chat_template=CHAT_TEMPLATE,

@@ -18,6 +18,7 @@ checkpoint, 1 with a message.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass
 from typing import ClassVar
@@ -38,7 +39,7 @@ from .checkpoint import best_evaluations, latest_checkpoint, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
-from .loop import RUN_ERRORS, Hooks, autocast, exit_status, train
+from .loop import RUN_ERRORS, Hooks, autocast, exit_status, token_loss, train
 from .model import build_model, check_context
 
 
@@ -73,7 +74,7 @@ set_recipes(
     sample=SFTTrainConfig(dataset="sample", epochs=4, batch_examples=16, micro_batch=16, seq_len=128, lr=6e-3,
                           warmup=10, eval_every=40, save_every=100, pretrain_run="runs/sample/pretrain"),
     # Stanford Alpaca on GPT-2 124M: 2 epochs of 52k examples, 64 per step, small lr, short warmup, cosine decay.
-    alpaca=SFTTrainConfig(dataset="alpaca", batch_examples=64, micro_batch=16, seq_len=1024, lr=2e-5, warmup=50,
+    alpaca=SFTTrainConfig(dataset="alpaca", batch_examples=64, micro_batch=8, seq_len=1024, lr=2e-5, warmup=50,
                           eval_every=200, save_every=400, pretrain_run="runs/fineweb10B/pretrain"))
 
 
@@ -154,8 +155,8 @@ def main(argv=None) -> int:
                 print(f"sft: {len(data.train_ids)} train and {len(data.val_ids)} validation examples from "
                       f"{shards_dir} ({data.left_out} longer than {cfg.seq_len + 1} tokens left out), starting from "
                       f"{cfg.init or latest_checkpoint(cfg.run_dir)}")
-            hooks = Hooks(extra_eval=eval_hook(data, cfg), plot_metrics=("eot_rate",), state={"sft": True},
-                          chat_template=CHAT_TEMPLATE, keep_best=True)
+            hooks = Hooks(loss=functools.partial(token_loss, supervised_only=True), extra_eval=eval_hook(data, cfg),
+                          plot_metrics=("eot_rate",), state={"sft": True}, chat_template=CHAT_TEMPLATE, keep_best=True)
             result = train(cfg, data, dist, lambda: build_model(cfg, dist), hooks, desc="sft")
             if dist.is_main and not result["stopped"]:  # preempted: exit at once, the checkpoint is saved
                 _report(cfg, data, dist.device)
