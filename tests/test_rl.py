@@ -46,10 +46,14 @@ FLAGS = ["--reward", "rm:fake", "--prompts", "sft", "--seq-len", "24", "--max-ne
          "--batch-prompts", "4", "--micro-batch", "2", "--warmup", "1", "--lr", "1e-2", "--eval-prompts", "4",
          "--sample-tokens", "0", "--show", "0", "--no-progress"]
 FAKE_SCORER = '''
+from types import SimpleNamespace
+
 import torch
 
 class OddShare:
     """A fake reward model: the share of odd token ids in each sequence."""
+
+    config = SimpleNamespace(block_size=1024)
 
     def score_tokens(self, sequences, batch_size=32):
         return torch.tensor([sum(t % 2 for t in s) / len(s) for s in sequences])
@@ -435,6 +439,9 @@ def test_a_real_reward_model_scores_the_samples(setup, tmp_path):
     got = reward([prompt, prompt], ["", ""], ["Hi!", " Hello there"])
     want = model.score_tokens([enc.encode_ordinary(prompt) + enc.encode_ordinary(a) for a in ("Hi!", " Hello there")])
     assert got == pytest.approx(want.tolist(), abs=1e-6) and got[0] != got[1]
+    long = " one" * 100  # the prompt's 32 tokens and 100 more: cut to the nano model's 64 with the EOT
+    cut = model.score_tokens([(enc.encode_ordinary(prompt) + enc.encode_ordinary(long))[:63]])
+    assert reward([prompt], [""], [long]) == pytest.approx(cut.tolist(), abs=1e-6)
     run_dir = tmp_path / "run"
     assert main(flags(setup, run_dir, "--reward", f"rm:{tmp_path / 'rm'}", "--steps", "1")) == 0
     assert math.isfinite(read_log(run_dir)[1]["reward"])
