@@ -14,10 +14,11 @@ A reward model (gpt.reward.RewardModel) is saved the same way as transformers' `
 (config.json names that architecture, with one label and `pad_token_id` 0; model.safetensors adds the head,
 `score.weight`): `load_reward_model` reads it, and `load_model` refuses it, naming `load_reward_model`.
 
-`load_model` (and `load_config`, the config alone) also takes a training run folder, its `ckpt/` or its
-`ckpt/latest` pointer, each meaning the run's latest checkpoint (`resolve_checkpoint`): what `CKPT=` and
-`INIT=` take. A run keeps its checkpoints in `RUN_DIR/ckpt/step-XXXXXX/`, and `ckpt/latest` names the newest
-(train.checkpoint writes them).
+`load_model` (and `load_config`, the config alone) also takes a training run folder or its `ckpt/`, meaning
+the run's best checkpoint (`ckpt/best`, kept by SFT, DPO and the reward model) or without one its latest, or
+the `ckpt/latest` or `ckpt/best` pointer, meaning the checkpoint it names (`resolve_checkpoint`): what `CKPT=`
+and `INIT=` take. A run keeps its checkpoints in `RUN_DIR/ckpt/step-XXXXXX/`, and `ckpt/latest` names the
+newest (train.checkpoint writes them).
 """
 
 from __future__ import annotations
@@ -128,8 +129,8 @@ def saved_chat_template(folder) -> str | None:
 
 
 def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtype=torch.float32) -> GPT:
-    """Our GPT, in eval mode on `device`, from our checkpoint folder or a Hugging Face GPT-2 folder, or the latest
-    checkpoint of a run folder (its `ckpt/`, its `ckpt/latest`: `resolve_checkpoint`).
+    """Our GPT, in eval mode on `device`, from our checkpoint folder or a Hugging Face GPT-2 folder, or a run
+    folder's checkpoint (its best, else its latest; or the one a `ckpt/` pointer names: `resolve_checkpoint`).
 
     `padded_vocab_size` pads the embedding (e.g. 50304 for speed); by default our checkpoints keep the padding
     they were trained with and other HF folders get none. Raises FileNotFoundError for a missing folder or

@@ -13,6 +13,7 @@ The result of `generate` is one list of new tokens per row, EOT included when th
 from __future__ import annotations
 
 import math
+import types
 import weakref
 from collections.abc import Iterator, Sequence
 
@@ -141,14 +142,29 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
     `static` decodes with a `StaticDecoder` (fixed shapes; a CUDA graph on a GPU); by default it does so on a
     GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or a mode's
-    name, e.g. "max-autotune-no-cudagraphs"). Arguments are checked here, before the first step.
+    name, e.g. "max-autotune-no-cudagraphs"). Arguments are checked here, when `stream` is called.
     """
     _check_options(temperature, max_steps, top_k, top_p, repetition_penalty)
-    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    static = _static_decoding(model, use_cache, static, compile)
     rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
     return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, repetition_penalty,
                   static, compile)
+
+
+def _static_decoding(model: GPT, use_cache: bool, static: bool | None, compile: bool | str) -> bool:
+    """Whether to decode with a StaticDecoder (`static`; by default on a GPU without autocast, as autocast is when
+    `stream` is called); a ValueError for options that do not go together."""
+    device = next(model.parameters()).device
+    autocast = torch.is_autocast_enabled(device.type)
+    if static is None:
+        static = device.type == "cuda" and use_cache and not autocast
+    if static and (autocast or not use_cache):
+        raise ValueError("static decoding needs the KV cache and no autocast (load the model in the dtype to run)")
+    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False or one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    if compile and not static:
+        raise ValueError(f"compile={compile!r} compiles the static decoder's step: it needs static decoding")
+    return static
 
 
 class StaticDecoder:
@@ -171,6 +187,7 @@ class StaticDecoder:
         device = param.device
         # the modules, not the model: _DECODERS holds decoders weakly by model, so none may refer to its key
         self.transformer, self.shape, self.compiled = model.transformer, (batch, max_len), compile
+        self.weights = _weights(model)
         self.cache = KVCache(model.config, batch, max_len, device=device, dtype=param.dtype)
         self.token = torch.zeros(batch, 1, dtype=torch.int64, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.int64, device=device)
@@ -179,8 +196,11 @@ class StaticDecoder:
         self.head = model.lm_head.weight[:model.config.vocab_size]
         self._step = self._forward
         if compile:
-            mode = None if compile is True else compile
-            self._step = torch.compile(self._forward, fullgraph=True, dynamic=False, mode=mode)
+            # torch.compile keeps a function's graphs on its code object, at most 8 (then fails, with fullgraph):
+            # each decoder compiles a copy of it, whose graphs go with the decoder instead of piling up per shape
+            own = types.FunctionType(StaticDecoder._forward.__code__.replace(), globals(), "_forward")
+            self._step = torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False,
+                                       mode=None if compile is True else compile)
         self.graph = None
         if device.type == "cuda":
             self.graph, self.logits = self._capture(device)
@@ -250,11 +270,17 @@ _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 STATIC_COLUMNS = 128
 
 
+def _weights(model: GPT) -> tuple:
+    """What a decoder's step reads its weights from (their device and address): a model moved to another device or
+    dtype, or given other tensors (`load_state_dict(assign=True)`), needs a new decoder."""
+    return tuple((p.device, p.data_ptr()) for p in model.parameters())
+
+
 def _static_decoder(model: GPT, batch: int, columns: int, compile: bool | str) -> StaticDecoder:
     max_len = min(model.config.block_size, -(-columns // STATIC_COLUMNS) * STATIC_COLUMNS)
     decoder = _DECODERS.get(model)
     if decoder is None or decoder.shape != (batch, max_len) or decoder.compiled != compile or \
-            decoder.cache.k[0].dtype != next(model.parameters()).dtype:
+            decoder.weights != _weights(model):
         _DECODERS.pop(model, None)  # its GPU memory is free before the next one takes its own
         decoder = _DECODERS[model] = StaticDecoder(model, batch, max_len, compile)
     return decoder
@@ -280,12 +306,6 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     head = model.lm_head.weight[:model.config.vocab_size]
     autocast = torch.is_autocast_enabled(device.type)  # keys and values are then made in its dtype
     cache_dtype = torch.get_autocast_dtype(device.type) if autocast else param.dtype
-    if static is None:
-        static = device.type == "cuda" and use_cache and not autocast
-    if static and (autocast or not use_cache):
-        raise ValueError("static decoding needs the KV cache and no autocast (load the model in the dtype to run)")
-    if compile and not static:
-        raise ValueError("compile=True compiles the static decoder's step: it needs static decoding")
     with torch.inference_mode():
         decoder = _static_decoder(model, batch, width + steps, compile) if static else None
     cache = decoder.cache if decoder is not None else (

@@ -41,7 +41,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if whole < out_features:  # the last rows of a vocabulary such as 50257 = 785 * 64 + 17
         y = torch.cat([y, F.linear(x2[0], weight[whole:])], dim=1)
     if bias is not None:
-        y = y + bias
+        y = y + bias.to(y.dtype)  # under autocast y is bf16, as F.linear's would be
     return y.view(*x.shape[:-1], out_features)
 
 
@@ -80,7 +80,7 @@ class CrossEntropy(torch.autograd.Function):
         scale = supervised.to(logp.dtype)  # d(loss)/d(picked log-probability), negated
         if reduction == "mean":
             count = supervised.sum()
-            loss, scale = loss / count, scale / count
+            loss, scale = loss / count, scale / count.clamp(min=1)  # nothing supervised: a NaN loss, 0 gradients
         ctx.save_for_backward(logp, index, scale)
         return loss
 

@@ -123,10 +123,38 @@ def test_static_decoding_gives_the_same_tokens(model):
     with pytest.raises(ValueError, match="static decoding needs the KV cache and no autocast"):
         greedy(model, PROMPTS, static=True, use_cache=False)
     with pytest.raises(ValueError, match="compile=True compiles the static decoder's step"):
-        greedy(model, PROMPTS, static=False, compile=True)
+        stream(model, ids, masks, static=False, compile=True)  # when called, before the first step
     with pytest.raises(ValueError, match="compile must be True, False or one of default, max-autotune-no-cudagraphs, "
                                          "got 'max-autotune'"):  # its CUDA graphs would go inside the decoder's
         greedy(model, PROMPTS, static=True, compile="max-autotune")
+
+
+def test_a_static_decoder_follows_the_models_weights():
+    """Weights replaced by other tensors (load_state_dict with assign, a move to another dtype or device) get a
+    new decoder: the old one's head and CUDA graph read the old tensors."""
+    from gpt import inference
+
+    torch.manual_seed(0)
+    model, other = GPT(preset("nano")).eval(), GPT(preset("nano")).eval()
+    before = greedy(model, PROMPTS[:2], steps=6, static=True)
+    model.load_state_dict(other.state_dict(), assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # tied again
+    assert greedy(model, PROMPTS[:2], steps=6, static=True) == greedy(other, PROMPTS[:2], steps=6) != before
+    decoder = inference._DECODERS[model]
+    model.to(torch.float64)
+    assert greedy(model, PROMPTS[:2], steps=6, static=True) == greedy(model, PROMPTS[:2], steps=6)
+    assert inference._DECODERS[model] is not decoder
+
+
+def test_compiled_decoders_of_many_shapes(monkeypatch):
+    """Each decoder compiles its own copy of the step: the graphs of shapes gone do not count towards dynamo's
+    limit of 8 per code object (the 9th batch size failed with fullgraph=True)."""
+    import functools
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))  # tracing only: fast
+    model = GPT(preset("nano")).eval()
+    for batch in range(1, 11):
+        assert len(greedy(model, PROMPTS[:1] * batch, steps=2, static=True, compile=True)) == batch
 
 
 def test_a_models_static_decoder_goes_with_it():

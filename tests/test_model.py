@@ -58,6 +58,8 @@ def test_blocked_decoding_product_equals_f_linear(out_features):
         assert got.shape == expected.shape
         assert max_diff(got, expected) < 1e-4 and max_diff(no_bias + bias, expected) < 1e-4
         assert torch.equal(linear(x, weight, bias), expected)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # in autocast's dtype, as F.linear
+            assert linear(x, weight, bias).dtype == torch.nn.functional.linear(x, weight, bias).dtype == torch.bfloat16
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -113,6 +115,12 @@ def test_both_loss_paths_give_the_same_loss_and_gradients(reduction, dtype):
     assert max_diff(eager_grad.float(), plain_grad.float()) <= tolerance
     with pytest.raises(ValueError, match="reduction must be 'mean', 'sum' or 'none'"):
         cross_entropy(base, targets, "max")
+    if reduction == "mean":  # nothing supervised: a NaN mean, and no gradient (not NaN) on either path
+        for compiled in (False, True):
+            logits = base.float().clone().requires_grad_()
+            loss = cross_entropy(logits, torch.full_like(targets, -100), reduction, compiled=compiled)
+            loss.backward()
+            assert loss.isnan() and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
