@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from shards import cli
 from shards.io import directory_lock, remove_temporaries
+from shards.manifest import running_tasks, task_folder
 from shards.tokenizer import ranks_sha256
 
 from . import PRETRAIN_DATASETS, sources, stage, tokenize_stage
@@ -83,7 +84,7 @@ def run(cfg: PretrainConfig) -> Path | None:
     parts = out / stage.PARTS
     units = tokenize_stage.plan_units(source.files)
     if cfg.num_tasks > 1 and not cfg.assemble:
-        with directory_lock(parts / f".task-{cfg.task_index}-of-{cfg.num_tasks}"):
+        with directory_lock(task_folder(parts, cfg.task_index, cfg.num_tasks)):
             stats = tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
                                             cfg.task_index, cfg.num_tasks,
                                             desc=f"tokenize {source.name} task {cfg.task_index}/{cfg.num_tasks}")
@@ -93,6 +94,7 @@ def run(cfg: PretrainConfig) -> Path | None:
         return out
 
     def build() -> dict:
+        _refuse_running_tasks(parts)
         remove_temporaries(out)
         if not cfg.assemble:
             _report(tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
@@ -107,6 +109,13 @@ def run(cfg: PretrainConfig) -> Path | None:
     print(f"{out}: {totals['shards']} shards, {totals['tokens']:,} tokens, {totals['documents']:,} documents "
           f"({totals['empty_documents']:,} empty skipped)")
     return out
+
+
+def _refuse_running_tasks(parts: Path) -> None:
+    """A RuntimeError naming the lock of a `--num-tasks` task that is writing into `parts` now."""
+    if busy := running_tasks(parts):
+        raise RuntimeError(f"{parts} is in use by task run {busy[0].name} (lock {busy[0] / '.lock'}); "
+                           "wait for every task to finish, then run with --assemble")
 
 
 def _report(stats: dict) -> None:

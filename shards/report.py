@@ -23,7 +23,7 @@ import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import bytes_bar, lock_held
-from .manifest import MANIFEST, PARTS, ManifestError, load_manifest
+from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, running_tasks
 from .sft import open_sft_shard
 from .tokenizer import EOT, VOCAB_SIZE
 from .verify import check_file
@@ -202,7 +202,7 @@ def print_unfinished(folders: list[Path]) -> None:
     idle = []
     for folder in folders:
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        running = lock_held(folder)
+        running = lock_held(folder) or bool(running_tasks(folder / PARTS))
         print(f"  {folder}  {size:,} bytes{'  (a stage is running in it now)' if running else ''}")
         idle += [] if running else [folder]
     if idle:

@@ -157,6 +157,18 @@ def test_concurrent_run_is_refused(src, tmp_path, capsys):
     assert not (out / "manifest.json").exists()
 
 
+def test_a_run_beside_a_running_task_is_refused_and_leaves_its_temporaries(src, tmp_path, capsys):
+    out = out_dir(tmp_path, src[0])
+    live = out / "parts" / ".a-0.tok.tmp-99"  # what the running task is writing now
+    with directory_lock(out / "parts" / ".task-1-of-2"):
+        live.write_bytes(b"x")
+        assert run(tmp_path, src[0]) == 1
+        assert run(tmp_path, src[0], "--assemble") == 1
+    err = capsys.readouterr().err
+    assert f"in use by task run .task-1-of-2 (lock {out / 'parts' / '.task-1-of-2' / '.lock'})" in err
+    assert live.exists() and not (out / "manifest.json").exists()
+
+
 def test_a_file_system_without_locks_is_named(src, tmp_path, capsys, monkeypatch):
     import errno
     import fcntl

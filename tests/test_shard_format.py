@@ -129,12 +129,13 @@ def test_inspect_lists_unfinished_stage_folders_and_how_to_remove_them(tmp_path,
     (tmp_path / "sample-source" / "done" / ".download" / ".lock").touch()
     (tmp_path / "sample-source" / "done" / "manifest.json").write_text(json.dumps({"kind": "source"}))
     running = tmp_path / "sample-sft" / "running"
-    with directory_lock(running):
+    task = tmp_path / "sample-pretrain" / "task"  # a `--num-tasks` task locks only its folder in parts/
+    with directory_lock(running), directory_lock(task / "parts" / ".task-0-of-2"):
         assert report.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     listed = out[out.index("unfinished stage folders"):].splitlines()
-    assert listed[1:] == [f"  {killed}  1,000 bytes", f"  {running}  0 bytes  (a stage is running in it now)",
-                          f"  {failed}  0 bytes",
+    assert listed[1:] == [f"  {killed}  1,000 bytes", f"  {task}  0 bytes  (a stage is running in it now)",
+                          f"  {running}  0 bytes  (a stage is running in it now)", f"  {failed}  0 bytes",
                           f"rerunning the command that started one continues it; to remove them instead: "
                           f"rm -rf {killed} {failed}"]
 
