@@ -23,6 +23,9 @@ from shards.tokenizer import ranks_sha256
 
 from . import PRETRAIN_DATASETS, sources, stage, tokenize_stage
 
+# A shard's header counts its tokens in an int32. The validation shard runs past --val-tokens to the next document
+# boundary, so both flags stop at 2**30, which leaves that last document 2**30 - 1 tokens to run over.
+MAX_FLAG_TOKENS = 2**30
 DEFAULT_VAL_TOKENS = {"sample": 131_072, "fineweb10B": 100_000_000, "fineweb-edu10B": 100_000_000}
 
 
@@ -61,10 +64,10 @@ def stage_config(cfg: PretrainConfig, source: sources.TextSource) -> dict:
 
 
 def _check(cfg: PretrainConfig) -> None:
-    if cfg.shard_tokens <= 0:
-        raise ValueError(f"--shard-tokens must be positive, got {cfg.shard_tokens}")
-    if cfg.val_tokens is not None and cfg.val_tokens <= 0:
-        raise ValueError(f"--val-tokens must be positive, got {cfg.val_tokens}")
+    for flag, value in (("--shard-tokens", cfg.shard_tokens), ("--val-tokens", cfg.val_tokens)):
+        if value is not None and not 0 < value <= MAX_FLAG_TOKENS:
+            raise ValueError(f"{flag} must be in [1, {MAX_FLAG_TOKENS:,}] (a shard header counts tokens in an "
+                             f"int32), got {value:,}")
     if not 0 <= cfg.task_index < cfg.num_tasks:
         raise ValueError(f"--task-index {cfg.task_index} is not in [0, --num-tasks {cfg.num_tasks})")
 

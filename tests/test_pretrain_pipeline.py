@@ -296,6 +296,15 @@ def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, mess
     assert not list((tmp_path / "data").rglob("manifest.json")) and not list(tmp_path.rglob(".*.tmp-*"))
 
 
+@pytest.mark.parametrize("flag", ["--shard-tokens", "--val-tokens"])
+def test_token_counts_a_shard_header_cannot_hold_are_refused_before_tokenizing(src, tmp_path, capsys, flag):
+    pretrain._check(pretrain.parse_args([flag, str(2**30)]))  # the largest allowed
+    assert run(tmp_path / "big", src[0], flag, str(2**31)) == 1
+    assert f"{flag} must be in [1, 1,073,741,824] (a shard header counts tokens in an int32), got 2,147,483,648" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
+
+
 def test_a_source_without_documents_or_with_one_is_named(tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

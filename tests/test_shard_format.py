@@ -30,6 +30,15 @@ def test_header_and_tokens_are_llmc_layout(tmp_path):
     assert read_header(path)[3] == 2
 
 
+def test_more_tokens_than_the_int32_header_holds_is_named(tmp_path, monkeypatch):
+    from shards import format
+
+    monkeypatch.setattr(format, "MAX_TOKENS", 3)
+    with pytest.raises(ShardError, match=r"x\.bin: 4 tokens, more than the header's int32 holds \(3\)"):
+        write_shard(tmp_path / "x.bin", [np.zeros(4, np.uint16)])
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_empty_shard(tmp_path):
     write_shard(tmp_path / "e.bin", [], num_docs=0)
     assert len(open_tokens(tmp_path / "e.bin")) == 0
