@@ -296,6 +296,22 @@ def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, mess
     assert not list((tmp_path / "data").rglob("manifest.json")) and not list(tmp_path.rglob(".*.tmp-*"))
 
 
+def test_a_source_file_rewritten_during_the_run_is_named_and_nothing_is_finished(src, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "in"
+    shutil.copytree(src[0], folder)
+    real_assemble = tokenize_stage.assemble
+
+    def rewrite_then_assemble(*args, **kwargs):
+        with open(folder / "d.jsonl", "ab") as f:  # after it was tokenized, before it is hashed
+            f.write(jsonl_bytes(["one more document"]))
+        return real_assemble(*args, **kwargs)
+
+    monkeypatch.setattr(tokenize_stage, "assemble", rewrite_then_assemble)
+    assert run(tmp_path / "data", folder) == 1
+    assert f"{folder / 'd.jsonl'}: changed during this run" in capsys.readouterr().err
+    assert not list((tmp_path / "data").rglob("manifest.json"))
+
+
 @pytest.mark.parametrize("flag", ["--shard-tokens", "--val-tokens"])
 def test_token_counts_a_shard_header_cannot_hold_are_refused_before_tokenizing(src, tmp_path, capsys, flag):
     pretrain._check(pretrain.parse_args([flag, str(2**30)]))  # the largest allowed
