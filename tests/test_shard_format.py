@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import struct
 
 import numpy as np
@@ -147,6 +148,19 @@ def test_inspect_lists_unfinished_stage_folders_and_how_to_remove_them(tmp_path,
                           f"  {running}  0 bytes  (a stage is running in it now)", f"  {failed}  0 bytes",
                           f"rerunning the command that started one continues it; to remove them instead: "
                           f"rm -rf {killed} {failed}"]
+
+
+def test_inspect_skips_files_a_running_stage_renames_while_they_are_counted(tmp_path, monkeypatch):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "unit.tok").write_bytes(b"x" * 10)
+    walk = os.walk
+
+    def walk_then_rename(top):
+        for root, dirs, names in walk(top):
+            yield root, dirs, names + [".unit.json.tmp-7"]  # listed, then renamed before its stat
+
+    monkeypatch.setattr(os, "walk", walk_then_rename)
+    assert report.folder_bytes(tmp_path) == 10
 
 
 def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_path):
