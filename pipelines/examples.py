@@ -101,9 +101,10 @@ def plan(rows: Iterable, files: list[Path], size: int, what: str) -> int:
 def run_chunks(out: Path, rows: Iterable, num_chunks: int, size: int, work, config, workers: int, desc: str) -> Path:
     """`work((parts, index, rows of the chunk, config))` for every unfinished chunk of `size` rows, over
     `workers` processes (each job writes its parts, then `mark_done`); returns `out/parts/`."""
-    remove_temporaries(out)
     parts = out / PARTS
     parts.mkdir(exist_ok=True)
+    remove_temporaries(out)
+    remove_temporaries(parts)  # a killed chunk's
     pending = {i for i in range(num_chunks) if not done(parts, i)}
     jobs = ((parts, i, chunk, config) for i, chunk in chunks(rows, size) if i in pending)
     with tqdm(desc=desc, unit="chunk", total=num_chunks, initial=num_chunks - len(pending), disable=None) as bar:

@@ -1,10 +1,11 @@
 """Download files of a Hugging Face hub repo at a pinned revision: resumed, retried, verified, then renamed.
 
 `download(repo_id, filenames, revision, dest_dir)` puts each file at `dest_dir/<path in repo>` only once its
-size and sha256 match the hub's metadata (the LFS sha256; the git blob sha1 for the few files stored in git).
-Bookkeeping lives in `dest_dir/.download/`: `<path>.<sha256>.part` holds the bytes received so far and is
-continued with an HTTP Range request after a dropped connection or a killed process; `<path>.json` records
-the verified file, so that a rerun checks size and mtime against it and makes no network call at all.
+size and digest match the hub's metadata (the LFS sha256; the git blob sha1 for the few files stored in git).
+Bookkeeping lives in `dest_dir/.download/`: `<path>.<digest>.part` (that sha256 or git sha1) holds the bytes
+received so far and is continued with an HTTP Range request after a dropped connection or a killed process;
+`<path>.json` records the verified file, so that a rerun checks size and mtime against it and makes no network
+call at all.
 
 Transport: huggingface_hub builds the URLs, headers and token, and answers the metadata calls
 (`HfApi.repo_info`, `HfApi.get_paths_info`); the bytes come over plain HTTP(S) from `/resolve/<commit>/<path>`,

@@ -18,10 +18,14 @@ from typing import ClassVar
 
 from shards import cli
 from shards.io import directory_lock, remove_temporaries
+from shards.manifest import running_tasks, task_folder
 from shards.tokenizer import ranks_sha256
 
 from . import PRETRAIN_DATASETS, sources, stage, tokenize_stage
 
+# A shard's header counts its tokens in an int32. The validation shard runs past --val-tokens to the next document
+# boundary, so both flags stop at 2**30, which leaves that last document 2**30 - 1 tokens to run over.
+MAX_FLAG_TOKENS = 2**30
 DEFAULT_VAL_TOKENS = {"sample": 131_072, "fineweb10B": 100_000_000, "fineweb-edu10B": 100_000_000}
 
 
@@ -60,10 +64,10 @@ def stage_config(cfg: PretrainConfig, source: sources.TextSource) -> dict:
 
 
 def _check(cfg: PretrainConfig) -> None:
-    if cfg.shard_tokens <= 0:
-        raise ValueError(f"--shard-tokens must be positive, got {cfg.shard_tokens}")
-    if cfg.val_tokens is not None and cfg.val_tokens <= 0:
-        raise ValueError(f"--val-tokens must be positive, got {cfg.val_tokens}")
+    for flag, value in (("--shard-tokens", cfg.shard_tokens), ("--val-tokens", cfg.val_tokens)):
+        if value is not None and not 0 < value <= MAX_FLAG_TOKENS:
+            raise ValueError(f"{flag} must be in [1, {MAX_FLAG_TOKENS:,}] (a shard header counts tokens in an "
+                             f"int32), got {value:,}")
     if not 0 <= cfg.task_index < cfg.num_tasks:
         raise ValueError(f"--task-index {cfg.task_index} is not in [0, --num-tasks {cfg.num_tasks})")
 
@@ -83,7 +87,7 @@ def run(cfg: PretrainConfig) -> Path | None:
     parts = out / stage.PARTS
     units = tokenize_stage.plan_units(source.files)
     if cfg.num_tasks > 1 and not cfg.assemble:
-        with directory_lock(parts / f".task-{cfg.task_index}-of-{cfg.num_tasks}"):
+        with directory_lock(task_folder(parts, cfg.task_index, cfg.num_tasks)):
             stats = tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
                                             cfg.task_index, cfg.num_tasks,
                                             desc=f"tokenize {source.name} task {cfg.task_index}/{cfg.num_tasks}")
@@ -93,6 +97,7 @@ def run(cfg: PretrainConfig) -> Path | None:
         return out
 
     def build() -> dict:
+        _refuse_running_tasks(parts)
         remove_temporaries(out)
         if not cfg.assemble:
             _report(tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,
@@ -107,6 +112,13 @@ def run(cfg: PretrainConfig) -> Path | None:
     print(f"{out}: {totals['shards']} shards, {totals['tokens']:,} tokens, {totals['documents']:,} documents "
           f"({totals['empty_documents']:,} empty skipped)")
     return out
+
+
+def _refuse_running_tasks(parts: Path) -> None:
+    """A RuntimeError naming the lock of a `--num-tasks` task that is writing into `parts` now."""
+    if busy := running_tasks(parts):
+        raise RuntimeError(f"{parts} is in use by task run {busy[0].name} (lock {busy[0] / '.lock'}); "
+                           "wait for every task to finish, then run with --assemble")
 
 
 def _report(stats: dict) -> None:

@@ -157,8 +157,23 @@ def hash_files(paths: list[Path], names: list[str]) -> list[dict]:
 
 
 def describe_local(source: TextSource) -> dict:
-    """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now)."""
-    return {**source.description, "files": hash_files(source.files, [ident["file"] for ident in source.identity])}
+    """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now, after
+    tokenizing); a SourceError if a file changed since the run read its identity (the hash would not be of
+    the bytes tokenized)."""
+    _check_unchanged(source)
+    files = hash_files(source.files, [ident["file"] for ident in source.identity])
+    _check_unchanged(source)
+    return {**source.description, "files": files}
+
+
+def _check_unchanged(source: TextSource) -> None:
+    """A SourceError naming the first local input whose size or mtime is no longer the one in its identity."""
+    for path, ident in zip(source.files, source.identity):
+        st = path.stat()
+        if (st.st_size, st.st_mtime_ns) != (ident["bytes"], ident["mtime_ns"]):
+            raise SourceError(f"{path}: changed during this run (size or mtime differs from when it was read: "
+                              f"{ident['bytes']:,} bytes then, {st.st_size:,} now); nothing is finished, "
+                              "rerun to tokenize it again")
 
 
 def prepare(dataset: str, source_path: str | None, data_dir: str | Path) -> TextSource:

@@ -1,8 +1,10 @@
 """The on-disk data format: llm.c-compatible token shards, SFT sidecars, manifests, safe file writes, inspection.
 
-At the bottom of the import order (tests/test_layers.py): `shards.io` (safe file writes) and `shards.tokenizer`
-(the GPT-2 vocabulary the shards store) import nothing of this project; the rest imports only those. The
-report of `python -m shards inspect` is `shards.report`.
+At the bottom of the import order (tests/test_layers.py) are three foundations that import nothing above them:
+`shards.io` (safe file writes), `shards.tokenizer` (the GPT-2 vocabulary the shards store) and `shards.cli` (the
+flag parser of every command). The rest of `shards` imports those and one another (`shards.report` uses
+`format`, `sft` and `verify`), nothing of gpt, pipelines, train or bench. The report of `python -m shards
+inspect` is `shards.report`.
 """
 
 from .format import (DOCS_DTYPE, HEADER_BYTES, MAGIC, TOKEN_DTYPE, ShardError, open_tokens, read_docs, read_header,

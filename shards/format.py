@@ -22,6 +22,7 @@ MAGIC = 20240520
 VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
+MAX_TOKENS = 2**31 - 1  # header[2] is an int32
 TOKEN_DTYPE = np.dtype("<u2")
 DOCS_DTYPE = np.dtype("<u8")  # a shard's `.docs` sidecar: the token offset of each document's EOT
 
@@ -43,6 +44,8 @@ def write_shard(path: str | os.PathLike, chunks: Iterable[np.ndarray], num_docs:
     """
     chunks = [np.ascontiguousarray(c, dtype=TOKEN_DTYPE) for c in chunks]
     num_tokens = sum(len(c) for c in chunks)
+    if num_tokens > MAX_TOKENS:
+        raise ShardError(f"{path}: {num_tokens:,} tokens, more than the header's int32 holds ({MAX_TOKENS:,})")
     h = hashlib.sha256()
     with atomic_write(path) as f:
         for block in (make_header(num_tokens, num_docs).tobytes(), *(c.tobytes() for c in chunks)):

@@ -9,10 +9,20 @@ import json
 import os
 from pathlib import Path
 
-from .io import sha256_file, write_json
+from .io import lock_held, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 PARTS = "parts"  # a stage's work in progress, inside its output folder (removed once the manifest is written)
+
+
+def task_folder(parts: str | os.PathLike, index: int, count: int) -> Path:
+    """The folder in `parts` that task `index` of `count` (`--num-tasks`) locks while it writes there."""
+    return Path(parts) / f".task-{index}-of-{count}"
+
+
+def running_tasks(parts: str | os.PathLike) -> list[Path]:
+    """The task folders in `parts` whose lock a live task holds now."""
+    return [d for d in sorted(Path(parts).glob(".task-*-of-*")) if lock_held(d)]
 
 
 class ManifestError(ValueError):

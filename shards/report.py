@@ -15,6 +15,7 @@ end, with their size and the command that removes those no stage is writing now.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import bytes_bar, lock_held
-from .manifest import MANIFEST, PARTS, ManifestError, load_manifest
+from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, running_tasks
 from .sft import open_sft_shard
 from .tokenizer import EOT, VOCAB_SIZE
 from .verify import check_file
@@ -194,6 +195,19 @@ def unfinished(root: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
 
 
+def folder_bytes(folder: Path) -> int:
+    """The bytes of the files under `folder`; a file or folder that a running stage renames or removes
+    meanwhile is skipped."""
+    total = 0
+    for root, _, names in os.walk(folder):  # a folder that vanishes is skipped (os.walk ignores the error)
+        for name in names:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
 def print_unfinished(folders: list[Path]) -> None:
     """List unfinished stage folders with their size, and how to remove those no stage is writing now."""
     if not folders:
@@ -201,8 +215,8 @@ def print_unfinished(folders: list[Path]) -> None:
     print(f"\nunfinished stage folders (no {MANIFEST}: a stage that failed, was killed, or is running now):")
     idle = []
     for folder in folders:
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-        running = lock_held(folder)
+        size = folder_bytes(folder)
+        running = lock_held(folder) or bool(running_tasks(folder / PARTS))
         print(f"  {folder}  {size:,} bytes{'  (a stage is running in it now)' if running else ''}")
         idle += [] if running else [folder]
     if idle:

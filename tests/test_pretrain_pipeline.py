@@ -157,6 +157,18 @@ def test_concurrent_run_is_refused(src, tmp_path, capsys):
     assert not (out / "manifest.json").exists()
 
 
+def test_a_run_beside_a_running_task_is_refused_and_leaves_its_temporaries(src, tmp_path, capsys):
+    out = out_dir(tmp_path, src[0])
+    live = out / "parts" / ".a-0.tok.tmp-99"  # what the running task is writing now
+    with directory_lock(out / "parts" / ".task-1-of-2"):
+        live.write_bytes(b"x")
+        assert run(tmp_path, src[0]) == 1
+        assert run(tmp_path, src[0], "--assemble") == 1
+    err = capsys.readouterr().err
+    assert f"in use by task run .task-1-of-2 (lock {out / 'parts' / '.task-1-of-2' / '.lock'})" in err
+    assert live.exists() and not (out / "manifest.json").exists()
+
+
 def test_a_file_system_without_locks_is_named(src, tmp_path, capsys, monkeypatch):
     import errno
     import fcntl
@@ -282,6 +294,31 @@ def test_bad_input_is_named_and_nothing_is_finished(tmp_path, capsys, name, mess
     assert re.search(message, err), err
     assert str(folder) in err
     assert not list((tmp_path / "data").rglob("manifest.json")) and not list(tmp_path.rglob(".*.tmp-*"))
+
+
+def test_a_source_file_rewritten_during_the_run_is_named_and_nothing_is_finished(src, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "in"
+    shutil.copytree(src[0], folder)
+    real_assemble = tokenize_stage.assemble
+
+    def rewrite_then_assemble(*args, **kwargs):
+        with open(folder / "d.jsonl", "ab") as f:  # after it was tokenized, before it is hashed
+            f.write(jsonl_bytes(["one more document"]))
+        return real_assemble(*args, **kwargs)
+
+    monkeypatch.setattr(tokenize_stage, "assemble", rewrite_then_assemble)
+    assert run(tmp_path / "data", folder) == 1
+    assert f"{folder / 'd.jsonl'}: changed during this run" in capsys.readouterr().err
+    assert not list((tmp_path / "data").rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("flag", ["--shard-tokens", "--val-tokens"])
+def test_token_counts_a_shard_header_cannot_hold_are_refused_before_tokenizing(src, tmp_path, capsys, flag):
+    pretrain._check(pretrain.parse_args([flag, str(2**30)]))  # the largest allowed
+    assert run(tmp_path / "big", src[0], flag, str(2**31)) == 1
+    assert f"{flag} must be in [1, 1,073,741,824] (a shard header counts tokens in an int32), got 2,147,483,648" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "big").exists()
 
 
 def test_a_source_without_documents_or_with_one_is_named(tmp_path, capsys):

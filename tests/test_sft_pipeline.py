@@ -191,10 +191,14 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
     out = next((tmp_path / "crash" / "custom-sft").iterdir())
     assert not (out / "manifest.json").exists() and not (out / "train.bin").exists()
     (out / ".train.bin.tmp-99999").write_bytes(b"torn")  # what a kill during the assembly leaves
-    monkeypatch.setattr(sft, "_tokenize_chunk", lambda job: (calls.append(job[1]), real(job)))
+    (out / "parts" / ".00003.train.bin.tmp-99999").write_bytes(b"torn")  # and one during a chunk
+    leftovers = []
+    monkeypatch.setattr(sft, "_tokenize_chunk",
+                        lambda job: (calls.append(job[1]), leftovers.extend(out.rglob(".*.tmp-*")), real(job)))
     calls.clear()
     assert run(tmp_path, src, "crash", chunk_examples=10) == out
     assert calls == list(range(3, 10)), "finished chunks are not redone"
+    assert leftovers == [], "a rerun removes the torn temporaries before it works"
     assert files_of(out) == reference
 
 

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import struct
 
 import numpy as np
@@ -28,6 +29,15 @@ def test_header_and_tokens_are_llmc_layout(tmp_path):
     assert np.array_equal(np.frombuffer(raw[HEADER_BYTES:], dtype=np.uint16), tokens)
     assert np.array_equal(open_tokens(path), tokens)
     assert read_header(path)[3] == 2
+
+
+def test_more_tokens_than_the_int32_header_holds_is_named(tmp_path, monkeypatch):
+    from shards import format
+
+    monkeypatch.setattr(format, "MAX_TOKENS", 3)
+    with pytest.raises(ShardError, match=r"x\.bin: 4 tokens, more than the header's int32 holds \(3\)"):
+        write_shard(tmp_path / "x.bin", [np.zeros(4, np.uint16)])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_empty_shard(tmp_path):
@@ -129,14 +139,28 @@ def test_inspect_lists_unfinished_stage_folders_and_how_to_remove_them(tmp_path,
     (tmp_path / "sample-source" / "done" / ".download" / ".lock").touch()
     (tmp_path / "sample-source" / "done" / "manifest.json").write_text(json.dumps({"kind": "source"}))
     running = tmp_path / "sample-sft" / "running"
-    with directory_lock(running):
+    task = tmp_path / "sample-pretrain" / "task"  # a `--num-tasks` task locks only its folder in parts/
+    with directory_lock(running), directory_lock(task / "parts" / ".task-0-of-2"):
         assert report.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     listed = out[out.index("unfinished stage folders"):].splitlines()
-    assert listed[1:] == [f"  {killed}  1,000 bytes", f"  {running}  0 bytes  (a stage is running in it now)",
-                          f"  {failed}  0 bytes",
+    assert listed[1:] == [f"  {killed}  1,000 bytes", f"  {task}  0 bytes  (a stage is running in it now)",
+                          f"  {running}  0 bytes  (a stage is running in it now)", f"  {failed}  0 bytes",
                           f"rerunning the command that started one continues it; to remove them instead: "
                           f"rm -rf {killed} {failed}"]
+
+
+def test_inspect_skips_files_a_running_stage_renames_while_they_are_counted(tmp_path, monkeypatch):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "unit.tok").write_bytes(b"x" * 10)
+    walk = os.walk
+
+    def walk_then_rename(top):
+        for root, dirs, names in walk(top):
+            yield root, dirs, names + [".unit.json.tmp-7"]  # listed, then renamed before its stat
+
+    monkeypatch.setattr(os, "walk", walk_then_rename)
+    assert report.folder_bytes(tmp_path) == 10
 
 
 def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_path):
