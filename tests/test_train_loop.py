@@ -313,6 +313,19 @@ def test_save_checkpoint_clears_killed_saves_and_leaves_other_folders(tmp_path):
     assert latest_checkpoint(tmp_path / "run").name == "step-000003"
 
 
+def test_pruning_goes_by_step_past_a_million_steps(tmp_path):
+    """step-1000000 sorts before step-999000 by name; the oldest by step is the one pruned."""
+    from gpt.model import GPT, preset
+    from train.checkpoint import save_checkpoint
+
+    model = GPT(preset("nano"))
+    root = tmp_path / "run" / "ckpt"
+    for step in (999000, 1000000):
+        (root / f"step-{step:06d}").mkdir(parents=True)
+    save_checkpoint(tmp_path / "run", 1000001, model, torch.optim.AdamW(model.parameters()), {}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-1000000", "step-1000001"]
+
+
 def test_a_stage_brings_its_own_loss_and_units(small, tmp_path):
     """The loop's loss and what it is averaged over come from the stage (`Hooks.loss`, `Hooks.count`): here each
     row's mean token loss, averaged over rows, as a sequence-level stage would; step 1's logged loss is that

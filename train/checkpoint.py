@@ -118,9 +118,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
 
 
 def _checkpoints(root: Path) -> list[tuple[Path, int]]:
-    """The checkpoint folders under `root` (named step-<digits>; not, say, an export beside them) and their steps."""
+    """The checkpoint folders under `root` (named step-<digits>; not, say, an export beside them) and their steps,
+    by step (not by name: step-1000000 comes after step-999999)."""
     found = [(p, re.fullmatch(r"step-(\d+)", p.name)) for p in root.glob("step-*") if p.is_dir()]
-    return sorted((p, int(m.group(1))) for p, m in found if m)
+    return sorted(((p, int(m.group(1))) for p, m in found if m), key=lambda checkpoint: checkpoint[1])
 
 
 def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:
