@@ -267,6 +267,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_pat
     assert [r["step"] for r in read_log(tmp_path / "run")] == [0, 1]
 
 
+def test_a_fresh_start_after_a_failed_attempt_begins_a_new_log(small, tmp_path):
+    """The failed attempt left step 0 and 1 in log.jsonl but no checkpoint: the next run starts at step 0 anew."""
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "6", "--lr", "1e30", "--warmup", "1", "--save-every", "100") == 1
+    assert [r["step"] for r in read_log(run_dir)] == [0, 1] and latest_checkpoint(run_dir) is None
+    assert run_small(small, run_dir, "--steps", "2", "--eval-every", "2") == 0
+    log = read_log(run_dir)
+    assert [r["step"] for r in log] == [0, 1, 2] and math.isfinite(log[1]["loss"])
+
+
 def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(small, tmp_path, capsys, monkeypatch):
     import errno
 

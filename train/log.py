@@ -2,7 +2,8 @@
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
 and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU). A resumed run
-first drops the lines after its checkpoint, so the file reads like one uninterrupted run.
+first drops the lines after its checkpoint, so the file reads like one uninterrupted run; a fresh start
+(step 0) replaces the file.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class RunLog:
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.records = [r for r in read_log(self.dir) if r["step"] <= start_step]
+        # a fresh start (step 0) begins an empty log: a failed attempt's step-0 record is not this run's
+        self.records = [r for r in read_log(self.dir) if r["step"] <= start_step] if start_step else []
         with atomic_write(self.dir / LOG, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         self._file = open(self.dir / LOG, "a")
