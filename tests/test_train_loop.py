@@ -215,6 +215,9 @@ def test_changed_manifest_and_existing_run_are_refused(small, tmp_path, capsys):
     assert "already holds checkpoints (latest step-000004); pass --resume" in capsys.readouterr().err
     assert run_small(small, tmp_path / "run", "--steps", "4", "--resume", "--lr", "1e-3") == 1
     assert "the run's config changed (lr: 0.006 -> 0.001)" in capsys.readouterr().err
+    # another validation set: its val_loss is not comparable with the run's earlier ones
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--resume", "--eval-tokens", "512") == 1
+    assert "the run's config changed (eval_tokens: 256 -> 512)" in capsys.readouterr().err
     manifest = json.loads((small[0] / "manifest.json").read_text())
     manifest["note"] = "re-tokenized"
     (small[0] / "manifest.json").write_text(json.dumps(manifest))
