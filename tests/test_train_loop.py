@@ -202,6 +202,21 @@ def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):
     log.close()
 
 
+def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(4)))
+    log = RunLog(tmp_path, enabled=True, start_step=2, total_steps=4, progress=False)
+    assert log.amend(2, {"val_loss": 0.5}) == {"step": 2, "loss": 1.0, "val_loss": 0.5}
+    log.write({"step": 3, "loss": 0.9})
+    log.close()
+    assert read_log(tmp_path) == [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 1.0},
+                                  {"step": 2, "loss": 1.0, "val_loss": 0.5}, {"step": 3, "loss": 0.9}]
+    (tmp_path / "log.jsonl").unlink()  # a lost log: the evaluation is the step's record
+    log = RunLog(tmp_path, enabled=True, start_step=2, total_steps=4, progress=False)
+    assert log.amend(2, {"val_loss": 0.5}) == {"step": 2, "val_loss": 0.5}
+    log.close()
+    assert read_log(tmp_path) == [{"step": 2, "val_loss": 0.5}]
+
+
 def test_accumulation_error_is_clear(small, tmp_path, capsys):
     assert run_small(small, tmp_path / "run", "--steps", "2", "--micro-batch", "3") == 1
     assert "global batch of 8 sequences of 32 tokens is not a multiple of micro-batch 3 x 1 rank(s)" in \
