@@ -1,12 +1,15 @@
-"""Dist's collectives with two gloo processes: the checks that keep ranks from going on with different state."""
+"""Dist's collectives with two gloo processes: the checks that keep ranks from going on with different state;
+the device each rank picks."""
 
 import json
 
+import pytest
 import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from train.distributed import Dist
+from train.distributed import Dist, pick_device
+from train.pretrain import main as pretrain
 
 
 def _rank(rank: int, store: str, out: str) -> None:
@@ -24,3 +27,23 @@ def test_same_on_every_rank_sees_any_difference_and_every_rank_agrees(tmp_path):
     mp.spawn(_rank, args=(str(tmp_path / "store"), str(out)), nprocs=2)
     for rank in (0, 1):  # 2**47 + 1 vs 2**47 + 2: a manifest hash's 48 bits are exact in float64
         assert json.loads((tmp_path / f"answers.{rank}").read_text()) == [True, False, False]
+
+
+@pytest.fixture()
+def four_gpus(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+
+def test_each_local_rank_picks_its_gpu_and_one_past_the_node_s_gpus_is_a_clear_error(four_gpus):
+    assert pick_device("cuda", 3) == pick_device("auto", 3) == torch.device("cuda", 3)
+    for name in ("cuda", "auto"):
+        with pytest.raises(ValueError, match=r"^local rank 4 needs GPU 4 but this node has 4: lower NGPU"):
+            pick_device(name, 4)
+
+
+def test_a_rank_without_a_gpu_stops_the_trainer_with_its_message(four_gpus, monkeypatch, tmp_path, capsys):
+    for name, value in {"RANK": "5", "LOCAL_RANK": "5", "WORLD_SIZE": "8"}.items():
+        monkeypatch.setenv(name, value)
+    assert pretrain(["--run-dir", str(tmp_path / "run")]) == 1
+    assert "pretrain: error: local rank 5 needs GPU 5 but this node has 4: lower NGPU" in capsys.readouterr().err

@@ -244,17 +244,32 @@ def test_best_checkpoint_is_saved_at_each_improvement_kept_from_pruning_and_pref
     assert folders(setup["tmp"] / "pruned") == ["best", "latest", "step-000003", "step-000006"]
 
 
-def test_a_resumed_run_keeps_its_best_checkpoint(setup, monkeypatch):
+@pytest.mark.parametrize("step_4, best", [(4.3, 2), (3.0, 4)])
+def test_a_run_stopped_at_an_evaluation_step_evaluates_it_when_resumed_and_keeps_its_best(setup, monkeypatch,
+                                                                                            step_4, best):
+    """SIGTERM at step 4 (--eval-every 1) saves it unevaluated; the resumed run evaluates it first: its log, its
+    checkpoints and its best (step 2's 4.0, or step 4's 3.0) are those of the uninterrupted run."""
     flags = ["--batch-examples", "4", "--micro-batch", "4", "--steps", "6", "--eval-every", "1", "--save-every",
              "100", "--keep-checkpoints", "1"]
+    losses = [9.0, 5.0, 4.0, 4.5, step_4, 4.2, 4.1]  # steps 0 to 6: steps 5 and 6 worse than step 2's 4.0
+    scripted_val_losses(monkeypatch, losses)
+    assert sft(setup, setup["tmp"] / "uninterrupted", *flags) == 0
     run_dir = setup["tmp"] / "resumed"
-    scripted_val_losses(monkeypatch, [9.0, 5.0, 4.0, 4.5], stop_after=4)  # steps 0 to 3; SIGTERM during step 3's
+    scripted_val_losses(monkeypatch, losses[:4], stop_after=4)  # SIGTERM during step 3's evaluation
     assert sft(setup, run_dir, *flags) == 143  # saved at the end of step 4, without its evaluation
     assert folders(run_dir) == ["best", "latest", "step-000002", "step-000004"]
-    scripted_val_losses(monkeypatch, [4.2, 4.1])  # steps 5 and 6: worse than step 2's 4.0
+    assert "val_loss" not in read_log(run_dir)[4]
+    scripted_val_losses(monkeypatch, losses[4:])
     assert sft(setup, run_dir, *flags, "--resume") == 0
-    assert folders(run_dir) == ["best", "latest", "step-000002", "step-000006"]
-    assert resolve_checkpoint(run_dir).name == "step-000002"
+    log = read_log(run_dir)
+    assert [(r["step"], r.get("val_loss")) for r in log] == list(enumerate(losses))
+    assert [sorted(r) for r in log] == [sorted(r) for r in read_log(setup["tmp"] / "uninterrupted")]
+    expected = sorted({"best", "latest", f"step-{best:06d}", "step-000006"})
+    assert folders(run_dir) == folders(setup["tmp"] / "uninterrupted") == expected
+    assert resolve_checkpoint(run_dir).name == f"step-{best:06d}"
+    for step in (best, 6):
+        state = json.loads((run_dir / "ckpt" / f"step-{step:06d}" / "state.json").read_text())
+        assert state["best"] == {"step": best, "val_loss": losses[best]}
 
 
 def test_the_eot_rate_counts_each_validation_prompt_once_and_an_empty_answer_as_not_ended(tmp_path, monkeypatch,

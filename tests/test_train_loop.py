@@ -202,6 +202,21 @@ def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):
     log.close()
 
 
+def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(4)))
+    log = RunLog(tmp_path, enabled=True, start_step=2, total_steps=4, progress=False)
+    assert log.amend(2, {"val_loss": 0.5}) == {"step": 2, "loss": 1.0, "val_loss": 0.5}
+    log.write({"step": 3, "loss": 0.9})
+    log.close()
+    assert read_log(tmp_path) == [{"step": 0, "loss": 1.0}, {"step": 1, "loss": 1.0},
+                                  {"step": 2, "loss": 1.0, "val_loss": 0.5}, {"step": 3, "loss": 0.9}]
+    (tmp_path / "log.jsonl").unlink()  # a lost log: the evaluation is the step's record
+    log = RunLog(tmp_path, enabled=True, start_step=2, total_steps=4, progress=False)
+    assert log.amend(2, {"val_loss": 0.5}) == {"step": 2, "val_loss": 0.5}
+    log.close()
+    assert read_log(tmp_path) == [{"step": 2, "val_loss": 0.5}]
+
+
 def test_accumulation_error_is_clear(small, tmp_path, capsys):
     assert run_small(small, tmp_path / "run", "--steps", "2", "--micro-batch", "3") == 1
     assert "global batch of 8 sequences of 32 tokens is not a multiple of micro-batch 3 x 1 rank(s)" in \
@@ -215,6 +230,9 @@ def test_changed_manifest_and_existing_run_are_refused(small, tmp_path, capsys):
     assert "already holds checkpoints (latest step-000004); pass --resume" in capsys.readouterr().err
     assert run_small(small, tmp_path / "run", "--steps", "4", "--resume", "--lr", "1e-3") == 1
     assert "the run's config changed (lr: 0.006 -> 0.001)" in capsys.readouterr().err
+    # another validation set: its val_loss is not comparable with the run's earlier ones
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--resume", "--eval-tokens", "512") == 1
+    assert "the run's config changed (eval_tokens: 256 -> 512)" in capsys.readouterr().err
     manifest = json.loads((small[0] / "manifest.json").read_text())
     manifest["note"] = "re-tokenized"
     (small[0] / "manifest.json").write_text(json.dumps(manifest))
@@ -267,6 +285,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(small, tmp_pat
     assert [r["step"] for r in read_log(tmp_path / "run")] == [0, 1]
 
 
+def test_a_fresh_start_after_a_failed_attempt_begins_a_new_log(small, tmp_path):
+    """The failed attempt left step 0 and 1 in log.jsonl but no checkpoint: the next run starts at step 0 anew."""
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "6", "--lr", "1e30", "--warmup", "1", "--save-every", "100") == 1
+    assert [r["step"] for r in read_log(run_dir)] == [0, 1] and latest_checkpoint(run_dir) is None
+    assert run_small(small, run_dir, "--steps", "2", "--eval-every", "2") == 0
+    log = read_log(run_dir)
+    assert [r["step"] for r in log] == [0, 1, 2] and math.isfinite(log[1]["loss"])
+
+
 def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(small, tmp_path, capsys, monkeypatch):
     import errno
 
@@ -311,6 +339,19 @@ def test_save_checkpoint_clears_killed_saves_and_leaves_other_folders(tmp_path):
         save_checkpoint(tmp_path / "run", step, model, optimizer, {}, keep=1)
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-000002-hf", "step-000003"]
     assert latest_checkpoint(tmp_path / "run").name == "step-000003"
+
+
+def test_pruning_goes_by_step_past_a_million_steps(tmp_path):
+    """step-1000000 sorts before step-999000 by name; the oldest by step is the one pruned."""
+    from gpt.model import GPT, preset
+    from train.checkpoint import save_checkpoint
+
+    model = GPT(preset("nano"))
+    root = tmp_path / "run" / "ckpt"
+    for step in (999000, 1000000):
+        (root / f"step-{step:06d}").mkdir(parents=True)
+    save_checkpoint(tmp_path / "run", 1000001, model, torch.optim.AdamW(model.parameters()), {}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-1000000", "step-1000001"]
 
 
 def test_a_stage_brings_its_own_loss_and_units(small, tmp_path):

@@ -124,6 +124,27 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(setup, sig, status):
     assert (run_dir / final).read_bytes() == (setup["tmp"] / "reference" / final).read_bytes()
 
 
+def test_a_run_stopped_at_an_evaluation_step_evaluates_it_when_resumed(setup, monkeypatch):
+    """SIGTERM during step 5 (--eval-every 5; in this process, as the step prefetches the next one's batch): step 5
+    is saved unevaluated, and the resumed run evaluates it first: its log is the uninterrupted run's."""
+    from train import loop
+
+    fetch = loop._fetch
+
+    def fetch_and_stop(data, step, *args):
+        if step == 5:
+            signal.raise_signal(signal.SIGTERM)
+        return fetch(data, step, *args)
+
+    run_dir = setup["tmp"] / "stopped-at-eval"
+    monkeypatch.setattr(loop, "_fetch", fetch_and_stop)
+    assert pretrain(flags(setup, run_dir)) == 143
+    monkeypatch.undo()
+    assert max(losses(run_dir)) == 5 and losses(run_dir)[5][1] is None
+    assert train(setup, run_dir, extra=["--resume"]) == setup["reference"]  # val_loss at step 5 too, bit for bit
+    assert [sorted(r) for r in read_log(run_dir)] == [sorted(r) for r in read_log(setup["tmp"] / "reference")]
+
+
 def test_ctrl_c_under_torchrun_saves_once_and_resumes_to_the_same_losses(setup):
     """The terminal's SIGINT reaches every rank, and torchrun forwards another: each rank stops once, together."""
     run_dir = setup["tmp"] / "ctrl-c-torchrun"

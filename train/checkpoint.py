@@ -117,10 +117,23 @@ def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dic
     return final
 
 
+def mark_best(run_dir: str | Path, step: int, best: dict, keep: int) -> None:
+    """Make the existing checkpoint `step` the best (`best`, its step and val_loss, into its state.json), point
+    `best` at it and prune as `save_checkpoint` does: what saving it again after its evaluation would leave (a run
+    stopped at that step saved it unevaluated; an evaluation changes none of the states a checkpoint holds)."""
+    root = ckpt_root(run_dir)
+    folder = root / f"step-{step:06d}"
+    write_json(folder / STATE, {**read_state(folder), "best": best})
+    with atomic_write(root / BEST, "w") as f:
+        f.write(folder.name + "\n")
+    _prune(root, (folder,), keep)
+
+
 def _checkpoints(root: Path) -> list[tuple[Path, int]]:
-    """The checkpoint folders under `root` (named step-<digits>; not, say, an export beside them) and their steps."""
+    """The checkpoint folders under `root` (named step-<digits>; not, say, an export beside them) and their steps,
+    by step (not by name: step-1000000 comes after step-999999)."""
     found = [(p, re.fullmatch(r"step-(\d+)", p.name)) for p in root.glob("step-*") if p.is_dir()]
-    return sorted((p, int(m.group(1))) for p, m in found if m)
+    return sorted(((p, int(m.group(1))) for p, m in found if m), key=lambda checkpoint: checkpoint[1])
 
 
 def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:

@@ -31,7 +31,8 @@ class RunConfig:
     RECIPES: ClassVar[dict] = {}  # name -> a complete config of the stage (set below each stage's class)
     FULL_RECIPE: ClassVar[str] = ""  # the recipe of every dataset but the sample
     BATCH_FLAG: ClassVar[str] = "--batch-tokens"  # the flag that sets the global batch, for messages
-    # A changed value of any of these makes a resumed run differ from an uninterrupted one: refused.
+    # A changed value of any of these makes a resumed run differ from an uninterrupted one: refused. Each stage
+    # adds its own, its validation set's size among them (keep_best compares val_loss with the old best's).
     RESUME_KEYS: ClassVar[tuple[str, ...]] = ("seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "beta1",
                                               "beta2", "eps", "grad_clip", "seed", "padded_vocab")
     # The numbers that must be > 0 or >= 0 when set (a subclass adds its own); check() has the fractions
@@ -107,7 +108,7 @@ class TrainConfig(RunConfig):
     """Pretraining: a model preset (or --init) on token shards; the global batch counts tokens."""
     STAGE: ClassVar[str] = "pretrain"
     FULL_RECIPE: ClassVar[str] = "gpt2-124m"
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens")
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens", "eval_tokens")
 
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_tokens", "eval_tokens")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "model": tuple(PRESETS),

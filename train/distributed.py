@@ -80,11 +80,17 @@ class Dist:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device of --device `name` for the process of `local_rank` on its node (GPU `local_rank` on CUDA);
+    ValueError for a name, or a GPU, this node lacks."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available")
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise ValueError(f"local rank {local_rank} needs GPU {local_rank} but this node has {count}: lower NGPU "
+                             f"(torchrun's --nproc_per_node) to {count} or less")
         return torch.device("cuda", local_rank)
     if name == "cpu":
         return torch.device("cpu")

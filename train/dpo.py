@@ -58,7 +58,8 @@ class DPOTrainConfig(RunConfig):
     FULL_RECIPE: ClassVar[str] = "ultrafeedback"
     BATCH_FLAG: ClassVar[str] = "--batch-pairs"
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "dataset": (*PREF_DATASETS, CUSTOM)}
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_pairs", "beta", "label_smoothing")
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_pairs", "beta", "label_smoothing",
+                                                                        "eval_pairs")
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_pairs", "beta", "answer_tokens")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_pairs", "show")
     HELP: ClassVar[dict[str, str]] = {**RunConfig.HELP,

@@ -2,7 +2,8 @@
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
 and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU). A resumed run
-first drops the lines after its checkpoint, so the file reads like one uninterrupted run.
+first drops the lines after its checkpoint (and adds the evaluation a stop signal skipped at that step), so
+the file reads like one uninterrupted run; a fresh start (step 0) replaces the file.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ class RunLog:
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.records = [r for r in read_log(self.dir) if r["step"] <= start_step]
+        # a fresh start (step 0) begins an empty log: a failed attempt's step-0 record is not this run's
+        self.records = [r for r in read_log(self.dir) if r["step"] <= start_step] if start_step else []
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Replace log.jsonl with `records`, atomically, and open it for appending."""
         with atomic_write(self.dir / LOG, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
         self._file = open(self.dir / LOG, "a")
@@ -57,6 +63,23 @@ class RunLog:
         self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self._show(record)
+
+    def amend(self, step: int, values: dict) -> dict:
+        """Add `values` to the record of `step` if it is the last one (a resumed run's step, evaluated late),
+        else append them as its record; the file is rewritten. Returns the record."""
+        record = {"step": step, **values}
+        if not self.enabled:
+            return record
+        if self.records and self.records[-1]["step"] == step:
+            record = {**self.records.pop(), **values}
+        self.records.append(record)
+        self._file.close()
+        self._rewrite()
+        self._show(record)
+        return record
+
+    def _show(self, record: dict) -> None:
         self.shown.update({k: f"{record[k]:.4f}" for k in ("loss", "val_loss") if k in record})  # the last of each
         self.bar.set_postfix(self.shown, refresh=False)  # before the update, which redraws the bar with it
         if record["step"] > self.bar.n:

@@ -54,7 +54,7 @@ from shards.format import ShardError
 from shards.io import directory_lock
 from shards.manifest import ManifestError
 
-from .checkpoint import latest_checkpoint, load_training_state, read_state, save_checkpoint
+from .checkpoint import latest_checkpoint, load_training_state, mark_best, read_state, save_checkpoint
 from .config import RunConfig
 from .data import accumulation_steps, verify_data
 from .distributed import Dist, RankFailed
@@ -368,6 +368,21 @@ def _prepare(raw: GPT, step: int, batches: list, hooks: Hooks) -> tuple[list, fl
     return batches, float(sum(hooks.count(b) for b in batches)), record
 
 
+def _evaluates(step: int, cfg: RunConfig, total: int) -> bool:
+    """Whether the loop evaluates after step `step` (every `eval_every` steps and the last; a stop signal skips
+    all but the last)."""
+    return step == total or step % cfg.eval_every == 0
+
+
+def _missed_evaluation(cfg: RunConfig, dist: Dist, log: RunLog, start: int, total: int) -> bool:
+    """Whether `start`, the step a resumed run starts from, is an evaluation step that its log has no evaluation
+    of (a stop signal at that step saved it unevaluated); rank 0 reads its log, and every rank gets its answer."""
+    if not _evaluates(start, cfg, total):
+        return False
+    missed = dist.is_main and not any(r["step"] == start and "val_loss" in r for r in log.records)
+    return dist.all_reduce_sum(torch.tensor([float(missed)], device=dist.device)).item() > 0
+
+
 def _schedule(state: dict | None, start: int, total: int) -> dict:
     """The run's schedule, for its state.json: `schedule_steps`, the total its cosine decays over (the first
     run's), and `extensions`, one {"step", "from", "to"} for each --extend that added steps."""
@@ -394,6 +409,16 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     if start == 0:
         record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
         log.write(record)
+        log.plot()
+    elif _missed_evaluation(cfg, dist, log, start, total):  # evaluated now, as the loop would have before stopping
+        values = _eval_record(cfg, data, dist, raw, log, hooks)
+        # best["step"] == start: a run killed between marking this step best and amending its log
+        if hooks.keep_best and (best is None or values["val_loss"] < best["val_loss"] or best["step"] == start):
+            best = {"step": start, "val_loss": values["val_loss"]}
+            with dist.unanimous():
+                if dist.is_main:
+                    mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
+        last_eval = log.amend(start, values)
         log.plot()
     step = start
     fetched = _fetch(data, step, dist, cfg, hooks) if step < total else None
@@ -445,7 +470,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             record.update(prepare_s=prepare_s, learn_s=dt, **prepared)
         if peak is not None:
             record["mfu"] = flops / dt / (peak * dist.world_size)
-        if step == total or (step % cfg.eval_every == 0 and not stopped):  # a stop skips all but the last
+        if _evaluates(step, cfg, total) and (step == total or not stopped):
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
         improved = hooks.keep_best and "val_loss" in record and (best is None or record["val_loss"] < best["val_loss"])

@@ -79,7 +79,7 @@ class RLTrainConfig(RunConfig):
         "prompts": ("prefs", "sft")}
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + (
         "reward", "prompts", "task_seed", "batch_prompts", "micro_batch", "group", "max_new", "top_k", "updates",
-        "clip", "kl_beta", "mean_only")
+        "clip", "kl_beta", "mean_only", "eval_prompts")
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_prompts", "max_new", "top_k", "updates")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("clip", "kl_beta", "eval_prompts", "show")
     HELP: ClassVar[dict[str, str]] = {

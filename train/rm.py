@@ -60,7 +60,8 @@ class RMTrainConfig(RunConfig):
     FULL_RECIPE: ClassVar[str] = "ultrafeedback"
     BATCH_FLAG: ClassVar[str] = "--batch-pairs"
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "dataset": (*PREF_DATASETS, CUSTOM)}
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_pairs", "margin", "center_coef")
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_pairs", "margin", "center_coef",
+                                                                        "eval_pairs")
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_pairs",)
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("margin", "center_coef", "eval_pairs", "show")
     HELP: ClassVar[dict[str, str]] = {**RunConfig.HELP,

@@ -50,7 +50,7 @@ class SFTTrainConfig(RunConfig):
     FULL_RECIPE: ClassVar[str] = "alpaca"
     BATCH_FLAG: ClassVar[str] = "--batch-examples"
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "dataset": (*SFT_DATASETS, CUSTOM)}
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples",)
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("batch_examples", "eval_examples")
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_examples", "eot_steps")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("eval_examples", "show")
     dataset: str = "sample"  # the SFT dataset: sample, alpaca or custom (the folder DATA_DIR/<dataset>-sft/)
