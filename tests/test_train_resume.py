@@ -197,3 +197,15 @@ def test_a_failure_on_rank_0_alone_stops_every_rank_with_its_message(setup):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "is in use by another run" in out and "other rank(s) failed" in out, out[-3000:]
+
+
+def test_a_failed_log_write_on_rank_0_stops_every_rank_with_its_message(setup):
+    """Rank 0 cannot write loss.png (a folder of that name stands in for a full disk) after the step-0
+    evaluation: rank 1 stops at once too, instead of waiting in the first step's all-reduce."""
+    run_dir = setup["tmp"] / "unplottable"
+    (run_dir / "loss.png").mkdir(parents=True)
+    proc = subprocess.run(command(2) + flags(setup, run_dir), cwd=ROOT, env=env(), capture_output=True, text=True,
+                          timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "pretrain: error:" in out and "loss.png" in out and "other rank(s) failed" in out, out[-3000:]

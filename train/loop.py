@@ -310,7 +310,8 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                         gradient_as_bucket_view=True)  # gradients live in the all-reduce buckets: no copy
         if cfg.compile:  # after DDP: dynamo then splits the graph at DDP's buckets, overlapping the all-reduces
             model = torch.compile(model, mode=cfg.compile_mode)
-        log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
+        with dist.unanimous():  # rank 0 rewrites log.jsonl: a failure there stops every rank with its message
+            log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
         log.print(f"{desc}: {dist.world_size} process(es) on {_device_name(dist.device)}, "
                   f"{_dtype(cfg, dist.device)}{f', compiled ({cfg.compile_mode})' if cfg.compile else ''}, "
                   f"{accum} micro-batch(es) of {cfg.micro_batch} per step and process")
@@ -408,18 +409,20 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
                   "train it further)")
     if start == 0:
         record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
-        log.write(record)
-        log.plot()
+        with dist.unanimous():  # rank 0's log writes, as after each step
+            log.write(record)
+            log.plot()
     elif _missed_evaluation(cfg, dist, log, start, total):  # evaluated now, as the loop would have before stopping
         values = _eval_record(cfg, data, dist, raw, log, hooks)
         # best["step"] == start: a run killed between marking this step best and amending its log
-        if hooks.keep_best and (best is None or values["val_loss"] < best["val_loss"] or best["step"] == start):
+        marked = hooks.keep_best and (best is None or values["val_loss"] < best["val_loss"] or best["step"] == start)
+        if marked:
             best = {"step": start, "val_loss": values["val_loss"]}
-            with dist.unanimous():
-                if dist.is_main:
-                    mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
-        last_eval = log.amend(start, values)
-        log.plot()
+        with dist.unanimous():
+            if marked and dist.is_main:
+                mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
+            last_eval = log.amend(start, values)
+            log.plot()
     step = start
     fetched = _fetch(data, step, dist, cfg, hooks) if step < total else None
     while step < total:
@@ -476,17 +479,16 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         improved = hooks.keep_best and "val_loss" in record and (best is None or record["val_loss"] < best["val_loss"])
         if improved:  # val_loss is all-reduced: every rank decides the same
             best = {"step": step, "val_loss": record["val_loss"]}
-        log.write(record)
-        if "val_loss" in record:
-            log.plot()
-        if step % cfg.save_every == 0 or step == total or stopped or improved:
-            with dist.unanimous():  # a failed write (disk full) stops every rank with rank 0's message
-                if dist.is_main:
-                    save_checkpoint(cfg.run_dir, step, raw, optimizer, {
-                        **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
-                        "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
-                        "shards_dir": str(data.dir), "config": cfg.to_dict(), "best": best},
-                        cfg.keep_checkpoints, hooks.chat_template)
+        with dist.unanimous():  # a failed write on rank 0 (disk full) stops every rank with rank 0's message
+            log.write(record)
+            if "val_loss" in record:
+                log.plot()
+            if dist.is_main and (step % cfg.save_every == 0 or step == total or stopped or improved):
+                save_checkpoint(cfg.run_dir, step, raw, optimizer, {
+                    **hooks.state, "total_steps": total, "data_position": data.plan.position(step),
+                    "world_size": dist.world_size, "manifest_sha256": data.manifest_sha256,
+                    "shards_dir": str(data.dir), "config": cfg.to_dict(), "best": best},
+                    cfg.keep_checkpoints, hooks.chat_template)
         if stopped and step < total:
             sig = stop.signal or signal.SIGTERM  # another rank's signal stopped this one
             log.print(f"stopped by {sig.name} after step {step}; checkpoint saved, continue with --resume (RESUME=1)")
