@@ -243,6 +243,8 @@ def test_sampling_is_reproducible_from_the_seed(setup):
 
 def test_zero_advantages_change_no_parameter(setup, tmp_path, monkeypatch):
     class Constant:
+        config = setup["scorer"].OddShare.config
+
         def score_tokens(self, sequences, batch_size=32):
             return torch.full((len(sequences),), 0.7)
 
