@@ -3,9 +3,9 @@
 Both models hold the same weights (ours at random init, converted with `gpt.hf.to_hf`; 124M fp32 by
 default), get the same prompts (batch 1: the first one; batch 8: prompts of different lengths, right-padded
 for ours, left-padded for transformers as it requires) and threads, and decode greedily with a KV cache for
-exactly `new_tokens` tokens (transformers: min_new_tokens = max_new_tokens; ours: no end token), prefill
-included. The greedy tokens are checked equal. Runs alternate between the two in rounds, after a warmup,
-so that load from other processes hits both alike; the median gives tokens/s.
+exactly `new_tokens` tokens (neither has an end token: EOT is a token like any other), prefill included.
+The greedy tokens are checked equal. Runs alternate between the two in rounds, after a warmup, so that load
+from other processes hits both alike; the median gives tokens/s.
 
 At batch 1 decoding reads every weight once per token, so the machine's read bandwidth bounds it: the
 bound is (read bandwidth: the best of sums over a buffer far larger than the caches, measured between the
@@ -79,6 +79,16 @@ def left_padded(input_ids, masks):
     return ids, left
 
 
+def hf_greedy(hf, input_ids, masks, new_tokens: int) -> list[list[int]]:
+    """transformers' greedy continuations of our right-padded prompts: exactly `new_tokens` per row, EOT a token
+    like any other, as ours with eot=-1 (min_new_tokens would instead forbid EOT until the last token)."""
+    ids, left = left_padded(input_ids, masks)
+    with torch.inference_mode():
+        out = hf.generate(ids, attention_mask=left, do_sample=False, max_new_tokens=new_tokens, pad_token_id=EOT,
+                          eos_token_id=None)
+    return out[:, ids.shape[1]:].tolist()
+
+
 def run(cfg: BenchConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -92,18 +102,8 @@ def run(cfg: BenchConfig) -> dict:
     for batch in (int(b) for b in cfg.batch_sizes.split(",")):
         prompts = (PROMPTS * (batch // len(PROMPTS) + 1))[:batch]
         input_ids, masks = tokenize_batch_input(prompts)
-        hf_ids, hf_masks = left_padded(input_ids, masks)
-
-        def run_ours():
-            return generate(ours, input_ids, masks, 0, cfg.new_tokens, eot=-1)
-
-        def run_hf():
-            with torch.inference_mode():
-                out = hf.generate(hf_ids, attention_mask=hf_masks, do_sample=False, max_new_tokens=cfg.new_tokens,
-                                  min_new_tokens=cfg.new_tokens, pad_token_id=EOT, eos_token_id=EOT)
-            return out[:, hf_ids.shape[1]:].tolist()
-
-        runs = {"ours": run_ours, "transformers": run_hf}
+        runs = {"ours": lambda: generate(ours, input_ids, masks, 0, cfg.new_tokens, eot=-1),
+                "transformers": lambda: hf_greedy(hf, input_ids, masks, cfg.new_tokens)}
         outputs = {name: fn() for name, fn in runs.items()}  # warmup, and the tokens compared
         for _ in range(cfg.warmup - 1):
             for fn in runs.values():

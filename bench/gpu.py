@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from bench import train as bench_train
-from bench.generate import PROMPTS, left_padded
+from bench.generate import PROMPTS, hf_greedy
 from gpt.inference import COMPILE_MODES, generate, tokenize_batch_input
 from gpt.model import GPT, preset
 from shards import cli
@@ -191,14 +191,7 @@ def part_decode(args) -> dict:
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
         runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",") or name == "eager"}
         if hf is not None:
-            hf_ids, hf_masks = left_padded(ids, masks)
-
-            def run_hf():
-                with torch.inference_mode():
-                    new = hf.generate(hf_ids, attention_mask=hf_masks, do_sample=False, max_new_tokens=args.new_tokens,
-                                      min_new_tokens=args.new_tokens, pad_token_id=EOT, eos_token_id=EOT)
-                return new[:, hf_ids.shape[1]:].tolist()
-            runs["transformers"] = run_hf
+            runs["transformers"] = lambda: hf_greedy(hf, ids, masks, args.new_tokens)
         results = {name: _timed(fn, args.device) for name, fn in runs.items()}
         speeds = {name: batch * args.new_tokens / t for name, (t, _) in results.items()}
         reference = results["eager"][1]

@@ -11,7 +11,7 @@ import torch
 
 from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_batch_input
 from gpt.__main__ import main
-from gpt.hf import from_hf
+from gpt.hf import from_hf, to_hf
 from gpt.model import KVCache, preset
 from gpt.template import CHAT_TEMPLATE
 from gpt.template import PROMPT_NO_INPUT as ALPACA_NO_INPUT
@@ -597,6 +597,22 @@ def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):
     assert bench_generate.main(["--model", "nano", "--new-tokens", "6", "--rounds", "1", "--bandwidth-mib", "8"]) == 0
     out = capsys.readouterr().out
     assert "same tokens: True" in out and "batch 8: ours at" in out and "(goal >= 70%)" in out
+
+
+def test_the_benchmarks_transformers_greedy_is_ours_when_eot_is_chosen():
+    """The benchmarks compare our greedy tokens (eot=-1) with transformers': with an EOT that wins some steps, both
+    emit it and go on (transformers' min_new_tokens would have forbidden it, and the comparison failed)."""
+    from bench.generate import hf_greedy
+
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = GPT(preset("nano")).eval()
+    with torch.no_grad():
+        model.transformer.wte.weight[EOT] *= 30
+    ids, masks = batch([[1, 2, 3], [4, 5]])
+    ours = generate(model, ids, masks, 0, 12, eot=-1)
+    assert EOT in ours[0] and ours[0][0] != EOT  # EOT wins some steps, not all
+    assert hf_greedy(to_hf(model).eval(), ids, masks, 12) == ours
 
 
 def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
