@@ -71,7 +71,8 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder `RUN_DIR/ckpt/best` names (the lowest validation loss, kept by SFT), or None."""
+    """The folder `RUN_DIR/ckpt/best` names (the lowest validation loss, kept by SFT, DPO and the reward model), or
+    None."""
     return _pointed(run_dir, BEST)
 
 

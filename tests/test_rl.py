@@ -258,17 +258,22 @@ def test_zero_advantages_change_no_parameter(setup, tmp_path, monkeypatch):
 
 def test_prompts_of_shards_are_kept_whatever_their_answers_length(tmp_path):
     """A prompt that leaves room for --max-new is used even when its reference answer makes the example longer
-    than seq_len + 1 (the SFT reader leaves such an example out); the answer is cut to fit with the prompt."""
-    rows = [([11, 12, 13], [21, 22]), ([14, 15], list(range(100, 130))), ([16] * 20, [23])]
+    than seq_len + 1, and when few whole examples fit (the SFT reader alone leaves such examples out): the
+    reference is kept whole for the rewards (gsm8k reads its end), and cut to fit with its prompt only in the
+    held-out loss's batches."""
+    long = list(range(100, 130))
+    rows = [([11, 12, 13], [21, 22]), ([14, 15], long), ([16] * 20, [23]), ([17], long)]
     shards = write_sft_shards(tmp_path / "shards", rows, rows[:2])
-    reader = SFTData(shards, 16, 1, 0)
-    assert reader.left_out == 3  # the long answer (in both splits) and the long prompt
-    data = PromptData.from_shards(reader, max_new=4, batch_prompts=2, seed=0)
-    assert [p.tolist() for p, _ in data.train] == [[11, 12, 13], [14, 15]] and data.left_out == 1
-    assert data.train[1][1].tolist() == list(range(100, 115))  # 2 + 15 = seq_len + 1 tokens
-    assert data.train[0][1].tolist() == [21, 22, EOT] and len(data.val) == 2
+    with pytest.raises(ValueError, match="fewer than one global batch of 2"):
+        SFTData(shards, 16, 2, 0)  # one whole example fits in 17 tokens
+    reader = SFTData(shards, None, 2, 0)
+    assert reader.left_out == 0
+    data = PromptData.from_shards(reader, 16, max_new=4, batch_prompts=2, seed=0)
+    assert [p.tolist() for p, _ in data.train] == [[11, 12, 13], [14, 15], [17]] and data.left_out == 1
+    assert data.train[1][1].tolist() == long + [EOT] and data.val[1][1].tolist() == long + [EOT]
     inputs, targets = data.val_batches(0, 1, 2)[0]
-    assert inputs.shape[1] == 16
+    assert inputs.shape[1] == 16 and inputs[1].tolist() == [14, 15] + long[:14]  # 2 + 15 = seq_len + 1 tokens
+    assert targets[1].tolist() == [-100] + long[:15]
 
 
 def test_each_step_samples_with_the_model_its_previous_update_left(setup, tmp_path, fake_rm):
@@ -277,8 +282,8 @@ def test_each_step_samples_with_the_model_its_previous_update_left(setup, tmp_pa
                       "--keep-checkpoints", "0", "--lr", "0.3")) == 0  # large steps: other samples after each
     logged = {r["step"]: r for r in read_log(run_dir) if "reward" in r}
     cfg = parse_args(flags(setup, run_dir, "--seed", "5"), RLTrainConfig)
-    data = PromptData.from_shards(SFTData(setup["shards"], cfg.seq_len, cfg.batch_prompts, cfg.seed), cfg.max_new,
-                                  cfg.batch_prompts, cfg.seed, eval_prompts=cfg.eval_prompts)
+    data = PromptData.from_shards(SFTData(setup["shards"], None, cfg.batch_prompts, cfg.seed), cfg.seq_len,
+                                  cfg.max_new, cfg.batch_prompts, cfg.seed, eval_prompts=cfg.eval_prompts)
     sample = Sampler(cfg, data, ModelReward(setup["scorer"].OddShare()), frozen(load_model(setup["init"])), Dist())
     for step, folder in ((0, setup["init"]), (1, run_dir / "ckpt" / "step-000001"),
                          (2, run_dir / "ckpt" / "step-000002")):

@@ -233,6 +233,14 @@ def test_changed_manifest_and_existing_run_are_refused(small, tmp_path, capsys):
     # another validation set: its val_loss is not comparable with the run's earlier ones
     assert run_small(small, tmp_path / "run", "--steps", "4", "--resume", "--eval-tokens", "512") == 1
     assert "the run's config changed (eval_tokens: 256 -> 512)" in capsys.readouterr().err
+    # the same shards, other rows kept (a reader's rule changed between versions): other batches
+    state_file = latest_checkpoint(tmp_path / "run") / "state.json"
+    state = json.loads(state_file.read_text())
+    rows = state["data_position"]["num_rows"]
+    state_file.write_text(json.dumps({**state, "data_position": {**state["data_position"], "num_rows": rows + 3}}))
+    assert run_small(small, tmp_path / "run", "--steps", "4", "--resume") == 1
+    assert f"the run's config changed (train rows: {rows + 3} -> {rows})" in capsys.readouterr().err
+    state_file.write_text(json.dumps(state))
     manifest = json.loads((small[0] / "manifest.json").read_text())
     manifest["note"] = "re-tokenized"
     (small[0] / "manifest.json").write_text(json.dumps(manifest))

@@ -7,8 +7,8 @@ tensor as `state.<param index>.<name>`; `optimizer.json`: param groups and non-t
 states (`rng.safetensors`) and `state.json` (step, data position, manifest sha256, train config, Python and
 NumPy RNG states). Nothing is unpickled when loading. The folder is built under a temporary name and
 renamed; `latest` (a text file naming the folder) is replaced atomically after it; the last K folders stay.
-A run that tracks its best evaluation (SFT) records it in state.json (`best`: step and val_loss) and keeps
-`best`, a text file like `latest` naming that checkpoint, which is never pruned.
+A run that tracks its best evaluation (SFT, DPO, the reward model) records it in state.json (`best`: step and
+val_loss) and keeps `best`, a text file like `latest` naming that checkpoint, which is never pruned.
 """
 
 from __future__ import annotations

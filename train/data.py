@@ -211,13 +211,13 @@ class ExampleData:
     (inputs, targets) micro-batches per step and rank. A row is one example of each of `SIDES` (the manifest
     entries' `side`; None: the split's one shard), and a micro-batch holds every side's sequences of its rows,
     side after side: SFT's B examples, or DPO's B chosen then their B rejected. Rows whose longest sequence
-    exceeds seq_len + 1 tokens are left out."""
+    exceeds seq_len + 1 tokens are left out (none with seq_len None: RL reads the prompts of every row)."""
 
     KIND = ""  # the manifest's kind
     SIDES: tuple[str | None, ...] = (None,)
     rows_name = "rows"
 
-    def __init__(self, shards_dir: str | Path, seq_len: int, batch_rows: int, seed: int, eval_rows: int = 0):
+    def __init__(self, shards_dir: str | Path, seq_len: int | None, batch_rows: int, seed: int, eval_rows: int = 0):
         self.dir = Path(shards_dir)
         manifest, self.manifest_sha256 = _open_manifest(self.dir, self.KIND)
         self.seq_len = seq_len
@@ -227,8 +227,8 @@ class ExampleData:
         self.left_out = len(self.train[0]) - len(self.train_ids) + len(self.val[0]) - len(self.val_ids)
         if eval_rows > 0:
             self.val_ids = self.val_ids[:eval_rows]
-        self.plan = BatchPlan(len(self.train_ids), batch_rows, seed,
-                              f"{self.rows_name} whose sequences fit in {seq_len + 1} tokens")
+        fitting = f" whose sequences fit in {seq_len + 1} tokens" if seq_len is not None else ""
+        self.plan = BatchPlan(len(self.train_ids), batch_rows, seed, self.rows_name + fitting)
         self.rows_per_step = self.plan.rows_per_step
 
     def _split(self, manifest: dict, split: str, what: str) -> tuple[tuple[SFTShard, ...], np.ndarray]:
@@ -244,6 +244,8 @@ class ExampleData:
         if len({len(shard) for shard in shards}) > 1:
             counts = " and ".join(f"{len(shard)} {side}" for shard, side in zip(shards, self.SIDES))
             raise ShardError(f"{self.dir}: the {what} split has {counts} answers (example i of each is row i)")
+        if self.seq_len is None:
+            return tuple(shards), np.arange(len(shards[0]))
         ids = np.flatnonzero(self._longest(shards) <= self.seq_len + 1)
         if len(ids) == 0:
             where = self.dir / entries[0]["file"] if len(shards) == 1 else self.dir
@@ -310,7 +312,9 @@ class PromptData:
 
     Built from (prompt tokens, reference answer tokens ending with EOT) per split: a task's own, or the rows of
     SFT or preference shards (`from_shards`: each row's prompt and its first side's answer: SFT's, or the chosen
-    one). A prompt that leaves fewer than `max_new` of the `seq_len` tokens for its answer is left out; the first
+    one). A prompt that leaves fewer than `max_new` of the `seq_len` tokens for its answer is left out, whatever
+    its reference's length (the held-out loss reads a reference cut to seq_len + 1 tokens with its prompt; the
+    rewards read it whole); the first
     `eval_prompts` validation rows that fit (0: all) are the held-out prompts. A micro-batch is (prompts [B, T]
     right-padded with 0, their attention mask [B, T], their rows in `train` [B], their positions in the global
     batch [B]), in the order of the global batch: never reordered by length, so the same micro-batches (and
@@ -332,25 +336,25 @@ class PromptData:
                 raise ValueError(f"{directory}: no {split} prompt leaves room for --max-new {max_new} tokens in "
                                  f"--seq-len {seq_len}")
         self.dir, self.manifest_sha256, self.shard_entries = Path(directory), manifest_sha256, list(shard_entries)
+        self.seq_len = seq_len
         self.plan = BatchPlan(len(self.train), batch_prompts, seed, f"prompts of at most {seq_len - max_new} tokens",
                               updates)
         self.rows_per_step = batch_prompts
 
     @classmethod
-    def from_shards(cls, reader: ExampleData, max_new: int, batch_prompts: int, seed: int, updates: int = 1,
-                    eval_prompts: int = 0) -> "PromptData":
-        """The prompts of SFT or preference shards (an SFTData or PrefData `reader`), with their first answers:
-        every row's, whatever its answers' length (the reader's own rows are those whose longest sequence fits),
-        each answer cut to fit in `reader.seq_len` + 1 tokens with its prompt (the held-out loss reads them)."""
-        def rows(shards):
+    def from_shards(cls, reader: ExampleData, seq_len: int, max_new: int, batch_prompts: int, seed: int,
+                    updates: int = 1, eval_prompts: int = 0) -> "PromptData":
+        """The prompts of SFT or preference shards (an SFTData or PrefData `reader`, opened with seq_len None: every
+        row), with their first answers."""
+        def rows(shards, ids):
             split = []
-            for i in range(len(shards[0])):
-                tokens, mask = shards[0].example(i)
+            for i in ids:
+                tokens, mask = shards[0].example(int(i))
                 start = int(np.argmax(mask))
-                split.append((tokens[:start].astype(np.int64), tokens[start:reader.seq_len + 1].astype(np.int64)))
+                split.append((tokens[:start].astype(np.int64), tokens[start:].astype(np.int64)))
             return split
 
-        return cls(rows(reader.train), rows(reader.val), reader.seq_len, max_new,
+        return cls(rows(reader.train, reader.train_ids), rows(reader.val, reader.val_ids), seq_len, max_new,
                    batch_prompts, seed, updates, eval_prompts, directory=reader.dir,
                    manifest_sha256=reader.manifest_sha256, shard_entries=reader.shard_entries)
 
@@ -366,10 +370,12 @@ class PromptData:
         return ids, mask, torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(positions.astype(np.int64))
 
     def val_batches(self, rank: int, world_size: int, micro_batch: int):
-        """(inputs, targets) of this rank's held-out prompts with their reference answers, as SFT's batches
-        (the validation loss: how well the policy still models the references)."""
+        """(inputs, targets) of this rank's held-out prompts with their reference answers (cut to seq_len + 1 tokens
+        with the prompt), as SFT's batches (the validation loss: how well the policy still models the references)."""
         rows = rank_slice(np.arange(len(self.val)), rank, world_size)
-        return [pad_examples([with_answer(*self.val[i]) for i in ids]) for ids in micro_batches(rows, micro_batch)]
+        return [pad_examples([with_answer(prompt, answer[:self.seq_len + 1 - len(prompt)])
+                              for prompt, answer in (self.val[i] for i in ids)])
+                for ids in micro_batches(rows, micro_batch)]
 
 
 def with_answer(prompt: np.ndarray, answer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -229,6 +229,9 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int, load: Callable[..., to
     old = state["config"]
     keys = cfg.RESUME_KEYS
     diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
+    rows = state["data_position"].get("num_rows")  # same shards, but other rows kept (the reader's rule changed)
+    if rows != data.plan.num_rows:
+        diff.append(f"train rows: {rows} -> {data.plan.num_rows}")
     longer = total > state["total_steps"]
     if total != state["total_steps"] and not (longer and cfg.extend):
         diff.append(f"total steps: {state['total_steps']} -> {total}")
@@ -269,7 +272,8 @@ def exit_status(result: dict) -> int:
 def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hooks: Hooks | None = None,
           desc: str = "train") -> dict:
     """Run (or resume) training; returns {"step", "stopped" (the signal that stopped it, or None), "last_eval"
-    (the log record of the last evaluation, rank 0's; None elsewhere on a resumed run)}.
+    (the log record of the last evaluation: rank 0's; on the other ranks of a resumed run, None until their
+    first evaluation)}.
 
     Raises TrainingError on a bad loss."""
     hooks = hooks or Hooks()
@@ -370,8 +374,8 @@ def _prepare(raw: GPT, step: int, batches: list, hooks: Hooks) -> tuple[list, fl
 
 
 def _evaluates(step: int, cfg: RunConfig, total: int) -> bool:
-    """Whether the loop evaluates after step `step` (every `eval_every` steps and the last; a stop signal skips
-    all but the last)."""
+    """Whether `step` is an evaluation step: every `eval_every` steps and the last (the loop skips all but the last
+    when a stop signal came during the step)."""
     return step == total or step % cfg.eval_every == 0
 
 
