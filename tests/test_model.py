@@ -200,13 +200,16 @@ def test_export_to_transformers_gives_the_same_logits_and_loss():
 
 
 def test_transformers_model_and_ours_share_no_storage():
+    """No tensor of ours shares storage with the transformers model, so writing ours leaves it unchanged."""
     hf = tiny_hf_model()
     ours = from_hf(hf)
-    before = hf.transformer.h[0].mlp.c_fc.weight.clone()
+    theirs = {t.untyped_storage().data_ptr() for t in hf.state_dict().values()}
+    assert not theirs & {p.untyped_storage().data_ptr() for p in ours.parameters()}
+    before = {name: t.clone() for name, t in hf.state_dict().items()}
     with torch.no_grad():
         ours.transformer.h[0].mlp.c_fc.weight.add_(1.0)
         ours.transformer.wte.weight.add_(1.0)
-    assert torch.equal(hf.transformer.h[0].mlp.c_fc.weight, before)
+    assert all(torch.equal(t, before[name]) for name, t in hf.state_dict().items())
     assert ours.transformer.h[0].mlp.c_fc.weight.is_contiguous()
 
 
