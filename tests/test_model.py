@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -14,8 +15,6 @@ from gpt import GPT, get_encoding, load_model, preset, save_model
 from gpt.__main__ import main as gpt_main
 from gpt.hf import from_hf, hf_config, to_hf
 from gpt.kernels import DECODE_BLOCK, CrossEntropy, cross_entropy, linear
-
-transformers = pytest.importorskip("transformers")
 
 TINY_HF = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128, vocab_size=50257)
 
