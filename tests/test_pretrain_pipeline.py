@@ -397,14 +397,17 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     printed = capsys.readouterr().out
     assert "custom_val_000000.bin" in printed and "verified" in printed and printed.count("--- custom_val") == 2
     shard = out / "custom_train_000002.bin"
-    raw = bytearray(shard.read_bytes())
+    good = shard.read_bytes()
+    raw = bytearray(good)
     raw[1024] ^= 1  # first token byte
     shard.write_bytes(bytes(raw))
     assert report.main([str(out), "--verify"]) == 1
     assert f"{shard}: sha256" in capsys.readouterr().err
-    shard.write_bytes(bytes(raw[:-10]))
+    shard.write_bytes(good[:-10])  # only truncated: the size against the header names it
     assert report.main([str(out), "--verify"]) == 1
-    assert f"{shard}: " in capsys.readouterr().err
+    tokens = (len(good) - 1024) // 2
+    assert f"{shard}: {len(good) - 10} bytes but the header says {tokens} tokens ({len(good)} bytes)" in (
+        capsys.readouterr().err)
     (out / "custom_val_000000.docs").unlink()
     assert report.main([str(out), "--verify", "--decode", "2"]) == 1  # a message, no traceback from decoding
     assert "custom_val_000000.docs: missing" in capsys.readouterr().err
