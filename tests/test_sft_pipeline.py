@@ -22,7 +22,7 @@ from pipelines import hub, sft, sft_sources
 from pipelines.stage import output_dir
 from shards.format import read_header
 from shards.report import main as inspect_main
-from shards.io import directory_lock, sha256_file, sha256_json
+from shards.io import directory_lock, sha256_file
 from shards.manifest import load_manifest
 from shards.sft import open_sft_shard
 from shards.tokenizer import EOT, get_encoding
@@ -65,8 +65,8 @@ def test_templates_are_stanford_alpaca():
         "Below is an instruction that describes a task, paired with an input that provides further context. "
         "Write a response that appropriately completes the request.\n\n### Instruction:\nDo X.\n\n"
         "### Input:\non Y\n\n### Response:\n")
-    assert alpaca.TEMPLATE_SHA256 == sha256_json({"prompt_input": alpaca.PROMPT_INPUT,
-                                                  "prompt_no_input": alpaca.PROMPT_NO_INPUT})
+    # pinned: a change of either template renames every SFT and preference data folder (it is in their config)
+    assert alpaca.TEMPLATE_SHA256 == "adbe7f23c727b5970ddeb766ab43a53ed1d9ee456ef610c3477549eb8f30b714"
 
 
 def test_masks_on_tricky_examples(tmp_path):
