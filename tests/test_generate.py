@@ -337,7 +337,6 @@ def test_seeded_sampling_is_reproducible(model):
     greedy_rows = generate(model, ids, masks, 0, 12, eot=-1)
     assert sample(7, top_k=1) == greedy_rows
     assert sample(3, top_p=1e-6) == greedy_rows
-    assert all(t in set(range(50257)) for row in sample(9, top_k=5) for t in row)
 
 
 def test_top_k_and_top_p_restrict_the_choices():
