@@ -446,8 +446,11 @@ def test_a_jsonl_file_cut_into_units_gives_the_same_shards(src, reference, tmp_p
     assert run(tmp_path, src[0], "--workers", "2") == 0  # the workers get each unit's byte range with it
     out = out_dir(tmp_path, src[0])
     assert out.name != reference[0].name  # the unit size is part of the config: a killed run's parts stay apart
-    shards = {name: data for name, data in contents(out).items() if name.endswith((".bin", ".docs"))}
-    assert shards and shards == {name: data for name, data in reference[1].items() if name in shards}
+    files, ref = contents(out), reference[1]
+    m, ref_m = json.loads(files.pop("manifest.json")), json.loads(ref["manifest.json"])
+    assert files == {name: data for name, data in ref.items() if name != "manifest.json"}
+    assert m["shards"] == ref_m["shards"]
+    assert m["totals"] == {**ref_m["totals"], "units": m["totals"]["units"]} and m["totals"]["units"] > 10  # more units
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jsonl").write_bytes(jsonl_bytes(make_docs(random.Random(2), 40)[:30]) + b'{"text": broken}\n')
