@@ -11,6 +11,7 @@ import torch
 
 from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_batch_input
 from gpt.__main__ import main
+from gpt import inference
 from gpt.hf import from_hf, to_hf
 from gpt.model import KVCache, preset
 from gpt.template import CHAT_TEMPLATE
@@ -182,16 +183,23 @@ def test_generation_under_bf16_autocast_caches_keys_and_values_in_bf16(model):
     """As SFT's evaluation runs it on a GPU: the cache holds autocast's dtype (no cast of the whole cache at
     every step), and the last position is projected by the float32 head."""
     made, original = [], KVCache.__init__
+    logits, next_tokens = [], inference._next_tokens
 
     def recording(self, *args, **kwargs):
         made.append(kwargs["dtype"])
         original(self, *args, **kwargs)
 
-    with mock.patch.object(KVCache, "__init__", recording):
+    def recording_logits(step_logits, *args):
+        logits.append(step_logits.dtype)
+        return next_tokens(step_logits, *args)
+
+    with (mock.patch.object(KVCache, "__init__", recording),
+          mock.patch.object(inference, "_next_tokens", recording_logits)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert [len(r) for r in greedy(model, PROMPTS, steps=3)] == [3] * len(PROMPTS)
         greedy(model, PROMPTS[:1], steps=2)
     assert made == [torch.bfloat16, torch.float32]
+    assert logits == [torch.float32] * 5  # 3 steps under autocast, then 2 without
 
 
 def test_key_mask_leaves_real_positions_alone_and_padding_finite(model):
