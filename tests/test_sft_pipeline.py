@@ -229,8 +229,11 @@ def test_sample_source(tmp_path):
 
 
 def test_sample_checksum_mismatch_is_refused(monkeypatch):
+    """The message gives the files' hash (the pinned one: they are unchanged) against the expected one."""
+    actual = sft_sources.SAMPLE_SHA256
     monkeypatch.setattr(sft_sources, "SAMPLE_SHA256", "0" * 64)
-    with pytest.raises(sft_sources.SourceError, match="chatterbot-corpus==1.3.3"):
+    message = rf"the \*\.yml files hash to {actual}, expected 0{{64}}; reinstall chatterbot-corpus==1\.3\.3"
+    with pytest.raises(sft_sources.SourceError, match=message):
         sft_sources.sample_source()
 
 
