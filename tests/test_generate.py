@@ -3,6 +3,7 @@ bad input, and the `generate` / `chat` commands."""
 
 import io
 import json
+import re
 import shutil
 from unittest import mock
 
@@ -633,6 +634,7 @@ def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
                      "--decode-batches", "2", "--decoders", "graph,eager"]) == 0
     out = capsys.readouterr().out
     assert "decode, batch 2, 4 new tokens" in out
-    for name in ("graph", "eager", "transformers"):
-        assert f"{name} " in out
-    assert "graph+compile" not in out and out.count("100% tokens as eager") == 3
+    assert re.search(r"; eager [\d,]+ tokens/s \([\d.]+x transformers\), ", out)
+    for name in ("graph", "transformers"):  # each decoder against the eager one, not eager against itself
+        assert re.search(rf"\b{name} [\d,]+ tokens/s \([\d.]+x transformers\), 100% tokens as eager", out), name
+    assert "graph+compile" not in out
