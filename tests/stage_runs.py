@@ -1,7 +1,8 @@
-"""Helpers of the data stages' tests: a stage's output as bytes, and a stage killed mid-run."""
+"""Helpers of the data stages' tests: a stage's output as bytes, two outputs compared, and a stage killed mid-run."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,18 @@ REPO = Path(__file__).resolve().parents[1]
 def files_of(directory: Path) -> dict:
     """Every file under `directory` (its path relative to it) with its bytes."""
     return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def assert_same_shards(one: Path, two: Path) -> None:
+    """The folders' files are byte for byte the same but for manifest.json (its source differs), whose shards and
+    totals are the same."""
+    files, others = files_of(one), files_of(two)
+    manifest, other = json.loads(files.pop("manifest.json")), json.loads(others.pop("manifest.json"))
+    assert sorted(files) == sorted(others), (sorted(files), sorted(others))
+    differ = [name for name in files if files[name] != others[name]]
+    assert not differ, f"different bytes: {differ}"
+    assert manifest["shards"] == other["shards"], "the manifests' shards differ"
+    assert manifest["totals"] == other["totals"], (manifest["totals"], other["totals"])
 
 
 def sigkill_after_a_chunk(command: str, data_dir: Path, folder: str, args: list[str]) -> Path:

@@ -3,6 +3,7 @@ bad input, and the `generate` / `chat` commands."""
 
 import io
 import json
+import re
 import shutil
 from unittest import mock
 
@@ -11,6 +12,7 @@ import torch
 
 from gpt import EOT, GPT, generate, get_encoding, save_model, stream, tokenize_batch_input
 from gpt.__main__ import main
+from gpt import inference
 from gpt.hf import from_hf, to_hf
 from gpt.model import KVCache, preset
 from gpt.template import CHAT_TEMPLATE
@@ -182,16 +184,23 @@ def test_generation_under_bf16_autocast_caches_keys_and_values_in_bf16(model):
     """As SFT's evaluation runs it on a GPU: the cache holds autocast's dtype (no cast of the whole cache at
     every step), and the last position is projected by the float32 head."""
     made, original = [], KVCache.__init__
+    logits, next_tokens = [], inference._next_tokens
 
     def recording(self, *args, **kwargs):
         made.append(kwargs["dtype"])
         original(self, *args, **kwargs)
 
-    with mock.patch.object(KVCache, "__init__", recording):
+    def recording_logits(step_logits, *args):
+        logits.append(step_logits.dtype)
+        return next_tokens(step_logits, *args)
+
+    with (mock.patch.object(KVCache, "__init__", recording),
+          mock.patch.object(inference, "_next_tokens", recording_logits)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert [len(r) for r in greedy(model, PROMPTS, steps=3)] == [3] * len(PROMPTS)
         greedy(model, PROMPTS[:1], steps=2)
     assert made == [torch.bfloat16, torch.float32]
+    assert logits == [torch.float32] * 5  # 3 steps under autocast, then 2 without
 
 
 def test_key_mask_leaves_real_positions_alone_and_padding_finite(model):
@@ -337,7 +346,6 @@ def test_seeded_sampling_is_reproducible(model):
     greedy_rows = generate(model, ids, masks, 0, 12, eot=-1)
     assert sample(7, top_k=1) == greedy_rows
     assert sample(3, top_p=1e-6) == greedy_rows
-    assert all(t in set(range(50257)) for row in sample(9, top_k=5) for t in row)
 
 
 def test_top_k_and_top_p_restrict_the_choices():
@@ -626,6 +634,7 @@ def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
                      "--decode-batches", "2", "--decoders", "graph,eager"]) == 0
     out = capsys.readouterr().out
     assert "decode, batch 2, 4 new tokens" in out
-    for name in ("graph", "eager", "transformers"):
-        assert f"{name} " in out
-    assert "graph+compile" not in out and out.count("100% tokens as eager") == 3
+    assert re.search(r"; eager [\d,]+ tokens/s \([\d.]+x transformers\), ", out)
+    for name in ("graph", "transformers"):  # each decoder against the eager one, not eager against itself
+        assert re.search(rf"\b{name} [\d,]+ tokens/s \([\d.]+x transformers\), 100% tokens as eager", out), name
+    assert "graph+compile" not in out

@@ -397,14 +397,17 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     printed = capsys.readouterr().out
     assert "custom_val_000000.bin" in printed and "verified" in printed and printed.count("--- custom_val") == 2
     shard = out / "custom_train_000002.bin"
-    raw = bytearray(shard.read_bytes())
+    good = shard.read_bytes()
+    raw = bytearray(good)
     raw[1024] ^= 1  # first token byte
     shard.write_bytes(bytes(raw))
     assert report.main([str(out), "--verify"]) == 1
     assert f"{shard}: sha256" in capsys.readouterr().err
-    shard.write_bytes(bytes(raw[:-10]))
+    shard.write_bytes(good[:-10])  # only truncated: the size against the header names it
     assert report.main([str(out), "--verify"]) == 1
-    assert f"{shard}: " in capsys.readouterr().err
+    tokens = (len(good) - 1024) // 2
+    assert f"{shard}: {len(good) - 10} bytes but the header says {tokens} tokens ({len(good)} bytes)" in (
+        capsys.readouterr().err)
     (out / "custom_val_000000.docs").unlink()
     assert report.main([str(out), "--verify", "--decode", "2"]) == 1  # a message, no traceback from decoding
     assert "custom_val_000000.docs: missing" in capsys.readouterr().err
@@ -443,8 +446,11 @@ def test_a_jsonl_file_cut_into_units_gives_the_same_shards(src, reference, tmp_p
     assert run(tmp_path, src[0], "--workers", "2") == 0  # the workers get each unit's byte range with it
     out = out_dir(tmp_path, src[0])
     assert out.name != reference[0].name  # the unit size is part of the config: a killed run's parts stay apart
-    shards = {name: data for name, data in contents(out).items() if name.endswith((".bin", ".docs"))}
-    assert shards and shards == {name: data for name, data in reference[1].items() if name in shards}
+    files, ref = contents(out), reference[1]
+    m, ref_m = json.loads(files.pop("manifest.json")), json.loads(ref["manifest.json"])
+    assert files == {name: data for name, data in ref.items() if name != "manifest.json"}
+    assert m["shards"] == ref_m["shards"]
+    assert m["totals"] == {**ref_m["totals"], "units": m["totals"]["units"]} and m["totals"]["units"] > 10  # more units
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "x.jsonl").write_bytes(jsonl_bytes(make_docs(random.Random(2), 40)[:30]) + b'{"text": broken}\n')

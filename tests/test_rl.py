@@ -359,7 +359,7 @@ def test_sigterm_then_resume_samples_and_learns_the_same(setup, reference_run):
     assert compared(read_log(run_dir)) == compared(reference_run)  # bit for bit
 
 
-def test_updates_reuse_the_samples_and_resume_in_the_middle_of_a_batch(setup, tmp_path, fake_rm):
+def test_updates_reuse_the_samples_and_resume_in_the_middle_of_a_batch(setup, tmp_path, fake_rm, capsys):
     run = [*flags(setup, tmp_path / "run", "--steps", "4", "--updates", "2", "--eval-every", "4", "--save-every", "1",
                   "--keep-checkpoints", "0")]
     assert main(run) == 0
@@ -375,10 +375,14 @@ def test_updates_reuse_the_samples_and_resume_in_the_middle_of_a_batch(setup, tm
     (ckpt / "latest").write_text("step-000003\n")
     assert main([*run[:5], str(tmp_path / "resumed"), *run[6:], "--resume"]) == 0
     assert compared(read_log(tmp_path / "resumed")) == compared(log)
-    (tmp_path / "resumed" / "rollouts" / "batch-000001.rank-0-of-1.safetensors").unlink()
+    rollouts = tmp_path / "resumed" / "rollouts" / "batch-000001.rank-0-of-1.safetensors"
+    rollouts.unlink()
     shutil.rmtree(ckpt / "step-000004")
     (ckpt / "latest").write_text("step-000003\n")
+    capsys.readouterr()
     assert main([*run[:5], str(tmp_path / "resumed"), *run[6:], "--resume"]) == 1
+    assert f"{rollouts}: missing; a run resumed in the middle of a batch of samples (--updates 2)" in (
+        capsys.readouterr().err)
 
 
 # ---- rewards --------------------------------------------------------------------------------------------------

@@ -147,14 +147,16 @@ def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(
     assert_same_values(compared(read_log(run_dir)), compared(reference_run))
 
 
-def test_sigterm_then_resume_gives_the_same_losses(setup, reference_run):
+def test_sigterm_then_resume_gives_the_same_losses(setup, reference_run, capsys):
     run_dir = setup["tmp"] / "interrupted"
     out = stop_after_first_checkpoint("rm", flags(setup, run_dir, *RUN, "--micro-batch", "2"), run_dir)
     stopped_at = max(r["step"] for r in read_log(run_dir))
     assert 1 <= stopped_at < STEPS and f"stopped by SIGTERM after step {stopped_at}" in out
     assert main(flags(setup, run_dir, *RUN, "--micro-batch", "2", "--resume")) == 0
     assert compared(read_log(run_dir)) == compared(reference_run)  # bit for bit
+    capsys.readouterr()
     assert main(flags(setup, run_dir, *RUN, "--micro-batch", "2", "--resume", "--center-coef", "0.02")) == 1
+    assert "the run's config changed (center_coef: 0.01 -> 0.02)" in capsys.readouterr().err
 
 
 def test_recipes_and_show_config(capsys):

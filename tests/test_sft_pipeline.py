@@ -16,13 +16,13 @@ import pytest
 import zstandard
 
 from fake_hub import FakeHub
-from stage_runs import files_of, sigkill_after_a_chunk
+from stage_runs import assert_same_shards, files_of, sigkill_after_a_chunk
 import gpt.template as alpaca
 from pipelines import hub, sft, sft_sources
 from pipelines.stage import output_dir
 from shards.format import read_header
 from shards.report import main as inspect_main
-from shards.io import directory_lock, sha256_file, sha256_json
+from shards.io import directory_lock, sha256_file
 from shards.manifest import load_manifest
 from shards.sft import open_sft_shard
 from shards.tokenizer import EOT, get_encoding
@@ -65,8 +65,8 @@ def test_templates_are_stanford_alpaca():
         "Below is an instruction that describes a task, paired with an input that provides further context. "
         "Write a response that appropriately completes the request.\n\n### Instruction:\nDo X.\n\n"
         "### Input:\non Y\n\n### Response:\n")
-    assert alpaca.TEMPLATE_SHA256 == sha256_json({"prompt_input": alpaca.PROMPT_INPUT,
-                                                  "prompt_no_input": alpaca.PROMPT_NO_INPUT})
+    # pinned: a change of either template renames every SFT and preference data folder (it is in their config)
+    assert alpaca.TEMPLATE_SHA256 == "adbe7f23c727b5970ddeb766ab43a53ed1d9ee456ef610c3477549eb8f30b714"
 
 
 def test_masks_on_tricky_examples(tmp_path):
@@ -104,7 +104,7 @@ def test_masks_on_tricky_examples(tmp_path):
     compressed = tmp_path / "tricky.jsonl.zst"  # the same rows, zstd-compressed: the same shards
     compressed.write_bytes(zstandard.ZstdCompressor().compress(src.read_bytes()))
     zst_out = run(tmp_path, compressed, "zst", block_size=128, val_fraction=0.0)
-    assert all((zst_out / name).read_bytes() == (out / name).read_bytes() for name in ("train.bin", "train.mask"))
+    assert_same_shards(zst_out, out)
 
 
 def test_truncate_keeps_eot_and_prompt(tmp_path):
@@ -229,8 +229,11 @@ def test_sample_source(tmp_path):
 
 
 def test_sample_checksum_mismatch_is_refused(monkeypatch):
+    """The message gives the files' hash (the pinned one: they are unchanged) against the expected one."""
+    actual = sft_sources.SAMPLE_SHA256
     monkeypatch.setattr(sft_sources, "SAMPLE_SHA256", "0" * 64)
-    with pytest.raises(sft_sources.SourceError, match="chatterbot-corpus==1.3.3"):
+    message = rf"the \*\.yml files hash to {actual}, expected 0{{64}}; reinstall chatterbot-corpus==1\.3\.3"
+    with pytest.raises(sft_sources.SourceError, match=message):
         sft_sources.sample_source()
 
 

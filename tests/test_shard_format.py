@@ -62,7 +62,7 @@ def test_bad_files_are_named(tmp_path, damage, message):
 
 
 def test_missing_file_is_named(tmp_path):
-    with pytest.raises(ShardError, match="missing"):
+    with pytest.raises(ShardError, match=r"nope\.bin: shard file is missing"):
         read_header(tmp_path / "nope.bin")
 
 

@@ -76,9 +76,10 @@ def test_packaged_file_hash_mismatch_fails_loudly(monkeypatch):
 
 
 def test_describe_pins_the_ranks():
+    """The ranks' hash is pinned: a change renames every data folder (it is in each stage's config)."""
     d = tok.describe()
-    assert d["name"] == "gpt2" and d["eot"] == 50256 and len(d["ranks_sha256"]) == 64
-    assert d["ranks_sha256"] == tok.ranks_sha256()
+    assert d["name"] == "gpt2" and d["eot"] == 50256
+    assert d["ranks_sha256"] == "575286e919ed264146adfc229d261ed90ce6213974ee035239fe9d4c1f2f3f70"
 
 
 def test_a_fresh_process_builds_the_same_encoding_offline(tmp_path):

@@ -323,8 +323,9 @@ def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(sma
 
 
 def test_compile_gives_the_losses_of_eager_mode(small, tmp_path):
-    """--compile (torch.compile with inductor; the GPU recipe's path) traces our model, its fused loss and
-    its optimizer step to the same per-step losses as eager mode."""
+    """--compile (torch.compile with inductor; the GPU recipe's path) compiles the model, its loss included
+    (F.cross_entropy under tracing, not the fused loss), to the same per-step losses as eager mode; the optimizer
+    step stays eager."""
     flags = ("--steps", "3", "--eval-every", "3", "--save-every", "3")
     assert run_small(small, tmp_path / "eager", *flags) == 0
     assert run_small(small, tmp_path / "compiled", *flags, "--compile") == 0
