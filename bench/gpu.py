@@ -184,10 +184,9 @@ def part_decode(args) -> dict:
         ids, masks = tokenize_batch_input(prompts)
         ids, masks = ids.to(args.device), masks.to(args.device)
         static = args.device != "cuda" or None  # the static decoder is the GPU's default
-        mode = True if args.compile_mode == "default" else args.compile_mode
         runs = {"graph": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=static),
-                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, compile=mode,
-                                                  static=static),
+                "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1,
+                                                  compile=args.compile_mode, static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
         runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",") or name == "eager"}
         if hf is not None:

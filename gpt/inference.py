@@ -177,9 +177,8 @@ class StaticDecoder:
     `compile` (True, or torch.compile's mode), the step is compiled first (inductor fuses LayerNorm, GELU and
     the residual adds). On a GPU the step is captured once as a CUDA graph, so a step costs one launch instead
     of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
-    docs/benchmarks.md). Keys, values and logits
-    are in the weights' dtype: the graph is not used under autocast, whose cast weights would be cached
-    outside the graph.
+    docs/benchmarks.md). Keys, values and logits are in the weights' dtype: the graph is not used under
+    autocast, whose cast weights would be cached outside the graph.
     """
 
     def __init__(self, model: GPT, batch: int, max_len: int, compile: bool | str = False):

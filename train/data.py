@@ -314,8 +314,8 @@ class PromptData:
     SFT or preference shards (`from_shards`: each row's prompt and its first side's answer: SFT's, or the chosen
     one). A prompt that leaves fewer than `max_new` of the `seq_len` tokens for its answer is left out, whatever
     its reference's length (the held-out loss reads a reference cut to seq_len + 1 tokens with its prompt; the
-    rewards read it whole); the first
-    `eval_prompts` validation rows that fit (0: all) are the held-out prompts. A micro-batch is (prompts [B, T]
+    rewards read it whole); the first `eval_prompts` validation rows that fit (0: all) are the held-out
+    prompts. A micro-batch is (prompts [B, T]
     right-padded with 0, their attention mask [B, T], their rows in `train` [B], their positions in the global
     batch [B]), in the order of the global batch: never reordered by length, so the same micro-batches (and
     the same samples) come out for any number of ranks with the same micro-batch size. With `updates` > 1, each

@@ -5,10 +5,9 @@ The policy starts from `--init` or, by default, from the SFT run `--sft-run` (it
 gradient), and its log-probabilities are computed on the fly in the same step (one more forward, no
 backward: about a third more compute per step, and a second copy of the weights in memory). The reference runs
 eagerly even with `--compile`, as the evaluations' policy does: at step 0 both give the same log-probabilities,
-so every reward is exactly 0 (compiled kernels round differently). A row is one
-pair of the preference shards, served by train.data.PrefData: a micro-batch of B pairs is one forward of 2B
-sequences (the B chosen, then their B rejected, right-padded to the longest); the global batch is
-`--batch-pairs` pairs.
+so every reward is exactly 0 (compiled kernels round differently). A row is one pair of the preference shards,
+served by train.data.PrefData: a micro-batch of B pairs is one forward of 2B sequences (the B chosen, then
+their B rejected, right-padded to the longest); the global batch is `--batch-pairs` pairs.
 
 The loss is DPO's (Rafailov et al. 2023, as TRL computes it): per sequence, logp = the sum of the
 log-probabilities of its answer tokens and closing EOT (the shards' mask); per pair, with the rewards
@@ -129,8 +128,6 @@ def loss_hook(reference: GPT, beta: float, label_smoothing: float):
         return losses.sum(), sums
 
     return loss
-
-
 
 
 def samples_hook(data: PrefData, count: int, max_steps: int):

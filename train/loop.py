@@ -388,6 +388,11 @@ def _missed_evaluation(cfg: RunConfig, dist: Dist, log: RunLog, start: int, tota
     return dist.all_reduce_sum(torch.tensor([float(missed)], device=dist.device)).item() > 0
 
 
+def _lowers(best: dict | None, evaluation: dict) -> bool:
+    """Whether an evaluation's val_loss is the run's best so far (keep_best): below `best`'s, or the first."""
+    return best is None or evaluation["val_loss"] < best["val_loss"]
+
+
 def _schedule(state: dict | None, start: int, total: int) -> dict:
     """The run's schedule, for its state.json: `schedule_steps`, the total its cosine decays over (the first
     run's), and `extensions`, one {"step", "from", "to"} for each --extend that added steps."""
@@ -419,7 +424,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     elif _missed_evaluation(cfg, dist, log, start, total):  # evaluated now, as the loop would have before stopping
         values = _eval_record(cfg, data, dist, raw, log, hooks)
         # best["step"] == start: a run killed between marking this step best and amending its log
-        marked = hooks.keep_best and (best is None or values["val_loss"] < best["val_loss"] or best["step"] == start)
+        marked = hooks.keep_best and (_lowers(best, values) or best["step"] == start)
         if marked:
             best = {"step": start, "val_loss": values["val_loss"]}
         with dist.unanimous():
@@ -480,7 +485,7 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if _evaluates(step, cfg, total) and (step == total or not stopped):
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
-        improved = hooks.keep_best and "val_loss" in record and (best is None or record["val_loss"] < best["val_loss"])
+        improved = hooks.keep_best and "val_loss" in record and _lowers(best, record)
         if improved:  # val_loss is all-reduced: every rank decides the same
             best = {"step": step, "val_loss": record["val_loss"]}
         with dist.unanimous():  # a failed write on rank 0 (disk full) stops every rank with rank 0's message
