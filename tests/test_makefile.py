@@ -96,32 +96,29 @@ def test_preference_shards_follow_the_dataset_and_take_source(stub):
     assert argv[argv.index("--source") + 1] == "my/pairs.jsonl" and argv[argv.index("--data-dir") + 1] == "d"
 
 
-def test_dpo_starts_from_the_sft_run_on_the_preference_data(stub):
-    argv = stub("dpo")
-    assert argv[:3] == ["-m", "train", "dpo"] and argv[argv.index("--dataset") + 1] == "sample"
-    assert argv[argv.index("--sft-run") + 1] == "runs/sample/sft"
-    assert argv[argv.index("--run-dir") + 1] == "runs/sample/dpo"
-    assert not {"--recipe", "--beta", "--label-smoothing", "--batch-pairs", "--init"} & set(argv)
-    argv = stub("dpo", "DATASET=fineweb10B", "DPO_RECIPE=ultrafeedback", "BETA=0.05", "LABEL_SMOOTHING=0.1",
-                "BATCH_PAIRS=32", "INIT=runs/x/sft")
-    assert argv[argv.index("--dataset") + 1] == "ultrafeedback"
-    assert argv[argv.index("--sft-run") + 1] == "runs/fineweb10B/sft"
-    flags = ("--recipe", "--beta", "--label-smoothing", "--batch-pairs", "--init")
-    assert [argv[argv.index(f) + 1] for f in flags] == ["ultrafeedback", "0.05", "0.1", "32", "runs/x/sft"]
+# Each preference stage's own variables: (make variable, flag, value) beside the shared BATCH_PAIRS and INIT
+PREF_STAGE_VARIABLES = {
+    "dpo": (("DPO_RECIPE", "--recipe", "ultrafeedback"), ("BETA", "--beta", "0.05"),
+            ("LABEL_SMOOTHING", "--label-smoothing", "0.1")),
+    "rm": (("RM_RECIPE", "--recipe", "ultrafeedback"), ("MARGIN", "--margin", "0.5"),
+           ("CENTER_COEF", "--center-coef", "0.01")),
+}
 
 
-def test_rm_starts_from_the_sft_run_on_the_preference_data(stub):
-    argv = stub("rm")
-    assert argv[:3] == ["-m", "train", "rm"] and argv[argv.index("--dataset") + 1] == "sample"
+@pytest.mark.parametrize("target", PREF_STAGE_VARIABLES)
+def test_a_preference_stage_starts_from_the_sft_run_on_the_preference_data(stub, target):
+    own = PREF_STAGE_VARIABLES[target]
+    flags = (*(flag for _, flag, _ in own), "--batch-pairs", "--init")
+    argv = stub(target)
+    assert argv[:3] == ["-m", "train", target] and argv[argv.index("--dataset") + 1] == "sample"
     assert argv[argv.index("--sft-run") + 1] == "runs/sample/sft"
-    assert argv[argv.index("--run-dir") + 1] == "runs/sample/rm"
-    assert not {"--recipe", "--margin", "--center-coef", "--batch-pairs", "--init"} & set(argv)
-    argv = stub("rm", "DATASET=fineweb10B", "RM_RECIPE=ultrafeedback", "MARGIN=0.5", "CENTER_COEF=0.01",
-                "BATCH_PAIRS=32", "INIT=runs/x/sft")
+    assert argv[argv.index("--run-dir") + 1] == f"runs/sample/{target}"
+    assert not set(flags) & set(argv)
+    argv = stub(target, "DATASET=fineweb10B", *(f"{name}={value}" for name, _, value in own), "BATCH_PAIRS=32",
+                "INIT=runs/x/sft")
     assert argv[argv.index("--dataset") + 1] == "ultrafeedback"
     assert argv[argv.index("--sft-run") + 1] == "runs/fineweb10B/sft"
-    flags = ("--recipe", "--margin", "--center-coef", "--batch-pairs", "--init")
-    assert [argv[argv.index(f) + 1] for f in flags] == ["ultrafeedback", "0.5", "0.01", "32", "runs/x/sft"]
+    assert [argv[argv.index(f) + 1] for f in flags] == [*(value for _, _, value in own), "32", "runs/x/sft"]
 
 
 def test_rl_starts_from_the_sft_run_with_the_reward_asked_for(stub):
