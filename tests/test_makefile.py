@@ -134,6 +134,9 @@ def test_rl_starts_from_the_sft_run_with_the_reward_asked_for(stub):
     assert [argv[argv.index(f) + 1] for f in flags] == ["16", "128", "0.04", "2", "32", "gsm8k"]
     argv = stub("rl", "REWARD=rm:runs/x/rm", "DATASET=fineweb10B")
     assert argv[argv.index("--reward") + 1] == "rm:runs/x/rm" and argv[argv.index("--dataset") + 1] == "ultrafeedback"
+    assert argv[argv.index("--prompts") + 1] == "prefs"
+    argv = stub("rl", "REWARD=rm:runs/x/rm", "RL_PROMPTS=sft", "DATASET=fineweb10B")  # the SFT shards' prompts
+    assert argv[argv.index("--prompts") + 1] == "sft" and argv[argv.index("--dataset") + 1] == "alpaca"
 
 
 @pytest.mark.parametrize("target", ["pretrain", "sft", "dpo", "rm", "rl"])
