@@ -171,9 +171,10 @@ class StaticDecoder:
     """The decoding step of a batch at fixed shapes: on a GPU, one CUDA graph replay per new token.
 
     Keys and values go to a cache of `max_len` columns; a step writes its keys at column `column` (a tensor,
-    not a Python int) and attends to every column through the mask `visible`, so no shape depends on the
-    step. The step reads its inputs from, and advances, tensors it owns (`token`, `position`, `column`,
-    `visible`); `start` sets them after the prompt went through `GPT.hidden_states` with `cache`. With
+    not a Python int) and attends to every column through the additive mask `bias` (0 on the keys a row sees,
+    -inf elsewhere: a boolean mask would be converted to it in every layer, two more kernels each), so no shape
+    depends on the step. The step reads its inputs from, and advances, tensors it owns (`token`, `position`,
+    `column`, `bias`); `start` sets them after the prompt went through `GPT.hidden_states` with `cache`. With
     `compile` (True, or torch.compile's mode), the step is compiled first (inductor fuses LayerNorm, GELU and
     the residual adds). On a GPU the step is captured once as a CUDA graph, so a step costs one launch instead
     of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
@@ -191,7 +192,7 @@ class StaticDecoder:
         self.token = torch.zeros(batch, 1, dtype=torch.int64, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.int64, device=device)
         self.column = torch.zeros(1, dtype=torch.int64, device=device)
-        self.visible = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.bias = torch.full((batch, 1, 1, max_len), -math.inf, dtype=param.dtype, device=device)
         self.head = model.lm_head.weight[:model.config.vocab_size]
         self._step = self._forward
         if compile:
@@ -207,12 +208,11 @@ class StaticDecoder:
     def _forward(self) -> torch.Tensor:
         """Logits [B, V] of `token` at `position`, keys written at `column`; then `position` and `column` advance."""
         t = self.transformer
-        self.visible.index_fill_(1, self.column, True)  # the new token sees itself and every earlier real key
-        mask = self.visible[:, None, None, :]
+        self.bias.index_fill_(3, self.column, 0.0)  # the new token sees itself and every earlier real key
         x = t.wte(self.token) + t.wpe(self.position)
         cache = _ColumnWrites(self.cache, self.column)
         for layer, block in enumerate(t.h):
-            x = block(x, layer, mask, cache)
+            x = block(x, layer, self.bias, cache)
         logits = linear(t.ln_f(x)[:, -1], self.head)
         self.position.add_(1)
         self.column.add_(1)
@@ -234,8 +234,8 @@ class StaticDecoder:
         """Set the state after a prompt of `visible.shape[1]` columns (`visible`: its real keys [B, width]) went
         through the model with `self.cache`; the next token goes to that column, at positions `next_position` [B]."""
         width = visible.shape[1]
-        self.visible.zero_()
-        self.visible[:, :width] = visible
+        self.bias.fill_(-math.inf)
+        self.bias[:, 0, 0, :width].masked_fill_(visible, 0.0)
         self.position.copy_(next_position.view(-1, 1))
         self.column.fill_(width)
         self.cache.length = width
@@ -256,10 +256,9 @@ class _ColumnWrites:
     def __init__(self, cache: KVCache, column: torch.Tensor):
         self.cache, self.column = cache, column
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.cache.k[layer].index_copy_(2, self.column, k)
-        self.cache.v[layer].index_copy_(2, self.column, v)
-        return self.cache.k[layer], self.cache.v[layer]
+    def update(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.cache.kv[layer].index_copy_(3, self.column, kv)
+        return self.cache.kv[layer].unbind(0)
 
 
 # The last StaticDecoder of each model, reused while the batch and cache shape stay the same (its CUDA graph

@@ -59,27 +59,25 @@ def preset(name: str, **overrides) -> GPTConfig:
 
 class KVCache:
     """Keys and values of every layer for up to `max_len` positions of a batch, filled left to right: one
-    [B, H, max_len, D] tensor per layer (a compiled decoding step then updates each in place, where slices of
-    one tensor for all layers were copied whole at every step)."""
+    [2, B, H, max_len, D] tensor per layer, keys then values (a compiled decoding step then updates each in place,
+    where slices of one tensor for all layers were copied whole at every step; a step writes both in one copy)."""
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
         head_dim = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        shape = (2, batch_size, config.n_head, max_len, head_dim)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0  # positions filled so far
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.kv[0].shape[3]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the keys and values [B, H, T, D] of `layer` after the `length` filled positions; return every
+    def update(self, layer: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys and values [2, B, H, T, D] of `layer` after the `length` filled positions; return every
         key and value filled so far (`length` advances once all layers are done: see GPT.hidden_states)."""
-        start, end = self.length, self.length + k.shape[2]
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        start, end = self.length, self.length + kv.shape[3]
+        self.kv[layer][:, :, :, start:end] = kv
+        return self.kv[layer][0, :, :, :end], self.kv[layer][1, :, :, :end]
 
 
 class CausalSelfAttention(nn.Module):
@@ -92,10 +90,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, layer: int, mask=None, cache=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, kv = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1:].permute(2, 0, 3, 1, 4)  # [B, H, T, D], [2, B, H, T, D]
+        k, v = cache.update(layer, kv) if cache is not None else kv.unbind(0)
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:

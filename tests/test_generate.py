@@ -5,6 +5,7 @@ import io
 import json
 import re
 import shutil
+from collections import Counter
 from unittest import mock
 
 import pytest
@@ -146,6 +147,25 @@ def test_a_static_decoder_follows_the_models_weights():
     model.to(torch.float64)
     assert greedy(model, PROMPTS[:2], steps=6, static=True) == greedy(model, PROMPTS[:2], steps=6)
     assert inference._DECODERS[model] is not decoder
+
+
+def test_a_static_step_runs_one_cache_write_and_no_mask_conversion_per_layer(model):
+    """At batch 1 a GPU step costs about as many kernels as it runs (docs/benchmarks.md): the step writes keys and
+    values in one copy per layer, and its additive mask goes to attention as it is (a boolean one is converted
+    in every layer, two more kernels each). Counted on the CPU with the profiler, on the aten ops."""
+    from torch.profiler import profile
+
+    from gpt.inference import StaticDecoder
+
+    with torch.inference_mode():
+        decoder = StaticDecoder(model, 1, 16)
+        decoder.start(torch.ones(1, 3, dtype=torch.bool), torch.tensor([3]))
+        with profile() as prof:
+            decoder.step(torch.tensor([5]))
+    ops = Counter(event.name for event in prof.events())
+    layers = model.config.n_layer
+    assert ops["aten::index_copy_"] == layers and ops["aten::scaled_dot_product_attention"] == layers
+    assert ops["aten::where"] == ops["aten::logical_not"] == ops["aten::scalar_tensor"] == 0
 
 
 def test_compiled_decoders_of_many_shapes(monkeypatch):
