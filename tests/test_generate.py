@@ -175,6 +175,24 @@ def test_a_models_static_decoder_goes_with_it():
     assert ref() is None
 
 
+def test_interleaved_static_streams_of_one_model_each_give_their_own_tokens(model):
+    """Two streams of one model read step by step in turn (two chats served at once, on a GPU where decoding is
+    static by default) at the same shape: each keeps its own decoder state, so each gives the eager tokens (the
+    second one's prompt overwrote the first one's cache and position). The reused decoder is back once both end."""
+    first, second = tokenize_batch_input(PROMPTS[:2]), tokenize_batch_input(PROMPTS[2:])
+    expected = [generate(model, *first, 0, 10, eot=-1), generate(model, *second, 0, 10, eot=-1)]
+    got = [[[], []], [[], []]]
+    for steps in zip(stream(model, *first, 0, 10, eot=-1, static=True),
+                     stream(model, *second, 0, 10, eot=-1, static=True)):
+        for rows, step in zip(got, steps):
+            for row, token in zip(rows, step):
+                row.append(token)
+    assert got == expected
+    decoder = inference._DECODERS[model]
+    assert generate(model, *first, 0, 10, eot=-1, static=True) == expected[0]
+    assert inference._DECODERS[model] is decoder
+
+
 def test_compiled_static_decoding_gives_the_same_tokens(model):
     """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured)."""
     assert greedy(model, PROMPTS[:2], steps=8, static=True, compile=True) == greedy(model, PROMPTS[:2], steps=8)
