@@ -529,10 +529,14 @@ def chat_prompts(monkeypatch):
     calls, real = [], chat.stream
 
     def recording(model, input_ids, attention_masks, **options):
+        steps = real(model, input_ids, attention_masks, **options)  # bad input raises here, as in stream
         calls.append((input_ids[0][attention_masks[0].bool()].tolist(), []))
-        for step in real(model, input_ids, attention_masks, **options):
+        return answer(steps, calls[-1][1])
+
+    def answer(steps, tokens):
+        for step in steps:
             if step[0] not in (None, EOT):
-                calls[-1][1].append(step[0])
+                tokens.append(step[0])
             yield step
 
     monkeypatch.setattr(chat, "stream", recording)
@@ -587,6 +591,21 @@ def test_chat_commands_reset_and_help_and_ctrl_d(chat_model, checkpoints, monkey
     assert main(["chat", "--ckpt", str(checkpoints[0]), "--max-steps", "3"]) == 0
     assert [prompt for prompt, _ in calls] == [get_encoding().encode_ordinary(q) for q in ("Hi", "Hello")]
     assert "plain completion, no history" in capsys.readouterr().out
+
+
+def test_a_refused_prompt_leaves_the_conversation_as_it_was(chat_model, monkeypatch, capsys):
+    """A line too long for the context is answered with its error only: the earlier turns, which it would have
+    pushed out, are still read before the next prompt (they were dropped, and said to be, for a prompt refused)."""
+    model, sft = chat_model
+    calls = chat_prompts(monkeypatch)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n" + "word " * 300 + "\nHello\n"))
+    assert main(["chat", "--ckpt", str(sft), "--max-steps", "3", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "error: prompt 1 of 1 has" in out and "left out" not in out
+    enc = get_encoding()
+    first, last = (enc.encode_ordinary(ALPACA_NO_INPUT.format(instruction=q)) for q in ("Hi", "Hello"))
+    assert len(calls) == 2  # the refused prompt was never generated from
+    assert calls[1][0] == first + calls[0][1] + [EOT] + last
 
 
 def test_ctrl_c_stops_an_answer_then_ends_the_chat(checkpoints, monkeypatch, capsys):
