@@ -142,13 +142,16 @@ class History:
     turns: list[list[int]] = field(default_factory=list)
 
     def with_prompt(self, prompt: list[int]) -> tuple[list[int], int]:
-        """The turns, then `prompt`; the oldest turns are dropped first until they fit in `room` with it.
-        Returns the tokens and how many turns were dropped."""
+        """The turns, then `prompt`; the oldest turns are left out first until they fit in `room` with it.
+        Returns the tokens and how many turns were left out (`drop` forgets them once the prompt is accepted)."""
         dropped = 0
-        while self.turns and sum(map(len, self.turns)) + len(prompt) > self.room:
-            self.turns.pop(0)
+        while dropped < len(self.turns) and sum(map(len, self.turns[dropped:])) + len(prompt) > self.room:
             dropped += 1
-        return [token for turn in self.turns for token in turn] + prompt, dropped
+        return [token for turn in self.turns[dropped:] for token in turn] + prompt, dropped
+
+    def drop(self, turns: int) -> None:
+        """Forget the `turns` oldest turns."""
+        del self.turns[:turns]
 
     def add(self, prompt: list[int], answer: list[int]) -> None:
         """A finished turn: `answer` without EOT, which is added (to a cut answer too, as the chat template
@@ -194,14 +197,15 @@ def run_chat(args, stdin=None, stdout=None) -> int:
             continue
         prompt = enc.encode_ordinary(render_prompt(text) if template else text)
         tokens, dropped = history.with_prompt(prompt) if history is not None else (prompt, 0)
-        if dropped:
-            print(f"(the {dropped} oldest turn(s) left out: the conversation no longer fits the context of "
-                  f"{model.config.block_size} tokens with --max-steps {args.max_steps})", file=stdout)
         try:
             steps = stream(model, *pad_batch([tokens]), **options)
-        except ValueError as e:
+        except ValueError as e:  # a refused prompt leaves the conversation as it was
             print(f"error: {e}", file=stdout, flush=True)
             continue
+        if dropped:
+            history.drop(dropped)
+            print(f"(the {dropped} oldest turn(s) left out: the conversation no longer fits the context of "
+                  f"{model.config.block_size} tokens with --max-steps {args.max_steps})", file=stdout)
         utf8, end, answer = codecs.getincrementaldecoder("utf-8")(errors="replace"), "", []
         try:
             for (token,) in steps:

@@ -135,7 +135,8 @@ def load_model(path, device="cpu", padded_vocab_size: int | None = None, *, dtyp
 
     `padded_vocab_size` pads the embedding (e.g. 50304 for speed); by default our checkpoints keep the padding
     they were trained with and other HF folders get none. Raises FileNotFoundError for a missing folder or
-    file and ValueError for a config or tensors that do not fit, naming the file at fault.
+    file and ValueError for a file given as the folder or a config or tensors that do not fit, naming the file at
+    fault.
     """
     folder = resolve_checkpoint(path)
     config, raw = _read_config(folder, padded_vocab_size)
@@ -196,6 +197,9 @@ def load_config(path, padded_vocab_size: int | None = None) -> GPTConfig:
 
 def _read_config(folder: Path, padded_vocab_size: int | None) -> tuple[GPTConfig, dict]:
     """The GPTConfig of checkpoint `folder` and its raw config.json."""
+    if folder.is_file():
+        raise ValueError(f"{folder}: a file, not a checkpoint folder; pass the folder that holds config.json and the "
+                         f"weights ({folder.parent}?)")
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such checkpoint folder")
     config_path = folder / "config.json"

@@ -201,7 +201,7 @@ class StaticDecoder:
             own = types.FunctionType(StaticDecoder._forward.__code__.replace(), globals(), "_forward")
             self._step = torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False,
                                        mode=None if compile is True else compile)
-        self.graph = None
+        self.graph, self.busy = None, False  # busy: a stream is decoding with it
         if device.type == "cuda":
             self.graph, self.logits = self._capture(device)
 
@@ -262,7 +262,8 @@ class _ColumnWrites:
 
 
 # The last StaticDecoder of each model, reused while the batch and cache shape stay the same (its CUDA graph
-# and compiled step are then made once, for all of a chat's answers); cache widths come in multiples of
+# and compiled step are then made once, for all of a chat's answers) and no stream is still decoding with it
+# (a stream read while another is unfinished gets a decoder of its own); cache widths come in multiples of
 # STATIC_COLUMNS, so that few shapes are ever made.
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 STATIC_COLUMNS = 128
@@ -277,10 +278,11 @@ def _weights(model: GPT) -> tuple:
 def _static_decoder(model: GPT, batch: int, columns: int, compile: bool | str) -> StaticDecoder:
     max_len = min(model.config.block_size, -(-columns // STATIC_COLUMNS) * STATIC_COLUMNS)
     decoder = _DECODERS.get(model)
-    if decoder is None or decoder.shape != (batch, max_len) or decoder.compiled != compile or \
+    if decoder is None or decoder.busy or decoder.shape != (batch, max_len) or decoder.compiled != compile or \
             decoder.weights != _weights(model):
-        _DECODERS.pop(model, None)  # its GPU memory is free before the next one takes its own
+        _DECODERS.pop(model, None)  # its GPU memory is free before the next one takes its own (unless busy)
         decoder = _DECODERS[model] = StaticDecoder(model, batch, max_len, compile)
+    decoder.busy = True  # until the stream ends: a stream read meanwhile gets a decoder of its own
     return decoder
 
 
@@ -304,44 +306,49 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     head = model.lm_head.weight[:model.config.vocab_size]
     autocast = torch.is_autocast_enabled(device.type)  # keys and values are then made in its dtype
     cache_dtype = torch.get_autocast_dtype(device.type) if autocast else param.dtype
-    with torch.inference_mode():
-        decoder = _static_decoder(model, batch, width + steps, compile) if static else None
-    cache = decoder.cache if decoder is not None else (
-        KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
     finished = [False] * batch
     seen = None  # for the repetition penalty: the tokens of each row's prompt and answer so far
     if repetition_penalty != 1:
         seen = torch.zeros(batch, model.config.vocab_size, dtype=torch.bool, device=device)
         for i, row in enumerate(rows):
             seen[i, row.to(device)] = True
-    for step in range(steps):
-        end = width + step  # columns filled so far
-        with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
-            if decoder is not None and step > 0:
-                logits = queued
-            else:
-                start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
-                if decoder is not None:
-                    cache.length = 0
-                hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
-                                             key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
-                with torch.autocast(device.type, enabled=False):  # the head in the weights' dtype, as without autocast
-                    logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
-                if decoder is not None:
-                    decoder.start(real[:, :end], positions[:, end])
-            new = _next_tokens(logits, temperature, top_k, top_p, generator, repetition_penalty, seen)
-            tokens[:, end] = new
-            if seen is not None:
-                seen.scatter_(1, new[:, None], True)
-            if decoder is not None and step + 1 < steps:
-                # The next step goes to the GPU before this one's tokens come back to the host: the GPU works
-                # while Python reads them, checks for EOT and yields (stream order keeps it exact).
-                queued = decoder.step(new)
-        new = new.tolist()
-        yield [None if done else token for token, done in zip(new, finished)]
-        finished = [done or token == eot for token, done in zip(new, finished)]
-        if all(finished):
-            return
+    with torch.inference_mode():
+        decoder = _static_decoder(model, batch, width + steps, compile) if static else None
+    cache = decoder.cache if decoder is not None else (
+        KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
+    try:  # the decoder is this stream's until it ends
+        for step in range(steps):
+            end = width + step  # columns filled so far
+            with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
+                if decoder is not None and step > 0:
+                    logits = queued
+                else:
+                    start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
+                    if decoder is not None:
+                        cache.length = 0
+                    hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
+                                                 key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
+                    # the head in the weights' dtype, as without autocast
+                    with torch.autocast(device.type, enabled=False):
+                        logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
+                    if decoder is not None:
+                        decoder.start(real[:, :end], positions[:, end])
+                new = _next_tokens(logits, temperature, top_k, top_p, generator, repetition_penalty, seen)
+                tokens[:, end] = new
+                if seen is not None:
+                    seen.scatter_(1, new[:, None], True)
+                if decoder is not None and step + 1 < steps:
+                    # The next step goes to the GPU before this one's tokens come back to the host: the GPU works
+                    # while Python reads them, checks for EOT and yields (stream order keeps it exact).
+                    queued = decoder.step(new)
+            new = new.tolist()
+            yield [None if done else token for token, done in zip(new, finished)]
+            finished = [done or token == eot for token, done in zip(new, finished)]
+            if all(finished):
+                return
+    finally:
+        if decoder is not None:
+            decoder.busy = False  # another stream may take it
 
 
 def generate(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, temperature: float = 0.0,

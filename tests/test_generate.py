@@ -195,6 +195,24 @@ def test_a_models_static_decoder_goes_with_it():
     assert ref() is None
 
 
+def test_interleaved_static_streams_of_one_model_each_give_their_own_tokens(model):
+    """Two streams of one model read step by step in turn (two chats served at once, on a GPU where decoding is
+    static by default) at the same shape: each keeps its own decoder state, so each gives the eager tokens (the
+    second one's prompt overwrote the first one's cache and position). The reused decoder is back once both end."""
+    first, second = tokenize_batch_input(PROMPTS[:2]), tokenize_batch_input(PROMPTS[2:])
+    expected = [generate(model, *first, 0, 10, eot=-1), generate(model, *second, 0, 10, eot=-1)]
+    got = [[[], []], [[], []]]
+    for steps in zip(stream(model, *first, 0, 10, eot=-1, static=True),
+                     stream(model, *second, 0, 10, eot=-1, static=True)):
+        for rows, step in zip(got, steps):
+            for row, token in zip(rows, step):
+                row.append(token)
+    assert got == expected
+    decoder = inference._DECODERS[model]
+    assert generate(model, *first, 0, 10, eot=-1, static=True) == expected[0]
+    assert inference._DECODERS[model] is decoder
+
+
 def test_compiled_static_decoding_gives_the_same_tokens(model):
     """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured)."""
     assert greedy(model, PROMPTS[:2], steps=8, static=True, compile=True) == greedy(model, PROMPTS[:2], steps=8)
@@ -531,10 +549,14 @@ def chat_prompts(monkeypatch):
     calls, real = [], chat.stream
 
     def recording(model, input_ids, attention_masks, **options):
+        steps = real(model, input_ids, attention_masks, **options)  # bad input raises here, as in stream
         calls.append((input_ids[0][attention_masks[0].bool()].tolist(), []))
-        for step in real(model, input_ids, attention_masks, **options):
+        return answer(steps, calls[-1][1])
+
+    def answer(steps, tokens):
+        for step in steps:
             if step[0] not in (None, EOT):
-                calls[-1][1].append(step[0])
+                tokens.append(step[0])
             yield step
 
     monkeypatch.setattr(chat, "stream", recording)
@@ -589,6 +611,21 @@ def test_chat_commands_reset_and_help_and_ctrl_d(chat_model, checkpoints, monkey
     assert main(["chat", "--ckpt", str(checkpoints[0]), "--max-steps", "3"]) == 0
     assert [prompt for prompt, _ in calls] == [get_encoding().encode_ordinary(q) for q in ("Hi", "Hello")]
     assert "plain completion, no history" in capsys.readouterr().out
+
+
+def test_a_refused_prompt_leaves_the_conversation_as_it_was(chat_model, monkeypatch, capsys):
+    """A line too long for the context is answered with its error only: the earlier turns, which it would have
+    pushed out, are still read before the next prompt (they were dropped, and said to be, for a prompt refused)."""
+    model, sft = chat_model
+    calls = chat_prompts(monkeypatch)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n" + "word " * 300 + "\nHello\n"))
+    assert main(["chat", "--ckpt", str(sft), "--max-steps", "3", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "error: prompt 1 of 1 has" in out and "left out" not in out
+    enc = get_encoding()
+    first, last = (enc.encode_ordinary(ALPACA_NO_INPUT.format(instruction=q)) for q in ("Hi", "Hello"))
+    assert len(calls) == 2  # the refused prompt was never generated from
+    assert calls[1][0] == first + calls[0][1] + [EOT] + last
 
 
 def test_ctrl_c_stops_an_answer_then_ends_the_chat(checkpoints, monkeypatch, capsys):

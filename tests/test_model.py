@@ -346,6 +346,15 @@ def test_a_missing_folder_is_named(tmp_path):
         load_model(tmp_path / "nope")
 
 
+def test_a_file_given_for_the_folder_is_named_as_such(tmp_path):
+    """The weights file (or config.json) passed instead of its folder: the error said \"no such checkpoint folder\"
+    of a file that exists."""
+    weights = save_model(tiny_gpt(), tmp_path / "ckpt") / "model.safetensors"
+    with pytest.raises(ValueError, match=re.escape(f"{weights}: a file, not a checkpoint folder; pass the folder that "
+                                                   f"holds config.json and the weights ({tmp_path / 'ckpt'}?)")):
+        load_model(weights)
+
+
 def test_an_incomplete_checkpoint_names_the_missing_file(tmp_path):
     save_model(tiny_gpt(), tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").unlink()
