@@ -106,7 +106,8 @@ def save_model(model: GPT | RewardModel, directory, chat_template: str | None = 
             shutil.copyfileobj(src, f)
     write_json(directory / "tokenizer_config.json", tokenizer_config(model.config.block_size, chat_template))
     write_json(directory / "generation_config.json", {"bos_token_id": EOT, "eos_token_id": EOT})
-    write_json(directory / "config.json", {**hf_config(model.config, reward), FORMAT: {
+    dtype = tensors["transformer.wte.weight"].dtype
+    write_json(directory / "config.json", {**hf_config(model.config, reward, dtype), FORMAT: {
         "format_version": FORMAT_VERSION, "padded_vocab_size": model.config.padded_vocab_size}})
     return directory
 

@@ -56,8 +56,9 @@ def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: 
         raise ValueError(f"{source}: {e}") from None
 
 
-def hf_config(config: GPTConfig, reward: bool = False) -> dict:
-    """The `config.json` of transformers' GPT2Config for our config: same architecture, no dropout. With
+def hf_config(config: GPTConfig, reward: bool = False, dtype: torch.dtype = torch.float32) -> dict:
+    """The `config.json` of transformers' GPT2Config for our config and the weights' `dtype`: same architecture,
+    no dropout. With
     `reward`, that of a reward model (gpt.reward): `GPT2ForSequenceClassification` with one label, whose
     `pad_token_id` 0 makes transformers read each row's last token that is not 0, the closing EOT of a
     right-padded row (a 0 inside the row, "!", comes before it and is not read)."""
@@ -87,7 +88,7 @@ def hf_config(config: GPTConfig, reward: bool = False) -> dict:
         "use_cache": True,
         "bos_token_id": EOT,
         "eos_token_id": EOT,
-        "dtype": "float32",
+        "dtype": str(dtype).removeprefix("torch."),
     }
 
 

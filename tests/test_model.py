@@ -212,6 +212,14 @@ def test_transformers_model_and_ours_share_no_storage():
     assert ours.transformer.h[0].mlp.c_fc.weight.is_contiguous()
 
 
+def test_a_bf16_model_is_saved_as_bf16_in_config_and_weights(tmp_path):
+    """config.json names the weights' dtype: transformers' dtype="auto" loads a bf16 save in bf16, not float32."""
+    save_model(tiny_gpt().to(torch.bfloat16), tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["dtype"] == "bfloat16"
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "bf16", dtype="auto")
+    assert hf.transformer.wte.weight.dtype == torch.bfloat16
+
+
 def test_save_and_load_our_checkpoint_strips_and_restores_padding(tmp_path):
     model = tiny_gpt(padded_vocab_size=50304)
     save_model(model, tmp_path / "ckpt")
