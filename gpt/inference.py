@@ -316,6 +316,11 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
         decoder = _static_decoder(model, batch, width + steps, compile) if static else None
     cache = decoder.cache if decoder is not None else (
         KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
+    # On a GPU each step's tokens go to pinned memory, their copy queued before the next step: the host waits for
+    # the copy alone, then reads them, checks for EOT and yields while the GPU runs that step (`tolist` would wait
+    # for all the work queued, the next step's too, and the GPU would idle through the host's work).
+    host = torch.empty(batch, dtype=torch.int64, pin_memory=True) if device.type == "cuda" else None
+    copied = torch.cuda.Event() if host is not None else None
     try:  # the decoder is this stream's until it ends
         for step in range(steps):
             end = width + step  # columns filled so far
@@ -337,11 +342,14 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
                 tokens[:, end] = new
                 if seen is not None:
                     seen.scatter_(1, new[:, None], True)
+                if host is not None:
+                    host.copy_(new, non_blocking=True)
+                    copied.record()
                 if decoder is not None and step + 1 < steps:
-                    # The next step goes to the GPU before this one's tokens come back to the host: the GPU works
-                    # while Python reads them, checks for EOT and yields (stream order keeps it exact).
-                    queued = decoder.step(new)
-            new = new.tolist()
+                    queued = decoder.step(new)  # queued behind this step's tokens: stream order keeps it exact
+            if host is not None:
+                copied.synchronize()
+            new = host.tolist() if host is not None else new.tolist()
             yield [None if done else token for token, done in zip(new, finished)]
             finished = [done or token == eot for token, done in zip(new, finished)]
             if all(finished):
