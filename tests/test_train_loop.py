@@ -392,3 +392,21 @@ def test_a_stage_brings_its_own_loss_and_units(small, tmp_path):
     log = read_log(tmp_path / "run")
     assert log[1]["loss"] == pytest.approx(expected, rel=1e-5)
     assert log[0]["val_loss"] == pytest.approx(val, rel=1e-5)
+
+
+def test_a_resumed_run_keeps_recording_where_it_started_and_refuses_another_init(small, tmp_path, capsys):
+    """state.json's config names the --init of the run's start after a resume too (RESUME=1 without INIT= used to
+    record null), and a resume given another --init is refused: its checkpoint's weights, not that init's, go on."""
+    shards, init = small
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "4", "--save-every", "2", "--eval-every", "2",
+                     "--keep-checkpoints", "0") == 0
+    shutil.rmtree(run_dir / "ckpt" / "step-000004")
+    (run_dir / "ckpt" / "latest").write_text("step-000002\n")
+    assert run(shards, run_dir, "--sample-tokens", "0", "--steps", "4", "--eval-every", "2", "--resume") == 0
+    state = json.loads((latest_checkpoint(run_dir) / "state.json").read_text())
+    assert state["step"] == 4 and state["config"]["init"] == str(init)
+    other = tmp_path / "other-model"
+    shutil.copytree(init, other)
+    assert run(shards, run_dir, "--sample-tokens", "0", "--steps", "4", "--resume", "--init", str(other)) == 1
+    assert f"the run's config changed (init: {str(init)!r} -> {str(other)!r})" in capsys.readouterr().err
