@@ -114,10 +114,13 @@ class Hooks:
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
     """Linear warmup over `warmup` steps to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`
-    (the run's first total: steps added by --extend stay at `lr * min_lr_ratio`)."""
+    (the run's first total: steps added by --extend stay at `lr * min_lr_ratio`, even after a run that ended
+    in its warmup)."""
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if step >= total_steps:
+        return min_lr
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    min_lr = cfg.lr * cfg.min_lr_ratio
     progress = min(1.0, (step - cfg.warmup) / max(1, total_steps - cfg.warmup))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
