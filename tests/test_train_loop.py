@@ -392,3 +392,33 @@ def test_a_stage_brings_its_own_loss_and_units(small, tmp_path):
     log = read_log(tmp_path / "run")
     assert log[1]["loss"] == pytest.approx(expected, rel=1e-5)
     assert log[0]["val_loss"] == pytest.approx(val, rel=1e-5)
+
+
+def test_a_resumed_run_keeps_recording_where_it_started_and_refuses_another_init(small, tmp_path, capsys):
+    """state.json's config names the --init of the run's start after a resume too (RESUME=1 without INIT= used to
+    record null), and a resume given another --init is refused: its checkpoint's weights, not that init's, go on."""
+    shards, init = small
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "4", "--save-every", "2", "--eval-every", "2",
+                     "--keep-checkpoints", "0") == 0
+    shutil.rmtree(run_dir / "ckpt" / "step-000004")
+    (run_dir / "ckpt" / "latest").write_text("step-000002\n")
+    assert run(shards, run_dir, "--sample-tokens", "0", "--steps", "4", "--eval-every", "2", "--resume") == 0
+    state = json.loads((latest_checkpoint(run_dir) / "state.json").read_text())
+    assert state["step"] == 4 and state["config"]["init"] == str(init)
+    other = tmp_path / "other-model"
+    shutil.copytree(init, other)
+    assert run(shards, run_dir, "--sample-tokens", "0", "--steps", "4", "--resume", "--init", str(other)) == 1
+    assert f"the run's config changed (init: {str(init)!r} -> {str(other)!r})" in capsys.readouterr().err
+
+
+def test_an_extension_of_a_run_that_ended_in_its_warmup_runs_at_the_final_lr(small, tmp_path, capsys):
+    """A run shorter than its warmup, extended: the added steps run at lr * min_lr_ratio, as the run says, not up
+    the rest of the warmup to the peak lr and back down."""
+    cfg = TrainConfig(lr=1.0, warmup=10, min_lr_ratio=0.1)
+    assert [lr_at(step, cfg, 4) for step in (4, 9, 10, 11)] == [pytest.approx(0.1)] * 4
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "2", "--warmup", "5") == 0
+    assert run_small(small, run_dir, "--steps", "5", "--warmup", "5", "--resume", "--extend") == 0
+    assert "the steps after it run at 0.0006" in capsys.readouterr().out
+    assert [r["lr"] for r in read_log(run_dir) if r["step"] > 2] == [pytest.approx(6e-4)] * 3

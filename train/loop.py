@@ -114,10 +114,13 @@ class Hooks:
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
     """Linear warmup over `warmup` steps to `lr`, then cosine decay to `lr * min_lr_ratio` at `total_steps`
-    (the run's first total: steps added by --extend stay at `lr * min_lr_ratio`)."""
+    (the run's first total: steps added by --extend stay at `lr * min_lr_ratio`, even after a run that ended
+    in its warmup)."""
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    if step >= total_steps:
+        return min_lr
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    min_lr = cfg.lr * cfg.min_lr_ratio
     progress = min(1.0, (step - cfg.warmup) / max(1, total_steps - cfg.warmup))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
@@ -229,6 +232,9 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int, load: Callable[..., to
     old = state["config"]
     keys = cfg.RESUME_KEYS
     diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
+    started = old.get("init")  # the checkpoint's weights go on, not another --init's
+    if cfg.init and (started is None or os.path.realpath(cfg.init) != os.path.realpath(started)):
+        diff.append(f"init: {started!r} -> {cfg.init!r}")
     rows = state["data_position"].get("num_rows")  # same shards, but other rows kept (the reader's rule changed)
     if rows != data.plan.num_rows:
         diff.append(f"train rows: {rows} -> {data.plan.num_rows}")
@@ -288,6 +294,8 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                 except RuntimeError as e:  # another run holds this run folder
                     raise TrainingError(str(e)) from None
             folder, state, model = _resume(cfg, data, dist, total, hooks.load)
+            if state is not None:  # state.json keeps naming where the run started (RESUME=1 needs no INIT=)
+                cfg = dataclasses.replace(cfg, init=state["config"].get("init"))
             start = 0
             if model is None:
                 torch.manual_seed(cfg.seed)
