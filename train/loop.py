@@ -232,9 +232,6 @@ def _resume(cfg: RunConfig, data, dist: Dist, total: int, load: Callable[..., to
     old = state["config"]
     keys = cfg.RESUME_KEYS
     diff = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if old.get(k) != getattr(cfg, k)]
-    started = old.get("init")  # the checkpoint's weights go on, not another --init's
-    if cfg.init and (started is None or os.path.realpath(cfg.init) != os.path.realpath(started)):
-        diff.append(f"init: {started!r} -> {cfg.init!r}")
     rows = state["data_position"].get("num_rows")  # same shards, but other rows kept (the reader's rule changed)
     if rows != data.plan.num_rows:
         diff.append(f"train rows: {rows} -> {data.plan.num_rows}")
@@ -294,8 +291,6 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                 except RuntimeError as e:  # another run holds this run folder
                     raise TrainingError(str(e)) from None
             folder, state, model = _resume(cfg, data, dist, total, hooks.load)
-            if state is not None:  # state.json keeps naming where the run started (RESUME=1 needs no INIT=)
-                cfg = dataclasses.replace(cfg, init=state["config"].get("init"))
             start = 0
             if model is None:
                 torch.manual_seed(cfg.seed)

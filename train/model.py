@@ -2,13 +2,15 @@
 
 `build_model` gives the `--init` weights (our checkpoint or a Hugging Face GPT-2 folder) or a fresh preset;
 `check_context` refuses a `--seq-len` beyond that model's context before the data is read. The stages after
-SFT (DPO, the reward model, RL) start where `resolve_sft_init` says (the SFT run's checkpoint, or `--init`);
+SFT (DPO, the reward model, RL) start where `resolve_sft_init` says (the SFT run's checkpoint, or `--init`), every
+stage where `resolve_init` says when resuming (where its first run started);
 DPO and RL keep that start as their `frozen` reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from gpt.checkpoint import load_config, load_model
 from gpt.model import GPT, preset
@@ -47,18 +49,35 @@ def frozen(model: GPT) -> GPT:
     return model.eval().requires_grad_(False)
 
 
+def resumed_init(cfg: RunConfig) -> RunConfig | None:
+    """When `cfg` resumes a run that has a checkpoint: `cfg` with the `init` its first run recorded (RESUME=1 needs
+    no INIT=, and every checkpoint's state.json keeps naming where the run started), after refusing an --init
+    that names another start (the checkpoint's weights go on, not that init's). Otherwise None."""
+    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    if resumed is None:
+        return None
+    recorded = read_state(resumed)["config"]["init"]
+    if cfg.init and (recorded is None or os.path.realpath(resolve_checkpoint(cfg.init)) != os.path.realpath(recorded)):
+        raise TrainingError(f"cannot resume from {resumed}: the run started from {recorded or 'a new model'}, "
+                            f"not {cfg.init}")
+    return dataclasses.replace(cfg, init=recorded)
+
+
+def resolve_init(cfg: RunConfig) -> RunConfig:
+    """`cfg` with `init` as a checkpoint folder (a run folder stands for its latest checkpoint): the resumed run's
+    (`resumed_init`), else --init's, else none (a fresh model)."""
+    resumed = resumed_init(cfg)
+    if resumed is not None:
+        return resumed
+    return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init))) if cfg.init else cfg
+
+
 def resolve_sft_init(cfg: RunConfig, stage: str) -> RunConfig:
     """`cfg` with `init` as a checkpoint folder, where a stage after SFT (named `stage` in messages) starts: the
-    one a resumed run's checkpoints record, else --init's (a run folder stands for its checkpoint), else the
-    checkpoint of the SFT run `cfg.sft_run` (`resolve_checkpoint`: its best, else its latest)."""
-    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
-    if resumed is not None:
-        recorded = read_state(resumed)["config"]["init"]
-        if cfg.init and str(resolve_checkpoint(cfg.init)) != recorded:
-            raise TrainingError(f"cannot resume from {resumed}: the run started from {recorded}, not {cfg.init}")
-        return dataclasses.replace(cfg, init=recorded)
+    resumed run's or --init's (`resolve_init`), else the checkpoint of the SFT run `cfg.sft_run` (`resolve_checkpoint`: its best, else its latest)."""
+    cfg = resolve_init(cfg)
     if cfg.init:
-        return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
+        return cfg
     if latest_checkpoint(cfg.sft_run) is None:
         raise FileNotFoundError(f"no SFT checkpoint under {cfg.sft_run}/ckpt to start {stage} from: run `make sft` "
                                 f"first, or pass --sft-run RUN_DIR or --init FOLDER")

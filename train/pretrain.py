@@ -7,7 +7,6 @@ it after saving a checkpoint; 1 with a message on bad input or a non-finite loss
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from gpt.inference import generate, tokenize_batch_input
@@ -15,12 +14,11 @@ from gpt.model import GPT
 from pipelines.stage import find_shards_dir
 from shards.tokenizer import get_encoding
 
-from .checkpoint import resolve_checkpoint
 from .config import parse_args
 from .data import PretrainData
 from .distributed import process_group
 from .loop import RUN_ERRORS, Hooks, exit_status, train
-from .model import build_model, check_context
+from .model import build_model, check_context, resolve_init
 
 SAMPLE_PROMPT = "Hello, how are you today?"
 
@@ -42,8 +40,7 @@ def main(argv=None) -> int:
     try:
         with process_group(cfg.device) as dist:
             with dist.unanimous():  # a node that cannot read the shards stops every rank
-                if cfg.init:  # a run folder stands for its latest checkpoint, which state.json then records
-                    cfg = dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
+                cfg = resolve_init(cfg)  # a run folder stands for its checkpoint, which state.json then records
                 check_context(cfg, cfg.model)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
                 data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)

@@ -35,12 +35,12 @@ from pipelines.stage import find_shards_dir
 from shards.tokenizer import EOT, get_encoding
 
 from .answers import answer_text, answers_to, instruction
-from .checkpoint import best_evaluations, latest_checkpoint, resolve_checkpoint
+from .checkpoint import best_evaluations, latest_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, token_loss, train
-from .model import build_model, check_context
+from .model import build_model, check_context, resolve_init
 
 
 @dataclass
@@ -127,12 +127,11 @@ def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[
     return [(*_format(data, i, g), answer_text(s)) for i, g, s in zip(ids, greedy, sampled)]
 
 
-def resolve_init(cfg: SFTTrainConfig) -> SFTTrainConfig:
-    """`init` as a checkpoint folder: the one --init names (a run folder stands for its latest checkpoint), else
-    the pretraining run's latest (left empty when resuming an SFT run)."""
+def resolve_sft_start(cfg: SFTTrainConfig) -> SFTTrainConfig:
+    """`init` as a checkpoint folder: the resumed run's or --init's (`resolve_init`), else the pretraining run's
+    latest checkpoint."""
+    cfg = resolve_init(cfg)
     if cfg.init:
-        return dataclasses.replace(cfg, init=str(resolve_checkpoint(cfg.init)))
-    if cfg.resume and latest_checkpoint(cfg.run_dir) is not None:
         return cfg
     folder = latest_checkpoint(cfg.pretrain_run)
     if folder is None:
@@ -147,7 +146,7 @@ def main(argv=None) -> int:
     try:
         with process_group(cfg.device) as dist:
             with dist.unanimous():  # a node that cannot read the shards or the pretraining run stops every rank
-                cfg = resolve_init(cfg)
+                cfg = resolve_sft_start(cfg)
                 check_context(cfg)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "sft", cfg.dataset)
                 data = SFTData(shards_dir, cfg.seq_len, cfg.batch_examples, cfg.seed, cfg.eval_examples)
