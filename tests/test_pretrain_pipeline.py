@@ -420,6 +420,25 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     assert f"{out / 'manifest.json'}: an entry has no 'split'" in capsys.readouterr().err
 
 
+def test_inspect_names_a_manifest_whose_shards_disagree_with_its_totals(src, reference, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    gone = manifest["shards"].pop(2)  # a shard removed by hand, with its entry: every listed file still matches
+    (out / gone["file"]).unlink()
+    (out / gone["docs_file"]).unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert report.main([str(out), "--verify"]) == 1
+    tokens = manifest["totals"]["tokens"]
+    assert (f"{out / 'manifest.json'}: its totals say {tokens:,} tokens, its shards list "
+            f"{tokens - gone['num_tokens']:,}") in capsys.readouterr().err
+    manifest["totals"]["tokens"] -= gone["num_tokens"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert report.main([str(out), "--verify"]) == 1
+    assert (f"its totals say {len(manifest['shards']) + 1:,} shards, its shards list {len(manifest['shards']):,}"
+            in capsys.readouterr().err)
+
+
 def test_bench_shards_runs_and_counts_the_same_tokens_as_tiktoken(capsys):
     from bench import shards as bench_shards
 
