@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -90,8 +91,15 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
             initializer(*initargs)
         yield from map(work, jobs)
         return
-    with multiprocessing.get_context("spawn").Pool(workers, initializer, initargs) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (initializer, initargs)) as pool:
         yield from pool.imap_unordered(work, jobs)
+
+
+def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
+    """A pool worker ignores Ctrl-C: the parent, interrupted, stops the pool (and says so once, `command`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 # the make target that writes each kind of shards, and the variable that names its dataset
@@ -124,10 +132,13 @@ def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
 
 def command(run: Callable, cfg) -> int:
     """A stage run from its command line: 0, or 1 with the error's message on stderr (bad input, a busy folder,
-    a failed download, a full disk)."""
+    a failed download, a full disk), or 130 after Ctrl-C."""
     try:
         run(cfg)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished work is kept; run the same command again to continue", file=sys.stderr)
+        return 130
     return 0

@@ -211,6 +211,35 @@ def test_killed_run_resumes_to_identical_bytes(src, reference, tmp_path, where, 
     assert not list(out.rglob(".*.tmp-*"))
 
 
+INTERRUPTER = """
+import os, signal, sys
+from pipelines import pretrain, tokenize_stage
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it
+original = tokenize_stage.parallel_map
+def interrupting(*args, **kwargs):
+    for k, result in enumerate(original(*args, **kwargs)):
+        if k == 2:  # Ctrl-C reaches the whole process group: this process and its workers
+            os.killpg(0, signal.SIGINT)
+        yield result
+tokenize_stage.parallel_map = interrupting
+sys.exit(pretrain.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_says_what_is_kept_without_tracebacks_then_resumes(src, reference, tmp_path):
+    args = ["--source", str(src[0]), "--data-dir", str(tmp_path), *FLAGS[:-1], "2"]  # two worker processes
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTER, *args], cwd=REPO, capture_output=True, timeout=120,
+                          start_new_session=True)
+    err = proc.stderr.decode()
+    assert proc.returncode == 130, err
+    assert "interrupted: the finished work is kept; run the same command again to continue" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err  # not the parent's, nor a worker's
+    out = out_dir(tmp_path, src[0])
+    assert not (out / "manifest.json").exists() and list((out / "parts").glob("*.json"))
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out) == reference[1]
+
+
 def test_full_disk_leaves_nothing_half_written_then_resumes(src, reference, tmp_path, monkeypatch, capsys):
     real_fsync, calls = os.fsync, [0]
 
