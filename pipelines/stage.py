@@ -84,7 +84,8 @@ def run_once(directory: Path, config: dict, build: Callable[[], dict]) -> dict:
 def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initializer: Callable | None = None,
                  initargs: tuple = ()) -> Iterator:
     """`work(job)` for each of the `count` jobs, yielded as each finishes: in `workers` spawned processes
-    (each first runs `initializer(*initargs)`) when there are several workers and jobs, else here in order."""
+    (each first runs `initializer(*initargs)`) when there are several workers and jobs, else here in order.
+    A worker that dies (the kernel's OOM killer) stops the run with a RuntimeError, never a hang."""
     workers = min(workers, count)
     if workers <= 1:
         if initializer is not None:
@@ -92,7 +93,17 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
         yield from map(work, jobs)
         return
     with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (initializer, initargs)) as pool:
-        yield from pool.imap_unordered(work, jobs)
+        started = {process.pid for process in pool._pool}
+        results = pool.imap_unordered(work, jobs)
+        while True:
+            try:
+                yield results.next(timeout=1)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:  # the pool replaces a dead worker, but its job is lost: no result
+                if {process.pid for process in pool._pool} != started:
+                    raise RuntimeError("a worker process died (killed by the system: out of memory?); the finished "
+                                       "work is kept: run the same command again (fewer WORKERS need less memory)")
 
 
 def _start_worker(initializer: Callable | None, initargs: tuple) -> None:

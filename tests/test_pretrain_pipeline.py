@@ -240,6 +240,28 @@ def test_ctrl_c_says_what_is_kept_without_tracebacks_then_resumes(src, reference
     assert contents(out) == reference[1]
 
 
+WORKER_KILLER = """
+import multiprocessing, os, signal, sys, threading, time
+from pipelines import stage
+def kill_one():
+    while len(multiprocessing.active_children()) < 2:
+        time.sleep(0.1)
+    time.sleep(3)  # both workers are inside their job by now
+    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # as the OOM killer does
+threading.Thread(target=kill_one, daemon=True).start()
+try:
+    list(stage.parallel_map(time.sleep, [600, 600], 2, 2))
+except RuntimeError as e:
+    sys.exit(str(e))
+"""
+
+
+def test_a_worker_killed_by_the_system_stops_the_run_with_a_message_not_a_hang():
+    proc = subprocess.run([sys.executable, "-c", WORKER_KILLER], cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert "a worker process died (killed by the system: out of memory?)" in proc.stderr.decode()
+
+
 def test_full_disk_leaves_nothing_half_written_then_resumes(src, reference, tmp_path, monkeypatch, capsys):
     real_fsync, calls = os.fsync, [0]
 
