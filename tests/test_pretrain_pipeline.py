@@ -363,6 +363,21 @@ def test_a_source_file_rewritten_during_the_run_is_named_and_nothing_is_finished
     assert not list((tmp_path / "data").rglob("manifest.json"))
 
 
+@pytest.mark.parametrize("kind", ["string_view", "dictionary"])
+def test_a_text_column_of_string_views_or_a_dictionary_reads_as_strings(tmp_path, kind):
+    # string_view: what polars 1.38 and DataFusion write; dictionary: a pandas category column
+    docs = make_docs(random.Random(3), 80)
+    column = pa.array(docs, pa.string())
+    column = column.cast(pa.string_view()) if kind == "string_view" else column.dictionary_encode()
+    for name, values in (("plain", pa.array(docs, pa.string())), (kind, column)):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"text": values}), tmp_path / name / "x.parquet", row_group_size=30)
+        assert run(tmp_path / "data", tmp_path / name) == 0
+    plain, other = (contents(out_dir(tmp_path / "data", tmp_path / name)) for name in ("plain", kind))
+    assert {k: v for k, v in other.items() if k.endswith(".bin")} == {k: v for k, v in plain.items()
+                                                                        if k.endswith(".bin")}
+
+
 @pytest.mark.parametrize("flag", ["--shard-tokens", "--val-tokens"])
 def test_token_counts_a_shard_header_cannot_hold_are_refused_before_tokenizing(src, tmp_path, capsys, flag):
     pretrain._check(pretrain.parse_args([flag, str(2**30)]))  # the largest allowed
