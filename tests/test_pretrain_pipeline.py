@@ -291,6 +291,21 @@ def test_tasks_then_assemble_equal_one_run(src, reference, tmp_path, capsys):
     assert contents(out_dir(tmp_path, src[0])) == reference[1]
 
 
+def test_a_part_copied_in_part_is_named_with_what_to_do(src, reference, tmp_path, capsys):
+    for task in range(2):  # parts of two machines, copied into one parts/ folder
+        assert run(tmp_path, src[0], "--num-tasks", "2", "--task-index", str(task)) == 0
+    out = out_dir(tmp_path, src[0])
+    tok = sorted((out / "parts").glob("*.tok"))[3]
+    good = tok.read_bytes()
+    tok.write_bytes(good[:-6])  # an interrupted copy
+    assert run(tmp_path, src[0], "--assemble") == 1
+    assert (f"{tok}: {len(good) - 6:,} bytes, its {tok.stem}.json says {len(good):,}; delete that .json and run "
+            "again (without --assemble, or the task of that unit) to tokenize the unit anew") in capsys.readouterr().err
+    tok.with_suffix(".json").unlink()
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out) == reference[1]
+
+
 def _bad_input(tmp_path: Path, name: str) -> Path:
     folder = tmp_path / "bad"
     folder.mkdir()
