@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,9 @@ def _with_retries(what: str, call, received=lambda: 0, size: int = 0):
             if failures >= RETRY.tries:
                 kept = f", {now} of {size} bytes kept for the next run" if size else ""
                 raise DownloadError(f"{what}: giving up after {failures} failed tries in a row{kept}: {e}") from e
+            first_line = (str(e) or type(e).__name__).splitlines()[0]
+            tqdm.write(f"{what}: {first_line}; retrying in {RETRY.wait(failures):g} s (failed try {failures} of "
+                       f"{RETRY.tries} in a row)", file=sys.stderr)  # a wait of minutes is not a silent hang
             time.sleep(RETRY.wait(failures))
 
 

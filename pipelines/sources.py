@@ -219,13 +219,21 @@ def iter_texts(path: Path, unit: int, column: str, span: tuple[int, int] | None 
         yield from _jsonl_texts(path, column, span)
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    """Whether a parquet column's arrow type reads as Python strings: string, large_string, string_view (what
+    polars 1.38 and DataFusion write), or a dictionary of those (a pandas category)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+
+
 def _parquet_texts(path: Path, row_group: int, column: str) -> Iterator[list[str | None]]:
     try:
         pf = pq.ParquetFile(path)
         field = pf.schema_arrow.field(column) if column in pf.schema_arrow.names else None
         if field is None:
             raise SourceError(f"{path}: no column {column!r} (columns: {', '.join(pf.schema_arrow.names)})")
-        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+        if not _is_text(field.type):
             raise SourceError(f"{path}: column {column!r} has type {field.type}, expected a string")
         table = pf.read_row_group(row_group, columns=[column])
     except (pa.ArrowException, OSError) as e:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -83,15 +84,33 @@ def run_once(directory: Path, config: dict, build: Callable[[], dict]) -> dict:
 def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initializer: Callable | None = None,
                  initargs: tuple = ()) -> Iterator:
     """`work(job)` for each of the `count` jobs, yielded as each finishes: in `workers` spawned processes
-    (each first runs `initializer(*initargs)`) when there are several workers and jobs, else here in order."""
+    (each first runs `initializer(*initargs)`) when there are several workers and jobs, else here in order.
+    A worker that dies (the kernel's OOM killer) stops the run with a RuntimeError, never a hang."""
     workers = min(workers, count)
     if workers <= 1:
         if initializer is not None:
             initializer(*initargs)
         yield from map(work, jobs)
         return
-    with multiprocessing.get_context("spawn").Pool(workers, initializer, initargs) as pool:
-        yield from pool.imap_unordered(work, jobs)
+    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (initializer, initargs)) as pool:
+        started = {process.pid for process in pool._pool}
+        results = pool.imap_unordered(work, jobs)
+        while True:
+            try:
+                yield results.next(timeout=1)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:  # the pool replaces a dead worker, but its job is lost: no result
+                if {process.pid for process in pool._pool} != started:
+                    raise RuntimeError("a worker process died (killed by the system: out of memory?); the finished "
+                                       "work is kept: run the same command again (fewer WORKERS need less memory)")
+
+
+def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
+    """A pool worker ignores Ctrl-C: the parent, interrupted, stops the pool (and says so once, `command`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 # the make target that writes each kind of shards, and the variable that names its dataset
@@ -124,10 +143,13 @@ def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
 
 def command(run: Callable, cfg) -> int:
     """A stage run from its command line: 0, or 1 with the error's message on stderr (bad input, a busy folder,
-    a failed download, a full disk)."""
+    a failed download, a full disk), or 130 after Ctrl-C."""
     try:
         run(cfg)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: the finished work is kept; run the same command again to continue", file=sys.stderr)
+        return 130
     return 0

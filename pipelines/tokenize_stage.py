@@ -183,9 +183,12 @@ def _load_parts(units: list[Unit], parts_dir: Path) -> list[dict]:
     infos = []
     for u in units:
         info = json.loads((parts_dir / f"{u.stem}.json").read_text())
-        size = (parts_dir / f"{u.stem}.tok").stat().st_size
-        if size != 2 * info["num_tokens"]:
-            raise StageError(f"{parts_dir / (u.stem + '.tok')}: {size} bytes, expected {2 * info['num_tokens']}")
+        tok = parts_dir / f"{u.stem}.tok"
+        size = tok.stat().st_size if tok.exists() else None
+        if size != 2 * info["num_tokens"]:  # a part copied in part from another machine: a rerun keeps it
+            raise StageError(f"{tok}: {'missing' if size is None else f'{size:,} bytes'}, its {u.stem}.json says "
+                             f"{2 * info['num_tokens']:,}; delete that .json and run again (without --assemble, or "
+                             "the task of that unit) to tokenize the unit anew")
         infos.append(info)
     return infos
 

@@ -39,11 +39,14 @@ def load_manifest(directory: str | os.PathLike) -> dict:
     path = Path(directory) / MANIFEST
     try:
         with open(path) as f:
-            return json.load(f)
+            manifest = json.load(f)
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest (the stage has not finished; run it first)") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path}: not a JSON object (edited by hand? make the shards again)")
+    return manifest
 
 
 def manifest_sha256(directory: str | os.PathLike) -> str:

@@ -5,7 +5,8 @@ DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` belo
 header, size, sha256 and token ids (below the manifest tokenizer's vocabulary) of the `.bin`, size and
 sha256 of its sidecars (`.docs` for pretraining; `.mask` and `.idx` for SFT and preference shards, with masks
 only 0/1 and offsets increasing), and for preference shards that the chosen and rejected files of a split pair
-up (as many examples, the same prompt tokens); it exits with status 1 naming each bad file.
+up (as many examples, the same prompt tokens), and that the manifest's totals agree with the shards it lists;
+it exits with status 1 naming each bad file.
 --decode N prints N documents (pretraining), examples, prompt and answer apart (SFT), or pairs, prompt, chosen
 and rejected apart (preferences), of each folder.
 Stage folders that a run began and never finished (a `.lock` or `parts/`, no manifest) are listed at the
@@ -118,7 +119,21 @@ def verify(folder: Path, manifest: dict) -> list[str]:
                 problems.append(str(e))
     if manifest.get("kind") == "prefs" and not problems:
         problems += [problem for entry in manifest.get("pairs") or [] if (problem := check_pair(folder, entry))]
+    if problem := check_totals(folder, manifest):
+        problems.append(problem)
     return problems
+
+
+def check_totals(folder: Path, manifest: dict) -> str | None:
+    """What disagrees between the manifest's totals and its list of shards (an entry removed by hand, say):
+    the tokens, and the number of shards where the totals count them. None when they agree."""
+    totals, entries = manifest.get("totals") or {}, manifest.get("shards") or []
+    listed = {"tokens": sum(e["num_tokens"] for e in entries), "shards": len(entries)}
+    for key, value in listed.items():
+        if key in totals and totals[key] != value:
+            return (f"{folder / MANIFEST}: its totals say {totals[key]:,} {key}, its shards list {value:,} "
+                    "(edited by hand? make the shards again)")
+    return None
 
 
 def prompt_length(mask: np.ndarray) -> int:

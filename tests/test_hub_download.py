@@ -103,6 +103,19 @@ def test_corrupt_payload_fails_naming_the_file_and_leaves_nothing(tmp_path, monk
     assert_exactly_the_files(tmp_path)
 
 
+def test_every_retry_is_announced_with_its_wait(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(hub, "RETRY", Retry(tries=3, first_s=0.001, max_s=0.01))
+    with serve(monkeypatch, {"api": [503, 503, 503]}):  # no answer: minutes of backoff at the real policy
+        with pytest.raises(DownloadError, match="giving up after 3 failed tries in a row"):
+            download(REPO, NAMES, "main", tmp_path)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "retrying" in line]
+    assert len(lines) == 2 and all(line.startswith(f"{REPO}: resolving revision main: ") and "503" in line
+                                   for line in lines)  # one line each, the error's first
+    assert lines[0].endswith("; retrying in 0.001 s (failed try 1 of 3 in a row)")
+    assert lines[1].endswith("; retrying in 0.002 s (failed try 2 of 3 in a row)")
+
+
 def test_giving_up_keeps_the_partial_file_and_the_next_run_continues_it(tmp_path, monkeypatch):
     name = "sample/000.parquet"
     with serve(monkeypatch, {name: ["drop", 503, 503, 503, 503]}) as fake:

@@ -211,6 +211,57 @@ def test_killed_run_resumes_to_identical_bytes(src, reference, tmp_path, where, 
     assert not list(out.rglob(".*.tmp-*"))
 
 
+INTERRUPTER = """
+import os, signal, sys
+from pipelines import pretrain, tokenize_stage
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it
+original = tokenize_stage.parallel_map
+def interrupting(*args, **kwargs):
+    for k, result in enumerate(original(*args, **kwargs)):
+        if k == 2:  # Ctrl-C reaches the whole process group: this process and its workers
+            os.killpg(0, signal.SIGINT)
+        yield result
+tokenize_stage.parallel_map = interrupting
+sys.exit(pretrain.main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_says_what_is_kept_without_tracebacks_then_resumes(src, reference, tmp_path):
+    args = ["--source", str(src[0]), "--data-dir", str(tmp_path), *FLAGS[:-1], "2"]  # two worker processes
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTER, *args], cwd=REPO, capture_output=True, timeout=120,
+                          start_new_session=True)
+    err = proc.stderr.decode()
+    assert proc.returncode == 130, err
+    assert "interrupted: the finished work is kept; run the same command again to continue" in err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err  # not the parent's, nor a worker's
+    out = out_dir(tmp_path, src[0])
+    assert not (out / "manifest.json").exists() and list((out / "parts").glob("*.json"))
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out) == reference[1]
+
+
+WORKER_KILLER = """
+import multiprocessing, os, signal, sys, threading, time
+from pipelines import stage
+def kill_one():
+    while len(multiprocessing.active_children()) < 2:
+        time.sleep(0.1)
+    time.sleep(3)  # both workers are inside their job by now
+    os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)  # as the OOM killer does
+threading.Thread(target=kill_one, daemon=True).start()
+try:
+    list(stage.parallel_map(time.sleep, [600, 600], 2, 2))
+except RuntimeError as e:
+    sys.exit(str(e))
+"""
+
+
+def test_a_worker_killed_by_the_system_stops_the_run_with_a_message_not_a_hang():
+    proc = subprocess.run([sys.executable, "-c", WORKER_KILLER], cwd=REPO, capture_output=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert "a worker process died (killed by the system: out of memory?)" in proc.stderr.decode()
+
+
 def test_full_disk_leaves_nothing_half_written_then_resumes(src, reference, tmp_path, monkeypatch, capsys):
     real_fsync, calls = os.fsync, [0]
 
@@ -238,6 +289,21 @@ def test_tasks_then_assemble_equal_one_run(src, reference, tmp_path, capsys):
     assert run(tmp_path, src[0], "--num-tasks", "3", "--task-index", "1", "--workers", "2") == 0
     assert run(tmp_path, src[0], "--assemble") == 0
     assert contents(out_dir(tmp_path, src[0])) == reference[1]
+
+
+def test_a_part_copied_in_part_is_named_with_what_to_do(src, reference, tmp_path, capsys):
+    for task in range(2):  # parts of two machines, copied into one parts/ folder
+        assert run(tmp_path, src[0], "--num-tasks", "2", "--task-index", str(task)) == 0
+    out = out_dir(tmp_path, src[0])
+    tok = sorted((out / "parts").glob("*.tok"))[3]
+    good = tok.read_bytes()
+    tok.write_bytes(good[:-6])  # an interrupted copy
+    assert run(tmp_path, src[0], "--assemble") == 1
+    assert (f"{tok}: {len(good) - 6:,} bytes, its {tok.stem}.json says {len(good):,}; delete that .json and run "
+            "again (without --assemble, or the task of that unit) to tokenize the unit anew") in capsys.readouterr().err
+    tok.with_suffix(".json").unlink()
+    assert run(tmp_path, src[0]) == 0
+    assert contents(out) == reference[1]
 
 
 def _bad_input(tmp_path: Path, name: str) -> Path:
@@ -310,6 +376,21 @@ def test_a_source_file_rewritten_during_the_run_is_named_and_nothing_is_finished
     assert run(tmp_path / "data", folder) == 1
     assert f"{folder / 'd.jsonl'}: changed during this run" in capsys.readouterr().err
     assert not list((tmp_path / "data").rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("kind", ["string_view", "dictionary"])
+def test_a_text_column_of_string_views_or_a_dictionary_reads_as_strings(tmp_path, kind):
+    # string_view: what polars 1.38 and DataFusion write; dictionary: a pandas category column
+    docs = make_docs(random.Random(3), 80)
+    column = pa.array(docs, pa.string())
+    column = column.cast(pa.string_view()) if kind == "string_view" else column.dictionary_encode()
+    for name, values in (("plain", pa.array(docs, pa.string())), (kind, column)):
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"text": values}), tmp_path / name / "x.parquet", row_group_size=30)
+        assert run(tmp_path / "data", tmp_path / name) == 0
+    plain, other = (contents(out_dir(tmp_path / "data", tmp_path / name)) for name in ("plain", kind))
+    assert {k: v for k, v in other.items() if k.endswith(".bin")} == {k: v for k, v in plain.items()
+                                                                        if k.endswith(".bin")}
 
 
 @pytest.mark.parametrize("flag", ["--shard-tokens", "--val-tokens"])
@@ -418,6 +499,25 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert report.main([str(out)]) == 1
     assert f"{out / 'manifest.json'}: an entry has no 'split'" in capsys.readouterr().err
+
+
+def test_inspect_names_a_manifest_whose_shards_disagree_with_its_totals(src, reference, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    gone = manifest["shards"].pop(2)  # a shard removed by hand, with its entry: every listed file still matches
+    (out / gone["file"]).unlink()
+    (out / gone["docs_file"]).unlink()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert report.main([str(out), "--verify"]) == 1
+    tokens = manifest["totals"]["tokens"]
+    assert (f"{out / 'manifest.json'}: its totals say {tokens:,} tokens, its shards list "
+            f"{tokens - gone['num_tokens']:,}") in capsys.readouterr().err
+    manifest["totals"]["tokens"] -= gone["num_tokens"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert report.main([str(out), "--verify"]) == 1
+    assert (f"its totals say {len(manifest['shards']) + 1:,} shards, its shards list {len(manifest['shards']):,}"
+            in capsys.readouterr().err)
 
 
 def test_bench_shards_runs_and_counts_the_same_tokens_as_tiktoken(capsys):

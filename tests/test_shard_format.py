@@ -178,3 +178,18 @@ def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [".g.bin.tmp-2", "d"]
     remove_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"x"'])
+def test_a_manifest_that_is_not_an_object_is_named(tmp_path, capsys, text):
+    from pipelines import stage
+    from shards.manifest import ManifestError, load_manifest
+
+    _sft_folder(tmp_path)
+    (tmp_path / "manifest.json").write_text(text)  # edited by hand
+    with pytest.raises(ManifestError, match=r"manifest\.json: not a JSON object"):
+        load_manifest(tmp_path)
+    with pytest.raises(ManifestError, match="not a JSON object"):  # a stage's rerun, as the trainers', gets the message
+        stage.finished(tmp_path, {})
+    assert report.main([str(tmp_path), "--verify"]) == 1  # no traceback
+    assert f"BAD {tmp_path / 'manifest.json'}: not a JSON object" in capsys.readouterr().err
