@@ -458,6 +458,24 @@ def test_a_real_reward_model_scores_the_samples(setup, tmp_path):
     assert math.isfinite(read_log(run_dir)[1]["reward"])
 
 
+def test_a_reward_models_run_is_pinned_to_its_checkpoint(setup, tmp_path, capsys):
+    """rm:RUN_FOLDER is recorded as the checkpoint it meant: once the reward model's run has a newer checkpoint, a
+    resume is refused as a changed reward, where it used to go on scoring with the other model."""
+    rm_run = tmp_path / "rm-run"
+    for step in (1, 2):
+        folder = save_model(RewardModel(GPT(preset("nano"))), rm_run / "ckpt" / f"step-{step:06d}")
+        (folder / "state.json").write_text(json.dumps({"step": step}))  # a finished checkpoint
+        (rm_run / "ckpt" / "latest").write_text(f"step-{step:06d}\n")
+        if step == 1:
+            run_dir = tmp_path / "run"
+            assert main(flags(setup, run_dir, "--reward", f"rm:{rm_run}", "--steps", "1", "--save-every", "1")) == 0
+            state = json.loads((run_dir / "ckpt" / "step-000001" / "state.json").read_text())
+            assert state["config"]["reward"] == f"rm:{rm_run / 'ckpt' / 'step-000001'}"
+    assert main(flags(setup, run_dir, "--reward", f"rm:{rm_run}", "--steps", "2", "--resume", "--extend")) == 1
+    assert (f"reward: 'rm:{rm_run / 'ckpt' / 'step-000001'}' -> 'rm:{rm_run / 'ckpt' / 'step-000002'}'"
+            in capsys.readouterr().err)
+
+
 # ---- recipes and refusals -------------------------------------------------------------------------------------
 
 def test_recipes_and_show_config(capsys):

@@ -36,6 +36,7 @@ sampling and learning, and `--show` held-out prompts with their greedy answers b
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from shards.tokenizer import get_encoding
 
 from . import tasks
 from .answers import answer_text, answers_to, ended, instruction, without_eot
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_checkpoint, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, PromptData, SFTData, pad_examples, rank_slice, with_answer
 from .distributed import Dist, process_group
@@ -344,12 +345,21 @@ def load_prompts(cfg: RLTrainConfig) -> PromptData:
                                   cfg.eval_prompts)
 
 
+def resolve_reward(cfg: RLTrainConfig) -> RLTrainConfig:
+    """`--reward rm:PATH` with PATH as the reward model's checkpoint folder (a run folder stands for its best,
+    else its latest), which state.json records: a resume whose PATH now means another checkpoint (the reward
+    model's run went on) is refused as a changed reward, never scored by another model."""
+    if not cfg.reward.startswith(tasks.MODEL):
+        return cfg
+    return dataclasses.replace(cfg, reward=tasks.MODEL + str(resolve_checkpoint(cfg.reward[len(tasks.MODEL):])))
+
+
 def main(argv=None) -> int:
     cfg = parse_args(argv, RLTrainConfig, prog="python -m train rl")
     try:
         with process_group(cfg.device) as dist:
             with dist.unanimous():  # a node that cannot read the data or the SFT run stops every rank
-                cfg = resolve_sft_init(cfg, "RL")
+                cfg = resolve_reward(resolve_sft_init(cfg, "RL"))
                 check_context(cfg)
                 data = load_prompts(cfg)
                 reward = tasks.load_reward(cfg.reward, dist.device)
