@@ -13,6 +13,7 @@ The result of `generate` is one list of new tokens per row, EOT included when th
 from __future__ import annotations
 
 import math
+import numbers
 import types
 import weakref
 from collections.abc import Iterator, Sequence
@@ -57,18 +58,28 @@ def pad_batch(token_lists: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch
     return input_ids, attention_masks
 
 
-def _check_options(temperature, max_steps, top_k, top_p, repetition_penalty) -> None:
-    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+def _real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_options(temperature, max_steps, top_k, top_p, repetition_penalty) -> tuple:
+    """The options as Python numbers (numpy's scalars are numbers too), or a ValueError naming the one at fault."""
+    if not _real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+    if not _integer(max_steps) or max_steps < 0:
         raise ValueError(f"max_steps must be an integer >= 0, got {max_steps!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not _integer(top_k) or top_k < 1):
         raise ValueError(f"top_k must be an integer >= 1 (or None), got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if top_p is not None and not (_real(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
-    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float))
-            or not math.isfinite(repetition_penalty) or repetition_penalty <= 0):
+    if not _real(repetition_penalty) or not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = none), got {repetition_penalty!r}")
+    return (float(temperature), int(max_steps), None if top_k is None else int(top_k),
+            None if top_p is None else float(top_p), float(repetition_penalty))
 
 
 def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncate: bool) -> list[torch.Tensor]:
@@ -144,7 +155,8 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or a mode's
     name, e.g. "max-autotune-no-cudagraphs"). Arguments are checked here, when `stream` is called.
     """
-    _check_options(temperature, max_steps, top_k, top_p, repetition_penalty)
+    temperature, max_steps, top_k, top_p, repetition_penalty = _check_options(temperature, max_steps, top_k, top_p,
+                                                                              repetition_penalty)
     static = _static_decoding(model, use_cache, static, compile)
     rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
     return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, repetition_penalty,

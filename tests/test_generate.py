@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 
@@ -419,6 +420,19 @@ def test_bad_options_are_refused(model, kwargs, message):
         generate(model, ids, masks, **options)
     with pytest.raises(ValueError, match=message):
         stream(model, ids, masks, **options)  # checked at the call, not at the first step
+
+
+def test_numpy_scalars_are_numbers_as_options(model):
+    """Options from numpy (a sweep's np.linspace, an int64 from a config array) sample as the Python numbers do,
+    as transformers' generate accepts them; a bool is not taken for a number."""
+    ids, masks = tokenize_batch_input(PROMPTS[:2])
+    options = dict(top_k=5, top_p=0.75, repetition_penalty=1.25)  # exact in float32
+    want = generate(model, ids, masks, 0.5, 6, generator=torch.Generator().manual_seed(3), **options)
+    as_numpy = {k: (np.int64 if isinstance(v, int) else np.float32)(v) for k, v in options.items()}
+    assert generate(model, ids, masks, np.float32(0.5), np.int64(6), generator=torch.Generator().manual_seed(3),
+                    **as_numpy) == want
+    with pytest.raises(ValueError, match="max_steps must be an integer >= 0, got True"):
+        generate(model, ids, masks, 0.0, True)
 
 
 def test_bad_prompts_are_refused(model):
