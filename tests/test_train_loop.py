@@ -162,6 +162,20 @@ def test_values_out_of_range_are_usage_errors(flags, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_ctrl_c_outside_the_training_steps_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """Ctrl-C while a trainer starts (imports, shard verification) or reports: exit 130 with one line, as in the
+    steps (whose own handler saves a checkpoint first) and in the data pipelines."""
+    import train.__main__ as command
+    import train.pretrain
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.pretrain, "main", interrupted)
+    assert command.main(["pretrain", "--steps", "1"]) == 130
+    assert capsys.readouterr().err == "\npretrain: interrupted before or after the training steps: no step is lost\n"
+
+
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "dpo", "rm", "rl"])
 def test_the_full_recipes_run_on_1_2_4_or_8_gpus(stage):
     """`make <stage> NGPU=8` (and 1, 2, 4) with a recipe's own batch: its global batch divides into micro-batches

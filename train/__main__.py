@@ -11,7 +11,11 @@ def main(argv=None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m train {{{','.join(COMMANDS)}}} [flags]  (--help for each)", file=sys.stderr)
         return 2
-    return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+    try:
+        return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
+    except KeyboardInterrupt:  # in the start-up (imports, data checks) or the report: the loop handles its own
+        print(f"\n{argv[0]}: interrupted before or after the training steps: no step is lost", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
