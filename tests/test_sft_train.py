@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -330,3 +331,26 @@ def test_make_demo_ends_with_its_duration_and_what_to_try_next(tmp_path):
     lines = proc.stdout.splitlines()
     assert re.fullmatch(r"demo: done in 0 min \d+ s\. Try next:", lines[-4]), lines
     assert [line.split()[:2] for line in lines[-3:]] == [["make", "chat"], ["make", "generate"], ["make", "export-hf"]]
+
+
+def test_a_run_whose_state_records_no_init_resumes_from_its_checkpoint(setup, capsys):
+    """A run resumed before state.json kept --init recorded `init: null`: RESUME=1 (no INIT=) goes on from its
+    checkpoint as before, without a pretraining run (it looked for one to start from: an error without it, else that
+    run's latest recorded as the start it never was)."""
+    run_dir = setup["tmp"] / "run"
+    flags = ["--batch-examples", "4", "--micro-batch", "4", "--steps", "4", "--save-every", "2", "--eval-every", "2",
+             "--keep-checkpoints", "0"]
+    assert sft(setup, run_dir, *flags) == 0
+    shutil.rmtree(run_dir / "ckpt" / "step-000004")
+    (run_dir / "ckpt" / "latest").write_text("step-000002\n")
+    state_path = run_dir / "ckpt" / "step-000002" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["config"]["init"] = None
+    state_path.write_text(json.dumps(state))
+    assert sft(setup, run_dir, *flags, "--resume") == 1  # its first --init again: the record cannot confirm it
+    assert (f"cannot resume from {run_dir / 'ckpt' / 'step-000002'} with --init {setup['init']}: its state.json "
+            "records no init (a new model, or a run resumed before the init was recorded); resume without --init"
+            ) in capsys.readouterr().err
+    assert main(["--shards-dir", str(setup["shards"]), "--run-dir", str(run_dir), "--pretrain-run",
+                 str(setup["tmp"] / "no-pretraining"), *FLAGS, *flags, "--resume"]) == 0
+    assert json.loads((run_dir / "ckpt" / "step-000004" / "state.json").read_text())["config"]["init"] is None

@@ -57,9 +57,11 @@ def resumed_init(cfg: RunConfig) -> RunConfig | None:
     if resumed is None:
         return None
     recorded = read_state(resumed)["config"]["init"]
-    if cfg.init and (recorded is None or os.path.realpath(resolve_checkpoint(cfg.init)) != os.path.realpath(recorded)):
-        raise TrainingError(f"cannot resume from {resumed}: the run started from {recorded or 'a new model'}, "
-                            f"not {cfg.init}")
+    if cfg.init and recorded is None:
+        raise TrainingError(f"cannot resume from {resumed} with --init {cfg.init}: its state.json records no init (a "
+                            "new model, or a run resumed before the init was recorded); resume without --init")
+    if cfg.init and os.path.realpath(resolve_checkpoint(cfg.init)) != os.path.realpath(recorded):
+        raise TrainingError(f"cannot resume from {resumed}: the run started from {recorded}, not {cfg.init}")
     return dataclasses.replace(cfg, init=recorded)
 
 

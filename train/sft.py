@@ -129,9 +129,10 @@ def show_answers(model: GPT, data: SFTData, count: int, max_steps: int) -> list[
 
 def resolve_sft_start(cfg: SFTTrainConfig) -> SFTTrainConfig:
     """`init` as a checkpoint folder: the resumed run's or --init's (`resolve_init`), else the pretraining run's
-    latest checkpoint."""
+    latest checkpoint. A resumed run goes on from its checkpoint even where it records no init (one resumed before
+    state.json kept it)."""
     cfg = resolve_init(cfg)
-    if cfg.init:
+    if cfg.init or (cfg.resume and latest_checkpoint(cfg.run_dir) is not None):
         return cfg
     folder = latest_checkpoint(cfg.pretrain_run)
     if folder is None:
