@@ -231,15 +231,16 @@ class StaticDecoder:
         return logits
 
     def _capture(self, device):
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up (and compilation) outside the graph, as CUDA graphs require
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream(device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits = self._step()
+        with torch.cuda.device(device):  # capture on the model's GPU (cuda:1 too), whichever is current
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):  # warm-up (and compilation) outside the graph, as CUDA graphs require
+                for _ in range(3):
+                    self._step()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits = self._step()
         return graph, logits
 
     def start(self, visible: torch.Tensor, next_position: torch.Tensor) -> None:
@@ -253,11 +254,12 @@ class StaticDecoder:
         self.cache.length = width
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] (float) for the new tokens [B], one column after the last."""
+        """Logits [B, V] (in the weights' dtype) for the new tokens [B], one column after the last."""
         self.token.copy_(token.view(-1, 1))
         if self.graph is None:
             return self._step()
-        self.graph.replay()
+        with torch.cuda.device(self.token.device):  # replayed on the current stream of the graph's GPU
+            self.graph.replay()
         return self.logits
 
 
@@ -324,16 +326,16 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
         seen = torch.zeros(batch, model.config.vocab_size, dtype=torch.bool, device=device)
         for i, row in enumerate(rows):
             seen[i, row.to(device)] = True
-    with torch.inference_mode():
-        decoder = _static_decoder(model, batch, width + steps, compile) if static else None
-    cache = decoder.cache if decoder is not None else (
-        KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
     # On a GPU each step's tokens go to pinned memory, their copy queued before the next step: the host waits for
     # the copy alone, then reads them, checks for EOT and yields while the GPU runs that step (`tolist` would wait
     # for all the work queued, the next step's too, and the GPU would idle through the host's work).
     host = torch.empty(batch, dtype=torch.int64, pin_memory=True) if device.type == "cuda" else None
     copied = torch.cuda.Event() if host is not None else None
+    with torch.inference_mode():
+        decoder = _static_decoder(model, batch, width + steps, compile) if static else None
     try:  # the decoder is this stream's until it ends
+        cache = decoder.cache if decoder is not None else (
+            KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
         for step in range(steps):
             end = width + step  # columns filled so far
             with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
@@ -356,7 +358,7 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
                     seen.scatter_(1, new[:, None], True)
                 if host is not None:
                     host.copy_(new, non_blocking=True)
-                    copied.record()
+                    copied.record(torch.cuda.current_stream(device))  # the copy's stream: that of new's GPU
                 if decoder is not None and step + 1 < steps:
                     queued = decoder.step(new)  # queued behind this step's tokens: stream order keeps it exact
             if host is not None:
