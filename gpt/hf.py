@@ -58,10 +58,9 @@ def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: 
 
 def hf_config(config: GPTConfig, reward: bool = False, dtype: torch.dtype = torch.float32) -> dict:
     """The `config.json` of transformers' GPT2Config for our config and the weights' `dtype`: same architecture,
-    no dropout. With
-    `reward`, that of a reward model (gpt.reward): `GPT2ForSequenceClassification` with one label, whose
-    `pad_token_id` 0 makes transformers read each row's last token that is not 0, the closing EOT of a
-    right-padded row (a 0 inside the row, "!", comes before it and is not read)."""
+    no dropout. With `reward`, that of a reward model (gpt.reward): `GPT2ForSequenceClassification` with one
+    label, whose `pad_token_id` 0 makes transformers read each row's last token that is not 0, the closing EOT of
+    a right-padded row (a 0 inside the row, "!", comes before it and is not read)."""
     head = ({"architectures": [REWARD_ARCHITECTURE], "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
              "pad_token_id": 0} if reward else {"architectures": ["GPT2LMHeadModel"]})
     return {

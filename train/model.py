@@ -66,8 +66,8 @@ def resumed_init(cfg: RunConfig) -> RunConfig | None:
 
 
 def resolve_init(cfg: RunConfig) -> RunConfig:
-    """`cfg` with `init` as a checkpoint folder (a run folder stands for its latest checkpoint): the resumed run's
-    (`resumed_init`), else --init's, else none (a fresh model)."""
+    """`cfg` with `init` as a checkpoint folder (a run folder stands for its best checkpoint, else its latest):
+    the resumed run's (`resumed_init`), else --init's, else none (a fresh model)."""
     resumed = resumed_init(cfg)
     if resumed is not None:
         return resumed
