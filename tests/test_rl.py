@@ -474,6 +474,10 @@ def test_a_reward_models_run_is_pinned_to_its_checkpoint(setup, tmp_path, capsys
     assert main(flags(setup, run_dir, "--reward", f"rm:{rm_run}", "--steps", "2", "--resume", "--extend")) == 1
     assert (f"reward: 'rm:{rm_run / 'ckpt' / 'step-000001'}' -> 'rm:{rm_run / 'ckpt' / 'step-000002'}'"
             in capsys.readouterr().err)
+    # a run made before this rule recorded the run folder: it resumes while the folder means the same checkpoint
+    state["config"]["reward"] = f"rm:{rm_run}"
+    (run_dir / "ckpt" / "step-000001" / "state.json").write_text(json.dumps(state))
+    assert main(flags(setup, run_dir, "--reward", f"rm:{rm_run}", "--steps", "2", "--resume", "--extend")) == 0
 
 
 # ---- recipes and refusals -------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from shards.tokenizer import get_encoding
 
 from . import tasks
 from .answers import answer_text, answers_to, ended, instruction, without_eot
-from .checkpoint import latest_checkpoint, resolve_checkpoint
+from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, PromptData, SFTData, pad_examples, rank_slice, with_answer
 from .distributed import Dist, process_group
@@ -348,10 +348,16 @@ def load_prompts(cfg: RLTrainConfig) -> PromptData:
 def resolve_reward(cfg: RLTrainConfig) -> RLTrainConfig:
     """`--reward rm:PATH` with PATH as the reward model's checkpoint folder (a run folder stands for its best,
     else its latest), which state.json records: a resume whose PATH now means another checkpoint (the reward
-    model's run went on) is refused as a changed reward, never scored by another model."""
+    model's run went on) is refused as a changed reward, never scored by another model. A resumed run that
+    recorded a run folder (before this rule) keeps it while it means the same checkpoint."""
     if not cfg.reward.startswith(tasks.MODEL):
         return cfg
-    return dataclasses.replace(cfg, reward=tasks.MODEL + str(resolve_checkpoint(cfg.reward[len(tasks.MODEL):])))
+    path = resolve_checkpoint(cfg.reward[len(tasks.MODEL):])
+    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    recorded = read_state(resumed)["config"]["reward"] if resumed is not None else ""
+    if recorded.startswith(tasks.MODEL) and resolve_checkpoint(recorded[len(tasks.MODEL):]) == path:
+        return dataclasses.replace(cfg, reward=recorded)
+    return dataclasses.replace(cfg, reward=tasks.MODEL + str(path))
 
 
 def main(argv=None) -> int:
