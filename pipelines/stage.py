@@ -102,8 +102,9 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
                 return
             except multiprocessing.TimeoutError:  # the pool replaces a dead worker, but its job is lost: no result
                 if {process.pid for process in pool._pool} != started:
-                    raise RuntimeError("a worker process died (killed by the system: out of memory?); the finished "
-                                       "work is kept: run the same command again (fewer WORKERS need less memory)")
+                    raise RuntimeError("a worker process died (killed by the system: out of memory?) or could not "
+                                       "start (its error is above); the finished work is kept: run the same command "
+                                       "again (fewer WORKERS need less memory)")
 
 
 def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
