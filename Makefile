@@ -1,4 +1,4 @@
-# minigpt2: every target sets up .venv first (seconds when already done). `make help` lists them.
+# minigpt2: every target but help, clean and bench-gpu sets up .venv first (seconds when already done). `make help` lists them.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
