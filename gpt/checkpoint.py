@@ -40,7 +40,7 @@ from .model import GPT, GPTConfig
 from .reward import RewardModel
 
 LATEST = "latest"  # RUN_DIR/ckpt/latest: the name of the newest complete checkpoint folder
-BEST = "best"  # RUN_DIR/ckpt/best: the folder of the lowest validation loss (SFT keeps it)
+BEST = "best"  # RUN_DIR/ckpt/best: the folder of the lowest validation loss (SFT, DPO and the reward model keep it)
 STATE = "state.json"  # a training checkpoint's state; a folder without it is incomplete
 FORMAT = "minigpt2"  # the key of our own fields in config.json
 FORMAT_VERSION = 2

@@ -1,5 +1,5 @@
-"""Command lines from dataclasses: one `--flag` per field, the one flag parser of every command (the
-pipelines and the trainers).
+"""Command lines from dataclasses: one `--flag` per field, the one flag parser of the pipelines, the trainers and
+the benchmarks (`python -m gpt` and `python -m shards inspect` take a few plain argparse flags).
 
 `build_parser(cls, prog, description, defaults)` gives a field `shard_tokens` the flag `--shard-tokens`,
 typed from its annotation (int, float, str; `T | None` as T; bool as `--x` / `--no-x`), with the choices of

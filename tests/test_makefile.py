@@ -4,6 +4,7 @@ the arguments it gets (or at a wrapper of this python, for one real `make genera
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -161,3 +162,13 @@ def test_clean_leaves_exports_alone(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert all(f.exists() for f in kept) and not any(f.exists() for f in gone)
+
+
+def test_help_lists_every_variable():
+    """README: `make help` gives the full list of variables; each one the Makefile defaults with `?=` is named
+    (but PYTHON and VENV, which only the setup reads)."""
+    variables = set(re.findall(r"^([A-Z_]+) \?=", (ROOT / "Makefile").read_text(), re.M)) - {"PYTHON", "VENV"}
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert variables and not {v for v in variables if not re.search(rf"\b{v}\b", proc.stdout)}

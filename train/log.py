@@ -1,7 +1,8 @@
 """Run logs on rank 0: `RUN_DIR/log.jsonl` (one object per step), a progress bar, and `RUN_DIR/loss.png`.
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
-and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU). A resumed run
+and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU); the first line, step 0,
+is the evaluation before any step: `val_loss` and the evaluation's metrics, no `loss`. A resumed run
 first drops the lines after its checkpoint (and adds the evaluation a stop signal skipped at that step), so
 the file reads like one uninterrupted run; a fresh start (step 0) replaces the file.
 """

@@ -12,8 +12,8 @@ shards), `answers` the sampled answers as text (without their closing EOT); one 
 - `rm:PATH` (train/tasks/reward_model.py): the score of a reward model (`make rm`), on the prompts of the
   preference or SFT shards.
 
-Adding a verifiable task is one module here with `reward` (and `examples` when it makes its own prompts, else
-its prompts come from SFT shards), named in TASKS.
+Adding a verifiable task is one module here with `reward` (and `examples` and `fingerprint`, what a resume
+checks, when it makes its own prompts, else its prompts come from SFT shards), named in TASKS.
 """
 
 from __future__ import annotations
