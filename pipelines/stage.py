@@ -93,6 +93,8 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
         yield from map(work, jobs)
         return
     with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (initializer, initargs)) as pool:
+        # Pool's own list of its processes (private, but the only sign: a Pool replaces a dead worker silently and
+        # never answers its job; ProcessPoolExecutor, which reports it, leaves orphans when the parent is killed)
         started = {process.pid for process in pool._pool}
         results = pool.imap_unordered(work, jobs)
         while True:
