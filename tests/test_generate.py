@@ -743,3 +743,14 @@ def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
     for name in ("graph", "transformers"):  # each decoder against the eager one, not eager against itself
         assert re.search(rf"\b{name} [\d,]+ tokens/s \([\d.]+x transformers\), 100% tokens as eager", out), name
     assert "graph+compile" not in out
+
+
+def test_bench_gpu_takes_cuda_or_cpu_as_its_device(capsys):
+    """bench.gpu compares --device with "cuda" (synchronized timings, bf16, the card's name, the trainer's
+    --device): another name such as cuda:1 is refused, not timed without synchronizing."""
+    from bench import gpu
+
+    with pytest.raises(SystemExit):
+        gpu.parse_args(["--device", "cuda:1"])
+    assert "invalid choice: 'cuda:1'" in capsys.readouterr().err
+    assert gpu.parse_args(["--device", "cpu"]).device == "cpu"
