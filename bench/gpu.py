@@ -59,7 +59,8 @@ class GPUBenchConfig:
         "device": "cuda; cpu for a dry run (tests/test_generate.py: --model nano --seq-len 64 --micro-batch 4)",
         "micro_batch": "the smoke run's",
         "compile_mode": "torch.compile's mode in every part (max-autotune-no-cudagraphs: minutes of autotuning)"}
-    CHOICES: ClassVar[dict] = {"compile_mode": COMPILE_MODES}
+    # compared with "cuda" (bf16, synchronized timings, the card's name): cuda:1 would be timed unsynchronized
+    CHOICES: ClassVar[dict] = {"device": ("cuda", "cpu"), "compile_mode": COMPILE_MODES}
 
     parts: str = "train,smoke,decode"
     train_batches: str = "32"

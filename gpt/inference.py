@@ -239,7 +239,9 @@ class StaticDecoder:
                     self._step()
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # captured on `side`: torch.cuda.graph's own stream is one for the whole process, made on the GPU of
+            # the first capture, where a later decoder's step on another GPU would not be captured
+            with torch.cuda.graph(graph, stream=side):
                 logits = self._step()
         return graph, logits
 

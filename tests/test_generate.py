@@ -169,6 +169,40 @@ def test_a_static_step_runs_one_cache_write_and_no_mask_conversion_per_layer(mod
     assert ops["aten::where"] == ops["aten::logical_not"] == ops["aten::scalar_tensor"] == 0
 
 
+def test_a_decoder_on_a_second_gpu_is_captured_on_a_stream_of_that_gpu(monkeypatch):
+    """The CUDA graph of a decoder on cuda:1 is captured on a stream of cuda:1, the one its warm-up ran on:
+    torch.cuda.graph's default stream is made once per process, on the GPU of the first capture, where a step
+    on another GPU is not captured (a model moved from cuda:0 to cuda:1 replayed an empty graph). The CUDA calls
+    of the capture are recorded on the CPU."""
+    import contextlib
+    import types
+
+    from gpt.inference import StaticDecoder
+
+    class Stream:
+        def __init__(self, device=None):
+            self.device = torch.device(device)
+
+        def wait_stream(self, other):
+            pass
+
+    captured = {}
+
+    def graph(cuda_graph, pool=None, stream=None, **kwargs):
+        captured["stream"] = stream
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(device))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
+    monkeypatch.setattr(torch.cuda, "graph", graph)
+    decoder = types.SimpleNamespace(_step=lambda: "logits")
+    assert StaticDecoder._capture(decoder, torch.device("cuda", 1)) == ("graph", "logits")
+    assert captured["stream"] is not None and captured["stream"].device == torch.device("cuda", 1)
+
+
 def test_compiled_decoders_of_many_shapes(monkeypatch):
     """Each decoder compiles its own copy of the step: the graphs of shapes gone do not count towards dynamo's
     limit of 8 per code object (the 9th batch size failed with fullgraph=True)."""
@@ -709,3 +743,14 @@ def test_bench_gpu_decoding_part_runs_on_a_cpu(capsys):
     for name in ("graph", "transformers"):  # each decoder against the eager one, not eager against itself
         assert re.search(rf"\b{name} [\d,]+ tokens/s \([\d.]+x transformers\), 100% tokens as eager", out), name
     assert "graph+compile" not in out
+
+
+def test_bench_gpu_takes_cuda_or_cpu_as_its_device(capsys):
+    """bench.gpu compares --device with "cuda" (synchronized timings, bf16, the card's name, the trainer's
+    --device): another name such as cuda:1 is refused, not timed without synchronizing."""
+    from bench import gpu
+
+    with pytest.raises(SystemExit):
+        gpu.parse_args(["--device", "cuda:1"])
+    assert "invalid choice: 'cuda:1'" in capsys.readouterr().err
+    assert gpu.parse_args(["--device", "cpu"]).device == "cpu"
