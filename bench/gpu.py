@@ -201,7 +201,8 @@ def part_decode(args) -> dict:
         out[batch] = {"tokens_per_s": speeds, "agreement_with_eager": agree}
         hf_speed = speeds.get("transformers")
         print(f"decode, batch {batch}, {args.new_tokens} new tokens, bf16: " + "; ".join(
-            f"{name} {tps:,.0f} tokens/s" + (f" ({tps / hf_speed:.1f}x transformers)" if hf_speed else "")
+            f"{name} {tps:,.0f} tokens/s"
+            + (f" ({tps / hf_speed:.1f}x transformers)" if hf_speed and name != "transformers" else "")
             + f", {agree[name]:.0%} tokens as eager" for name, tps in speeds.items()), flush=True)
     return out
 
