@@ -4,7 +4,8 @@ Public surface (imported from the modules):
 - `python -m train pretrain|sft|dpo|rm|rl` (`make pretrain`, `sft`, `dpo`, `rm`, `rl`): each module's `main`;
 - `train.loop.train(cfg, data, dist, build_model, hooks)`: the loop, with `Hooks` for what a trainer adds;
 - `train.config`: `RunConfig`, `TrainConfig`, `parse_args`; each stage's config (`train.sft.SFTTrainConfig`, ...);
-- `train.model`: `build_model`, `check_context`, `resolve_init`, `resolve_sft_init`, `frozen` (the model a stage starts from);
+- `train.model`: `build_model`, `check_context`, `resolve_init`, `resolve_sft_init`, `frozen` (the model a stage
+  starts from);
 - `train.data`: `PretrainData`, `SFTData`, `PrefData`, `PromptData`, `BatchPlan` (the deterministic order of
   global batches);
 - `train.tasks`: the RL rewards (`load_reward`: the built-in arithmetic task, GSM8K, a reward model);

@@ -55,7 +55,7 @@ class RunConfig:
     shards_dir: str | None = None  # a folder with a manifest; default: the one under data_dir for dataset
     verify_data: bool = True  # check each shard file's sha256 and token ids before the first step (remembered)
     # model
-    init: str | None = None  # start from these weights (our checkpoint, a run folder: its best, else latest; an HF folder)
+    init: str | None = None  # these weights (our checkpoint, a run folder: its best, else latest; an HF folder)
     padded_vocab: int | None = None  # embedding rows; default 50304 on CUDA, none on CPU
     # batch and schedule
     steps: int | None = None  # optimizer steps; None: `epochs` epochs of the train split

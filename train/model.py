@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 from gpt.checkpoint import load_config, load_model
 from gpt.model import GPT, preset
@@ -37,7 +38,7 @@ def check_context(cfg: RunConfig, preset_name: str | None = None, whole: bool = 
     """Refuse a --seq-len beyond the context of the model the run trains (its latest checkpoint when resuming,
     else `cfg.init`, else the preset), from its config alone: before the data, whose checks depend on it.
     `whole`: the model reads each sequence whole, seq_len + 1 tokens (the reward model), not its seq_len inputs."""
-    start = (latest_checkpoint(cfg.run_dir) if cfg.resume else None) or cfg.init
+    start = resumed_checkpoint(cfg) or cfg.init
     context = (load_config(start) if start else preset(preset_name)).block_size
     if context < cfg.seq_len + whole:
         read = " + 1 (the reward model reads each sequence whole, its closing EOT too)" if whole else ""
@@ -49,18 +50,28 @@ def frozen(model: GPT) -> GPT:
     return model.eval().requires_grad_(False)
 
 
+def resumed_checkpoint(cfg: RunConfig) -> Path | None:
+    """The checkpoint a resumed run goes on from (its latest), or None when `cfg` starts a run or has none yet."""
+    return latest_checkpoint(cfg.run_dir) if cfg.resume else None
+
+
+def same_checkpoint(a, b) -> bool:
+    """Whether two paths mean the same checkpoint folder (a run folder stands for its best, else its latest)."""
+    return os.path.realpath(resolve_checkpoint(a)) == os.path.realpath(resolve_checkpoint(b))
+
+
 def resumed_init(cfg: RunConfig) -> RunConfig | None:
     """When `cfg` resumes a run that has a checkpoint: `cfg` with the `init` its first run recorded (RESUME=1 needs
     no INIT=, and every checkpoint's state.json keeps naming where the run started), after refusing an --init
     that names another start (the checkpoint's weights go on, not that init's). Otherwise None."""
-    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    resumed = resumed_checkpoint(cfg)
     if resumed is None:
         return None
     recorded = read_state(resumed)["config"]["init"]
     if cfg.init and recorded is None:
         raise TrainingError(f"cannot resume from {resumed} with --init {cfg.init}: its state.json records no init (a "
                             "new model, or a run resumed before the init was recorded); resume without --init")
-    if cfg.init and os.path.realpath(resolve_checkpoint(cfg.init)) != os.path.realpath(recorded):
+    if cfg.init and not same_checkpoint(cfg.init, recorded):
         raise TrainingError(f"cannot resume from {resumed}: the run started from {recorded}, not {cfg.init}")
     return dataclasses.replace(cfg, init=recorded)
 
@@ -76,7 +87,8 @@ def resolve_init(cfg: RunConfig) -> RunConfig:
 
 def resolve_sft_init(cfg: RunConfig, stage: str) -> RunConfig:
     """`cfg` with `init` as a checkpoint folder, where a stage after SFT (named `stage` in messages) starts: the
-    resumed run's or --init's (`resolve_init`), else the checkpoint of the SFT run `cfg.sft_run` (`resolve_checkpoint`: its best, else its latest)."""
+    resumed run's or --init's (`resolve_init`), else the checkpoint of the SFT run `cfg.sft_run`
+    (`resolve_checkpoint`: its best, else its latest)."""
     cfg = resolve_init(cfg)
     if cfg.init:
         return cfg

@@ -64,7 +64,7 @@ from .data import PrefData, PromptData, SFTData, pad_examples, rank_slice, with_
 from .distributed import Dist, process_group
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, TrainingError, autocast, exit_status, train
-from .model import build_model, check_context, frozen, resolve_sft_init
+from .model import build_model, check_context, frozen, resolve_sft_init, resumed_checkpoint, same_checkpoint
 
 ROLLOUTS = "rollouts"  # RUN_DIR/rollouts/: the samples of the current batch, with --updates > 1
 
@@ -352,12 +352,12 @@ def resolve_reward(cfg: RLTrainConfig) -> RLTrainConfig:
     recorded a run folder (before this rule) keeps it while it means the same checkpoint."""
     if not cfg.reward.startswith(tasks.MODEL):
         return cfg
-    path = resolve_checkpoint(cfg.reward[len(tasks.MODEL):])
-    resumed = latest_checkpoint(cfg.run_dir) if cfg.resume else None
+    path = cfg.reward[len(tasks.MODEL):]
+    resumed = resumed_checkpoint(cfg)
     recorded = read_state(resumed)["config"]["reward"] if resumed is not None else ""
-    if recorded.startswith(tasks.MODEL) and resolve_checkpoint(recorded[len(tasks.MODEL):]) == path:
+    if recorded.startswith(tasks.MODEL) and same_checkpoint(recorded[len(tasks.MODEL):], path):
         return dataclasses.replace(cfg, reward=recorded)
-    return dataclasses.replace(cfg, reward=tasks.MODEL + str(path))
+    return dataclasses.replace(cfg, reward=tasks.MODEL + str(resolve_checkpoint(path)))
 
 
 def main(argv=None) -> int:

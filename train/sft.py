@@ -40,7 +40,7 @@ from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
 from .distributed import Dist, process_group
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, token_loss, train
-from .model import build_model, check_context, resolve_init
+from .model import build_model, check_context, resolve_init, resumed_checkpoint
 
 
 @dataclass
@@ -132,7 +132,7 @@ def resolve_sft_start(cfg: SFTTrainConfig) -> SFTTrainConfig:
     latest checkpoint. A resumed run goes on from its checkpoint even where it records no init (one resumed before
     state.json kept it)."""
     cfg = resolve_init(cfg)
-    if cfg.init or (cfg.resume and latest_checkpoint(cfg.run_dir) is not None):
+    if cfg.init or resumed_checkpoint(cfg) is not None:
         return cfg
     folder = latest_checkpoint(cfg.pretrain_run)
     if folder is None:
