@@ -364,8 +364,9 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
                 if decoder is not None and step + 1 < steps:
                     queued = decoder.step(new)  # queued behind this step's tokens: stream order keeps it exact
             if host is not None:
-                copied.synchronize()
-            new = host.tolist() if host is not None else new.tolist()
+                copied.synchronize()  # the copy alone, not the step queued after it
+                new = host
+            new = new.tolist()
             yield [None if done else token for token, done in zip(new, finished)]
             finished = [done or token == eot for token, done in zip(new, finished)]
             if all(finished):
