@@ -15,6 +15,9 @@ error and fails the command at the end; one that would start after `--budget-s` 
 3. decode: new tokens/s of `generate` (bf16 weights, greedy, `--new-tokens` per row, prefill included) at each
    `--decode-batches`, with the static CUDA-graph decoder, eager and compiled, and transformers' `generate`
    on the same weights; the fraction of tokens on which they agree (bf16 kernels differ) is printed beside it.
+4. profile (only when named in `--parts`): where one compiled training step of ours (the first
+   `--train-batches`) spends the GPU's time, by the torch profiler: kernels by kind (matrix products and the
+   rate they reach, attention, inductor's fused kernels, the optimizer, the rest) and the costliest kernels.
 
 Figures go to docs/benchmarks.md with the card's name (printed first).
 """
@@ -52,7 +55,7 @@ SMOKE_STEPS, SMOKE_SAVE = 10, 5
 @dataclass
 class GPUBenchConfig:
     HELP: ClassVar[dict] = {
-        "parts": "which parts to run, in this order",
+        "parts": "which parts to run, in this order (train, smoke, decode, profile)",
         "train_batches": "micro-batches timed for ours (the first also for transformers)",
         "budget_s": "no part starts after this many seconds",
         "json": "also write the figures to this file",
@@ -159,6 +162,76 @@ def part_smoke(args) -> dict:
         return out
 
 
+def kernel_kind(name: str) -> str:
+    """What a CUDA kernel of a training step does, by its name (cuBLAS's nvjet/sm90 gemm kernels, inductor's triton
+    kernels: `triton_tem` its matrix-product templates, cuDNN's and flash attention's, fused AdamW's)."""
+    n = name.lower()
+    if any(s in n for s in ("flash", "fmha", "sdpa", "attention")):
+        return "attention"
+    if n.startswith("triton_tem") or (not n.startswith("triton") and any(s in n for s in ("gemm", "nvjet", "gemv"))):
+        return "matrix products"
+    if n.startswith("triton"):
+        return "fused (inductor)"
+    if "multi_tensor_apply" in n or "adam" in n:
+        return "optimizer"
+    return "other"
+
+
+def kernel_breakdown(events, steps: int) -> dict[str, dict]:
+    """Per step, from the profiler's `key_averages()`: each kind's CUDA time (ms) and kernel count, costliest first."""
+    kinds: dict[str, dict] = {}
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        k = kinds.setdefault(kernel_kind(e.key), {"ms": 0.0, "kernels": 0.0})
+        k["ms"] += e.self_device_time_total / 1000 / steps
+        k["kernels"] += e.count / steps
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]["ms"]))
+
+
+def part_profile(args) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    batch, steps = int(args.train_batches.split(",")[0]), 2
+    cfg = bench_train.BenchConfig(model=args.model, device=args.device, batch=batch, seq_len=args.seq_len,
+                                  compile=True, compile_mode=args.compile_mode, gpu=False)
+    torch.manual_seed(0)
+    model = GPT(preset(args.model, block_size=max(preset(args.model).block_size, args.seq_len),
+                       padded_vocab_size=50304))
+    trainer = bench_train.Trainer("ours", model, True, cfg)
+    x = torch.randint(0, model.config.vocab_size, (batch, args.seq_len), device=args.device)
+    for timed in (False,) * 3 + (True,) * 5:  # compilation, then timed steps
+        trainer.step(x, x.roll(-1, 1), timed)
+    wall = statistics.median(trainer.times)
+    activity = ProfilerActivity.CUDA if args.device == "cuda" else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        for _ in range(steps):
+            trainer.step(x, x.roll(-1, 1), False)
+    events = prof.key_averages()
+    kinds = kernel_breakdown(events, steps)
+    tokens = batch * args.seq_len
+    out = {"step_ms": wall * 1000, "tokens_per_s": tokens / wall, "kinds": kinds}
+    print(f"profile, micro-batch {batch} x {args.seq_len}, compiled ({args.compile_mode}): a step (forward, backward, "
+          f"AdamW) takes {wall * 1000:.1f} ms, {tokens / wall:,.0f} tokens/s", flush=True)
+    if not kinds:
+        print("profile: no CUDA kernels (a dry run on the CPU)", flush=True)
+        return out
+    busy = sum(k["ms"] for k in kinds.values())
+    products = kinds.get("matrix products", {}).get("ms")
+    if products:  # 6N counts the FLOPs of the weights' products (attention's are the 12LHQT term)
+        out["matmul_tflops"] = 6 * model.num_params(non_embedding=True) * tokens / products / 1e9
+    print(f"profile: the GPU is busy {busy:.1f} ms of the step:", flush=True)
+    for name, k in kinds.items():
+        rate = f", {out['matmul_tflops']:.0f} TFLOP/s" if name == "matrix products" else ""
+        print(f"  {name:<16} {k['ms']:6.1f} ms {k['ms'] / busy:6.1%} {k['kernels']:5.0f} kernels{rate}", flush=True)
+    top = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA),
+                 key=lambda e: -e.self_device_time_total)[:8]
+    for e in top:
+        print(f"  {e.self_device_time_total / 1000 / steps:6.2f} ms in {e.count / steps:3.0f} launches: {e.key[:100]}",
+              flush=True)
+    return out
+
+
 def _timed(fn, device: str, rounds: int = 3) -> tuple[float, list]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     out = fn()  # warmup (graph capture, compilation)
@@ -215,7 +288,7 @@ def _has_transformers() -> bool:
     return True
 
 
-PARTS = {"train": part_train, "smoke": part_smoke, "decode": part_decode}
+PARTS = {"train": part_train, "smoke": part_smoke, "decode": part_decode, "profile": part_profile}
 
 
 def main(argv=None) -> int:

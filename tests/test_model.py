@@ -456,6 +456,45 @@ def test_bench_train_runs_and_both_models_agree():
     assert set(result["tokens_per_s"]) == {"ours", "transformers"} and result["ratio"] > 0
 
 
+def test_bench_gpu_profile_sorts_kernels_by_kind():
+    """`bench.gpu --parts profile` sums a training step's CUDA kernels by kind; the names are those an H100 profile
+    of our compiled 124M step showed (torch 2.11: cuBLAS, cuDNN attention, inductor, fused AdamW)."""
+    from types import SimpleNamespace
+
+    from bench import gpu
+
+    names = {"nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT": "matrix products",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matrix products",
+             "triton_tem_fused_addmm_gelu_t_view_8": "matrix products",  # max-autotune's template
+             "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64": "attention",
+             "pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4>>": "attention",
+             "fmha_cutlassF_bf16_aligned_64x64_rf_sm80": "attention",
+             "triton_poi_fused__log_softmax__log_softmax_backward_data__to_copy_add_arange_eq": "fused (inductor)",
+             "triton_per_fused__to_copy_add_native_layer_norm_backward_view_10": "fused (inductor)",
+             "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata>":
+                 "optimizer",
+             "Memcpy DtoD (Device -> Device)": "other"}
+    assert {name: gpu.kernel_kind(name) for name in names} == names
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+    events = [SimpleNamespace(key="nvjet_a", device_type=cuda, self_device_time_total=3000, count=4),
+              SimpleNamespace(key="aten::mm", device_type=cpu, self_device_time_total=9000, count=4),  # not a kernel
+              SimpleNamespace(key="nvjet_b", device_type=cuda, self_device_time_total=1000, count=2),
+              SimpleNamespace(key="triton_poi_fused_gelu", device_type=cuda, self_device_time_total=6000, count=8)]
+    assert gpu.kernel_breakdown(events, steps=2) == {"fused (inductor)": {"ms": 3.0, "kernels": 4.0},
+                                                    "matrix products": {"ms": 2.0, "kernels": 3.0}}
+
+
+def test_bench_gpu_profile_part_dry_runs_on_a_cpu(capsys):
+    from bench import gpu
+
+    assert gpu.main(["--device", "cpu", "--model", "nano", "--seq-len", "32", "--train-batches", "2",
+                     "--parts", "profile"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"profile, micro-batch 2 x 32, compiled \(default\): a step \(forward, backward, AdamW\) takes "
+                     r"[\d.]+ ms, [\d,]+ tokens/s", out)
+    assert "profile: no CUDA kernels (a dry run on the CPU)" in out
+
+
 def test_export_hf_of_a_run_folder_uses_its_latest_checkpoint(tmp_path):
     from train.checkpoint import save_checkpoint
 
