@@ -207,13 +207,35 @@ def test_sft_datasets_are_those_the_pipeline_makes(capsys):
 
 
 def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):
-    log = RunLog(tmp_path, enabled=True, start_step=0, total_steps=3, progress=True)
+    log = RunLog(tmp_path, enabled=True, start_step=0, total_steps=3, progress=True, terminal=True)
     log.bar.mininterval = log.bar.miniters = 0  # redraw at every update
     for step, loss in enumerate([5.0, 4.0, 3.0], 1):
         log.write({"step": step, "loss": loss, **({"val_loss": 6.0} if step == 1 else {})})
         frame = capsys.readouterr().err.split("\r")[-1]
         assert f"{step}/3" in frame and f"loss={loss:.4f}" in frame and "val_loss=6.0000" in frame, frame
     log.close()
+
+
+def test_progress_outside_a_terminal_is_plain_lines(tmp_path, capsys, monkeypatch):
+    """Where stderr is a file (nohup, a cluster's log), no bar redrawn with carriage returns: a line at the first
+    step, then one per PLAIN_EVERY_S seconds and at the last step, with the time left at the rate since the first."""
+    from train import log as run_log
+
+    clock = iter([100.0, 130.0, 161.0, 170.0, 175.0])  # the times of steps 11 to 15
+    monkeypatch.setattr(run_log.time, "monotonic", lambda: next(clock))
+    log = RunLog(tmp_path, enabled=True, start_step=10, total_steps=15, progress=True, desc="pretrain")
+    assert log.bar.disable  # pytest's stderr is not a terminal
+    for step in range(11, 16):
+        log.write({"step": step, "loss": 5.0 - step / 10, **({"val_loss": 4.0} if step == 12 else {})})
+    log.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "pretrain: step 11/15 (73.3%), loss 3.9000",
+        "pretrain: step 13/15 (86.7%), 01:01 since step 11, 01:01 left, loss 3.7000, val_loss 4.0000",
+        "pretrain: step 15/15 (100.0%), 01:15 since step 11, 00:00 left, loss 3.5000, val_loss 4.0000"]
+    quiet = RunLog(tmp_path, enabled=True, start_step=0, total_steps=2, progress=False)
+    quiet.write({"step": 1, "loss": 1.0})
+    quiet.close()
+    assert capsys.readouterr().err == ""
 
 
 def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):

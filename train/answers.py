@@ -18,7 +18,7 @@ def answers_to(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
     for start in tqdm(range(0, len(order), batch), desc="eval answers", unit="batch", leave=False,
-                      disable=not progress):
+                      disable=None if progress else True):  # None: not outside a terminal
         group = order[start:start + batch]
         ids, masks = pad_batch([prompts[i] for i in group])
         for i, new in zip(group, generate(model, ids.to(device), masks.to(device), temperature, max_steps,

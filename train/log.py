@@ -1,4 +1,7 @@
-"""Run logs on rank 0: `RUN_DIR/log.jsonl` (one object per step), a progress bar, and `RUN_DIR/loss.png`.
+"""Run logs on rank 0: `RUN_DIR/log.jsonl` (one object per step), progress, and `RUN_DIR/loss.png`.
+
+Progress is a bar on a terminal; where stderr is a file or a pipe (`nohup`, a cluster's log), a plain line at the
+first step, then every PLAIN_EVERY_S seconds and at the last step: step, percent, time spent and left, losses.
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
 and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU); the first line, step 0,
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,6 +24,7 @@ from shards.io import atomic_write
 
 LOG = "log.jsonl"
 PLOT = "loss.png"
+PLAIN_EVERY_S = 60.0  # seconds between plain progress lines
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -39,12 +45,18 @@ class RunLog:
     """Appends step records and redraws the loss plot; does nothing on ranks other than 0."""
 
     def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, total_steps: int, progress: bool,
-                 desc: str = "train", plot_metrics: tuple[str, ...] = ()):
+                 desc: str = "train", plot_metrics: tuple[str, ...] = (), terminal: bool | None = None):
+        """`terminal`: whether progress is a bar (default: whether stderr is a terminal) or plain lines."""
         self.dir, self.enabled, self.plot_metrics = Path(run_dir), enabled, plot_metrics
         self.records: list[dict] = []
         self.shown: dict[str, str] = {}  # the bar's postfix
+        terminal = sys.stderr.isatty() if terminal is None else terminal
         self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
-                        disable=not (enabled and progress))
+                        disable=not (enabled and progress and terminal))
+        self.plain = enabled and progress and not terminal
+        self.desc, self.total = desc, total_steps
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step this process logged
+        self.last_line = -math.inf  # time of the last plain line
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +97,24 @@ class RunLog:
         self.bar.set_postfix(self.shown, refresh=False)  # before the update, which redraws the bar with it
         if record["step"] > self.bar.n:
             self.bar.update(record["step"] - self.bar.n)
+        if self.plain and "loss" in record:
+            self._line(record["step"])
+
+    def _line(self, step: int) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = (step, now)
+        elif now - self.last_line < PLAIN_EVERY_S and step < self.total:
+            return
+        self.last_line = now
+        done, since = self.first
+        timing = ""
+        if step > done:  # the rate after the first step (which may include compilation)
+            timing = (f", {tqdm.format_interval(now - since)} since step {done}, "
+                      f"{tqdm.format_interval((self.total - step) * (now - since) / (step - done))} left")
+        losses = "".join(f", {k} {v}" for k, v in self.shown.items())
+        print(f"{self.desc}: step {step}/{self.total} ({step / max(1, self.total):.1%}){timing}{losses}",
+              file=sys.stderr, flush=True)
 
     def print(self, text: str) -> None:
         if self.enabled:

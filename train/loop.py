@@ -201,7 +201,8 @@ def evaluate(model: GPT, data, dist: Dist, cfg: RunConfig, hooks: Hooks) -> dict
     totals = torch.zeros(len(hooks.metrics) + 2, dtype=torch.float64, device=dist.device)
     peaks = _no_peaks(hooks, dist.device)
     batches = data.val_batches(dist.rank, dist.world_size, cfg.micro_batch)
-    for batch in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not (dist.is_main and cfg.progress)):
+    for batch in tqdm(batches, desc="eval", unit="batch", leave=False,
+                      disable=None if dist.is_main and cfg.progress else True):  # None: not outside a terminal
         count = hooks.count(batch)
         with autocast(cfg, dist.device):
             _, sums, batch_peaks = _sums(hooks.loss(model, tuple(t.to(dist.device) for t in batch)), hooks)
