@@ -46,7 +46,44 @@ def load_manifest(directory: str | os.PathLike) -> dict:
         raise ManifestError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: not a JSON object (edited by hand? make the shards again)")
+    if "shards" in manifest:
+        _check_entries(path, manifest["shards"])
     return manifest
+
+
+SHARD_FIELDS = ("file", "split", "num_tokens", "bytes", "sha256")  # in every entry of `shards`
+
+
+def _check_entries(path: Path, entries) -> None:
+    """A ManifestError naming the entry and field of `shards` that a reader would trip on: a missing field of
+    SHARD_FIELDS, or a field of the wrong type (file names plain names in the folder, counts integers >= 0,
+    sha256 64 hex digits)."""
+    if not isinstance(entries, list):
+        raise ManifestError(f"{path}: shards is a {type(entries).__name__}, not a list (edited by hand? make the "
+                            "shards again)")
+    for i, entry in enumerate(entries):
+        where = f"{path}: shards[{i}]"
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{where} is a {type(entry).__name__}, not an object (edited by hand? make the "
+                                "shards again)")
+        if isinstance(entry.get("file"), str):
+            where += f" ({entry['file']})"
+        if missing := [k for k in SHARD_FIELDS if k not in entry]:
+            raise ManifestError(f"{where}: no {', '.join(missing)} (edited by hand? make the shards again)")
+        for key, value in entry.items():
+            if key in ("file", "split", "side") or key.endswith("_file"):
+                ok, expected = isinstance(value, str) and value not in ("", ".", "..") and "/" not in value \
+                    and "\\" not in value, "a file name in the folder" if "file" in key else "a string"
+            elif key == "sha256" or key.endswith("_sha256"):
+                ok, expected = isinstance(value, str) and len(value) == 64 and all(
+                    c in "0123456789abcdef" for c in value), "64 hex digits"
+            elif key in ("bytes", "supervised_tokens") or key.startswith("num_") or key.endswith("_bytes"):
+                ok, expected = type(value) is int and value >= 0, "an integer >= 0"
+            else:
+                continue
+            if not ok:
+                raise ManifestError(f"{where}: {key} is {value!r}, expected {expected} (edited by hand? make the "
+                                    "shards again)")
 
 
 def manifest_sha256(directory: str | os.PathLike) -> str:

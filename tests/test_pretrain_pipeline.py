@@ -498,7 +498,7 @@ def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path,
     del manifest["shards"][1]["split"]
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert report.main([str(out)]) == 1
-    assert f"{out / 'manifest.json'}: an entry has no 'split'" in capsys.readouterr().err
+    assert f"{out / 'manifest.json'}: shards[1] (custom_train_000001.bin): no split" in capsys.readouterr().err
 
 
 def test_inspect_names_a_manifest_whose_shards_disagree_with_its_totals(src, reference, tmp_path, capsys):

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 import struct
 
 import numpy as np
@@ -178,6 +179,33 @@ def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [".g.bin.tmp-2", "d"]
     remove_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: e.update(num_tokens="1000"), r"shards\[0\] \(a\.bin\): num_tokens is '1000', expected an integer >= 0"),
+    (lambda e: e.update(bytes=True), r"shards\[0\] \(a\.bin\): bytes is True, expected an integer >= 0"),
+    (lambda e: e.update(sha256=5), r"shards\[0\] \(a\.bin\): sha256 is 5, expected 64 hex digits"),
+    (lambda e: e.update(mask_sha256="x" * 64), r"shards\[0\] \(a\.bin\): mask_sha256 is 'x+', expected 64 hex digits"),
+    (lambda e: e.update(file="../a.bin"), r"shards\[0\] \(\.\./a\.bin\): file is '\.\./a\.bin', expected a file name in"),
+    (lambda e: e.update(idx_file=3), r"shards\[0\] \(a\.bin\): idx_file is 3, expected a file name in the folder"),
+    (lambda e: e.pop("split"), r"shards\[0\] \(a\.bin\): no split \(edited by hand"),
+    (lambda e: e.pop("file"), r"shards\[0\]: no file \(edited by hand")])
+def test_a_manifest_entry_of_the_wrong_shape_is_named(tmp_path, edit, message):
+    """A manifest edited by hand (or by another tool) fails where it is read, naming the entry and the field, not
+    later with a KeyError, a TypeError or "1000 tokens, the manifest says 1000" (a count written as a string)."""
+    from shards.manifest import ManifestError, load_manifest
+
+    entry = {"file": "a.bin", "split": "train", "num_tokens": 1000, "bytes": 3024, "sha256": "0" * 64,
+             "num_examples": 3, "mask_sha256": "1" * 64, "idx_file": "a.idx"}
+    write_manifest(tmp_path, {"kind": "sft", "shards": [entry]})
+    assert load_manifest(tmp_path)["shards"] == [entry]
+    edit(entry)
+    write_manifest(tmp_path, {"kind": "sft", "shards": [entry]})
+    with pytest.raises(ManifestError, match=re.escape(str(tmp_path / "manifest.json")) + ": " + message):
+        load_manifest(tmp_path)
+    write_manifest(tmp_path, {"kind": "sft", "shards": {"a.bin": entry}})
+    with pytest.raises(ManifestError, match="shards is a dict, not a list"):
+        load_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("text", ["[]", "null", '"x"'])
