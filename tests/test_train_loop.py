@@ -12,7 +12,7 @@ from gpt.checkpoint import load_config, load_model
 from train.checkpoint import latest_checkpoint, resolve_checkpoint
 from train.config import TrainConfig, build_parser, parse_args
 from train.log import RunLog, read_log
-from train.loop import lr_at, peak_bf16_flops
+from train.loop import lr_at, mfu_peak, peak_bf16_flops
 from train.pretrain import main
 from train_shards import one_thread, small_model, write_test_shards  # noqa: F401 (an autouse fixture)
 
@@ -107,6 +107,16 @@ def test_lr_schedule_warmup_and_cosine():
     ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12), ("Tesla T4", None)])
 def test_mfu_peak_is_the_most_specific_gpu_name(name, peak):
     assert peak_bf16_flops(name) == peak
+
+
+def test_mfu_only_for_bf16_runs_on_a_gpu(monkeypatch):
+    """MFU is against the bf16 peak: a --dtype float32 run (TF32 products, half that peak) gets none, not a
+    figure half of what it should be; nor does a CPU run."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    cuda = torch.device("cuda")
+    assert mfu_peak(TrainConfig(dtype="bfloat16"), cuda) == 989e12
+    assert mfu_peak(TrainConfig(dtype="float32"), cuda) is None
+    assert mfu_peak(TrainConfig(dtype="bfloat16"), torch.device("cpu")) is None
 
 
 def test_dataset_defaults_and_flags():

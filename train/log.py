@@ -4,7 +4,7 @@ Progress is a bar on a terminal; where stderr is a file or a pipe (`nohup`, a cl
 first step, then every PLAIN_EVERY_S seconds and at the last step: step, percent, time spent and left, losses.
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
-and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` on GPU); the first line, step 0,
+and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` in bf16 on a GPU); the first line, step 0,
 is the evaluation before any step: `val_loss` and the evaluation's metrics, no `loss`. A resumed run
 first drops the lines after its checkpoint (and adds the evaluation a stop signal skipped at that step), so
 the file reads like one uninterrupted run; a fresh start (step 0) replaces the file.

@@ -157,6 +157,14 @@ def peak_bf16_flops(device_name: str) -> float | None:
     return next((flops for name, flops in PEAK_BF16_FLOPS if name in device_name), None)
 
 
+def mfu_peak(cfg: RunConfig, device: torch.device) -> float | None:
+    """The peak FLOP/s that MFU is measured against: the GPU's dense bf16 peak when the run computes in bf16;
+    None (no MFU) on a CPU, on an unknown GPU, and under --dtype float32 (TF32 products peak at half of it)."""
+    if device.type != "cuda" or _dtype(cfg, device) != "bfloat16":
+        return None
+    return peak_bf16_flops(torch.cuda.get_device_name(device))
+
+
 def autocast(cfg: RunConfig, device: torch.device):
     dtype = _dtype(cfg, device)
     if dtype == "float32":
@@ -414,7 +422,7 @@ def _schedule(state: dict | None, start: int, total: int) -> dict:
 def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accum, stop, schedule_steps,
           best) -> dict:
     device, params = dist.device, [p for p in raw.parameters() if p.requires_grad]
-    peak = peak_bf16_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+    peak = mfu_peak(cfg, device)
     flops_per_token = functools.cache(raw.flops_per_token)  # by sequence width: SFT's widths vary
     last_eval = next((r for r in reversed(log.records) if "val_loss" in r), None)  # rank 0's log
     if start >= total:
