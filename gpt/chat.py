@@ -90,6 +90,7 @@ def _template(args, command: str) -> bool:
 def _load(args, command: str):
     """The model of --ckpt; a run folder stands for its best or latest checkpoint (args.ckpt is updated to it)."""
     from .checkpoint import load_model, resolve_checkpoint
+    from .kernels import native_bf16
 
     try:
         device = torch.device(args.device)
@@ -101,8 +102,7 @@ def _load(args, command: str):
     try:
         args.ckpt = str(resolve_checkpoint(args.ckpt))
         # bf16 weights on a GPU that has it natively: half the bytes per decoding step, read by the CUDA graph
-        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-        return load_model(args.ckpt, device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
+        return load_model(args.ckpt, device=device, dtype=torch.bfloat16 if native_bf16(device) else torch.float32)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"{command}: {e}") from None
 

@@ -7,9 +7,12 @@
   whose log_softmax would first copy them whole: 6.6 GB). Under `torch.compile` it is `F.cross_entropy` itself,
   traced into the same graph as the model, where inductor fuses the float32 conversion into the softmax: the
   custom autograd function would break the graph and run eagerly, a third of a GPU step (docs/benchmarks.md).
+- `native_bf16`: whether a device computes in bf16 natively, for the trainers' autocast and chat's weights.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
@@ -43,6 +46,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None:
         y = y + bias.to(y.dtype)  # under autocast y is bf16, as F.linear's would be
     return y.view(*x.shape[:-1], out_features)
+
+
+@functools.cache
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` is a GPU with native bf16 (Ampere and later), whichever GPU is current; asked once each."""
+    if device.type != "cuda":
+        return False
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 class Linear(nn.Linear):

@@ -510,3 +510,28 @@ def test_export_hf_of_a_run_folder_uses_its_latest_checkpoint(tmp_path):
     x = ids()
     with torch.no_grad():
         assert max_diff(hf(x).logits, model(x)) <= 1e-4
+
+
+def test_native_bf16_asks_the_gpu_it_is_given(monkeypatch):
+    """Whether a GPU computes bf16 natively is asked of that GPU (`make chat --device cuda:1` on a machine whose GPU 0
+    is older), not of whichever GPU is current; a CPU never is."""
+    import contextlib
+
+    from gpt.kernels import native_bf16
+
+    current = [0]
+
+    @contextlib.contextmanager
+    def device(d):
+        before, current[0] = current[0], torch.device(d).index
+        yield
+        current[0] = before
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: current[0] == 1)
+    native_bf16.cache_clear()
+    try:
+        assert native_bf16(torch.device("cuda", 1)) and not native_bf16(torch.device("cuda", 0))
+        assert not native_bf16(torch.device("cpu"))
+    finally:
+        native_bf16.cache_clear()

@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gpt.checkpoint import load_model
+from gpt.kernels import native_bf16
 from gpt.model import GPT
 from shards.format import ShardError
 from shards.io import directory_lock
@@ -135,17 +136,11 @@ def make_optimizer(model: GPT, cfg: RunConfig, device: torch.device) -> torch.op
                              fused=device.type in ("cuda", "cpu"))
 
 
-@functools.cache
-def _native_bf16(device: torch.device) -> bool:
-    """Whether `device` is a GPU with native bf16 (Ampere and later); asked once per device."""
-    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-
-
 def _dtype(cfg: RunConfig, device: torch.device) -> str:
     """--dtype auto: bf16 autocast on a GPU with native bf16, else float32."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    return "bfloat16" if _native_bf16(device) else "float32"
+    return "bfloat16" if native_bf16(device) else "float32"
 
 
 def _device_name(device: torch.device) -> str:
