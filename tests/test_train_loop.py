@@ -263,6 +263,16 @@ def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):
     assert read_log(tmp_path) == [{"step": 2, "val_loss": 0.5}]
 
 
+def test_a_killed_run_s_half_written_files_are_removed_at_the_next_start(small, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    leftovers = [run_dir / ".log.jsonl.tmp-4242", run_dir / ".loss.png.tmp-4242"]  # atomic_write's, killed
+    for path in [*leftovers, run_dir / "notes.txt"]:
+        path.write_text("x")
+    assert run_small(small, run_dir, "--steps", "1") == 0
+    assert not any(p.exists() for p in leftovers) and (run_dir / "notes.txt").read_text() == "x"
+
+
 def test_accumulation_error_is_clear(small, tmp_path, capsys):
     assert run_small(small, tmp_path / "run", "--steps", "2", "--micro-batch", "3") == 1
     assert "global batch of 8 sequences of 32 tokens is not a multiple of micro-batch 3 x 1 rank(s)" in \

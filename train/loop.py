@@ -43,6 +43,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -52,7 +53,7 @@ from gpt.checkpoint import load_model
 from gpt.kernels import native_bf16
 from gpt.model import GPT
 from shards.format import ShardError
-from shards.io import directory_lock
+from shards.io import directory_lock, remove_temporaries
 from shards.manifest import ManifestError
 
 from .checkpoint import latest_checkpoint, load_training_state, mark_best, read_state, save_checkpoint
@@ -294,6 +295,7 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
                     lock.enter_context(directory_lock(cfg.run_dir))
                 except RuntimeError as e:  # another run holds this run folder
                     raise TrainingError(str(e)) from None
+                remove_temporaries(Path(cfg.run_dir))  # a killed run's half-written log.jsonl or loss.png
             folder, state, model = _resume(cfg, data, dist, total, hooks.load)
             start = 0
             if model is None:
