@@ -248,6 +248,27 @@ def test_progress_outside_a_terminal_is_plain_lines(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().err == ""
 
 
+def test_plain_progress_of_a_resumed_run_times_from_its_first_step_not_its_late_evaluation(tmp_path, capsys,
+                                                                                            monkeypatch):
+    """A run resumed at an evaluation step that a stop signal skipped evaluates it first (`amend`); the time left is
+    still measured from the first step this process trains, not from that evaluation (which would count the first
+    step's compilation: 12 hours left where 17 minutes are)."""
+    from train import log as run_log
+
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(11)))
+    now = [100.0]
+    monkeypatch.setattr(run_log.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(run_log, "PLAIN_EVERY_S", 1.0)
+    log = RunLog(tmp_path, enabled=True, start_step=10, total_steps=1010, progress=True, desc="pretrain")
+    log.amend(10, {"val_loss": 4.0})  # at 100 s
+    for step, now[0] in ((11, 190.0), (12, 191.0)):  # the first step compiled (90 s), then 1 s a step
+        log.write({"step": step, "loss": 3.0})
+    log.close()
+    assert capsys.readouterr().err.splitlines() == [
+        "pretrain: step 11/1010 (1.1%), loss 3.0000, val_loss 4.0000",
+        "pretrain: step 12/1010 (1.2%), 00:01 since step 11, 16:38 left, loss 3.0000, val_loss 4.0000"]
+
+
 def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):
     (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(4)))
     log = RunLog(tmp_path, enabled=True, start_step=2, total_steps=4, progress=False)

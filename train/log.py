@@ -89,15 +89,15 @@ class RunLog:
         self.records.append(record)
         self._file.close()
         self._rewrite()
-        self._show(record)
+        self._show(record, line=False)  # not a step this process trained: plain lines time from its first
         return record
 
-    def _show(self, record: dict) -> None:
+    def _show(self, record: dict, line: bool = True) -> None:
         self.shown.update({k: f"{record[k]:.4f}" for k in ("loss", "val_loss") if k in record})  # the last of each
         self.bar.set_postfix(self.shown, refresh=False)  # before the update, which redraws the bar with it
         if record["step"] > self.bar.n:
             self.bar.update(record["step"] - self.bar.n)
-        if self.plain and "loss" in record:
+        if self.plain and line and "loss" in record:
             self._line(record["step"])
 
     def _line(self, step: int) -> None:
