@@ -201,8 +201,9 @@ def test_a_manifest_entry_of_the_wrong_shape_is_named(tmp_path, edit, message):
     assert load_manifest(tmp_path)["shards"] == [entry]
     edit(entry)
     write_manifest(tmp_path, {"kind": "sft", "shards": [entry]})
-    with pytest.raises(ManifestError, match=re.escape(str(tmp_path / "manifest.json")) + ": " + message):
+    with pytest.raises(ManifestError, match=re.escape(str(tmp_path / "manifest.json")) + ": " + message) as e:
         load_manifest(tmp_path)
+    assert str(e.value).endswith(f"(edited by hand? remove {tmp_path} and make the shards again)")  # a rerun skips
     write_manifest(tmp_path, {"kind": "sft", "shards": {"a.bin": entry}})
     with pytest.raises(ManifestError, match="shards is a dict, not a list"):
         load_manifest(tmp_path)

@@ -235,11 +235,12 @@ def test_progress_outside_a_terminal_is_plain_lines(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(run_log.time, "monotonic", lambda: next(clock))
     log = RunLog(tmp_path, enabled=True, start_step=10, total_steps=15, progress=True, desc="pretrain")
     assert log.bar.disable  # pytest's stderr is not a terminal
+    log.amend(10, {"val_loss": 4.5})  # the evaluation before the first step: loss still comes first
     for step in range(11, 16):
         log.write({"step": step, "loss": 5.0 - step / 10, **({"val_loss": 4.0} if step == 12 else {})})
     log.close()
     assert capsys.readouterr().err.splitlines() == [
-        "pretrain: step 11/15 (73.3%), loss 3.9000",
+        "pretrain: step 11/15 (73.3%), loss 3.9000, val_loss 4.5000",
         "pretrain: step 13/15 (86.7%), 01:01 since step 11, 01:01 left, loss 3.7000, val_loss 4.0000",
         "pretrain: step 15/15 (100.0%), 01:15 since step 11, 00:00 left, loss 3.5000, val_loss 4.0000"]
     quiet = RunLog(tmp_path, enabled=True, start_step=0, total_steps=2, progress=False)

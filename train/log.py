@@ -93,7 +93,8 @@ class RunLog:
         return record
 
     def _show(self, record: dict, line: bool = True) -> None:
-        self.shown.update({k: f"{record[k]:.4f}" for k in ("loss", "val_loss") if k in record})  # the last of each
+        self.shown = {k: f"{record[k]:.4f}" if k in record else self.shown[k]  # the last of each, loss first
+                      for k in ("loss", "val_loss") if k in record or k in self.shown}
         self.bar.set_postfix(self.shown, refresh=False)  # before the update, which redraws the bar with it
         if record["step"] > self.bar.n:
             self.bar.update(record["step"] - self.bar.n)
