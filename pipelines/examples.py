@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tqdm import tqdm
 
 from gpt import template
 from pipelines.sources import SourceError
 from pipelines.stage import PARTS, parallel_map
 from shards.io import remove_temporaries, write_json
+from shards.progress import progress_bar
 from shards.sft import open_sft_shard, write_sft_shard
 from shards.tokenizer import EOT, get_encoding
 
@@ -107,7 +107,7 @@ def run_chunks(out: Path, rows: Iterable, num_chunks: int, size: int, work, conf
     remove_temporaries(parts)  # a killed chunk's
     pending = {i for i in range(num_chunks) if not done(parts, i)}
     jobs = ((parts, i, chunk, config) for i, chunk in chunks(rows, size) if i in pending)
-    with tqdm(desc=desc, unit="chunk", total=num_chunks, initial=num_chunks - len(pending), disable=None) as bar:
+    with progress_bar(desc=desc, unit="chunk", total=num_chunks, initial=num_chunks - len(pending)) as bar:
         for _ in parallel_map(work, jobs, len(pending), workers):
             bar.update()
     return parts

@@ -32,6 +32,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from tqdm import tqdm
 
 from shards.io import directory_lock, fsync_dir, sha256_file, write_json
+from shards.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, whe
     def received() -> int:
         return part.stat().st_size
 
-    with tqdm(total=size, initial=received(), unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar:
+    with progress_bar(total=size, initial=received(), desc=name, unit="B", bytes_=True) as bar:
         if received() < size:
             _with_retries(where, lambda: _get_range(url, part, received(), size, bar, where), received, size)
     got = _digest(part, expected.algorithm)
@@ -269,7 +270,7 @@ def _download_file(url: str, dest_dir: Path, name: str, expected: _Expected, whe
     fsync_dir(final.parent)  # the rename itself survives a crash
 
 
-def _get_range(url: str, part: Path, have: int, size: int, bar: tqdm, where: str) -> None:
+def _get_range(url: str, part: Path, have: int, size: int, bar, where: str) -> None:
     """One GET of the bytes from `have` on, appended to `part` as they arrive."""
     headers = build_hf_headers()
     headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself, never of a compressed body

@@ -29,7 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
 
-from shards.io import atomic_write, bytes_bar, remove_temporaries, sha256_file
+from shards.io import atomic_write, remove_temporaries, sha256_file
+from shards.progress import bytes_bar
 
 from . import CUSTOM, HUB_DATASETS, PRETRAIN_DATASETS, stage
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from shards.format import DOCS_DTYPE, HEADER_INTS, MAGIC, TOKEN_DTYPE, VERSION, read_docs, write_shard
 from shards.io import atomic_write, remove_temporaries, write_bytes, write_json
+from shards.progress import progress_bar
 
 from . import sources
 from .stage import parallel_map
@@ -166,12 +166,12 @@ def tokenize(files: list[Path], units: list[Unit], parts_dir: Path, column: str,
     jobs = [(str(files[u.file_index]), u.file_index, u.part, column, str(parts_dir),
              sources.byte_range(files[u.file_index], u.part)) for u in todo]
     stats = {"units": len(todo), "skipped": len(mine) - len(todo), "tokens": 0, "peak_rss_per_worker": 0}
-    with tqdm(total=len(jobs), desc=desc, unit="part", dynamic_ncols=True) as bar:
+    with progress_bar(total=len(jobs), desc=desc, unit="part") as bar:
         for r in parallel_map(tokenize_unit, jobs, len(jobs), workers, _init_worker, (get_encoding(),)):
             stats["tokens"] += r["num_tokens"]
             stats["peak_rss_per_worker"] = max(stats["peak_rss_per_worker"], r["peak_rss"])
+            bar.set_postfix(tokens=f"{stats['tokens']:,}", refresh=False)  # before the update that shows it
             bar.update(1)
-            bar.set_postfix(tokens=f"{stats['tokens']:,}")
     return stats
 
 
@@ -232,7 +232,7 @@ def assemble(units: list[Unit], parts_dir: Path, out_dir: Path, name: str, shard
     tokens = [_tokens(parts_dir / f"{u.stem}.tok", i["num_tokens"]) for u, i in zip(units, infos)]
     shards = []
     bounds = shard_bounds(total, doc_starts, val_tokens, shard_tokens)
-    for k, (split, a, b) in enumerate(tqdm(bounds, desc="assemble", unit="shard", dynamic_ncols=True)):
+    for k, (split, a, b) in enumerate(progress_bar(bounds, desc="assemble", unit="shard")):
         lo, hi = np.searchsorted(doc_starts, [a, b], side="left")
         docs = (doc_starts[lo:hi] - a).astype(DOCS_DTYPE)
         path = out_dir / f"{name}_{split}_{k:06d}.bin"

@@ -12,8 +12,6 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from tqdm import tqdm
-
 
 def fsync_dir(path: Path) -> None:
     """Flush `path`'s directory entries, so that a rename or a new file in it survives a crash."""
@@ -109,12 +107,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22, progress: Callabl
     for block in read_blocks(path, chunk, progress):
         h.update(block)
     return h.hexdigest()
-
-
-def bytes_bar(total: int, desc: str, enabled: bool = True) -> tqdm:
-    """A progress bar (with ETA) over `total` bytes, shown on a terminal (unless not `enabled`), cleared when done."""
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=None if enabled else True,
-                leave=False)
 
 
 def sha256_json(obj) -> str:

@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
-from .io import bytes_bar, lock_held
+from .io import lock_held
 from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, running_tasks
+from .progress import bytes_bar
 from .sft import open_sft_shard
 from .tokenizer import EOT, VOCAB_SIZE
 from .verify import check_file

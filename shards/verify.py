@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from .format import HEADER_BYTES, TOKEN_DTYPE, ShardError
-from .io import bytes_bar, read_blocks, write_json
+from .io import read_blocks, write_json
 from .manifest import MANIFEST, ManifestError
+from .progress import bytes_bar
 
 CACHE = ".verified.json"
 CACHE_VERSION = 1

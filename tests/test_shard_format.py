@@ -222,3 +222,31 @@ def test_a_manifest_that_is_not_an_object_is_named(tmp_path, capsys, text):
         stage.finished(tmp_path, {})
     assert report.main([str(tmp_path), "--verify"]) == 1  # no traceback
     assert f"BAD {tmp_path / 'manifest.json'}: not a JSON object" in capsys.readouterr().err
+
+
+def test_progress_outside_a_terminal_is_plain_lines(capsys, monkeypatch):
+    """A long step (a download, tokenizing, verifying shards) in a log: lines at the first update, every
+    PLAIN_EVERY_S seconds and at the total, with the time left at the rate since the first update, sizes in bytes
+    for byte counts; a bar on a terminal; nothing when disabled."""
+    from shards import progress
+
+    clock = iter([0.0, 1.0, 2.0, 70.0, 100.0, 101.0, 102.0, 103.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    with progress.progress_bar(total=4 << 30, initial=1 << 30, desc="get a.parquet", unit="B", bytes_=True) as bar:
+        assert isinstance(bar, progress.PlainProgress)  # pytest's stderr is not a terminal
+        bar.update(1 << 30)  # at 1 s
+        bar.update(-(1 << 30))  # at 2 s, a server that ignored the range: the count goes back, no line yet
+        bar.update(2 << 30)  # at 70 s
+    assert list(progress.progress_bar(range(3), desc="assemble", unit="shard")) == [0, 1, 2]  # from 100 s
+    assert capsys.readouterr().err.splitlines() == [
+        "get a.parquet: 2.00GB/4.00GB (50.0%), 00:01 elapsed",
+        "get a.parquet: 3.00GB/4.00GB (75.0%), 01:10 elapsed, 01:09 left",
+        "assemble: 1/3 shards (33.3%), 00:01 elapsed",
+        "assemble: 3/3 shards (100.0%), 00:03 elapsed, 00:00 left"]
+    with progress.progress_bar(total=3, desc="x", unit="y", terminal=True) as bar:
+        assert type(bar).__name__ == "tqdm"
+    capsys.readouterr()
+    quiet = progress.bytes_bar(10, "verify", enabled=False)
+    quiet.update(10)
+    quiet.close()
+    assert capsys.readouterr().err == ""

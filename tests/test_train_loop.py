@@ -228,21 +228,21 @@ def test_progress_bar_shows_the_loss_of_the_step_it_counts(tmp_path, capsys):
 
 def test_progress_outside_a_terminal_is_plain_lines(tmp_path, capsys, monkeypatch):
     """Where stderr is a file (nohup, a cluster's log), no bar redrawn with carriage returns: a line at the first
-    step, then one per PLAIN_EVERY_S seconds and at the last step, with the time left at the rate since the first."""
-    from train import log as run_log
+    step, then one per PLAIN_EVERY_S seconds and at the last step, with the time left at the rate since the first
+    step and the last losses (loss first, whichever came first)."""
+    from shards import progress
 
-    clock = iter([100.0, 130.0, 161.0, 170.0, 175.0])  # the times of steps 11 to 15
-    monkeypatch.setattr(run_log.time, "monotonic", lambda: next(clock))
+    clock = iter([90.0, 100.0, 130.0, 161.0, 170.0, 175.0])  # the log's start, then steps 11 to 15
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
     log = RunLog(tmp_path, enabled=True, start_step=10, total_steps=15, progress=True, desc="pretrain")
-    assert log.bar.disable  # pytest's stderr is not a terminal
-    log.amend(10, {"val_loss": 4.5})  # the evaluation before the first step: loss still comes first
+    log.amend(10, {"val_loss": 4.5})  # the evaluation before the first step
     for step in range(11, 16):
         log.write({"step": step, "loss": 5.0 - step / 10, **({"val_loss": 4.0} if step == 12 else {})})
     log.close()
     assert capsys.readouterr().err.splitlines() == [
-        "pretrain: step 11/15 (73.3%), loss 3.9000, val_loss 4.5000",
-        "pretrain: step 13/15 (86.7%), 01:01 since step 11, 01:01 left, loss 3.7000, val_loss 4.0000",
-        "pretrain: step 15/15 (100.0%), 01:15 since step 11, 00:00 left, loss 3.5000, val_loss 4.0000"]
+        "pretrain: 11/15 steps (73.3%), 00:10 elapsed, loss 3.9000, val_loss 4.5000",
+        "pretrain: 13/15 steps (86.7%), 01:11 elapsed, 01:01 left, loss 3.7000, val_loss 4.0000",
+        "pretrain: 15/15 steps (100.0%), 01:25 elapsed, 00:00 left, loss 3.5000, val_loss 4.0000"]
     quiet = RunLog(tmp_path, enabled=True, start_step=0, total_steps=2, progress=False)
     quiet.write({"step": 1, "loss": 1.0})
     quiet.close()
@@ -254,20 +254,20 @@ def test_plain_progress_of_a_resumed_run_times_from_its_first_step_not_its_late_
     """A run resumed at an evaluation step that a stop signal skipped evaluates it first (`amend`); the time left is
     still measured from the first step this process trains, not from that evaluation (which would count the first
     step's compilation: 12 hours left where 17 minutes are)."""
-    from train import log as run_log
+    from shards import progress
 
     (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(11)))
     now = [100.0]
-    monkeypatch.setattr(run_log.time, "monotonic", lambda: now[0])
-    monkeypatch.setattr(run_log, "PLAIN_EVERY_S", 1.0)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 1.0)
     log = RunLog(tmp_path, enabled=True, start_step=10, total_steps=1010, progress=True, desc="pretrain")
     log.amend(10, {"val_loss": 4.0})  # at 100 s
     for step, now[0] in ((11, 190.0), (12, 191.0)):  # the first step compiled (90 s), then 1 s a step
         log.write({"step": step, "loss": 3.0})
     log.close()
     assert capsys.readouterr().err.splitlines() == [
-        "pretrain: step 11/1010 (1.1%), loss 3.0000, val_loss 4.0000",
-        "pretrain: step 12/1010 (1.2%), 00:01 since step 11, 16:38 left, loss 3.0000, val_loss 4.0000"]
+        "pretrain: 11/1,010 steps (1.1%), 01:30 elapsed, loss 3.0000, val_loss 4.0000",
+        "pretrain: 12/1,010 steps (1.2%), 01:31 elapsed, 16:38 left, loss 3.0000, val_loss 4.0000"]
 
 
 def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):

@@ -1,7 +1,6 @@
 """Run logs on rank 0: `RUN_DIR/log.jsonl` (one object per step), progress, and `RUN_DIR/loss.png`.
 
-Progress is a bar on a terminal; where stderr is a file or a pipe (`nohup`, a cluster's log), a plain line at the
-first step, then every PLAIN_EVERY_S seconds and at the last step: step, percent, time spent and left, losses.
+Progress (shards.progress) is a bar on a terminal and plain lines in a log, with the last loss and val_loss.
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
 and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` in bf16 on a GPU); the first line, step 0,
@@ -14,17 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
 from tqdm import tqdm
 
 from shards.io import atomic_write
+from shards.progress import progress_bar
 
 LOG = "log.jsonl"
 PLOT = "loss.png"
-PLAIN_EVERY_S = 60.0  # seconds between plain progress lines
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
@@ -46,17 +43,12 @@ class RunLog:
 
     def __init__(self, run_dir: str | Path, enabled: bool, start_step: int, total_steps: int, progress: bool,
                  desc: str = "train", plot_metrics: tuple[str, ...] = (), terminal: bool | None = None):
-        """`terminal`: whether progress is a bar (default: whether stderr is a terminal) or plain lines."""
+        """`terminal`: whether progress is a bar or plain lines (default: whether stderr is a terminal)."""
         self.dir, self.enabled, self.plot_metrics = Path(run_dir), enabled, plot_metrics
         self.records: list[dict] = []
         self.shown: dict[str, str] = {}  # the bar's postfix
-        terminal = sys.stderr.isatty() if terminal is None else terminal
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=desc, unit="step", dynamic_ncols=True,
-                        disable=not (enabled and progress and terminal))
-        self.plain = enabled and progress and not terminal
-        self.desc, self.total = desc, total_steps
-        self.first: tuple[int, float] | None = None  # (step, time) of the first step this process logged
-        self.last_line = -math.inf  # time of the last plain line
+        self.bar = progress_bar(total=total_steps, initial=start_step, desc=desc, unit="step",
+                                enabled=enabled and progress, terminal=terminal)
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -89,33 +81,15 @@ class RunLog:
         self.records.append(record)
         self._file.close()
         self._rewrite()
-        self._show(record, line=False)  # not a step this process trained: plain lines time from its first
+        self._show(record)
         return record
 
-    def _show(self, record: dict, line: bool = True) -> None:
+    def _show(self, record: dict) -> None:
         self.shown = {k: f"{record[k]:.4f}" if k in record else self.shown[k]  # the last of each, loss first
                       for k in ("loss", "val_loss") if k in record or k in self.shown}
         self.bar.set_postfix(self.shown, refresh=False)  # before the update, which redraws the bar with it
-        if record["step"] > self.bar.n:
+        if record["step"] > self.bar.n:  # not a late evaluation of the step it stands at (a resumed run's)
             self.bar.update(record["step"] - self.bar.n)
-        if self.plain and line and "loss" in record:
-            self._line(record["step"])
-
-    def _line(self, step: int) -> None:
-        now = time.monotonic()
-        if self.first is None:
-            self.first = (step, now)
-        elif now - self.last_line < PLAIN_EVERY_S and step < self.total:
-            return
-        self.last_line = now
-        done, since = self.first
-        timing = ""
-        if step > done:  # the rate after the first step (which may include compilation)
-            timing = (f", {tqdm.format_interval(now - since)} since step {done}, "
-                      f"{tqdm.format_interval((self.total - step) * (now - since) / (step - done))} left")
-        losses = "".join(f", {k} {v}" for k, v in self.shown.items())
-        print(f"{self.desc}: step {step}/{self.total} ({step / max(1, self.total):.1%}){timing}{losses}",
-              file=sys.stderr, flush=True)
 
     def print(self, text: str) -> None:
         if self.enabled:
