@@ -1,4 +1,5 @@
-"""The on-disk data format: llm.c-compatible token shards, SFT sidecars, manifests, safe file writes, inspection.
+"""The on-disk data format: llm.c-compatible token shards, SFT sidecars, manifests, safe file writes, inspection,
+and the progress of long steps (a bar on a terminal, plain lines in a log).
 
 At the bottom of the import order (tests/test_layers.py) are three foundations that import nothing above them:
 `shards.io` (safe file writes), `shards.tokenizer` (the GPT-2 vocabulary the shards store) and `shards.cli` (the
