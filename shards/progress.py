@@ -48,6 +48,7 @@ class PlainProgress:
         self.start = time.monotonic()
         self.first: tuple[int, float] | None = None  # (count, time) at the first update
         self.last_line = -float("inf")
+        self.ended = False  # the line at the total is shown (once: a count past it is throttled again)
 
     def __iter__(self):
         for item in self.iterable:
@@ -69,11 +70,12 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
+        end = self.total is not None and self.n >= self.total and not self.ended
         if self.first is None:
             self.first = (self.n, now)
-        elif now - self.last_line < PLAIN_EVERY_S and (self.total is None or self.n < self.total):
+        elif now - self.last_line < PLAIN_EVERY_S and not end:
             return
-        self.last_line = now
+        self.last_line, self.ended = now, self.ended or end
         print(self.line(now), file=sys.stderr, flush=True)
 
     def _count(self, n: float) -> str:
@@ -89,5 +91,6 @@ class PlainProgress:
         text += f", {tqdm.format_interval(now - self.start)} elapsed"
         done, since = self.first
         if self.total and self.n > done:
-            text += f", {tqdm.format_interval((self.total - self.n) * (now - since) / (self.n - done))} left"
+            left = max(0, self.total - self.n) * (now - since) / (self.n - done)
+            text += f", {tqdm.format_interval(left)} left"
         return text + "".join(f", {k} {v}" for k, v in self.postfix.items())

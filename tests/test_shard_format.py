@@ -243,6 +243,12 @@ def test_progress_outside_a_terminal_is_plain_lines(capsys, monkeypatch):
         "get a.parquet: 3.00GB/4.00GB (75.0%), 01:10 elapsed, 01:09 left",
         "assemble: 1/3 shards (33.3%), 00:01 elapsed",
         "assemble: 3/3 shards (100.0%), 00:03 elapsed, 00:00 left"]
+    clock = iter([0.0, 1.0, 2.0, 3.0, 4.0])
+    past = progress.progress_bar(total=2, desc="past", unit="x")  # a count past its total: one line at the total
+    for _ in range(4):
+        past.update()
+    assert capsys.readouterr().err.splitlines() == ["past: 1/2 xs (50.0%), 00:01 elapsed",
+                                                    "past: 2/2 xs (100.0%), 00:02 elapsed, 00:00 left"]
     with progress.progress_bar(total=3, desc="x", unit="y", terminal=True) as bar:
         assert type(bar).__name__ == "tqdm"
     capsys.readouterr()
