@@ -17,7 +17,7 @@ PLAIN_EVERY_S = 60.0  # seconds between plain lines
 
 
 def progress_bar(iterable=None, *, total: int | None = None, desc: str, unit: str, initial: int = 0,
-             enabled: bool = True, leave: bool = True, bytes_: bool = False, terminal: bool | None = None):
+                 enabled: bool = True, leave: bool = True, bytes_: bool = False, terminal: bool | None = None):
     """A progress bar over `iterable` or `total` units, starting at `initial`: tqdm where stderr is a terminal
     (`terminal`, by default whether it is), PlainProgress lines elsewhere, nothing unless `enabled`. `bytes_`
     counts bytes (sizes shown in KB, MB, GB of 1024). The result takes `update(n)`, `set_postfix`, `close` and

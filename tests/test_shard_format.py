@@ -186,7 +186,8 @@ def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_pat
     (lambda e: e.update(bytes=True), r"shards\[0\] \(a\.bin\): bytes is True, expected an integer >= 0"),
     (lambda e: e.update(sha256=5), r"shards\[0\] \(a\.bin\): sha256 is 5, expected 64 hex digits"),
     (lambda e: e.update(mask_sha256="x" * 64), r"shards\[0\] \(a\.bin\): mask_sha256 is 'x+', expected 64 hex digits"),
-    (lambda e: e.update(file="../a.bin"), r"shards\[0\] \(\.\./a\.bin\): file is '\.\./a\.bin', expected a file name in"),
+    (lambda e: e.update(file="../a.bin"),
+     r"shards\[0\] \(\.\./a\.bin\): file is '\.\./a\.bin', expected a file name in"),
     (lambda e: e.update(idx_file=3), r"shards\[0\] \(a\.bin\): idx_file is 3, expected a file name in the folder"),
     (lambda e: e.pop("split"), r"shards\[0\] \(a\.bin\): no split \(edited by hand"),
     (lambda e: e.pop("file"), r"shards\[0\]: no file \(edited by hand")])

@@ -3,8 +3,8 @@
 Progress (shards.progress) is a bar on a terminal and plain lines in a log, with the last loss and val_loss.
 
 Each line of log.jsonl has at least `step` (optimizer steps done), `loss`, `lr`, `grad_norm`, `tokens_per_s`,
-and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` in bf16 on a GPU); the first line, step 0,
-is the evaluation before any step: `val_loss` and the evaluation's metrics, no `loss`. A resumed run
+and on evaluation steps `val_loss` (plus whatever metrics the trainer adds, `mfu` in bf16 on a GPU); the first
+line, step 0, is the evaluation before any step: `val_loss` and the evaluation's metrics, no `loss`. A resumed run
 first drops the lines after its checkpoint (and adds the evaluation a stop signal skipped at that step), so
 the file reads like one uninterrupted run; a fresh start (step 0) replaces the file.
 """
