@@ -48,6 +48,7 @@ from shards.format import write_shard
 from shards.manifest import write_manifest
 from shards.tokenizer import EOT
 from train.loop import peak_bf16_flops
+from train.model import PADDED_VOCAB_CUDA
 
 SMOKE_STEPS, SMOKE_SAVE = 10, 5
 
@@ -87,7 +88,7 @@ def part_train(args) -> dict:
     out = {}
     for i, batch in enumerate(int(b) for b in args.train_batches.split(",")):
         cfg = bench_train.BenchConfig(model=args.model, device=args.device, batch=batch, seq_len=args.seq_len,
-                                      warmup=3, rounds=10, compile=True, padded_vocab_size=50304, gpu=False,
+                                      warmup=3, rounds=10, compile=True, padded_vocab_size=PADDED_VOCAB_CUDA, gpu=False,
                                       compile_mode=args.compile_mode)
         r = bench_train.run(cfg, baseline=i == 0 and _has_transformers())
         out[batch] = {k: r.get(k) for k in ("tokens_per_s", "mfu", "ratio", "first_loss")}
@@ -177,12 +178,15 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def cuda_kernels(events) -> list:
+    """The CUDA kernels among the profiler's `key_averages()` (not the CPU's operators that launched them)."""
+    return [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
 def kernel_breakdown(events, steps: int) -> dict[str, dict]:
     """Per step, from the profiler's `key_averages()`: each kind's CUDA time (ms) and kernel count, costliest first."""
     kinds: dict[str, dict] = {}
-    for e in events:
-        if e.device_type != torch.autograd.DeviceType.CUDA:
-            continue
+    for e in cuda_kernels(events):
         k = kinds.setdefault(kernel_kind(e.key), {"ms": 0.0, "kernels": 0.0})
         k["ms"] += e.self_device_time_total / 1000 / steps
         k["kernels"] += e.count / steps
@@ -197,16 +201,17 @@ def part_profile(args) -> dict:
                                   compile=True, compile_mode=args.compile_mode, gpu=False)
     torch.manual_seed(0)
     model = GPT(preset(args.model, block_size=max(preset(args.model).block_size, args.seq_len),
-                       padded_vocab_size=50304))
+                       padded_vocab_size=PADDED_VOCAB_CUDA))
     trainer = bench_train.Trainer("ours", model, True, cfg)
     x = torch.randint(0, model.config.vocab_size, (batch, args.seq_len), device=args.device)
+    y = x.roll(-1, 1)
     for timed in (False,) * 3 + (True,) * 5:  # compilation, then timed steps
-        trainer.step(x, x.roll(-1, 1), timed)
+        trainer.step(x, y, timed)
     wall = statistics.median(trainer.times)
     activity = ProfilerActivity.CUDA if args.device == "cuda" else ProfilerActivity.CPU
     with profile(activities=[activity]) as prof:
         for _ in range(steps):
-            trainer.step(x, x.roll(-1, 1), False)
+            trainer.step(x, y, False)
     events = prof.key_averages()
     kinds = kernel_breakdown(events, steps)
     tokens = batch * args.seq_len
@@ -224,8 +229,7 @@ def part_profile(args) -> dict:
     for name, k in kinds.items():
         rate = f", {out['matmul_tflops']:.0f} TFLOP/s" if name == "matrix products" else ""
         print(f"  {name:<16} {k['ms']:6.1f} ms {k['ms'] / busy:6.1%} {k['kernels']:5.0f} kernels{rate}", flush=True)
-    top = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA),
-                 key=lambda e: -e.self_device_time_total)[:8]
+    top = sorted(cuda_kernels(events), key=lambda e: -e.self_device_time_total)[:8]
     for e in top:
         print(f"  {e.self_device_time_total / 1000 / steps:6.2f} ms in {e.count / steps:3.0f} launches: {e.key[:100]}",
               flush=True)
