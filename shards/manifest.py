@@ -35,8 +35,9 @@ def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
     return path
 
 
-# a manifest is written only by its stage, which a rerun skips while the manifest exists
-_REMAKE = " (edited by hand? remove {folder} and make the shards again)"
+def remake(folder: Path) -> str:
+    """The advice on a bad manifest: a manifest is written only by its stage, which a rerun skips while it exists."""
+    return f" (edited by hand? remove {folder} and make the shards again)"
 
 
 def load_manifest(directory: str | os.PathLike) -> dict:
@@ -47,9 +48,9 @@ def load_manifest(directory: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise ManifestError(f"{path}: no manifest (the stage has not finished; run it first)") from None
     except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e}){_REMAKE.format(folder=path.parent)}") from None
+        raise ManifestError(f"{path}: not valid JSON ({e}){remake(path.parent)}") from None
     if not isinstance(manifest, dict):
-        raise ManifestError(f"{path}: not a JSON object{_REMAKE.format(folder=path.parent)}")
+        raise ManifestError(f"{path}: not a JSON object{remake(path.parent)}")
     if "shards" in manifest:
         _check_entries(path, manifest["shards"])
     return manifest
@@ -64,16 +65,16 @@ def _check_entries(path: Path, entries) -> None:
     sha256 64 hex digits)."""
     if not isinstance(entries, list):
         raise ManifestError(f"{path}: shards is a {type(entries).__name__}, not a list"
-                            f"{_REMAKE.format(folder=path.parent)}")
+                            f"{remake(path.parent)}")
     for i, entry in enumerate(entries):
         where = f"{path}: shards[{i}]"
         if not isinstance(entry, dict):
             raise ManifestError(f"{where} is a {type(entry).__name__}, not an object"
-                                f"{_REMAKE.format(folder=path.parent)}")
+                                f"{remake(path.parent)}")
         if isinstance(entry.get("file"), str):
             where += f" ({entry['file']})"
         if missing := [k for k in SHARD_FIELDS if k not in entry]:
-            raise ManifestError(f"{where}: no {', '.join(missing)}{_REMAKE.format(folder=path.parent)}")
+            raise ManifestError(f"{where}: no {', '.join(missing)}{remake(path.parent)}")
         for key, value in entry.items():
             if key in ("file", "split", "side") or key.endswith("_file"):
                 ok, expected = isinstance(value, str) and value not in ("", ".", "..") and "/" not in value \
@@ -87,7 +88,7 @@ def _check_entries(path: Path, entries) -> None:
                 continue
             if not ok:
                 raise ManifestError(f"{where}: {key} is {value!r}, expected {expected}"
-                                    f"{_REMAKE.format(folder=path.parent)}")
+                                    f"{remake(path.parent)}")
 
 
 def manifest_sha256(directory: str | os.PathLike) -> str:

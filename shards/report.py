@@ -25,7 +25,7 @@ import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import lock_held
-from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, running_tasks
+from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, remake, running_tasks
 from .progress import bytes_bar
 from .sft import open_sft_shard
 from .tokenizer import EOT, VOCAB_SIZE
@@ -132,8 +132,8 @@ def check_totals(folder: Path, manifest: dict) -> str | None:
     listed = {"tokens": sum(e["num_tokens"] for e in entries), "shards": len(entries)}
     for key, value in listed.items():
         if key in totals and totals[key] != value:
-            return (f"{folder / MANIFEST}: its totals say {totals[key]:,} {key}, its shards list {value:,} "
-                    "(edited by hand? make the shards again)")
+            return (f"{folder / MANIFEST}: its totals say {totals[key]:,} {key}, its shards list {value:,}"
+                    f"{remake(folder)}")
     return None
 
 
