@@ -225,7 +225,7 @@ def test_a_manifest_that_is_not_an_object_is_named(tmp_path, capsys, text):
     assert f"BAD {tmp_path / 'manifest.json'}: not a JSON object" in capsys.readouterr().err
 
 
-def test_progress_outside_a_terminal_is_plain_lines(capsys, monkeypatch):
+def test_progress_of_a_long_step_outside_a_terminal_is_plain_lines(capsys, monkeypatch):
     """A long step (a download, tokenizing, verifying shards) in a log: lines at the first update, every
     PLAIN_EVERY_S seconds and at the total, with the time left at the rate since the first update, sizes in bytes
     for byte counts; a bar on a terminal; nothing when disabled."""
