@@ -12,6 +12,7 @@ The result of `generate` is one list of new tokens per row, EOT included when th
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import types
@@ -186,12 +187,12 @@ class StaticDecoder:
     not a Python int) and attends to every column through the additive mask `bias` (0 on the keys a row sees,
     -inf elsewhere: a boolean mask would be converted to it in every layer, two more kernels each), so no shape
     depends on the step. The step reads its inputs from, and advances, tensors it owns (`token`, `position`,
-    `column`, `bias`); `start` sets them after the prompt went through `GPT.hidden_states` with `cache`. With
+    `column`, `bias`); `prefill` puts the prompts through the model into the cache and sets them. With
     `compile` (True, or torch.compile's mode), the step is compiled first (inductor fuses LayerNorm, GELU and
-    the residual adds). On a GPU the step is captured once as a CUDA graph, so a step costs one launch instead
-    of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
-    docs/benchmarks.md). Keys, values and logits are in the weights' dtype: the graph is not used under
-    autocast, whose cast weights would be cached outside the graph.
+    the residual adds; `decoding_options`). On a GPU the step is captured once as a CUDA graph, so a step costs
+    one launch instead of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
+    docs/benchmarks.md), and so is the prompts' forward, once per width. Keys, values and logits are in the
+    weights' dtype: the graph is not used under autocast, whose cast weights would be cached outside the graph.
     """
 
     def __init__(self, model: GPT, batch: int, max_len: int, compile: bool | str = False):
@@ -212,10 +213,11 @@ class StaticDecoder:
             # each decoder compiles a copy of it, whose graphs go with the decoder instead of piling up per shape
             own = types.FunctionType(StaticDecoder._forward.__code__.replace(), globals(), "_forward")
             self._step = torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False,
-                                       mode=None if compile is True else compile)
+                                       options=decoding_options(compile))
         self.graph, self.busy = None, False  # busy: a stream is decoding with it
+        self.prompts: dict[int, tuple] = {}  # prompt width: its inputs, and its forward's graph and logits
         if device.type == "cuda":
-            self.graph, self.logits = self._capture(device)
+            self.graph, self.logits = self._capture(device, self._step)
 
     def _forward(self) -> torch.Tensor:
         """Logits [B, V] of `token` at `position`, keys written at `column`; then `position` and `column` advance."""
@@ -230,20 +232,57 @@ class StaticDecoder:
         self.column.add_(1)
         return logits
 
-    def _capture(self, device):
+    def _capture(self, device, forward):
+        """A CUDA graph of `forward()`, and its output."""
         with torch.cuda.device(device):  # capture on the model's GPU (cuda:1 too), whichever is current
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):  # warm-up (and compilation) outside the graph, as CUDA graphs require
                 for _ in range(3):
-                    self._step()
+                    forward()
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             # captured on `side`: torch.cuda.graph's own stream is one for the whole process, made on the GPU of
             # the first capture, where a later decoder's step on another GPU would not be captured
             with torch.cuda.graph(graph, stream=side):
-                logits = self._step()
-        return graph, logits
+                out = forward()
+        return graph, out
+
+    def prefill(self, model: GPT, tokens: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor,
+                room: int) -> torch.Tensor:
+        """Logits [B, V] after the prompts, whose `tokens`, `positions` and `visible` keys [B, width] (left-padded:
+        every row's real tokens end at the last column) go through `model` into the cache; then `start`. They are
+        left-padded further to a multiple of PREFILL_COLUMNS columns (while `room` columns stay for the steps), so
+        that few widths are ever made: on a GPU a forward of up to PREFILL_GRAPH_TOKENS tokens is one CUDA graph,
+        captured once per width (the eager forward of a short prompt took ~7 ms at batch 1 on an H100, the time of
+        13 graphed steps, in ~200 launches)."""
+        batch, width = tokens.shape
+        columns = min(-(-width // PREFILL_COLUMNS) * PREFILL_COLUMNS, self.shape[1] - room)
+        if columns not in self.prompts:
+            inputs = (torch.zeros(batch, columns, dtype=torch.int64, device=tokens.device),
+                      torch.zeros(batch, columns, dtype=torch.int64, device=tokens.device),
+                      torch.zeros(batch, columns, dtype=torch.bool, device=tokens.device))
+            self.prompts[columns] = inputs, None, None
+        inputs, graph, logits = self.prompts[columns]
+        for buffer, given in zip(inputs, (tokens, positions, visible)):
+            buffer[:, :columns - width] = 0  # padding: keys not visible
+            buffer[:, columns - width:] = given
+        forward = functools.partial(self._prompt_forward, model, *inputs)
+        if graph is None and tokens.device.type == "cuda" and batch * columns <= PREFILL_GRAPH_TOKENS:
+            graph, logits = self._capture(tokens.device, forward)
+            self.prompts[columns] = inputs, graph, logits
+        if graph is None:
+            logits = forward()
+        else:
+            with torch.cuda.device(tokens.device):
+                graph.replay()
+        self.start(inputs[2], positions[:, -1] + 1)
+        return logits
+
+    def _prompt_forward(self, model, tokens, positions, visible) -> torch.Tensor:
+        self.cache.length = 0
+        hidden = model.hidden_states(tokens, positions=positions, key_mask=visible, cache=self.cache)
+        return linear(hidden[:, -1], self.head)
 
     def start(self, visible: torch.Tensor, next_position: torch.Tensor) -> None:
         """Set the state after a prompt of `visible.shape[1]` columns (`visible`: its real keys [B, width]) went
@@ -265,6 +304,15 @@ class StaticDecoder:
         return self.logits
 
 
+def decoding_options(compile: bool | str) -> dict:
+    """inductor's options for a compiled decoding step: those of torch.compile's mode (True: the default), with
+    coordinate descent tuning, under which inductor makes each one-row product (every product at batch 1) a
+    reduction kernel it tunes to the memory's bandwidth, LayerNorm's output or the bias fused in, as gpt-fast
+    decodes (`gpt.kernels.linear` gives it products without bias to do so)."""
+    mode = "default" if compile is True else compile
+    return {**torch._inductor.list_mode_options(mode), "coordinate_descent_tuning": True}
+
+
 class _ColumnWrites:
     """A KVCache as a static decoding step sees it: keys and values go to column `column` (a tensor), and
     attention reads every column (the step's mask hides those not yet written)."""
@@ -283,6 +331,9 @@ class _ColumnWrites:
 # STATIC_COLUMNS, so that few shapes are ever made.
 _DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 STATIC_COLUMNS = 128
+# A decoder's prompt widths are multiples of PREFILL_COLUMNS; a prompt forward of more tokens than
+# PREFILL_GRAPH_TOKENS runs without a graph (its ~200 launches are then a small part of its time).
+PREFILL_COLUMNS, PREFILL_GRAPH_TOKENS = 16, 4096
 
 
 def _weights(model: GPT) -> tuple:
@@ -336,24 +387,22 @@ def _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, us
     with torch.inference_mode():
         decoder = _static_decoder(model, batch, width + steps, compile) if static else None
     try:  # the decoder is this stream's until it ends
-        cache = decoder.cache if decoder is not None else (
-            KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) if use_cache else None)
+        cache = KVCache(model.config, batch, width + steps - 1, device=device, dtype=cache_dtype) \
+            if use_cache and decoder is None else None  # the decoder has its own
         for step in range(steps):
             end = width + step  # columns filled so far
             with torch.inference_mode():  # not across the yield: the caller's code runs in its own mode
                 if decoder is not None and step > 0:
                     logits = queued
+                elif decoder is not None:
+                    logits = decoder.prefill(model, tokens[:, :end], positions[:, :end], real[:, :end], steps - 1)
                 else:
                     start = end - 1 if cache is not None and step > 0 else 0  # with the cache, only the new token
-                    if decoder is not None:
-                        cache.length = 0
                     hidden = model.hidden_states(tokens[:, start:end], positions=positions[:, start:end],
                                                  key_mask=None if key_mask is None else key_mask[:, :end], cache=cache)
                     # the head in the weights' dtype, as without autocast
                     with torch.autocast(device.type, enabled=False):
                         logits = linear(hidden[:, -1].to(head.dtype), head)  # only the last position is projected
-                    if decoder is not None:
-                        decoder.start(real[:, :end], positions[:, end])
                 new = _next_tokens(logits, temperature, top_k, top_p, generator, repetition_penalty, seen)
                 tokens[:, end] = new
                 if seen is not None:

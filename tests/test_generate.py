@@ -198,8 +198,7 @@ def test_a_decoder_on_a_second_gpu_is_captured_on_a_stream_of_that_gpu(monkeypat
     monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: "graph")
     monkeypatch.setattr(torch.cuda, "graph", graph)
-    decoder = types.SimpleNamespace(_step=lambda: "logits")
-    assert StaticDecoder._capture(decoder, torch.device("cuda", 1)) == ("graph", "logits")
+    assert StaticDecoder._capture(None, torch.device("cuda", 1), lambda: "logits") == ("graph", "logits")
     assert captured["stream"] is not None and captured["stream"].device == torch.device("cuda", 1)
 
 
@@ -248,9 +247,28 @@ def test_interleaved_static_streams_of_one_model_each_give_their_own_tokens(mode
     assert inference._DECODERS[model] is decoder
 
 
-def test_compiled_static_decoding_gives_the_same_tokens(model):
-    """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured)."""
-    assert greedy(model, PROMPTS[:2], steps=8, static=True, compile=True) == greedy(model, PROMPTS[:2], steps=8)
+def test_static_prefill_pads_prompts_to_few_widths_and_gives_the_eager_tokens(model):
+    """One reused decoder takes prompts of many widths: each goes through the model left-padded to a multiple of
+    PREFILL_COLUMNS columns (fewer where the steps need the room), padding left by a wider prompt before cleared,
+    and every row gives the eager loop's tokens."""
+    g = torch.Generator().manual_seed(0)
+    for lengths_in_turn, made in [([[5], [13], [20], [3], [50]], [16, 32, 53]),  # 50: fewer columns, room for 12
+                                  ([[7, 12], [12, 2]], [16])]:
+        for lengths in lengths_in_turn:  # the lengths of a batch's prompts
+            ids, masks = batch([torch.randint(0, 50257, (n,), generator=g).tolist() for n in lengths])
+            expected = generate(model, ids, masks, 0, 12, eot=-1, static=False)
+            assert generate(model, ids, masks, 0, 12, eot=-1, static=True) == expected
+        assert sorted(inference._DECODERS[model].prompts) == made  # one decoder per batch size, its prompt widths
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_compiled_static_decoding_gives_the_same_tokens(model, rows):
+    """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured), with coordinate
+    descent tuning; at batch 1 its products are traced apart from their biases."""
+    assert inference.decoding_options(True)["coordinate_descent_tuning"]
+    assert inference.decoding_options("max-autotune-no-cudagraphs")["max_autotune"]
+    prompts = PROMPTS[:rows]
+    assert greedy(model, prompts, steps=8, static=True, compile=True) == greedy(model, prompts, steps=8)
 
 
 def test_generation_under_bf16_autocast_caches_keys_and_values_in_bf16(model):

@@ -61,6 +61,32 @@ def test_blocked_decoding_product_equals_f_linear(out_features):
             assert linear(x, weight, bias).dtype == torch.nn.functional.linear(x, weight, bias).dtype == torch.bfloat16
 
 
+def test_one_rows_product_under_compile_is_traced_apart_from_its_bias():
+    """Under torch.compile, one row's product (a decoding step at batch 1) is traced without its bias, added
+    after it (inductor can make that one tuned reduction kernel; a product with bias would stay cuBLAS's), with
+    F.linear's values and dtype; products of more rows keep their bias."""
+    graphs = []
+
+    def record(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(40, 96, generator=g), torch.randn(40, generator=g)
+    biased = {}
+    for shape in [(1, 96), (1, 1, 96), (3, 96)]:
+        x = torch.randn(*shape, generator=g)
+        compiled = torch.compile(linear, backend=record, fullgraph=True, dynamic=False)
+        assert max_diff(compiled(x, weight, bias), torch.nn.functional.linear(x, weight, bias)) < 1e-5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert compiled(x, weight, bias).dtype == torch.bfloat16
+        products = [n for n in graphs[-1].graph.nodes if n.target is torch._C._nn.linear]
+        assert len(products) == 1
+        biased[shape] = len(products[0].args) > 2 or products[0].kwargs.get("bias") is not None
+        torch._dynamo.reset()
+    assert biased == {(1, 96): False, (1, 1, 96): False, (3, 96): True}
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_rows", [CrossEntropy.CHUNK_ROWS, 5])
