@@ -37,7 +37,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if rows == 1 and bias is not None and torch.compiler.is_compiling():
         # with coordinate descent tuning (the compiled decoding step's), inductor makes a one-row product without
         # bias a reduction kernel that can read the weight at the memory's bandwidth, the addition fused into it;
-        # one with bias (addmm) stays cuBLAS's, 6 us each at batch 1 on an H100, 4x the weight's read time
+        # one with bias (addmm) stays an extern product (cuBLAS's; max-autotune's Triton templates took 4 to 9 us
+        # each at batch 1 on an H100, where reading the weight takes 0.4 to 1.6 us)
         y = F.linear(x, weight)
         return y + bias.to(y.dtype)
     if (x.device.type != "cpu" or not 4 <= rows < 16 or torch.is_grad_enabled() or not weight.is_contiguous()
