@@ -215,8 +215,10 @@ class StaticDecoder:
             self._step = torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False,
                                        options=decoding_options(compile))
         self.graph, self.busy = None, False  # busy: a stream is decoding with it
-        self.prompts: dict[int, tuple] = {}  # prompt width: its inputs, and its forward's graph and logits
-        if device.type == "cuda":
+        self.prompts: dict[int, list] = {}  # prompt width: its inputs, its forward's uses, graph and logits
+        self.pool = None  # the memory pool the prompts' graphs share
+        self.graphs = device.type == "cuda"  # whether to capture CUDA graphs
+        if self.graphs:
             self.graph, self.logits = self._capture(device, self._step)
 
     def _forward(self) -> torch.Tensor:
@@ -232,8 +234,8 @@ class StaticDecoder:
         self.column.add_(1)
         return logits
 
-    def _capture(self, device, forward):
-        """A CUDA graph of `forward()`, and its output."""
+    def _capture(self, device, forward, pool=None):
+        """A CUDA graph of `forward()` (its memory from `pool`, when given), and its output."""
         with torch.cuda.device(device):  # capture on the model's GPU (cuda:1 too), whichever is current
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
@@ -244,7 +246,7 @@ class StaticDecoder:
             graph = torch.cuda.CUDAGraph()
             # captured on `side`: torch.cuda.graph's own stream is one for the whole process, made on the GPU of
             # the first capture, where a later decoder's step on another GPU would not be captured
-            with torch.cuda.graph(graph, stream=side):
+            with torch.cuda.graph(graph, pool=pool, stream=side):
                 out = forward()
         return graph, out
 
@@ -253,24 +255,28 @@ class StaticDecoder:
         """Logits [B, V] after the prompts, whose `tokens`, `positions` and `visible` keys [B, width] (left-padded:
         every row's real tokens end at the last column) go through `model` into the cache; then `start`. They are
         left-padded further to a multiple of PREFILL_COLUMNS columns (while `room` columns stay for the steps), so
-        that few widths are ever made: on a GPU a forward of up to PREFILL_GRAPH_TOKENS tokens is one CUDA graph,
-        captured once per width (the eager forward of a short prompt took ~7 ms at batch 1 on an H100, the time of
-        13 graphed steps, in ~200 launches)."""
+        that few widths are ever made. On a GPU, a width's second forward of up to PREFILL_GRAPH_TOKENS tokens is
+        captured as a CUDA graph, replayed from then on (the eager forward of a short prompt took ~7 ms at batch 1
+        on an H100, the time of 13 graphed steps, in ~200 launches; a capture costs about four: a width seen once,
+        as most of a growing chat's, is not captured). The graphs share one memory pool: each replay's logits
+        are read before the next prompt's forward."""
         batch, width = tokens.shape
         columns = min(-(-width // PREFILL_COLUMNS) * PREFILL_COLUMNS, self.shape[1] - room)
         if columns not in self.prompts:
             inputs = (torch.zeros(batch, columns, dtype=torch.int64, device=tokens.device),
                       torch.zeros(batch, columns, dtype=torch.int64, device=tokens.device),
                       torch.zeros(batch, columns, dtype=torch.bool, device=tokens.device))
-            self.prompts[columns] = inputs, None, None
-        inputs, graph, logits = self.prompts[columns]
+            self.prompts[columns] = [inputs, 0, None, None]
+        inputs, uses, graph, logits = self.prompts[columns]
+        self.prompts[columns][1] = uses + 1
         for buffer, given in zip(inputs, (tokens, positions, visible)):
             buffer[:, :columns - width] = 0  # padding: keys not visible
             buffer[:, columns - width:] = given
         forward = functools.partial(self._prompt_forward, model, *inputs)
-        if graph is None and tokens.device.type == "cuda" and batch * columns <= PREFILL_GRAPH_TOKENS:
-            graph, logits = self._capture(tokens.device, forward)
-            self.prompts[columns] = inputs, graph, logits
+        if graph is None and uses > 0 and self.graphs and batch * columns <= PREFILL_GRAPH_TOKENS:
+            graph, logits = self._capture(tokens.device, forward, self.pool)
+            self.pool = graph.pool()
+            self.prompts[columns][2:] = graph, logits
         if graph is None:
             logits = forward()
         else:

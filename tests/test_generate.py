@@ -261,6 +261,43 @@ def test_static_prefill_pads_prompts_to_few_widths_and_gives_the_eager_tokens(mo
         assert sorted(inference._DECODERS[model].prompts) == made  # one decoder per batch size, its prompt widths
 
 
+def test_a_prompt_width_is_captured_at_its_second_use_into_one_pool(model, monkeypatch):
+    """On a GPU a prompt width's second forward is captured (a CUDA graph, here a stand-in that reruns the forward
+    into its first output when replayed), into the pool of the decoder's earlier prompt graphs; a forward of more
+    than PREFILL_GRAPH_TOKENS tokens never is. The tokens stay the eager loop's."""
+    import contextlib
+
+    captured = []
+
+    class Graph:
+        def __init__(self, forward):
+            self.forward, self.out = forward, forward()
+
+        def replay(self):
+            self.out.copy_(self.forward())
+
+        def pool(self):
+            return "pool"
+
+    def capture(decoder, device, forward, pool=None):
+        captured.append((forward.args[1].shape[1], pool))
+        graph = Graph(forward)
+        return graph, graph.out
+
+    monkeypatch.setattr(inference.StaticDecoder, "_capture", capture)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(inference, "PREFILL_GRAPH_TOKENS", 40)
+    g = torch.Generator().manual_seed(1)
+    decoder = inference._static_decoder(model, 1, 64, False)
+    decoder.graphs, decoder.busy = True, False  # the step itself is not captured: a CPU decoder
+    for n in (5, 13, 20, 5, 20, 40, 40):  # widths 16 (once, then captured), 32 (captured), 48 (too many tokens)
+        ids, masks = batch([torch.randint(0, 50257, (n,), generator=g).tolist()])
+        expected = generate(model, ids, masks, 0, 12, eot=-1, static=False)
+        assert generate(model, ids, masks, 0, 12, eot=-1, static=True) == expected
+        assert inference._DECODERS[model] is decoder
+    assert captured == [(16, None), (32, "pool")]
+
+
 @pytest.mark.parametrize("rows", [1, 2])
 def test_compiled_static_decoding_gives_the_same_tokens(model, rows):
     """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured), with coordinate
