@@ -41,7 +41,8 @@ import torch
 
 from bench import train as bench_train
 from bench.generate import PROMPTS, hf_greedy
-from gpt.inference import COMPILE_MODES, generate, tokenize_batch_input
+from gpt.inference import generate, tokenize_batch_input
+from gpt.kernels import COMPILE_MODES
 from gpt.model import GPT, preset
 from shards import cli
 from shards.format import write_shard
@@ -62,7 +63,8 @@ class GPUBenchConfig:
         "json": "also write the figures to this file",
         "device": "cuda; cpu for a dry run (tests/test_generate.py: --model nano --seq-len 64 --micro-batch 4)",
         "micro_batch": "the smoke run's",
-        "compile_mode": "torch.compile's mode in every part (max-autotune-no-cudagraphs: minutes of autotuning)"}
+        "compile_mode": "torch.compile's mode in every part (tuned: coordinate descent tuning; "
+                        "max-autotune-no-cudagraphs: minutes of autotuning)"}
     # compared with "cuda" (bf16, synchronized timings, the card's name): cuda:1 would be timed unsynchronized
     CHOICES: ClassVar[dict] = {"device": ("cuda", "cpu"), "compile_mode": COMPILE_MODES}
 

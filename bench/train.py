@@ -22,7 +22,7 @@ import torch
 
 from bench import cpu_name
 from gpt.hf import from_hf, to_hf
-from gpt.inference import COMPILE_MODES
+from gpt.kernels import COMPILE_MODES, compile_options
 from gpt.model import GPT, preset
 from shards import cli
 from train.loop import peak_bf16_flops
@@ -59,7 +59,8 @@ class Trainer:
     def __init__(self, name: str, model, ours: bool, cfg: BenchConfig):
         self.name, self.ours, self.cfg = name, ours, cfg
         self.model = model.to(cfg.device).train()
-        self.step_fn = torch.compile(self.model, mode=cfg.compile_mode) if cfg.compile else self.model
+        self.step_fn = torch.compile(self.model, options=compile_options(cfg.compile_mode)) if cfg.compile else \
+            self.model
         # Fused AdamW (one pass over the parameters) is also ~3x faster than the default on a CPU.
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=6e-4, betas=(0.9, 0.95), eps=1e-8,
                                      weight_decay=0.1, fused=True)

@@ -24,13 +24,8 @@ from tqdm import tqdm
 
 from shards.tokenizer import EOT, get_encoding
 
-from .kernels import linear
+from .kernels import COMPILE_MODES, compile_options, linear
 from .model import GPT, KVCache
-
-
-# torch.compile's modes for the decoding step (and training runs): the others make CUDA graphs of their own, where
-# the decoder captures its own (and a training step varies: evaluations, checkpoints, DDP's all-reduces)
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def tokenize_batch_input(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,8 +148,8 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1) keeps its last tokens.
     `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
     `static` decodes with a `StaticDecoder` (fixed shapes; a CUDA graph on a GPU); by default it does so on a
-    GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or a mode's
-    name, e.g. "max-autotune-no-cudagraphs"). Arguments are checked here, when `stream` is called.
+    GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or one of
+    `gpt.kernels.COMPILE_MODES`, e.g. "tuned"). Arguments are checked here, when `stream` is called.
     """
     temperature, max_steps, top_k, top_p, repetition_penalty = _check_options(temperature, max_steps, top_k, top_p,
                                                                               repetition_penalty)
@@ -188,8 +183,9 @@ class StaticDecoder:
     -inf elsewhere: a boolean mask would be converted to it in every layer, two more kernels each), so no shape
     depends on the step. The step reads its inputs from, and advances, tensors it owns (`token`, `position`,
     `column`, `bias`); `prefill` puts the prompts through the model into the cache and sets them. With
-    `compile` (True, or torch.compile's mode), the step is compiled first (inductor fuses LayerNorm, GELU and
-    the residual adds; `decoding_options`). On a GPU the step is captured once as a CUDA graph, so a step costs
+    `compile` (True, or one of COMPILE_MODES), the step is compiled first (inductor fuses LayerNorm, GELU and
+    the residual adds; "tuned" also makes each product at batch 1 one bandwidth-bound kernel: `compile_options`).
+    On a GPU the step is captured once as a CUDA graph, so a step costs
     one launch instead of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
     docs/benchmarks.md), and so is the prompts' forward, once per width. Keys, values and logits are in the
     weights' dtype: the graph is not used under autocast, whose cast weights would be cached outside the graph.
@@ -213,7 +209,7 @@ class StaticDecoder:
             # each decoder compiles a copy of it, whose graphs go with the decoder instead of piling up per shape
             own = types.FunctionType(StaticDecoder._forward.__code__.replace(), globals(), "_forward")
             self._step = torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False,
-                                       options=decoding_options(compile))
+                                       options=compile_options("default" if compile is True else compile))
         self.graph, self.busy = None, False  # busy: a stream is decoding with it
         self.prompts: dict[int, list] = {}  # prompt width: its inputs, its forward's uses, graph and logits
         self.pool = None  # the memory pool the prompts' graphs share
@@ -308,15 +304,6 @@ class StaticDecoder:
         with torch.cuda.device(self.token.device):  # replayed on the current stream of the graph's GPU
             self.graph.replay()
         return self.logits
-
-
-def decoding_options(compile: bool | str) -> dict:
-    """inductor's options for a compiled decoding step: those of torch.compile's mode (True: the default), with
-    coordinate descent tuning, under which inductor makes each one-row product (every product at batch 1) a
-    reduction kernel it tunes to the memory's bandwidth, LayerNorm's output or the bias fused in, as gpt-fast
-    decodes (`gpt.kernels.linear` gives it products without bias to do so)."""
-    mode = "default" if compile is True else compile
-    return {**torch._inductor.list_mode_options(mode), "coordinate_descent_tuning": True}
 
 
 class _ColumnWrites:

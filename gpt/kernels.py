@@ -9,6 +9,7 @@
   traced into the same graph as the model, where inductor fuses the float32 conversion into the softmax: the
   custom autograd function would break the graph and run eagerly, a third of a GPU step (docs/benchmarks.md).
 - `native_bf16`: whether a device computes in bf16 natively, for the trainers' autocast and chat's weights.
+- `compile_options`: inductor's options for each of COMPILE_MODES, for the trainers and the decoding step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import torch.nn.functional as F
 
 # Rows of weight per block in `linear`'s decoding path: a [64, 768] fp32 block (192 KiB) stays in L2.
 DECODE_BLOCK = 64
+# torch.compile's modes for training runs and the decoding step, and "tuned": the default mode with inductor's
+# coordinate descent tuning of its kernels. torch's modes that make CUDA graphs of their own are left out: the
+# decoder captures its own, and a training step varies (evaluations, checkpoints, DDP's all-reduces).
+COMPILE_MODES = ("default", "tuned", "max-autotune-no-cudagraphs")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,8 +40,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """
     rows = x.numel() // x.shape[-1] if x.dim() else 0
     if rows == 1 and bias is not None and torch.compiler.is_compiling():
-        # with coordinate descent tuning (the compiled decoding step's), inductor makes a one-row product without
-        # bias a reduction kernel that can read the weight at the memory's bandwidth, the addition fused into it;
+        # with coordinate descent tuning (compile_options), inductor makes a one-row product without bias a
+        # reduction kernel that can read the weight at the memory's bandwidth, the addition fused into it;
         # one with bias (addmm) stays an extern product (cuBLAS's; max-autotune's Triton templates took 4 to 9 us
         # each at batch 1 on an H100, where reading the weight takes 0.4 to 1.6 us)
         y = F.linear(x, weight)
@@ -55,6 +60,22 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None:
         y = y + bias.to(y.dtype)  # under autocast y is bf16, as F.linear's would be
     return y.view(*x.shape[:-1], out_features)
+
+
+def compile_options(mode: str) -> dict:
+    """inductor's options for `mode`, one of COMPILE_MODES, as torch.compile's `options` (in place of its `mode`).
+
+    "tuned" times a few launch settings of each generated kernel around inductor's choice (coordinate descent
+    tuning, as gpt-fast decodes; max-autotune-no-cudagraphs does it too, and also times Triton's matrix products
+    against cuBLAS's, minutes for a training step). Under it inductor also makes a one-row product without bias
+    (every product of a decoding step at batch 1: `linear` traces it so) a reduction kernel tuned to the memory's
+    bandwidth, the bias added in it, where cuBLAS's matrix-vector kernels are bound by their latency."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    options = dict(torch._inductor.list_mode_options("default" if mode == "tuned" else mode))
+    if mode == "tuned":
+        options["coordinate_descent_tuning"] = True
+    return options
 
 
 @functools.cache

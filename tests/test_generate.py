@@ -128,8 +128,8 @@ def test_static_decoding_gives_the_same_tokens(model):
         greedy(model, PROMPTS, static=True, use_cache=False)
     with pytest.raises(ValueError, match="compile=True compiles the static decoder's step"):
         stream(model, ids, masks, static=False, compile=True)  # when called, before the first step
-    with pytest.raises(ValueError, match="compile must be True, False or one of default, max-autotune-no-cudagraphs, "
-                                         "got 'max-autotune'"):  # its CUDA graphs would go inside the decoder's
+    with pytest.raises(ValueError, match="compile must be True, False or one of default, tuned, "
+                                         "max-autotune-no-cudagraphs, got 'max-autotune'"):  # its CUDA graphs would go inside the decoder's
         greedy(model, PROMPTS, static=True, compile="max-autotune")
 
 
@@ -298,14 +298,12 @@ def test_a_prompt_width_is_captured_at_its_second_use_into_one_pool(model, monke
     assert captured == [(16, None), (32, "pool")]
 
 
-@pytest.mark.parametrize("rows", [1, 2])
-def test_compiled_static_decoding_gives_the_same_tokens(model, rows):
-    """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured), with coordinate
-    descent tuning; at batch 1 its products are traced apart from their biases."""
-    assert inference.decoding_options(True)["coordinate_descent_tuning"]
-    assert inference.decoding_options("max-autotune-no-cudagraphs")["max_autotune"]
+@pytest.mark.parametrize("rows, compile", [(1, "tuned"), (2, True)])
+def test_compiled_static_decoding_gives_the_same_tokens(model, rows, compile):
+    """The compiled step (inductor on the CPU, as on the GPU before its CUDA graph is captured), in the default
+    mode and with coordinate descent tuning, whose products at batch 1 are traced apart from their biases."""
     prompts = PROMPTS[:rows]
-    assert greedy(model, prompts, steps=8, static=True, compile=True) == greedy(model, prompts, steps=8)
+    assert greedy(model, prompts, steps=8, static=True, compile=compile) == greedy(model, prompts, steps=8)
 
 
 def test_generation_under_bf16_autocast_caches_keys_and_values_in_bf16(model):

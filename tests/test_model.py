@@ -61,6 +61,19 @@ def test_blocked_decoding_product_equals_f_linear(out_features):
             assert linear(x, weight, bias).dtype == torch.nn.functional.linear(x, weight, bias).dtype == torch.bfloat16
 
 
+def test_compile_options_of_each_mode():
+    """torch.compile's options for each mode: torch's own for its modes, the default's with coordinate descent
+    tuning for "tuned"; a mode that makes CUDA graphs of its own is refused."""
+    from gpt.kernels import compile_options
+
+    assert compile_options("default") == {}
+    assert compile_options("tuned") == {"coordinate_descent_tuning": True}
+    assert compile_options("max-autotune-no-cudagraphs") == {"max_autotune": True, "coordinate_descent_tuning": True}
+    with pytest.raises(ValueError, match="compile mode must be one of default, tuned, max-autotune-no-cudagraphs, "
+                                         "got 'reduce-overhead'"):
+        compile_options("reduce-overhead")
+
+
 def test_one_rows_product_under_compile_is_traced_apart_from_its_bias():
     """Under torch.compile, one row's product (a decoding step at batch 1) is traced without its bias, added
     after it (inductor can make that one tuned reduction kernel; a product with bias would stay cuBLAS's), with

@@ -161,7 +161,7 @@ def test_show_config_prints_the_resolved_recipe(capsys):
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     (["--compile-mode", "max-autotune-no-cudagraphs"], "--compile-mode max-autotune-no-cudagraphs needs --compile"),
     (["--compile", "--compile-mode", "reduce-overhead"], "argument --compile-mode: invalid choice: 'reduce-overhead' "
-                                                         "(choose from 'default', 'max-autotune-no-cudagraphs')"),
+                                                         "(choose from 'default', 'tuned', 'max-autotune-no-cudagraphs')"),
     (["--model", "gpt3"], "argument --model: invalid choice: 'gpt3' (choose from 'gpt2', 'gpt2-medium'"),
     (["--dataset", "nope"], "argument --dataset: invalid choice: 'nope' (choose from 'sample', 'fineweb10B', "
                             "'fineweb-edu10B', 'custom')"),
@@ -400,15 +400,23 @@ def test_a_full_disk_while_saving_is_a_message_and_keeps_the_last_checkpoint(sma
     assert latest_checkpoint(tmp_path / "run").name == "step-000002"
 
 
-def test_compile_gives_the_losses_of_eager_mode(small, tmp_path):
+def test_compile_gives_the_losses_of_eager_mode(small, tmp_path, monkeypatch):
     """--compile (torch.compile with inductor; the GPU recipe's path) compiles the model, its loss included
     (F.cross_entropy under tracing, not the fused loss), to the same per-step losses as eager mode; the optimizer
-    step stays eager."""
+    step stays eager. --compile-mode tuned gives inductor coordinate descent tuning."""
+    options, compile = [], torch.compile
+
+    def recording(model, **kwargs):
+        options.append(kwargs.get("options"))
+        return compile(model, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording)
     flags = ("--steps", "3", "--eval-every", "3", "--save-every", "3")
     assert run_small(small, tmp_path / "eager", *flags) == 0
-    assert run_small(small, tmp_path / "compiled", *flags, "--compile") == 0
+    assert run_small(small, tmp_path / "compiled", *flags, "--compile", "--compile-mode", "tuned") == 0
     eager, compiled = ([r["loss"] for r in read_log(tmp_path / run)[1:]] for run in ("eager", "compiled"))
     assert compiled == pytest.approx(eager, abs=1e-5) and len(eager) == 3
+    assert options == [{"coordinate_descent_tuning": True}]
 
 
 def test_save_checkpoint_clears_killed_saves_and_leaves_other_folders(tmp_path):

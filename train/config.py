@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
-from gpt.inference import COMPILE_MODES
+from gpt.kernels import COMPILE_MODES
 from gpt.model import PRESETS
 from pipelines import CUSTOM, PRETRAIN_DATASETS
 from shards import cli
@@ -45,7 +45,8 @@ class RunConfig:
                                                      "compile_mode": COMPILE_MODES}
     HELP: ClassVar[dict[str, str]] = {"epochs": "given, it replaces the recipe's --steps",
                                       "show_config": "print the resolved config as JSON and exit",
-                                      "compile_mode": "torch.compile's mode, with --compile (max-autotune-no-"
+                                      "compile_mode": "torch.compile's mode, with --compile (tuned: inductor times "
+                                                      "its kernels' launch settings at the start; max-autotune-no-"
                                                       "cudagraphs: minutes of timing kernels at the start)"}
 
     recipe: str = "sample"  # the named recipe the other fields start from

@@ -50,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from gpt.checkpoint import load_model
-from gpt.kernels import native_bf16
+from gpt.kernels import compile_options, native_bf16
 from gpt.model import GPT
 from shards.format import ShardError
 from shards.io import directory_lock, remove_temporaries
@@ -322,7 +322,7 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
             model = DDP(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None,
                         gradient_as_bucket_view=True)  # gradients live in the all-reduce buckets: no copy
         if cfg.compile:  # after DDP: dynamo then splits the graph at DDP's buckets, overlapping the all-reduces
-            model = torch.compile(model, mode=cfg.compile_mode)
+            model = torch.compile(model, options=compile_options(cfg.compile_mode))
         with dist.unanimous():  # rank 0 rewrites log.jsonl: a failure there stops every rank with its message
             log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
         log.print(f"{desc}: {dist.world_size} process(es) on {_device_name(dist.device)}, "
