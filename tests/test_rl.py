@@ -1,7 +1,7 @@
 """Online RL (`python -m train rl`): group advantages, the policy-gradient loss against a direct computation, no
 change from zero advantages, sampling reproducible from the seed and across SIGTERM and resume (and in the
-middle of a batch reused by --updates), 1 vs 2 gloo ranks, the prompts' micro-batches, the rewards (built-in
-task, GSM8K's parser, a reward model through its adapter), the recipes and the refusals.
+middle of a batch reused by --updates, on 1 or 2 ranks), 1 vs 2 gloo ranks, the prompts' micro-batches, the
+rewards (built-in task, GSM8K's parser, a reward model through its adapter), the recipes and the refusals.
 
 The runs use hand-made SFT shards (prompts of a few tokens) and the `nano` model with GPT-2's vocabulary, and a
 fake reward model (`--reward rm:fake`, `gpt.load_reward_model` replaced): its score of a sequence is the share
@@ -39,7 +39,8 @@ from train.rl import (RLTrainConfig, Rollout, Sampler, group_advantages, loss_ho
 from train.tasks import arithmetic, gsm8k
 from train.tasks.reward_model import ModelReward
 from train_shards import one_thread  # noqa: F401 (an autouse fixture)
-from train_shards import assert_same_values, run_two_ranks, stop_after_first_checkpoint, trainer_command, write_examples
+from train_shards import (assert_same_values, files_of_run, run_two_ranks, stop_after_first_checkpoint, stopped_copy,
+                          trainer_command, write_examples)
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--reward", "rm:fake", "--prompts", "sft", "--seq-len", "24", "--max-new", "6", "--group", "4",
@@ -383,6 +384,31 @@ def test_updates_reuse_the_samples_and_resume_in_the_middle_of_a_batch(setup, tm
     assert main([*run[:5], str(tmp_path / "resumed"), *run[6:], "--resume"]) == 1
     assert f"{rollouts}: missing; a run resumed in the middle of a batch of samples (--updates 2)" in (
         capsys.readouterr().err)
+
+
+def test_two_ranks_with_updates_keep_their_own_samples_and_resume_in_the_middle_of_a_batch(setup, tmp_path, fake_rm,
+                                                                                           capsys):
+    """--updates 2 on 2 gloo ranks: what 1 rank gives, each rank's samples in a file of its own, and a 2-rank run
+    resumed in the middle of a batch (from those files) goes on as the uninterrupted one; 1 rank cannot resume it."""
+    run = ["--steps", "4", "--updates", "2", "--eval-every", "4", "--save-every", "1", "--keep-checkpoints", "0"]
+    assert main(flags(setup, tmp_path / "one", *run)) == 0
+    run_two_ranks("rl", flags(setup, tmp_path / "two", *run), env(setup))
+    one, two = read_log(tmp_path / "one"), read_log(tmp_path / "two")
+    assert two[1]["accumulation"] == 1 and one[1]["accumulation"] == 2
+    assert [r["step"] for r in two if "reward" in r] == [1, 3]
+    assert_same_values(compared(two), compared(one))
+    rollouts = [f"rollouts/batch-000001.rank-{rank}-of-2.safetensors" for rank in (0, 1)]
+    assert files_of_run(tmp_path / "two") == sorted(
+        [f for f in files_of_run(tmp_path / "one") if not f.startswith("rollouts/")] + rollouts)
+    resumed = stopped_copy(tmp_path / "two", tmp_path / "resumed", 3)  # in the middle of batch 1
+    run_two_ranks("rl", flags(setup, resumed, *run, "--resume"), env(setup))
+    assert compared(read_log(resumed)) == compared(two)  # bit for bit
+    final = "ckpt/step-000004/model.safetensors"
+    assert (resumed / final).read_bytes() == (tmp_path / "two" / final).read_bytes()
+    alone = stopped_copy(tmp_path / "two", tmp_path / "alone", 3)
+    capsys.readouterr()
+    assert main(flags(setup, alone, *run, "--resume")) == 1
+    assert f"{alone / 'rollouts' / 'batch-000001.rank-0-of-1.safetensors'}: missing" in capsys.readouterr().err
 
 
 # ---- rewards --------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Reward-model training (`python -m train rm`): whole sequences from pair batches, the Bradley-Terry loss (with
-margin and centering) and its metrics against a direct computation, log 2 at step 0, 1 vs 2 gloo ranks,
-SIGTERM and resume, learning, the recipes and the refusals.
+margin and centering) and its metrics against a direct computation, log 2 at step 0, 1 vs 2 gloo ranks (and 2
+ranks resumed), SIGTERM and resume, learning, the recipes and the refusals.
 
 Hand-made preference shards of a 256-token vocabulary (train_shards: the chosen answers count up from 100, the
 rejected ones are other tokens) and the `nano` model: seconds per run.
@@ -21,8 +21,8 @@ from train.log import read_log
 from train.rm import RMTrainConfig, bt_losses, main, sequences
 from train_shards import SMALL_EOT as EOT
 from train_shards import one_thread  # noqa: F401 (an autouse fixture)
-from train_shards import (assert_same_values, make_pairs, run_two_ranks, small_model, stop_after_first_checkpoint,
-                          write_pref_shards)
+from train_shards import (assert_same_values, files_of_run, make_pairs, run_two_ranks, small_model,
+                          stop_after_first_checkpoint, stopped_copy, write_pref_shards)
 
 FLAGS = ["--seq-len", "32", "--warmup", "1", "--show", "0", "--no-progress"]
 
@@ -139,12 +139,28 @@ def compared(log):
     return {r["step"]: {k: r[k] for k in keys if k in r} for r in log}
 
 
-def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(setup, reference_run):
+@pytest.fixture(scope="module")
+def ddp_run(setup):
+    """2 gloo ranks, 2 micro-batches of 2 pairs each per step: the reference run's global batches."""
     run_dir = setup["tmp"] / "ddp"
     run_two_ranks("rm", flags(setup, run_dir, *RUN, "--micro-batch", "2"))
-    assert read_log(run_dir)[1]["accumulation"] == 2 and reference_run[1]["accumulation"] == 4
+    return run_dir
+
+
+def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(setup, reference_run, ddp_run):
+    assert read_log(ddp_run)[1]["accumulation"] == 2 and reference_run[1]["accumulation"] == 4
     assert sorted(compared(reference_run)) == list(range(STEPS + 1))
-    assert_same_values(compared(read_log(run_dir)), compared(reference_run))
+    assert_same_values(compared(read_log(ddp_run)), compared(reference_run))
+    assert files_of_run(ddp_run) == files_of_run(setup["tmp"] / "reference")  # rank 0 alone writes the run's files
+
+
+def test_two_ranks_resumed_from_a_checkpoint_give_the_uninterrupted_two_rank_run(setup, ddp_run):
+    run_dir = stopped_copy(ddp_run, setup["tmp"] / "ddp-resumed", 3)  # stopped between two evaluations
+    run_two_ranks("rm", flags(setup, run_dir, *RUN, "--micro-batch", "2", "--resume"))
+    assert compared(read_log(run_dir)) == compared(read_log(ddp_run))  # bit for bit
+    final = f"ckpt/step-{STEPS:06d}/model.safetensors"
+    assert (run_dir / final).read_bytes() == (ddp_run / final).read_bytes()
+    assert (run_dir / "ckpt" / "best").read_text() == (ddp_run / "ckpt" / "best").read_text()
 
 
 def test_sigterm_then_resume_gives_the_same_losses(setup, reference_run, capsys):

@@ -1,10 +1,12 @@
 """Tiny synthetic pretraining and preference shards, a small-vocabulary model, a one-thread fixture, and trainer
-command lines (one process or torchrun's gloo ranks; a run stopped by SIGTERM at its first checkpoint) for the
-trainer tests."""
+command lines (one process or torchrun's gloo ranks; a run stopped by SIGTERM at its first checkpoint, or a finished
+run's copy rewound to one of its checkpoints) for the trainer tests."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -118,6 +120,29 @@ def run_two_ranks(stage: str, argv: list[str], env: dict | None = None) -> None:
     proc = subprocess.run(trainer_command(stage, 2) + argv, cwd=ROOT, env=env or trainer_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def files_of_run(run_dir: Path) -> list[str]:
+    """The files under a run folder, relative to it: what its ranks wrote."""
+    return sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+
+
+def stopped_copy(run_dir: Path, copy: Path, step: int) -> Path:
+    """A copy of a finished run folder as a run stopped after `step` (a checkpoint step) left it: the checkpoints
+    after it gone, `latest` at it, and `best` as its state.json recorded it (none, or that checkpoint's); its
+    log.jsonl as it is (a resumed run keeps the records up to its step only)."""
+    shutil.copytree(run_dir, copy)
+    ckpt = copy / "ckpt"
+    for folder in ckpt.glob("step-*"):
+        if int(folder.name.split("-")[1]) > step:
+            shutil.rmtree(folder)
+    (ckpt / "latest").write_text(f"step-{step:06d}\n")
+    best = json.loads((ckpt / f"step-{step:06d}" / "state.json").read_text()).get("best")
+    if best:
+        (ckpt / "best").write_text(f"step-{best['step']:06d}\n")
+    else:
+        (ckpt / "best").unlink(missing_ok=True)
+    return copy
 
 
 def stop_after_first_checkpoint(stage: str, argv: list[str], run_dir: Path, env: dict | None = None) -> str:
