@@ -114,6 +114,26 @@ def unpadded(batches):
     return [x[r, :int((y[r] != -100).nonzero().max()) + 1].tolist() for x, y in batches for r in range(len(x))]
 
 
+def test_an_empty_validation_split_is_named_as_such_not_blamed_on_the_seq_len(tmp_path):
+    """Shards made with --val-fraction 0 hold no validation example: the trainers said that none "fits in
+    --seq-len", sending the user to raise a --seq-len that was never the cause."""
+    from pipelines.prefs import PrefsConfig, run as pref_pipeline
+    from train.data import PrefData
+    rows = [{"instruction": f"Colour {i}?", "input": "", "output": "red"} for i in range(8)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = [{"prompt": f"Colour {i}?", "chosen": "red", "rejected": "blue"} for i in range(8)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    sft_shards = sft_pipeline(SFTConfig(source=str(tmp_path / "sft.jsonl"), data_dir=str(tmp_path / "data"),
+                                        workers=1, val_fraction=0.0))
+    pref_shards = pref_pipeline(PrefsConfig(source=str(tmp_path / "prefs.jsonl"), data_dir=str(tmp_path / "data"),
+                                           workers=1, val_fraction=0.0))
+    fix = "holds no {}; make the shards again with --val-fraction above 0"
+    with pytest.raises(ValueError, match=re.escape(f"{sft_shards / 'val.bin'}: the validation split {fix.format('examples')}")):
+        SFTData(sft_shards, seq_len=128, batch_rows=2, seed=0)
+    with pytest.raises(ValueError, match=re.escape(f"{pref_shards}: the validation split {fix.format('pairs')}")):
+        PrefData(pref_shards, seq_len=128, batch_rows=2, seed=0)
+
+
 def test_loss_is_the_mean_over_all_supervised_tokens_of_the_global_batch(setup):
     # Micro-batches of 1 example: 2 steps x 4 micro-batches with 2 to 10 supervised targets each.
     run_dir = setup["tmp"] / "run"

@@ -244,11 +244,14 @@ class ExampleData:
         if len({len(shard) for shard in shards}) > 1:
             counts = " and ".join(f"{len(shard)} {side}" for shard, side in zip(shards, self.SIDES))
             raise ShardError(f"{self.dir}: the {what} split has {counts} answers (example i of each is row i)")
+        where = self.dir / entries[0]["file"] if len(shards) == 1 else self.dir
+        if len(shards[0]) == 0:  # not a matter of --seq-len: the stage put none there (--val-fraction 0)
+            hint = "; make the shards again with --val-fraction above 0" if split == "val" else ""
+            raise ValueError(f"{where}: the {what} split holds no {self.rows_name}{hint}")
         if self.seq_len is None:
             return tuple(shards), np.arange(len(shards[0]))
         ids = np.flatnonzero(self._longest(shards) <= self.seq_len + 1)
         if len(ids) == 0:
-            where = self.dir / entries[0]["file"] if len(shards) == 1 else self.dir
             raise ValueError(f"{where}: no {what} {self.rows_name[:-1]} fits in --seq-len {self.seq_len} + 1 tokens")
         return tuple(shards), ids
 
