@@ -40,13 +40,25 @@ def remake(folder: Path) -> str:
     return f" (edited by hand? remove {folder} and make the shards again)"
 
 
+def _missing(directory: Path) -> str:
+    """Why `directory` has no manifest: no such folder, a folder above stage folders (`DATA_DIR/sample-pretrain`
+    or `DATA_DIR` for `DATA_DIR/sample-pretrain/<fingerprint>`), or a stage that has not finished."""
+    if not directory.is_dir():
+        return f"{directory}: no such folder"
+    inner = sorted(str(m.parent) for pattern in (f"*/{MANIFEST}", f"*/*/{MANIFEST}") for m in directory.glob(pattern))
+    if inner:
+        return (f"{directory / MANIFEST}: no manifest; {directory} holds the finished stage folder(s) "
+                f"{', '.join(inner)}: pass one of them")
+    return f"{directory / MANIFEST}: no manifest (the stage has not finished; run it first)"
+
+
 def load_manifest(directory: str | os.PathLike) -> dict:
     path = Path(directory) / MANIFEST
     try:
         with open(path) as f:
             manifest = json.load(f)
     except FileNotFoundError:
-        raise ManifestError(f"{path}: no manifest (the stage has not finished; run it first)") from None
+        raise ManifestError(_missing(Path(directory))) from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e}){remake(path.parent)}") from None
     if not isinstance(manifest, dict):

@@ -1,6 +1,7 @@
 """The training data stream: windows, deterministic order, per-rank slices, accumulation errors, bad manifests."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -135,3 +136,18 @@ def test_find_shards_dir(shards, tmp_path):
     write_test_shards(tmp_path / "sample-pretrain" / "def456")
     with pytest.raises(ManifestError, match="several .*abc123, .*def456; choose one with --shards-dir"):
         find_shards_dir(tmp_path, "pretrain", "sample")
+
+
+def test_a_shards_dir_without_a_manifest_says_why(shards, tmp_path):
+    """--shards-dir naming a missing folder, or the folder above the stage folder (DATA_DIR/sample-pretrain, as
+    docs/data.md's `--shards-dir DATA_DIR/...` invites), was refused as "the stage has not finished; run it
+    first", although a rerun of the stage only says it has finished."""
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(tmp_path / 'typo'))}: no such folder$"):
+        data(tmp_path / "typo")
+    for above in (tmp_path / "sample-pretrain", tmp_path):
+        with pytest.raises(ManifestError, match=re.escape(f"{above / 'manifest.json'}: no manifest; {above} holds the "
+                                                          f"finished stage folder(s) {shards}: pass one of them")):
+            data(above)
+    (tmp_path / "sample-pretrain" / "def456" / "parts").mkdir(parents=True)  # a stage that has not finished
+    with pytest.raises(ManifestError, match=r"def456/manifest\.json: no manifest \(the stage has not finished"):
+        data(tmp_path / "sample-pretrain" / "def456")
