@@ -508,3 +508,34 @@ def test_an_extension_of_a_run_that_ended_in_its_warmup_runs_at_the_final_lr(sma
     assert run_small(small, run_dir, "--steps", "5", "--warmup", "5", "--resume", "--extend") == 0
     assert "the steps after it run at 0.0006" in capsys.readouterr().out
     assert [r["lr"] for r in read_log(run_dir) if r["step"] > 2] == [pytest.approx(6e-4)] * 3
+
+
+def test_fetch_pins_contiguous_batches_for_the_gpu(shards, monkeypatch):
+    """On a GPU `_fetch` copies each micro-batch from pinned memory without waiting. Pretraining's inputs and targets
+    are strided views of one [B, T + 1] window buffer: pinned as they were, the copy to the GPU made them contiguous
+    again in pageable memory first (torch copies a strided host tensor through a contiguous temporary), so the
+    pinned copy was wasted and the transfer was from pageable memory. What is pinned must be contiguous."""
+    from train import loop
+    from train.config import TrainConfig
+    from train.data import PretrainData
+    from train.distributed import Dist
+
+    pinned, copied = [], []
+
+    def pin_memory(self):  # the CPU build cannot pin: record what would be pinned
+        pinned.append(self.is_contiguous())
+        return self.clone(memory_format=torch.preserve_format)
+
+    def to(self, device, non_blocking=False):
+        copied.append((torch.device(device).type, non_blocking))
+        return self
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    data = PretrainData(shards, seq_len=32, batch_tokens=256, seed=0, eval_tokens=256)
+    cfg = TrainConfig(micro_batch=4, seq_len=32, batch_tokens=256)
+    batches, count = loop._fetch(data, 0, Dist(device=torch.device("cuda", 0)), cfg, loop.Hooks())
+    assert count == 256 and len(batches) == 2
+    assert pinned == [True] * 4 and copied == [("cuda", True)] * 4
+    for inputs, targets in batches:
+        assert torch.equal(inputs[:, 1:], targets[:, :-1])

@@ -369,8 +369,9 @@ def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[l
     if hooks.prepare is not None:  # prepared and counted at the start of their step (_prepare)
         return batches, None
     count = float(sum(hooks.count(b) for b in batches))
-    if dist.device.type == "cuda":
-        batches = [tuple(t.pin_memory().to(dist.device, non_blocking=True) for t in b) for b in batches]
+    if dist.device.type == "cuda":  # contiguous first: a strided view (pretraining's inputs and targets, of one
+        # window buffer) pinned as it is would be copied again, contiguous and pageable, by its copy to the GPU
+        batches = [tuple(t.contiguous().pin_memory().to(dist.device, non_blocking=True) for t in b) for b in batches]
     return batches, count
 
 
