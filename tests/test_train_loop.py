@@ -539,3 +539,42 @@ def test_fetch_pins_contiguous_batches_for_the_gpu(shards, monkeypatch):
     assert pinned == [True] * 4 and copied == [("cuda", True)] * 4
     for inputs, targets in batches:
         assert torch.equal(inputs[:, 1:], targets[:, :-1])
+
+
+def test_ddp_gradients_stay_in_the_all_reduce_buckets(small, tmp_path):
+    """Under DDP the loop keeps gradients as views of DDP's all-reduce buckets (gradient_as_bucket_view). Zeroing them
+    with set_to_none=True dropped those views at every step: each backward then made a gradient tensor per parameter
+    beside the buckets (twice the gradients' memory on every GPU) and DDP copied them in, one copy per parameter.
+    Here DDP runs on a one-process gloo group: after step 1, the first micro-batch's gradients (accumulated under
+    no_sync) must lie in the buckets (one storage here), not in one tensor per parameter."""
+    import torch.distributed as torch_dist
+
+    from train.data import PretrainData
+    from train.distributed import Dist
+    from train.loop import Hooks, token_loss, train
+
+    class OneRankDDP(Dist):  # wrapped in DDP as on several ranks, all-reducing over a one-process group
+        enabled = property(lambda self: True)
+
+    shards, init = small
+    cfg = parse_args(["--shards-dir", str(shards), "--run-dir", str(tmp_path / "run"), *NANO, "--init", str(init),
+                      "--sample-tokens", "0", "--steps", "3", "--micro-batch", "2", "--eval-every", "3"])
+    data = PretrainData(shards, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
+    model = load_model(init).train()
+    storages = []
+
+    def loss(m, batch):
+        if m is not model:  # a training micro-batch (evaluations get the model itself)
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            storages.append(len({g.untyped_storage().data_ptr() for g in grads}) if grads else None)
+        return token_loss(m, batch)
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert train(cfg, data, OneRankDDP(), lambda: model, Hooks(loss=loss))["step"] == 3
+    finally:
+        torch_dist.destroy_process_group()
+    assert len(storages) == 12 and storages[0] is None, storages  # 3 steps of 4 micro-batches
+    # step 1 (under no_sync before its last micro-batch) makes a gradient per parameter, which DDP then copies into
+    # its buckets; from step 2 on every micro-batch accumulates into the buckets
+    assert storages[4:8] == storages[8:12] == [1, 1, 1, 1], storages

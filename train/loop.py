@@ -480,7 +480,9 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        # under DDP zeroed in place: set to None, the gradients would no longer be views of its buckets (each backward
+        # would make them anew beside the buckets, and DDP copy them in)
+        optimizer.zero_grad(set_to_none=not dist.enabled)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         step += 1
