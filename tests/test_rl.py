@@ -539,3 +539,21 @@ def test_refusals_name_the_fix(setup, tmp_path, capsys, fake_rm):
     assert main(flags(setup, tmp_path / "run", "--max-new", "30")) == 1
     assert "no train prompt leaves room for --max-new 30 tokens in --seq-len 24" in capsys.readouterr().err
     assert not (tmp_path / "run" / "ckpt").exists()
+
+
+def test_generation_in_a_training_run_decodes_eagerly_where_static_is_the_default(setup, fake_rm, tmp_path,
+                                                                                monkeypatch):
+    """Static decoding is generate's default on a GPU without autocast (a float32 run); a training run's rollouts,
+    held-out answers and pretraining's samples still decode with the eager loop: no CUDA graph captured between
+    steps, no decoder's KV cache kept through the run."""
+    from gpt import inference
+    from train.pretrain import sample_hook
+
+    def made(*args, **kwargs):
+        raise AssertionError("a static decoder was made during training")
+
+    monkeypatch.setattr(inference, "_static_decoding", lambda model, use_cache, static, compile: static is not False)
+    monkeypatch.setattr(inference, "StaticDecoder", made)
+    assert main(flags(setup, tmp_path / "rl", "--steps", "2", "--eval-every", "1", "--show", "2")) == 0
+    assert len(read_log(tmp_path / "rl")) == 3
+    assert sample_hook("Hello", 3)(GPT(preset("nano")).eval())[0].startswith("Hello")

@@ -10,10 +10,17 @@ from gpt.model import GPT
 from shards.tokenizer import EOT, get_encoding
 
 
+# Generation inside a training run decodes with the eager loop, whatever the dtype: under bf16 autocast it does so
+# anyway, and a float32 run on a GPU would otherwise capture CUDA graphs of the static decoder between steps (the
+# capture synchronizes, collects garbage and empties the allocator's cache; under DDP, beside NCCL's watchdog) and
+# keep the last one's KV cache and graphs for the rest of the run.
+TRAINING_DECODING = {"static": False}
+
+
 def answers_to(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int, progress: bool = False,
                temperature: float = 0.0, **sampling) -> list[list[int]]:
     """New tokens for each prompt, greedy or sampled (`temperature` and `sampling`: generate's top_p, generator...),
-    generated `batch` prompts at a time (similar lengths together)."""
+    generated `batch` prompts at a time (similar lengths together), by the eager loop (`TRAINING_DECODING`)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     answers: list[list[int]] = [[] for _ in prompts]
@@ -22,7 +29,7 @@ def answers_to(model: GPT, prompts: list[np.ndarray], max_steps: int, batch: int
         group = order[start:start + batch]
         ids, masks = pad_batch([prompts[i] for i in group])
         for i, new in zip(group, generate(model, ids.to(device), masks.to(device), temperature, max_steps,
-                                          **sampling)):
+                                          **TRAINING_DECODING, **sampling)):
             answers[i] = new
     return answers
 

@@ -14,6 +14,7 @@ from gpt.model import GPT
 from pipelines.stage import find_shards_dir
 from shards.tokenizer import get_encoding
 
+from .answers import TRAINING_DECODING
 from .config import parse_args
 from .data import PretrainData
 from .distributed import process_group
@@ -29,7 +30,8 @@ def sample_hook(prompt: str, max_steps: int):
 
     def samples(model: GPT) -> list[str]:
         device = next(model.parameters()).device
-        new = generate(model, input_ids.to(device), masks.to(device), 0.0, max_steps, truncate=True)
+        new = generate(model, input_ids.to(device), masks.to(device), 0.0, max_steps, truncate=True,
+                       **TRAINING_DECODING)
         return [prompt + get_encoding().decode(new[0])]
 
     return samples

@@ -57,7 +57,7 @@ from shards.io import atomic_write
 from shards.tokenizer import get_encoding
 
 from . import tasks
-from .answers import answer_text, answers_to, ended, instruction, without_eot
+from .answers import TRAINING_DECODING, answer_text, answers_to, ended, instruction, without_eot
 from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, PromptData, SFTData, pad_examples, rank_slice, with_answer
@@ -241,7 +241,7 @@ class Sampler:
         with autocast(cfg, device):
             answers = generate(model, ids.repeat_interleave(cfg.group, 0).to(device),
                                mask.repeat_interleave(cfg.group, 0).to(device), 1.0, cfg.max_new, top_k=cfg.top_k,
-                               generator=generator)
+                               generator=generator, **TRAINING_DECODING)
         gen_s = time.perf_counter() - start
         examples = [self.data.train[int(r)] for r in rows for _ in range(cfg.group)]  # a group's rows together
         rewards = torch.tensor(score(self.reward, examples, answers), dtype=torch.float32)
