@@ -47,3 +47,29 @@ def test_a_rank_without_a_gpu_stops_the_trainer_with_its_message(four_gpus, monk
         monkeypatch.setenv(name, value)
     assert pretrain(["--run-dir", str(tmp_path / "run")]) == 1
     assert "pretrain: error: local rank 5 needs GPU 5 but this node has 4: lower NGPU" in capsys.readouterr().err
+
+
+def test_the_process_group_waits_dist_timeout_minutes(monkeypatch, tmp_path):
+    """--dist-timeout is the process group's timeout in minutes, 30 by default: the other ranks wait in a collective
+    while rank 0 checks the shards the first time or writes a checkpoint, which NCCL's default of 10 minutes cut
+    short on a slow disk."""
+    import contextlib
+    import datetime
+
+    class Joined(Exception):
+        pass
+
+    joined = []
+
+    def init_process_group(**kwargs):
+        joined.append(kwargs)
+        raise Joined
+
+    monkeypatch.setattr(torch_dist, "init_process_group", init_process_group)
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    for flags in ([], ["--dist-timeout", "90"]):
+        with contextlib.suppress(Joined):
+            pretrain(["--run-dir", str(tmp_path / "run"), "--device", "cpu", *flags])
+    assert [(j["backend"], j["timeout"]) for j in joined] == [("gloo", datetime.timedelta(minutes=30)),
+                                                              ("gloo", datetime.timedelta(minutes=90))]

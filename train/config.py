@@ -37,7 +37,7 @@ class RunConfig:
                                               "beta2", "eps", "grad_clip", "seed", "padded_vocab")
     # The numbers that must be > 0 or >= 0 when set (a subclass adds its own); check() has the fractions
     POSITIVE: ClassVar[tuple[str, ...]] = ("padded_vocab", "steps", "epochs", "micro_batch", "seq_len", "lr", "eps",
-                                           "eval_every", "save_every")
+                                           "eval_every", "save_every", "dist_timeout")
     NON_NEGATIVE: ClassVar[tuple[str, ...]] = ("warmup", "weight_decay", "grad_clip", "sample_tokens",
                                                "keep_checkpoints")
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"device": ("auto", "cpu", "cuda"),
@@ -84,6 +84,9 @@ class RunConfig:
     compile_mode: str = "default"
     seed: int = 1337
     device: str = "auto"  # auto, cpu, cuda
+    # minutes a rank may wait in a collective for the others (rank 0's first check of the shards, its checkpoint
+    # writes) before the process group stops the job; NCCL's default, 10, is short for a slow disk
+    dist_timeout: float = 30
     dtype: str = "auto"  # auto (bfloat16 autocast on GPUs with native bf16, else float32), float32, bfloat16
     progress: bool = True  # a progress bar on rank 0
 

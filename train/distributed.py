@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -97,8 +98,9 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     raise ValueError(f"--device {name!r}: choose auto, cpu or cuda")
 
 
-def setup(device: str = "auto") -> Dist:
-    """Join torchrun's process group if launched by torchrun (RANK/WORLD_SIZE set), else a single process."""
+def setup(device: str = "auto", timeout_min: float = 30) -> Dist:
+    """Join torchrun's process group if launched by torchrun (RANK/WORLD_SIZE set), else a single process. A rank
+    waits up to `timeout_min` minutes in a collective for the others."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return Dist(device=pick_device(device))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -107,15 +109,16 @@ def setup(device: str = "auto") -> Dist:
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     torch_dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
-                                  device_id=dev if dev.type == "cuda" else None)
+                                  device_id=dev if dev.type == "cuda" else None,
+                                  timeout=datetime.timedelta(minutes=timeout_min))
     return Dist(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 
 @contextlib.contextmanager
-def process_group(device: str = "auto"):
-    """`setup(device)` for the block, then leave the group: after a barrier when the block ended normally,
+def process_group(device: str = "auto", timeout_min: float = 30):
+    """`setup(device, timeout_min)` for the block, then leave the group: after a barrier when the block ended normally,
     at once when it raised (another rank may never reach the barrier)."""
-    dist = setup(device)
+    dist = setup(device, timeout_min)
     ok = False
     try:
         yield dist

@@ -145,7 +145,7 @@ def samples_hook(data: PrefData, count: int, max_steps: int):
 def main(argv=None) -> int:
     cfg = parse_args(argv, DPOTrainConfig, prog="python -m train dpo")
     try:
-        with process_group(cfg.device) as dist:
+        with process_group(cfg.device, cfg.dist_timeout) as dist:
             with dist.unanimous():  # a node that cannot read the shards or the SFT run stops every rank
                 cfg = resolve_sft_init(cfg, "DPO")
                 check_context(cfg)

@@ -40,7 +40,7 @@ def sample_hook(prompt: str, max_steps: int):
 def main(argv=None) -> int:
     cfg = parse_args(argv)
     try:
-        with process_group(cfg.device) as dist:
+        with process_group(cfg.device, cfg.dist_timeout) as dist:
             with dist.unanimous():  # a node that cannot read the shards stops every rank
                 cfg = resolve_init(cfg)  # a run folder stands for its checkpoint, which state.json then records
                 check_context(cfg, cfg.model)

@@ -363,7 +363,7 @@ def resolve_reward(cfg: RLTrainConfig) -> RLTrainConfig:
 def main(argv=None) -> int:
     cfg = parse_args(argv, RLTrainConfig, prog="python -m train rl")
     try:
-        with process_group(cfg.device) as dist:
+        with process_group(cfg.device, cfg.dist_timeout) as dist:
             with dist.unanimous():  # a node that cannot read the data or the SFT run stops every rank
                 cfg = resolve_reward(resolve_sft_init(cfg, "RL"))
                 check_context(cfg)

@@ -136,7 +136,7 @@ def loss_hook(margin: float, center_coef: float):
 def main(argv=None) -> int:
     cfg = parse_args(argv, RMTrainConfig, prog="python -m train rm")
     try:
-        with process_group(cfg.device) as dist:
+        with process_group(cfg.device, cfg.dist_timeout) as dist:
             with dist.unanimous():  # a node that cannot read the shards or the SFT run stops every rank
                 cfg = resolve_sft_init(cfg, "the reward model")
                 check_context(cfg, whole=True)

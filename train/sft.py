@@ -145,7 +145,7 @@ def resolve_sft_start(cfg: SFTTrainConfig) -> SFTTrainConfig:
 def main(argv=None) -> int:
     cfg = parse_args(argv, SFTTrainConfig, prog="python -m train sft")
     try:
-        with process_group(cfg.device) as dist:
+        with process_group(cfg.device, cfg.dist_timeout) as dist:
             with dist.unanimous():  # a node that cannot read the shards or the pretraining run stops every rank
                 cfg = resolve_sft_start(cfg)
                 check_context(cfg)
