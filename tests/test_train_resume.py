@@ -144,6 +144,33 @@ def test_a_run_stopped_at_an_evaluation_step_evaluates_it_when_resumed(setup, mo
     assert [sorted(r) for r in read_log(run_dir)] == [sorted(r) for r in read_log(setup["tmp"] / "reference")]
 
 
+def test_a_run_killed_before_its_last_save_prunes_ends_with_the_uninterrupted_runs_checkpoints(setup, monkeypatch):
+    """Killed in its last save after `latest` names it, before the older checkpoints are removed (here a crash
+    injected there): the rerun, with no step left to run, removes them, so --keep-checkpoints 2 keeps 2, as the
+    uninterrupted run does."""
+    from train import checkpoint
+
+    class Killed(Exception):
+        pass
+
+    prune = checkpoint._prune
+
+    def killed_before_last_prune(root, kept, keep):
+        if kept[0].name == f"step-{STEPS:06d}":
+            raise Killed
+        prune(root, kept, keep)
+
+    run_dir = setup["tmp"] / "killed-before-prune"
+    monkeypatch.setattr(checkpoint, "_prune", killed_before_last_prune)
+    with pytest.raises(Killed):
+        pretrain(flags(setup, run_dir) + ["--keep-checkpoints", "2"])
+    monkeypatch.undo()
+    assert (run_dir / "ckpt" / "latest").read_text().strip() == f"step-{STEPS:06d}"
+    assert train(setup, run_dir, extra=["--resume", "--keep-checkpoints", "2"]) == setup["reference"]
+    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == ["latest", f"step-{STEPS - 1:06d}",
+                                                                    f"step-{STEPS:06d}"]
+
+
 def test_ctrl_c_under_torchrun_saves_once_and_resumes_to_the_same_losses(setup):
     """The terminal's SIGINT reaches every rank, and torchrun forwards another: each rank stops once, together."""
     run_dir = setup["tmp"] / "ctrl-c-torchrun"

@@ -129,6 +129,16 @@ def mark_best(run_dir: str | Path, step: int, best: dict, keep: int) -> None:
     _prune(root, (folder,), keep)
 
 
+def finish_pruning(run_dir: str | Path) -> None:
+    """Remove the checkpoint folders that the last save removes (all but `best` and the last `keep_checkpoints` of
+    its config), which a run killed in that save after `latest` named it left; the run's own setting, not a
+    rerun's."""
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        keep = read_state(latest)["config"].get("keep_checkpoints", 0)
+        _prune(ckpt_root(run_dir), (latest, best_checkpoint(run_dir)), keep)
+
+
 def _checkpoints(root: Path) -> list[tuple[Path, int]]:
     """The checkpoint folders under `root` (named step-<digits>; not, say, an export beside them) and their steps,
     by step (not by name: step-1000000 comes after step-999999)."""

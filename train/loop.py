@@ -56,7 +56,8 @@ from shards.format import ShardError
 from shards.io import directory_lock, remove_temporaries
 from shards.manifest import ManifestError
 
-from .checkpoint import latest_checkpoint, load_training_state, mark_best, read_state, save_checkpoint
+from .checkpoint import (finish_pruning, latest_checkpoint, load_training_state, mark_best, read_state,
+                         save_checkpoint)
 from .config import RunConfig
 from .data import accumulation_steps, verify_data
 from .distributed import Dist, RankFailed
@@ -426,6 +427,8 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     if start >= total:
         log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do (more --steps with --extend "
                   "train it further)")
+        if dist.is_main:  # a run killed in its last save, after `latest` named it, kept the older checkpoints
+            finish_pruning(cfg.run_dir)
     if start == 0:
         record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
         with dist.unanimous():  # rank 0's log writes, as after each step
