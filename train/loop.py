@@ -427,8 +427,9 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
     if start >= total:
         log.print(f"{cfg.run_dir}: already finished ({total} steps); nothing to do (more --steps with --extend "
                   "train it further)")
-        if dist.is_main:  # a run killed in its last save, after `latest` named it, kept the older checkpoints
-            finish_pruning(cfg.run_dir)
+        with dist.unanimous():  # a run killed in its last save, after `latest` named it, kept older checkpoints
+            if dist.is_main:
+                finish_pruning(cfg.run_dir)
     if start == 0:
         record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
         with dist.unanimous():  # rank 0's log writes, as after each step
