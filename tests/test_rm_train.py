@@ -21,8 +21,8 @@ from train.log import read_log
 from train.rm import RMTrainConfig, bt_losses, main, sequences
 from train_shards import SMALL_EOT as EOT
 from train_shards import one_thread  # noqa: F401 (an autouse fixture)
-from train_shards import (assert_same_values, files_of_run, make_pairs, run_two_ranks, small_model,
-                          stop_after_first_checkpoint, stopped_copy, write_pref_shards)
+from train_shards import (assert_same_ending, assert_same_values, files_of_run, make_pairs, run_two_ranks,
+                          small_model, stop_after_first_checkpoint, stopped_copy, write_pref_shards)
 
 FLAGS = ["--seq-len", "32", "--warmup", "1", "--show", "0", "--no-progress"]
 
@@ -158,9 +158,7 @@ def test_two_ranks_resumed_from_a_checkpoint_give_the_uninterrupted_two_rank_run
     run_dir = stopped_copy(ddp_run, setup["tmp"] / "ddp-resumed", 3)  # stopped between two evaluations
     run_two_ranks("rm", flags(setup, run_dir, *RUN, "--micro-batch", "2", "--resume"))
     assert compared(read_log(run_dir)) == compared(read_log(ddp_run))  # bit for bit
-    final = f"ckpt/step-{STEPS:06d}/model.safetensors"
-    assert (run_dir / final).read_bytes() == (ddp_run / final).read_bytes()
-    assert (run_dir / "ckpt" / "best").read_text() == (ddp_run / "ckpt" / "best").read_text()
+    assert_same_ending(run_dir, ddp_run, STEPS)
 
 
 def test_sigterm_then_resume_gives_the_same_losses(setup, reference_run, capsys):

@@ -127,6 +127,13 @@ def files_of_run(run_dir: Path) -> list[str]:
     return sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
 
 
+def assert_same_ending(run_dir: Path, reference: Path, steps: int) -> None:
+    """Two runs of `steps` steps end with the same final weights, bit for bit, and the same best checkpoint."""
+    final = f"ckpt/step-{steps:06d}/model.safetensors"
+    assert (run_dir / final).read_bytes() == (reference / final).read_bytes()
+    assert (run_dir / "ckpt" / "best").read_text() == (reference / "ckpt" / "best").read_text()
+
+
 def stopped_copy(run_dir: Path, copy: Path, step: int) -> Path:
     """A copy of a finished run folder as a run stopped after `step` (a checkpoint step) left it: the checkpoints
     after it gone, `latest` at it, and `best` as its state.json recorded it (none, or that checkpoint's); its
