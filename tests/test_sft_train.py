@@ -134,6 +134,26 @@ def test_an_empty_validation_split_is_named_as_such_not_blamed_on_the_seq_len(tm
         PrefData(pref_shards, seq_len=128, batch_rows=2, seed=0)
 
 
+def test_a_validation_split_left_empty_by_a_small_val_fraction_asks_for_a_larger_one(tmp_path):
+    """A small source split at a --val-fraction above 0 (0.02, the default of a --source) can leave the validation
+    split empty too: the fix is a larger --val-fraction, not one "above 0", which it already was."""
+    from pipelines.prefs import PrefsConfig, run as pref_pipeline
+    from train.data import PrefData
+    rows = [{"instruction": f"Colour {i}?", "input": "", "output": "red"} for i in range(8)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = [{"prompt": f"Colour {i}?", "chosen": "red", "rejected": "blue"} for i in range(8)]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    sft_shards = sft_pipeline(SFTConfig(source=str(tmp_path / "sft.jsonl"), data_dir=str(tmp_path / "data"),
+                                        workers=1, val_fraction=0.02))
+    pref_shards = pref_pipeline(PrefsConfig(source=str(tmp_path / "prefs.jsonl"), data_dir=str(tmp_path / "data"),
+                                           workers=1, val_fraction=0.02))
+    fix = "holds no {} (--val-fraction 0.02 drew none); make the shards again with a larger --val-fraction"
+    with pytest.raises(ValueError, match=re.escape(f"{sft_shards / 'val.bin'}: the validation split {fix.format('examples')}")):
+        SFTData(sft_shards, seq_len=128, batch_rows=2, seed=0)
+    with pytest.raises(ValueError, match=re.escape(f"{pref_shards}: the validation split {fix.format('pairs')}")):
+        PrefData(pref_shards, seq_len=128, batch_rows=2, seed=0)
+
+
 def test_loss_is_the_mean_over_all_supervised_tokens_of_the_global_batch(setup):
     # Micro-batches of 1 example: 2 steps x 4 micro-batches with 2 to 10 supervised targets each.
     run_dir = setup["tmp"] / "run"

@@ -245,8 +245,10 @@ class ExampleData:
             counts = " and ".join(f"{len(shard)} {side}" for shard, side in zip(shards, self.SIDES))
             raise ShardError(f"{self.dir}: the {what} split has {counts} answers (example i of each is row i)")
         where = self.dir / entries[0]["file"] if len(shards) == 1 else self.dir
-        if len(shards[0]) == 0:  # not a matter of --seq-len: the stage put none there (--val-fraction 0)
-            hint = "; make the shards again with --val-fraction above 0" if split == "val" else ""
+        if len(shards[0]) == 0:  # not a matter of --seq-len: the stage put none there (too small a --val-fraction)
+            fraction = manifest.get("split", {}).get("val_fraction")
+            hint = "" if split != "val" else "; make the shards again with --val-fraction above 0" if not fraction \
+                else f" (--val-fraction {fraction} drew none); make the shards again with a larger --val-fraction"
             raise ValueError(f"{where}: the {what} split holds no {self.rows_name}{hint}")
         if self.seq_len is None:
             return tuple(shards), np.arange(len(shards[0]))
