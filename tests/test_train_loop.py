@@ -141,6 +141,14 @@ def test_dataset_defaults_and_flags():
     assert "--seed SEED default: 1337" in help_text and "(default: None)" not in help_text
 
 
+def test_dist_timeout_help_names_its_unit():
+    """--help showed only "--dist-timeout DIST_TIMEOUT default: 30": minutes, where torchrun's timeouts are in
+    seconds (--dist-timeout 1800 meant for 30 minutes is 30 hours)."""
+    help_text = " ".join(build_parser().format_help().split())
+    assert ("--dist-timeout DIST_TIMEOUT minutes a rank waits in a collective for the others before the job stops "
+            "(NCCL's default: 10); default: 30") in help_text
+
+
 def test_show_config_prints_the_resolved_recipe(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(["--recipe", "gpt2-124m", "--lr", "3e-4", "--show-config"])

@@ -47,7 +47,9 @@ class RunConfig:
                                       "show_config": "print the resolved config as JSON and exit",
                                       "compile_mode": "torch.compile's mode, with --compile (tuned: inductor times "
                                                       "its kernels' launch settings at the start; max-autotune-no-"
-                                                      "cudagraphs: minutes of timing kernels at the start)"}
+                                                      "cudagraphs: minutes of timing kernels at the start)",
+                                      "dist_timeout": "minutes a rank waits in a collective for the others before "
+                                                      "the job stops (NCCL's default: 10)"}
 
     recipe: str = "sample"  # the named recipe the other fields start from
     # data
