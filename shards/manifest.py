@@ -43,6 +43,8 @@ def remake(folder: Path) -> str:
 def _missing(directory: Path) -> str:
     """Why `directory` has no manifest: no such folder, a folder above stage folders (`DATA_DIR/sample-pretrain`
     or `DATA_DIR` for `DATA_DIR/sample-pretrain/<fingerprint>`), or a stage that has not finished."""
+    if directory.is_file():
+        return f"{directory}: a file, not a shards folder (pass the folder that holds {MANIFEST})"
     if not directory.is_dir():
         return f"{directory}: no such folder"
     inner = sorted(str(m.parent) for pattern in (f"*/{MANIFEST}", f"*/*/{MANIFEST}") for m in directory.glob(pattern))
@@ -57,7 +59,7 @@ def load_manifest(directory: str | os.PathLike) -> dict:
     try:
         with open(path) as f:
             manifest = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ManifestError(_missing(Path(directory))) from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e}){remake(path.parent)}") from None

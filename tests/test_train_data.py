@@ -144,6 +144,10 @@ def test_a_shards_dir_without_a_manifest_says_why(shards, tmp_path):
     first", although a rerun of the stage only says it has finished."""
     with pytest.raises(ManifestError, match=f"^{re.escape(str(tmp_path / 'typo'))}: no such folder$"):
         data(tmp_path / "typo")
+    manifest = shards / "manifest.json"  # the manifest itself: a NotADirectoryError's traceback before
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(manifest))}: a file, not a shards folder \\(pass the "
+                                            "folder that holds manifest.json\\)$"):
+        data(manifest)
     for above in (tmp_path / "sample-pretrain", tmp_path):
         with pytest.raises(ManifestError, match=re.escape(f"{above / 'manifest.json'}: no manifest; {above} holds the "
                                                           f"finished stage folder(s) {shards}: pass one of them")):
