@@ -192,7 +192,7 @@ def torchrun(nproc, args):
                "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "train", "sft"]
     proc = subprocess.run(command + args, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # the ranks' progress, then torchrun's
 
 
 def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(setup):

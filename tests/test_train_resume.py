@@ -54,7 +54,7 @@ def train(setup, run_dir, nproc=1, micro_batch=2, extra=()):
         return losses(run_dir)
     proc = subprocess.run(command(nproc) + flags(setup, run_dir, micro_batch) + list(extra), cwd=ROOT, env=env(),
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # the ranks' progress, then torchrun's
     return losses(run_dir)
 
 

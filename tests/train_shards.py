@@ -119,7 +119,7 @@ def run_two_ranks(stage: str, argv: list[str], env: dict | None = None) -> None:
     """`python -m train <stage> argv` on 2 gloo ranks (torchrun), which must succeed (`env`: trainer_env())."""
     proc = subprocess.run(trainer_command(stage, 2) + argv, cwd=ROOT, env=env or trainer_env(), capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # the ranks' progress, then torchrun's
 
 
 def files_of_run(run_dir: Path) -> list[str]:
