@@ -185,10 +185,10 @@ class StaticDecoder:
     `column`, `bias`); `prefill` puts the prompts through the model into the cache and sets them. With
     `compile` (True, or one of COMPILE_MODES), the step is compiled first (inductor fuses LayerNorm, GELU and
     the residual adds; "tuned" also makes each product at batch 1 one bandwidth-bound kernel: `compile_options`).
-    On a GPU the step is captured once as a CUDA graph, so a step costs
-    one launch instead of ~200 (at batch 1 the Python and launch overhead, not the GPU, bounded the eager loop:
-    docs/benchmarks.md), and so is the prompts' forward, once per width. Keys, values and logits are in the
-    weights' dtype: the graph is not used under autocast, whose cast weights would be cached outside the graph.
+    On a GPU the step is captured once as a CUDA graph, so a step costs one launch instead of ~200 (at batch 1
+    the Python and launch overhead, not the GPU, bounded the eager loop: docs/benchmarks.md), and so is the
+    prompts' forward, once per width. Keys, values and logits are in the weights' dtype: the graph is not used
+    under autocast, whose cast weights would be cached outside the graph.
     """
 
     def __init__(self, model: GPT, batch: int, max_len: int, compile: bool | str = False):
@@ -211,7 +211,7 @@ class StaticDecoder:
             self._step = torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False,
                                        options=compile_options("default" if compile is True else compile))
         self.graph, self.busy = None, False  # busy: a stream is decoding with it
-        self.prompts: dict[int, list] = {}  # prompt width: its inputs, its forward's uses, graph and logits
+        self.prompts: dict[int, tuple] = {}  # prompt width: its inputs, and its forward's graph and logits
         self.pool = None  # the memory pool the prompts' graphs share
         self.graphs = device.type == "cuda"  # whether to capture CUDA graphs
         if self.graphs:
@@ -258,21 +258,21 @@ class StaticDecoder:
         are read before the next prompt's forward."""
         batch, width = tokens.shape
         columns = min(-(-width // PREFILL_COLUMNS) * PREFILL_COLUMNS, self.shape[1] - room)
-        if columns not in self.prompts:
+        seen = columns in self.prompts  # a width's second forward is captured
+        if not seen:
             inputs = (torch.zeros(batch, columns, dtype=torch.int64, device=tokens.device),
                       torch.zeros(batch, columns, dtype=torch.int64, device=tokens.device),
                       torch.zeros(batch, columns, dtype=torch.bool, device=tokens.device))
-            self.prompts[columns] = [inputs, 0, None, None]
-        inputs, uses, graph, logits = self.prompts[columns]
-        self.prompts[columns][1] = uses + 1
+            self.prompts[columns] = inputs, None, None
+        inputs, graph, logits = self.prompts[columns]
         for buffer, given in zip(inputs, (tokens, positions, visible)):
             buffer[:, :columns - width] = 0  # padding: keys not visible
             buffer[:, columns - width:] = given
         forward = functools.partial(self._prompt_forward, model, *inputs)
-        if graph is None and uses > 0 and self.graphs and batch * columns <= PREFILL_GRAPH_TOKENS:
+        if graph is None and seen and self.graphs and batch * columns <= PREFILL_GRAPH_TOKENS:
             graph, logits = self._capture(tokens.device, forward, self.pool)
             self.pool = graph.pool()
-            self.prompts[columns][2:] = graph, logits
+            self.prompts[columns] = inputs, graph, logits
         if graph is None:
             logits = forward()
         else:
