@@ -98,7 +98,7 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     raise ValueError(f"--device {name!r}: choose auto, cpu or cuda")
 
 
-def setup(device: str = "auto", timeout_min: float = 30) -> Dist:
+def setup(device: str, timeout_min: float) -> Dist:
     """Join torchrun's process group if launched by torchrun (RANK/WORLD_SIZE set), else a single process. A rank
     waits up to `timeout_min` minutes in a collective for the others."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -115,9 +115,10 @@ def setup(device: str = "auto", timeout_min: float = 30) -> Dist:
 
 
 @contextlib.contextmanager
-def process_group(device: str = "auto", timeout_min: float = 30):
-    """`setup(device, timeout_min)` for the block, then leave the group: after a barrier when the block ended normally,
-    at once when it raised (another rank may never reach the barrier)."""
+def process_group(device: str, timeout_min: float):
+    """`setup(device, timeout_min)` (a trainer's --device and --dist-timeout) for the block, then leave the group:
+    after a barrier when the block ended normally, at once when it raised (another rank may never reach the
+    barrier)."""
     dist = setup(device, timeout_min)
     ok = False
     try:
