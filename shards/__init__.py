@@ -20,6 +20,6 @@ __all__ = [
     "DOCS_DTYPE", "HEADER_BYTES", "MAGIC", "MANIFEST", "ManifestError", "SFTShard", "ShardError", "TOKEN_DTYPE",
     "atomic_directory", "atomic_write", "bytes_bar", "directory_lock", "fsync_dir", "load_manifest",
     "manifest_sha256", "open_sft_shard", "open_tokens", "progress_bar", "read_docs", "read_header",
-    "remove_temporaries", "sha256_file", "sha256_json", "write_bytes", "write_json", "write_manifest", "write_sft_shard",
-    "write_shard",
+    "remove_temporaries", "sha256_file", "sha256_json", "write_bytes", "write_json", "write_manifest",
+    "write_sft_shard", "write_shard",
 ]

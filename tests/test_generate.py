@@ -128,8 +128,9 @@ def test_static_decoding_gives_the_same_tokens(model):
         greedy(model, PROMPTS, static=True, use_cache=False)
     with pytest.raises(ValueError, match="compile=True compiles the static decoder's step"):
         stream(model, ids, masks, static=False, compile=True)  # when called, before the first step
+    # max-autotune's CUDA graphs would go inside the decoder's
     with pytest.raises(ValueError, match="compile must be True, False or one of default, tuned, "
-                                         "max-autotune-no-cudagraphs, got 'max-autotune'"):  # its CUDA graphs would go inside the decoder's
+                                         "max-autotune-no-cudagraphs, got 'max-autotune'"):
         greedy(model, PROMPTS, static=True, compile="max-autotune")
 
 

@@ -114,9 +114,14 @@ def unpadded(batches):
     return [x[r, :int((y[r] != -100).nonzero().max()) + 1].tolist() for x, y in batches for r in range(len(x))]
 
 
-def test_an_empty_validation_split_is_named_as_such_not_blamed_on_the_seq_len(tmp_path):
+@pytest.mark.parametrize("val_fraction, fix", [
+    (0.0, "holds no {}; make the shards again with --val-fraction above 0"),
+    (0.02, "holds no {} (--val-fraction 0.02 drew none); make the shards again with a larger --val-fraction")])
+def test_an_empty_validation_split_is_named_as_such_not_blamed_on_the_seq_len(tmp_path, val_fraction, fix):
     """Shards made with --val-fraction 0 hold no validation example: the trainers said that none "fits in
-    --seq-len", sending the user to raise a --seq-len that was never the cause."""
+    --seq-len", sending the user to raise a --seq-len that was never the cause. A small source split at a
+    --val-fraction above 0 (0.02, the default of a --source) can leave it empty too: the fix is then a larger
+    --val-fraction, not one "above 0", which it already was."""
     from pipelines.prefs import PrefsConfig, run as pref_pipeline
     from train.data import PrefData
     rows = [{"instruction": f"Colour {i}?", "input": "", "output": "red"} for i in range(8)]
@@ -124,31 +129,11 @@ def test_an_empty_validation_split_is_named_as_such_not_blamed_on_the_seq_len(tm
     pairs = [{"prompt": f"Colour {i}?", "chosen": "red", "rejected": "blue"} for i in range(8)]
     (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     sft_shards = sft_pipeline(SFTConfig(source=str(tmp_path / "sft.jsonl"), data_dir=str(tmp_path / "data"),
-                                        workers=1, val_fraction=0.0))
+                                        workers=1, val_fraction=val_fraction))
     pref_shards = pref_pipeline(PrefsConfig(source=str(tmp_path / "prefs.jsonl"), data_dir=str(tmp_path / "data"),
-                                           workers=1, val_fraction=0.0))
-    fix = "holds no {}; make the shards again with --val-fraction above 0"
-    with pytest.raises(ValueError, match=re.escape(f"{sft_shards / 'val.bin'}: the validation split {fix.format('examples')}")):
-        SFTData(sft_shards, seq_len=128, batch_rows=2, seed=0)
-    with pytest.raises(ValueError, match=re.escape(f"{pref_shards}: the validation split {fix.format('pairs')}")):
-        PrefData(pref_shards, seq_len=128, batch_rows=2, seed=0)
-
-
-def test_a_validation_split_left_empty_by_a_small_val_fraction_asks_for_a_larger_one(tmp_path):
-    """A small source split at a --val-fraction above 0 (0.02, the default of a --source) can leave the validation
-    split empty too: the fix is a larger --val-fraction, not one "above 0", which it already was."""
-    from pipelines.prefs import PrefsConfig, run as pref_pipeline
-    from train.data import PrefData
-    rows = [{"instruction": f"Colour {i}?", "input": "", "output": "red"} for i in range(8)]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pairs = [{"prompt": f"Colour {i}?", "chosen": "red", "rejected": "blue"} for i in range(8)]
-    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    sft_shards = sft_pipeline(SFTConfig(source=str(tmp_path / "sft.jsonl"), data_dir=str(tmp_path / "data"),
-                                        workers=1, val_fraction=0.02))
-    pref_shards = pref_pipeline(PrefsConfig(source=str(tmp_path / "prefs.jsonl"), data_dir=str(tmp_path / "data"),
-                                           workers=1, val_fraction=0.02))
-    fix = "holds no {} (--val-fraction 0.02 drew none); make the shards again with a larger --val-fraction"
-    with pytest.raises(ValueError, match=re.escape(f"{sft_shards / 'val.bin'}: the validation split {fix.format('examples')}")):
+                                           workers=1, val_fraction=val_fraction))
+    sft_error = f"{sft_shards / 'val.bin'}: the validation split {fix.format('examples')}"
+    with pytest.raises(ValueError, match=re.escape(sft_error)):
         SFTData(sft_shards, seq_len=128, batch_rows=2, seed=0)
     with pytest.raises(ValueError, match=re.escape(f"{pref_shards}: the validation split {fix.format('pairs')}")):
         PrefData(pref_shards, seq_len=128, batch_rows=2, seed=0)

@@ -168,8 +168,9 @@ def test_show_config_prints_the_resolved_recipe(capsys):
     (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     (["--compile-mode", "max-autotune-no-cudagraphs"], "--compile-mode max-autotune-no-cudagraphs needs --compile"),
-    (["--compile", "--compile-mode", "reduce-overhead"], "argument --compile-mode: invalid choice: 'reduce-overhead' "
-                                                         "(choose from 'default', 'tuned', 'max-autotune-no-cudagraphs')"),
+    (["--compile", "--compile-mode", "reduce-overhead"],
+     "argument --compile-mode: invalid choice: 'reduce-overhead' (choose from 'default', 'tuned', "
+     "'max-autotune-no-cudagraphs')"),
     (["--model", "gpt3"], "argument --model: invalid choice: 'gpt3' (choose from 'gpt2', 'gpt2-medium'"),
     (["--dataset", "nope"], "argument --dataset: invalid choice: 'nope' (choose from 'sample', 'fineweb10B', "
                             "'fineweb-edu10B', 'custom')"),
