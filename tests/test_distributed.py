@@ -1,7 +1,11 @@
 """Dist's collectives with two gloo processes: the checks that keep ranks from going on with different state;
-the device each rank picks."""
+the device each rank picks; the process group's timeout; a rank's end."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,8 @@ import torch.multiprocessing as mp
 
 from train.distributed import Dist, pick_device
 from train.pretrain import main as pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rank(rank: int, store: str, out: str) -> None:
@@ -73,3 +79,35 @@ def test_the_process_group_waits_dist_timeout_minutes(monkeypatch, tmp_path):
             pretrain(["--run-dir", str(tmp_path / "run"), "--device", "cpu", *flags])
     assert [(j["backend"], j["timeout"]) for j in joined] == [("gloo", datetime.timedelta(minutes=30)),
                                                               ("gloo", datetime.timedelta(minutes=90))]
+
+
+ENDING_RANK = """
+import sys, time, torch, torch.distributed as torch_dist
+from train.distributed import exit_process
+rank, store = int(sys.argv[1]), sys.argv[2]
+torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+if rank == 1:  # leaves a second after joining: rank 0's all-reduce then fails, on its gloo worker thread
+    time.sleep(1)
+    exit_process(0)
+x = torch.ones(4, requires_grad=True)
+x.register_hook(lambda grad: (torch_dist.all_reduce(torch.ones(4), async_op=True), grad)[1])
+x.sum().backward()  # the all-reduce launched in the backward pass, as DDP's are
+sys.setswitchinterval(100)  # the main thread keeps the GIL while the worker drops the failed all-reduce
+started = time.monotonic()
+while time.monotonic() < started + 2:  # no output either: a write would let the worker have the GIL
+    pass
+exit_process(3)
+"""
+
+
+def test_a_rank_ends_with_its_status_while_a_gloo_worker_still_drops_a_backward_collective(tmp_path):
+    """A rank's end under torchrun (train.distributed.exit_process) must not run the interpreter's shutdown: a gloo
+    worker that frees a backward pass's collective then aborts the process (pytorch/pytorch#190489; CI saw a 2-rank
+    run that had finished end in SIGABRT). Here rank 0's worker is made to wait for the GIL into that shutdown; the
+    same program ending with sys.exit aborts every time."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-c", ENDING_RANK, str(rank), str(tmp_path / "store")],
+                              env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (1, 0)]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 3], outputs

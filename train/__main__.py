@@ -3,6 +3,8 @@
 import importlib
 import sys
 
+from train.distributed import exit_process
+
 COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm", "rl": "train.rl"}
 
 
@@ -19,4 +21,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

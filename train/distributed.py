@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as torch_dist
@@ -98,10 +100,30 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     raise ValueError(f"--device {name!r}: choose auto, cpu or cuda")
 
 
+def under_torchrun() -> bool:
+    """Whether torchrun started this process as one of several ranks (RANK set, WORLD_SIZE above 1)."""
+    return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def exit_process(status: int) -> NoReturn:
+    """End a trainer's process with exit status `status`; a rank of torchrun's at once, its output flushed, without
+    the interpreter's shutdown. A collective launched in a backward pass (DDP's all-reduces) holds a Python object
+    of the thread's state, which the process group's worker thread frees when it drops the collective; once the
+    interpreter has begun to shut down, that thread's wait for the GIL ends it inside a C++ destructor, and the
+    whole process aborts ('terminate called without an active exception', pytorch/pytorch#190489). Neither
+    destroy_process_group nor a barrier rules that out: DDP keeps the group's threads alive past the first, and a
+    worker may drop its last collective after the second has returned. Every file of the run is closed by then."""
+    if under_torchrun():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 def setup(device: str, timeout_min: float) -> Dist:
     """Join torchrun's process group if launched by torchrun (RANK/WORLD_SIZE set), else a single process. A rank
     waits up to `timeout_min` minutes in a collective for the others."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if not under_torchrun():
         return Dist(device=pick_device(device))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
