@@ -210,6 +210,8 @@ def _read_config(folder: Path, padded_vocab_size: int | None) -> tuple[GPTConfig
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{config_path}: not a JSON object")
     if raw.get("format") == FORMAT:  # format_version 1: our own config
         return _v1_config(raw, config_path, padded_vocab_size), raw
     if raw.get("model_type") == "gpt2":

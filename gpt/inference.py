@@ -89,7 +89,7 @@ def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncat
     if not ((attention_masks == 0) | (attention_masks == 1)).all():
         raise ValueError("attention_masks must hold only 0 and 1")
     block, vocab = model.config.block_size, model.config.vocab_size
-    keep = max(1, block - max_steps)  # with truncate: room for max_steps new tokens
+    keep = max(1, block - max(max_steps, 1))  # with truncate: room for max_steps new tokens (at least one)
     rows, n = [], input_ids.shape[0]
     for i in range(n):
         row, which = input_ids[i][attention_masks[i].bool()], f"prompt {i + 1} of {n}"
@@ -145,7 +145,8 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     smallest set whose probability reaches `top_p`. `repetition_penalty` (1 = none; HF's, e.g. 1.2) first
     divides the positive logits, and multiplies the negative ones, of every token already in the row's prompt
     or answer, at any temperature. A prompt that fills the context is refused, or, with
-    `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1) keeps its last tokens.
+    `truncate=True`, every prompt longer than `block_size - max_steps` (at least 1, at most `block_size - 1`)
+    keeps its last tokens.
     `use_cache=False` recomputes the whole sequence at each step (the reference the cache is tested against).
     `static` decodes with a `StaticDecoder` (fixed shapes; a CUDA graph on a GPU); by default it does so on a
     GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or one of

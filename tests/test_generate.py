@@ -461,6 +461,14 @@ def test_overlong_prompt_is_refused_or_left_truncated(model):
     assert [len(r) for r in truncated] == [10, 10]
 
 
+def test_truncate_keeps_room_for_one_token_at_max_steps_0(model):
+    """max_steps=0 with truncate=True: a prompt that fills the context is cut to block_size - 1 tokens, as with
+    max_steps=1, not refused with a message that offers truncate=True."""
+    tokens = list(range(2000, 2000 + model.config.block_size))
+    assert generate(model, *batch([tokens]), 0, 0, truncate=True) == [[]]
+    assert list(stream(model, *batch([tokens, [32]]), 0, 0, truncate=True)) == []
+
+
 def test_seeded_sampling_is_reproducible(model):
     ids, masks = tokenize_batch_input(PROMPTS)
 

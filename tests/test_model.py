@@ -460,6 +460,12 @@ def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
                                                                "activation_function": "relu"}))
     with pytest.raises(ValueError, match=r"config\.json: activation_function='relu' is not supported"):
         load_model(tmp_path / "ckpt")
+    for text in ("[1, 2]", "null", '"gpt2"'):  # valid JSON, not an object: named, not an AttributeError
+        (tmp_path / "ckpt" / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=r"config\.json: not a JSON object"):
+            load_model(tmp_path / "ckpt")
+        with pytest.raises(SystemExit, match=r"export-hf: .*config\.json: not a JSON object"):
+            gpt_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")])
 
 
 def test_export_hf_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
