@@ -415,6 +415,15 @@ def test_a_source_without_documents_or_with_one_is_named(tmp_path, capsys):
     assert "only 1 document (4 tokens): the validation split and the train split" in capsys.readouterr().err
 
 
+def test_parquet_files_without_a_row_group_are_named(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.ParquetWriter(folder / "x.parquet", pa.schema([("text", pa.string())])).close()  # no row group at all
+    assert run(tmp_path / "data", folder) == 1
+    assert f"no documents: the source holds no rows (1 file(s): {folder / 'x.parquet'})" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before a stage folder is made
+
+
 def test_files_of_other_types_in_a_source_folder_are_named_hidden_ones_skipped(src, tmp_path, capsys):
     folder = tmp_path / "in"
     shutil.copytree(src[0], folder)
