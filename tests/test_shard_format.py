@@ -190,6 +190,8 @@ def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_pat
      r"shards\[0\] \(\.\./a\.bin\): file is '\.\./a\.bin', expected a file name in"),
     (lambda e: e.update(idx_file=3), r"shards\[0\] \(a\.bin\): idx_file is 3, expected a file name in the folder"),
     (lambda e: e.pop("split"), r"shards\[0\] \(a\.bin\): no split \(edited by hand"),
+    # a split the readers do not know: a trainer read only the "train" and "val" entries, the others left out unsaid
+    (lambda e: e.update(split="training"), r"shards\[0\] \(a\.bin\): split is 'training', expected 'train' or 'val'"),
     (lambda e: e.pop("file"), r"shards\[0\]: no file \(edited by hand")])
 def test_a_manifest_entry_of_the_wrong_shape_is_named(tmp_path, edit, message):
     """A manifest edited by hand (or by another tool) fails where it is read, naming the entry and the field, not
