@@ -132,7 +132,8 @@ def check_totals(folder: Path, manifest: dict) -> str | None:
     listed = {"tokens": sum(e["num_tokens"] for e in entries), "shards": len(entries)}
     for key, value in listed.items():
         if key in totals and totals[key] != value:
-            return (f"{folder / MANIFEST}: its totals say {totals[key]:,} {key}, its shards list {value:,}"
+            said = f"{totals[key]:,}" if type(totals[key]) is int else repr(totals[key])  # a hand edit: "9", 9.0
+            return (f"{folder / MANIFEST}: its totals say {said} {key}, its shards list {value:,}"
                     f"{remake(folder)}")
     return None
 

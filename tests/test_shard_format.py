@@ -88,6 +88,14 @@ def test_inspect_verifies_and_decodes_sft(tmp_path, capsys):
     assert "ANSWER: -!<|endoftext|>" in out  # tokens 12, 0 ("!"), EOT are the supervised part of example 0
 
 
+def test_inspect_names_a_total_edited_into_a_string(tmp_path, capsys):
+    manifest = _sft_folder(tmp_path)
+    write_manifest(tmp_path, {**manifest, "totals": {"tokens": "9", "shards": 1}})  # edited by hand
+    assert report.main([str(tmp_path), "--verify"]) == 1
+    assert (f"BAD {tmp_path / 'manifest.json'}: its totals say '9' tokens, its shards list 9 (edited by hand?"
+            in capsys.readouterr().err)  # was: "Cannot specify ',' with 's'."
+
+
 @pytest.mark.parametrize("which, values, message", [
     ("mask", np.array([0, 0, 2, 1, 1, 0, 1, 1, 1], np.uint8), "mask values other than 0 and 1"),
     ("idx", np.array([0, 5, 5, 9], np.uint64), "offsets do not strictly increase"),
