@@ -65,11 +65,16 @@ def load_manifest(directory: str | os.PathLike) -> dict:
         raise ManifestError(f"{path}: not valid JSON ({e}){remake(path.parent)}") from None
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: not a JSON object{remake(path.parent)}")
+    for key in SECTIONS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ManifestError(f"{path}: {key} is a {type(manifest[key]).__name__}, not an object"
+                                f"{remake(path.parent)}")
     if "shards" in manifest:
         _check_entries(path, manifest["shards"])
     return manifest
 
 
+SECTIONS = ("config", "source", "tokenizer", "totals", "split")  # objects that readers look into, when present
 SHARD_FIELDS = ("file", "split", "num_tokens", "bytes", "sha256")  # in every entry of `shards`
 SPLITS = ("train", "val")  # an entry's split: the readers take these and no other
 

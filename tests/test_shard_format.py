@@ -235,6 +235,22 @@ def test_a_manifest_that_is_not_an_object_is_named(tmp_path, capsys, text):
     assert f"BAD {tmp_path / 'manifest.json'}: not a JSON object" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("key, value", [("tokenizer", "gpt2"), ("totals", [1]), ("config", "x"), ("source", 3)])
+def test_a_manifest_section_that_is_not_an_object_is_named(tmp_path, capsys, key, value):
+    """A section that inspect, a stage's rerun or a trainer looks into, edited into another type: its name, not an
+    AttributeError's traceback ('str' object has no attribute 'get')."""
+    from pipelines import stage
+    from shards.manifest import ManifestError
+
+    manifest = _sft_folder(tmp_path)
+    write_manifest(tmp_path, {**manifest, key: value})  # edited by hand
+    message = f"{tmp_path / 'manifest.json'}: {key} is a {type(value).__name__}, not an object (edited by hand?"
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        stage.finished(tmp_path, {})
+    assert report.main([str(tmp_path), "--verify"]) == 1
+    assert f"BAD {message}" in capsys.readouterr().err
+
+
 def test_progress_of_a_long_step_outside_a_terminal_is_plain_lines(capsys, monkeypatch):
     """A long step (a download, tokenizing, verifying shards) in a log: lines at the first update, every
     PLAIN_EVERY_S seconds and at the total, with the time left at the rate since the first update, sizes in bytes
