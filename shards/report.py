@@ -255,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     leftovers = unfinished(args.dir) if args.dir.is_dir() else []
     if not folders:
         print_unfinished(leftovers)
-        print(f"error: no {MANIFEST} under {args.dir}", file=sys.stderr)
+        problem = (f"no {MANIFEST} under {args.dir}" if args.dir.is_dir() else f"{args.dir}: a file, not a folder "
+                   f"(pass the shards folder that holds {MANIFEST}, or a folder above it: DATA_DIR)"
+                   if args.dir.exists() else f"{args.dir}: no such folder")
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     bad = 0
     for folder in folders:

@@ -96,6 +96,16 @@ def test_inspect_names_a_total_edited_into_a_string(tmp_path, capsys):
             in capsys.readouterr().err)  # was: "Cannot specify ',' with 's'."
 
 
+def test_inspect_of_a_file_or_a_missing_folder_says_so(tmp_path, capsys):
+    _sft_folder(tmp_path)
+    for path in (tmp_path / "manifest.json", tmp_path / "sft_val_000000.bin"):  # was "no manifest.json under <it>"
+        assert report.main([str(path), "--verify"]) == 1
+        assert capsys.readouterr().err == (f"error: {path}: a file, not a folder (pass the shards folder that holds "
+                                           "manifest.json, or a folder above it: DATA_DIR)\n")
+    assert report.main([str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such folder\n"
+
+
 @pytest.mark.parametrize("which, values, message", [
     ("mask", np.array([0, 0, 2, 1, 1, 0, 1, 1, 1], np.uint8), "mask values other than 0 and 1"),
     ("idx", np.array([0, 5, 5, 9], np.uint64), "offsets do not strictly increase"),
