@@ -84,7 +84,7 @@ def run(cfg: PretrainConfig) -> Path | None:
     if stage.finished(out, config):
         print(f"{out}: already finished, nothing to do")
         return out
-    sources.check_verified(source)
+    sources.check_verified(source.files, source.identity, source.stage_dir)
     parts = out / stage.PARTS
     units = tokenize_stage.plan_units(source.files)
     if not units:  # parquet files without a row group: nothing to tokenize, nothing to name the files after

@@ -168,17 +168,18 @@ def describe_local(source: TextSource) -> dict:
     return {**source.description, "files": files}
 
 
-def check_verified(source: TextSource) -> None:
-    """A SourceError naming the first input of a download or conversion stage whose size is no longer the one that
-    stage verified (a file cut, or replaced, after the stage finished, which a rerun of it skips): tokenized, it
-    would pass for the verified file in the manifest. Local folders (SOURCE=) are checked after tokenizing."""
-    if source.stage_dir is None:
+def check_verified(files: list[Path], records: list[dict] | None, stage_dir: Path | None) -> None:
+    """A SourceError naming the first of `files` whose size is no longer the one its download or conversion stage
+    (`stage_dir`, which verified them as `records`) recorded: a file cut, or replaced, after the stage finished,
+    which a rerun of it skips; tokenized, it would pass for the verified file in the manifest. Nothing to check
+    without a stage (SOURCE=: pretraining checks a local folder after tokenizing)."""
+    if stage_dir is None:
         return
-    for path, ident in zip(source.files, source.identity):
+    for path, ident in zip(files, records):
         size = path.stat().st_size if path.exists() else None
         if size != ident["bytes"]:
             raise SourceError(f"{path}: {'missing' if size is None else f'{size:,} bytes'}, but its source stage "
-                              f"verified {ident['bytes']:,}; remove {source.stage_dir / stage.MANIFEST} and run "
+                              f"verified {ident['bytes']:,}; remove {stage_dir / stage.MANIFEST} and run "
                               "again to download (or convert) it anew")
 
 
