@@ -56,6 +56,7 @@ class PairSource:
     verified: list[dict] | None = None  # {"file", "bytes", "sha256"} per file, when a download stage checked them
     seed: int | None = None  # the sample's draw of rejected answers
     val_fraction: float | None = None  # the sample's split, which its draw of rejected answers keeps to
+    stage_dir: Path | None = None  # the download stage that verified the files
 
     def describe(self) -> dict:
         """The source as the manifest records it (files not verified by a download stage are hashed now)."""
@@ -90,7 +91,8 @@ def ultrafeedback_source(data_dir: str | os.PathLike) -> PairSource:
     downloaded = download_hub("ultrafeedback", data_dir)
     info = downloaded.description
     check_splits(downloaded.files, ULTRAFEEDBACK_SPLITS)
-    return PairSource(info["dataset"], info["revision"], downloaded.files, "ultrafeedback", info["files"])
+    return PairSource(info["dataset"], info["revision"], downloaded.files, "ultrafeedback", info["files"],
+                      stage_dir=downloaded.stage_dir)
 
 
 def path_source(path: str | os.PathLike) -> PairSource:

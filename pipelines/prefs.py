@@ -25,7 +25,7 @@ from typing import ClassVar
 from gpt import template
 from pipelines import CUSTOM, PREF_DATASETS, examples, pref_sources
 from pipelines.examples import SPLITS
-from pipelines.sources import SourceError
+from pipelines.sources import SourceError, check_verified
 from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
 from shards import cli
 from shards.io import sha256_json
@@ -145,6 +145,7 @@ def run(cfg: PrefsConfig) -> Path:
     if finished(out, config):
         print(f"prefs: {out} is complete, nothing to do")
         return out
+    check_verified(source.files, source.verified, source.stage_dir)
     num_chunks = examples.plan(source.pairs(), source.files, cfg.chunk_pairs, "pairs")
 
     def build() -> dict:

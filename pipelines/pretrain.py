@@ -84,8 +84,12 @@ def run(cfg: PretrainConfig) -> Path | None:
     if stage.finished(out, config):
         print(f"{out}: already finished, nothing to do")
         return out
+    sources.check_verified(source.files, source.identity, source.stage_dir)
     parts = out / stage.PARTS
     units = tokenize_stage.plan_units(source.files)
+    if not units:  # parquet files without a row group: nothing to tokenize, nothing to name the files after
+        raise sources.SourceError(f"no documents: the source holds no rows ({len(source.files)} file(s): "
+                                  f"{sources.first_names([str(p) for p in source.files])})")
     if cfg.num_tasks > 1 and not cfg.assemble:
         with directory_lock(task_folder(parts, cfg.task_index, cfg.num_tasks)):
             stats = tokenize_stage.tokenize(source.files, units, parts, cfg.text_column, cfg.workers,

@@ -28,6 +28,7 @@ from typing import ClassVar
 from gpt import template
 from pipelines import CUSTOM, SFT_DATASETS, examples, sft_sources
 from pipelines.examples import SPLITS, encode_example, is_val  # noqa: F401 (the stage's API: is_val, encode_example)
+from pipelines.sources import check_verified
 from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
 from shards import cli
 from shards.io import sha256_json
@@ -152,6 +153,7 @@ def run(cfg: SFTConfig) -> Path:
     if finished(out, config):
         print(f"sft: {out} is complete, nothing to do")
         return out
+    check_verified(source.files, source.verified, source.stage_dir)
     num_chunks = examples.plan(source.examples(), source.files, cfg.chunk_examples, "examples")
 
     def build() -> dict:

@@ -63,6 +63,7 @@ class ExampleSource:
     files: list[Path]
     kind: str               # "chatterbot", "alpaca-format" or "gsm8k"
     verified: list[dict] | None = None  # {"file", "bytes", "sha256"} per file, when a download stage checked them
+    stage_dir: Path | None = None  # the download stage that verified the files
 
     def describe(self) -> dict:
         """The source as the manifest records it (files not verified by a download stage are hashed now)."""
@@ -94,7 +95,8 @@ def alpaca_source(data_dir: str | os.PathLike) -> ExampleSource:
     """tatsu-lab/alpaca at the pinned revision, downloaded (or found complete) in DATA_DIR/alpaca-source/."""
     downloaded = download_hub("alpaca", data_dir)
     info = downloaded.description
-    return ExampleSource(info["dataset"], info["revision"], downloaded.files, "alpaca-format", info["files"])
+    return ExampleSource(info["dataset"], info["revision"], downloaded.files, "alpaca-format", info["files"],
+                         downloaded.stage_dir)
 
 
 def gsm8k_source(data_dir: str | os.PathLike) -> ExampleSource:
@@ -102,7 +104,8 @@ def gsm8k_source(data_dir: str | os.PathLike) -> ExampleSource:
     downloaded = download_hub("gsm8k", data_dir)
     info = downloaded.description
     check_splits(downloaded.files, GSM8K_SPLITS)
-    return ExampleSource(info["dataset"], info["revision"], downloaded.files, "gsm8k", info["files"])
+    return ExampleSource(info["dataset"], info["revision"], downloaded.files, "gsm8k", info["files"],
+                         downloaded.stage_dir)
 
 
 def split_of(path: Path, splits: dict[str, str]) -> str:

@@ -57,6 +57,7 @@ class TextSource:
     files: list[Path]    # the input files, in document order
     identity: list[dict]  # what the tokenize config fingerprints: one {"file", "bytes", ...} per input
     description: dict    # the manifest's "source": dataset id, revision, files with bytes and sha256 (None: not yet)
+    stage_dir: Path | None = None  # the download or conversion stage that verified the files (None: SOURCE=)
 
     def describe(self) -> dict:
         """The manifest's "source"; the files of a local folder (SOURCE=), not hashed before, are hashed now."""
@@ -78,7 +79,7 @@ def build_sample(data_dir: str | Path, json_path: Path | None = None) -> TextSou
               "document": "one conversation, one message per line", "rows_per_group": SAMPLE_ROWS_PER_GROUP}
     out = stage.output_dir(data_dir, "sample-source", config)
     manifest = stage.run_once(out, config, lambda: _convert_sample(out, config, json_path or sample_json_path()))
-    return TextSource("sample", [out / SAMPLE_FILE], manifest["source"]["files"], manifest["source"])
+    return TextSource("sample", [out / SAMPLE_FILE], manifest["source"]["files"], manifest["source"], out)
 
 
 def _convert_sample(out: Path, config: dict, json_path: Path) -> dict:
@@ -116,7 +117,7 @@ def download_hub(dataset: str, data_dir: str | Path) -> TextSource:
         return manifest
 
     manifest = stage.run_once(out, config, fetch)
-    return TextSource(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"])
+    return TextSource(dataset, [out / f for f in filenames], manifest["source"]["files"], manifest["source"], out)
 
 
 def local_source(path: str | Path) -> TextSource:
@@ -165,6 +166,21 @@ def describe_local(source: TextSource) -> dict:
     files = hash_files(source.files, [ident["file"] for ident in source.identity])
     _check_unchanged(source)
     return {**source.description, "files": files}
+
+
+def check_verified(files: list[Path], records: list[dict] | None, stage_dir: Path | None) -> None:
+    """A SourceError naming the first of `files` whose size is no longer the one its download or conversion stage
+    (`stage_dir`, which verified them as `records`) recorded: a file cut, or replaced, after the stage finished,
+    which a rerun of it skips; tokenized, it would pass for the verified file in the manifest. Nothing to check
+    without a stage (SOURCE=: pretraining checks a local folder after tokenizing)."""
+    if stage_dir is None:
+        return
+    for path, ident in zip(files, records):
+        size = path.stat().st_size if path.exists() else None
+        if size != ident["bytes"]:
+            raise SourceError(f"{path}: {'missing' if size is None else f'{size:,} bytes'}, but its source stage "
+                              f"verified {ident['bytes']:,}; remove {stage_dir / stage.MANIFEST} and run "
+                              "again to download (or convert) it anew")
 
 
 def _check_unchanged(source: TextSource) -> None:

@@ -65,18 +65,24 @@ def load_manifest(directory: str | os.PathLike) -> dict:
         raise ManifestError(f"{path}: not valid JSON ({e}){remake(path.parent)}") from None
     if not isinstance(manifest, dict):
         raise ManifestError(f"{path}: not a JSON object{remake(path.parent)}")
+    for key in SECTIONS:
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ManifestError(f"{path}: {key} is a {type(manifest[key]).__name__}, not an object"
+                                f"{remake(path.parent)}")
     if "shards" in manifest:
         _check_entries(path, manifest["shards"])
     return manifest
 
 
+SECTIONS = ("config", "source", "tokenizer", "totals", "split")  # objects that readers look into, when present
 SHARD_FIELDS = ("file", "split", "num_tokens", "bytes", "sha256")  # in every entry of `shards`
+SPLITS = ("train", "val")  # an entry's split: the readers take these and no other
 
 
 def _check_entries(path: Path, entries) -> None:
     """A ManifestError naming the entry and field of `shards` that a reader would trip on: a missing field of
-    SHARD_FIELDS, or a field of the wrong type (file names plain names in the folder, counts integers >= 0,
-    sha256 64 hex digits)."""
+    SHARD_FIELDS, or a field of the wrong type (file names plain names in the folder, split one of SPLITS, counts
+    integers >= 0, sha256 64 hex digits)."""
     if not isinstance(entries, list):
         raise ManifestError(f"{path}: shards is a {type(entries).__name__}, not a list"
                             f"{remake(path.parent)}")
@@ -90,7 +96,9 @@ def _check_entries(path: Path, entries) -> None:
         if missing := [k for k in SHARD_FIELDS if k not in entry]:
             raise ManifestError(f"{where}: no {', '.join(missing)}{remake(path.parent)}")
         for key, value in entry.items():
-            if key in ("file", "split", "side") or key.endswith("_file"):
+            if key == "split":
+                ok, expected = value in SPLITS, " or ".join(map(repr, SPLITS))
+            elif key in ("file", "side") or key.endswith("_file"):
                 ok, expected = isinstance(value, str) and value not in ("", ".", "..") and "/" not in value \
                     and "\\" not in value, "a file name in the folder" if "file" in key else "a string"
             elif key == "sha256" or key.endswith("_sha256"):

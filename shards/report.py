@@ -132,7 +132,8 @@ def check_totals(folder: Path, manifest: dict) -> str | None:
     listed = {"tokens": sum(e["num_tokens"] for e in entries), "shards": len(entries)}
     for key, value in listed.items():
         if key in totals and totals[key] != value:
-            return (f"{folder / MANIFEST}: its totals say {totals[key]:,} {key}, its shards list {value:,}"
+            said = f"{totals[key]:,}" if type(totals[key]) is int else repr(totals[key])  # a hand edit: "9", 9.0
+            return (f"{folder / MANIFEST}: its totals say {said} {key}, its shards list {value:,}"
                     f"{remake(folder)}")
     return None
 
@@ -254,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     leftovers = unfinished(args.dir) if args.dir.is_dir() else []
     if not folders:
         print_unfinished(leftovers)
-        print(f"error: no {MANIFEST} under {args.dir}", file=sys.stderr)
+        problem = (f"no {MANIFEST} under {args.dir}" if args.dir.is_dir() else f"{args.dir}: a file, not a folder "
+                   f"(pass the shards folder that holds {MANIFEST}, or a folder above it: DATA_DIR)"
+                   if args.dir.exists() else f"{args.dir}: no such folder")
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     bad = 0
     for folder in folders:

@@ -415,6 +415,15 @@ def test_a_source_without_documents_or_with_one_is_named(tmp_path, capsys):
     assert "only 1 document (4 tokens): the validation split and the train split" in capsys.readouterr().err
 
 
+def test_parquet_files_without_a_row_group_are_named(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.ParquetWriter(folder / "x.parquet", pa.schema([("text", pa.string())])).close()  # no row group at all
+    assert run(tmp_path / "data", folder) == 1
+    assert f"no documents: the source holds no rows (1 file(s): {folder / 'x.parquet'})" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before a stage folder is made
+
+
 def test_files_of_other_types_in_a_source_folder_are_named_hidden_ones_skipped(src, tmp_path, capsys):
     folder = tmp_path / "in"
     shutil.copytree(src[0], folder)
@@ -469,6 +478,29 @@ def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch
     assert m["totals"]["units"] == 30
     assert pretrain.main(args) == 0 and len(calls) == 1  # the finished download stage is not run again
     assert report.main([str(tmp_path), "--verify"]) == 0
+
+
+def test_a_downloaded_file_changed_after_its_stage_finished_is_named_not_tokenized(tmp_path, monkeypatch, capsys):
+    def fake_download(repo_id, filenames, revision, dest_dir, repo_type="dataset"):
+        records = []
+        for k, name in enumerate(filenames):
+            path = Path(dest_dir) / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_parquet(path, make_docs(random.Random(k), 12), 6)
+            records.append({"file": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
+        return records
+
+    monkeypatch.setattr(hub, "download", fake_download)
+    args = ["--dataset", "fineweb10B", "--data-dir", str(tmp_path), "--shard-tokens", "2000", "--val-tokens", "500",
+            "--workers", "1"]
+    assert pretrain.main([*args, "--download-only"]) == 0
+    changed = next(tmp_path.glob("fineweb10B-source/*/sample/10BT/003_00000.parquet"))
+    size = changed.stat().st_size
+    write_parquet(changed, make_docs(random.Random(3), 5), 6)  # a cut copy, say: it was tokenized, its old sha256
+    assert pretrain.main(args) == 1                            # recorded in the manifest as the source's
+    assert (f"{changed}: {changed.stat().st_size:,} bytes, but its source stage verified {size:,}"
+            in capsys.readouterr().err)
+    assert not list(tmp_path.glob("fineweb10B-pretrain/*/manifest.json"))
 
 
 def test_inspect_verifies_decodes_and_names_corruption(src, reference, tmp_path, capsys):

@@ -319,6 +319,26 @@ def test_alpaca_download_through_a_flaky_hub(tmp_path, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat
 
 
+def test_a_downloaded_file_changed_after_its_stage_finished_is_named_not_tokenized(tmp_path, monkeypatch, capsys):
+    def fake_download(repo_id, filenames, revision, dest_dir, repo_type="dataset"):
+        (path,) = (Path(dest_dir) / name for name in filenames)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = many_examples(40)
+        pq.write_table(pa.table({f: [r[f] for r in rows] for f in ("instruction", "input", "output")}), path)
+        return [{"file": filenames[0], "bytes": path.stat().st_size, "sha256": sha256_file(path)}]
+
+    monkeypatch.setattr(hub, "download", fake_download)
+    flags = ["--dataset", "alpaca", "--data-dir", str(tmp_path), "--workers", "1"]
+    assert sft.main(flags) == 0
+    (changed,) = tmp_path.glob("alpaca-source/*/data/*.parquet")
+    size, rows = changed.stat().st_size, many_examples(40)[:30]  # a cut copy, say
+    pq.write_table(pa.table({f: [r[f] for r in rows] for f in ("instruction", "input", "output")}), changed)
+    assert sft.main([*flags, "--block-size", "512"]) == 1  # it was tokenized, recorded as the verified file
+    assert (f"{changed}: {changed.stat().st_size:,} bytes, but its source stage verified {size:,}"
+            in capsys.readouterr().err)
+    assert len(list(tmp_path.glob("alpaca-sft/*/manifest.json"))) == 1
+
+
 GSM8K_TRAIN = [("Ann has 48 apples and gives half away. How many are left?",
                 "She gives 48/2 = <<48/2=24>>24 away.\nSo 48-24 = <<48-24=24>>24 are left.\n#### 24"),
                ("A shop sells 1,200 pens a day. How many in 3 days?", "1,200*3 = <<1200*3=3600>>3,600\n#### 3,600")]

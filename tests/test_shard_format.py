@@ -88,6 +88,24 @@ def test_inspect_verifies_and_decodes_sft(tmp_path, capsys):
     assert "ANSWER: -!<|endoftext|>" in out  # tokens 12, 0 ("!"), EOT are the supervised part of example 0
 
 
+def test_inspect_names_a_total_edited_into_a_string(tmp_path, capsys):
+    manifest = _sft_folder(tmp_path)
+    write_manifest(tmp_path, {**manifest, "totals": {"tokens": "9", "shards": 1}})  # edited by hand
+    assert report.main([str(tmp_path), "--verify"]) == 1
+    assert (f"BAD {tmp_path / 'manifest.json'}: its totals say '9' tokens, its shards list 9 (edited by hand?"
+            in capsys.readouterr().err)  # was: "Cannot specify ',' with 's'."
+
+
+def test_inspect_of_a_file_or_a_missing_folder_says_so(tmp_path, capsys):
+    _sft_folder(tmp_path)
+    for path in (tmp_path / "manifest.json", tmp_path / "sft_val_000000.bin"):  # was "no manifest.json under <it>"
+        assert report.main([str(path), "--verify"]) == 1
+        assert capsys.readouterr().err == (f"error: {path}: a file, not a folder (pass the shards folder that holds "
+                                           "manifest.json, or a folder above it: DATA_DIR)\n")
+    assert report.main([str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nowhere'}: no such folder\n"
+
+
 @pytest.mark.parametrize("which, values, message", [
     ("mask", np.array([0, 0, 2, 1, 1, 0, 1, 1, 1], np.uint8), "mask values other than 0 and 1"),
     ("idx", np.array([0, 5, 5, 9], np.uint64), "offsets do not strictly increase"),
@@ -190,6 +208,8 @@ def test_atomic_directory_appears_whole_or_not_at_all_and_temporaries_go(tmp_pat
      r"shards\[0\] \(\.\./a\.bin\): file is '\.\./a\.bin', expected a file name in"),
     (lambda e: e.update(idx_file=3), r"shards\[0\] \(a\.bin\): idx_file is 3, expected a file name in the folder"),
     (lambda e: e.pop("split"), r"shards\[0\] \(a\.bin\): no split \(edited by hand"),
+    # a split the readers do not know: a trainer read only the "train" and "val" entries, the others left out unsaid
+    (lambda e: e.update(split="training"), r"shards\[0\] \(a\.bin\): split is 'training', expected 'train' or 'val'"),
     (lambda e: e.pop("file"), r"shards\[0\]: no file \(edited by hand")])
 def test_a_manifest_entry_of_the_wrong_shape_is_named(tmp_path, edit, message):
     """A manifest edited by hand (or by another tool) fails where it is read, naming the entry and the field, not
@@ -223,6 +243,22 @@ def test_a_manifest_that_is_not_an_object_is_named(tmp_path, capsys, text):
         stage.finished(tmp_path, {})
     assert report.main([str(tmp_path), "--verify"]) == 1  # no traceback
     assert f"BAD {tmp_path / 'manifest.json'}: not a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key, value", [("tokenizer", "gpt2"), ("totals", [1]), ("config", "x"), ("source", 3)])
+def test_a_manifest_section_that_is_not_an_object_is_named(tmp_path, capsys, key, value):
+    """A section that inspect, a stage's rerun or a trainer looks into, edited into another type: its name, not an
+    AttributeError's traceback ('str' object has no attribute 'get')."""
+    from pipelines import stage
+    from shards.manifest import ManifestError
+
+    manifest = _sft_folder(tmp_path)
+    write_manifest(tmp_path, {**manifest, key: value})  # edited by hand
+    message = f"{tmp_path / 'manifest.json'}: {key} is a {type(value).__name__}, not an object (edited by hand?"
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        stage.finished(tmp_path, {})
+    assert report.main([str(tmp_path), "--verify"]) == 1
+    assert f"BAD {message}" in capsys.readouterr().err
 
 
 def test_progress_of_a_long_step_outside_a_terminal_is_plain_lines(capsys, monkeypatch):
