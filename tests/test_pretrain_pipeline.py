@@ -452,7 +452,8 @@ def test_sample_source_one_conversation_per_document(tmp_path):
     assert again.identity == s.identity
 
 
-def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch, capsys):
+def local_hub(monkeypatch) -> list:
+    """hub.download replaced by parquet files of 12 documents each written in place; returns its calls."""
     calls = []
 
     def fake_download(repo_id, filenames, revision, dest_dir, repo_type="dataset"):
@@ -466,6 +467,11 @@ def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch
         return records
 
     monkeypatch.setattr(hub, "download", fake_download)
+    return calls
+
+
+def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch, capsys):
+    calls = local_hub(monkeypatch)
     args = ["--dataset", "fineweb10B", "--data-dir", str(tmp_path), "--shard-tokens", "2000", "--val-tokens", "500",
             "--workers", "1"]
     assert pretrain.main(args) == 0
@@ -481,16 +487,7 @@ def test_fineweb_path_with_the_hub_replaced_by_local_files(tmp_path, monkeypatch
 
 
 def test_a_downloaded_file_changed_after_its_stage_finished_is_named_not_tokenized(tmp_path, monkeypatch, capsys):
-    def fake_download(repo_id, filenames, revision, dest_dir, repo_type="dataset"):
-        records = []
-        for k, name in enumerate(filenames):
-            path = Path(dest_dir) / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_parquet(path, make_docs(random.Random(k), 12), 6)
-            records.append({"file": name, "bytes": path.stat().st_size, "sha256": sha256_file(path)})
-        return records
-
-    monkeypatch.setattr(hub, "download", fake_download)
+    local_hub(monkeypatch)
     args = ["--dataset", "fineweb10B", "--data-dir", str(tmp_path), "--shard-tokens", "2000", "--val-tokens", "500",
             "--workers", "1"]
     assert pretrain.main([*args, "--download-only"]) == 0
