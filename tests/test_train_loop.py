@@ -166,6 +166,8 @@ def test_show_config_prints_the_resolved_recipe(capsys):
     (["--lr", "-1"], "--lr must be positive, got -1.0"),
     (["--beta2", "1"], "--beta2 must be within [0, 1), got 1.0"),
     (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
+    (["--seed", "-1"], "--seed must be within [0, 2**64), got -1"),  # numpy's and torch's seeds
+    (["--seed", str(2 ** 64)], "--seed must be within [0, 2**64), got 18446744073709551616"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     (["--compile-mode", "max-autotune-no-cudagraphs"], "--compile-mode max-autotune-no-cudagraphs needs --compile"),
     (["--compile", "--compile-mode", "reduce-overhead"],

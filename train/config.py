@@ -99,7 +99,8 @@ class RunConfig:
         """Raise ValueError, naming the flag, for the first number out of its range."""
         rules = [(self.POSITIVE, lambda v: v > 0, "positive"), (self.NON_NEGATIVE, lambda v: v >= 0, "0 or more"),
                  (("min_lr_ratio",), lambda v: 0 <= v <= 1, "within [0, 1]"),
-                 (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)")]
+                 (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)"),
+                 (("seed",), lambda v: 0 <= v < 2 ** 64, "within [0, 2**64)")]  # numpy's and torch's seeds
         for names, ok, what in rules:
             for name in names:
                 value = getattr(self, name)
