@@ -100,7 +100,9 @@ class RunConfig:
         rules = [(self.POSITIVE, lambda v: v > 0, "positive"), (self.NON_NEGATIVE, lambda v: v >= 0, "0 or more"),
                  (("min_lr_ratio",), lambda v: 0 <= v <= 1, "within [0, 1]"),
                  (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)"),
-                 (("seed",), lambda v: 0 <= v < 2 ** 64, "within [0, 2**64)")]  # numpy's and torch's seeds
+                 (("seed",), lambda v: 0 <= v < 2 ** 64, "within [0, 2**64)"),  # numpy's and torch's seeds
+                 # the process group's timeout: 1e9 minutes ran under torchrun, 1.4e12 or more was a traceback
+                 (("dist_timeout",), lambda v: v <= 1e8, "at most 100000000 (minutes)")]
         for names, ok, what in rules:
             for name in names:
                 value = getattr(self, name)
