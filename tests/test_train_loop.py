@@ -168,6 +168,7 @@ def test_show_config_prints_the_resolved_recipe(capsys):
     (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
     (["--seed", "-1"], "--seed must be within [0, 2**64), got -1"),  # numpy's and torch's seeds
     (["--seed", str(2 ** 64)], "--seed must be within [0, 2**64), got 18446744073709551616"),
+    (["--padded-vocab", "100"], "--padded-vocab must be at least the vocabulary's 50257, got 100"),
     (["--dist-timeout", "inf"], "--dist-timeout must be at most 100000000 (minutes), got inf"),  # torchrun's limit
     (["--dist-timeout", "1e30"], "--dist-timeout must be at most 100000000 (minutes), got 1e+30"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),

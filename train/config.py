@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from gpt.kernels import COMPILE_MODES
-from gpt.model import PRESETS
+from gpt.model import PRESETS, GPTConfig
 from pipelines import CUSTOM, PRETRAIN_DATASETS
 from shards import cli
 
@@ -101,6 +101,8 @@ class RunConfig:
                  (("min_lr_ratio",), lambda v: 0 <= v <= 1, "within [0, 1]"),
                  (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)"),
                  (("seed",), lambda v: 0 <= v < 2 ** 64, "within [0, 2**64)"),  # numpy's and torch's seeds
+                 (("padded_vocab",), lambda v: v >= GPTConfig.vocab_size,
+                  f"at least the vocabulary's {GPTConfig.vocab_size}"),
                  # the process group's timeout: 1e9 minutes ran under torchrun, 1.4e12 or more was a traceback
                  (("dist_timeout",), lambda v: v <= 1e8, "at most 100000000 (minutes)")]
         for names, ok, what in rules:
