@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -110,6 +111,10 @@ class RunConfig:
                 value = getattr(self, name)
                 if value is not None and not ok(value):
                     raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+        for field in dataclasses.fields(self):  # inf passes the ranges above: --lr inf made every weight nan
+            value = getattr(self, field.name)
+            if isinstance(value, float) and math.isinf(value):
+                raise ValueError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"--compile-mode {self.compile_mode} needs --compile")
 
