@@ -166,6 +166,13 @@ def test_show_config_prints_the_resolved_recipe(capsys):
     (["--lr", "-1"], "--lr must be positive, got -1.0"),
     (["--beta2", "1"], "--beta2 must be within [0, 1), got 1.0"),
     (["--batch-tokens", "0"], "--batch-tokens must be positive, got 0"),
+    (["--seed", "-1"], "--seed must be within [0, 2**64), got -1"),  # numpy's and torch's seeds
+    (["--seed", str(2 ** 64)], "--seed must be within [0, 2**64), got 18446744073709551616"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),  # else step 1's update made every weight nan
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number, got inf"),
+    (["--padded-vocab", "100"], "--padded-vocab must be at least the vocabulary's 50257, got 100"),
+    (["--dist-timeout", "inf"], "--dist-timeout must be at most 100000000 (minutes), got inf"),  # torchrun's limit
+    (["--dist-timeout", "1e30"], "--dist-timeout must be at most 100000000 (minutes), got 1e+30"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     (["--compile-mode", "max-autotune-no-cudagraphs"], "--compile-mode max-autotune-no-cudagraphs needs --compile"),
     (["--compile", "--compile-mode", "reduce-overhead"],
@@ -179,6 +186,18 @@ def test_values_out_of_range_are_usage_errors(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(flags)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage, flag", [("dpo", "--beta"), ("rm", "--margin"), ("rl", "--kl-beta")])
+def test_an_infinite_number_is_a_usage_error_in_every_stage(stage, flag, capsys):
+    """Each stage's own float flags too: `--beta inf` would only end at step 1, in a nan loss."""
+    from train.dpo import DPOTrainConfig
+    from train.rl import RLTrainConfig
+    from train.rm import RMTrainConfig
+    config_cls = {"dpo": DPOTrainConfig, "rm": RMTrainConfig, "rl": RLTrainConfig}[stage]
+    with pytest.raises(SystemExit) as e:
+        parse_args([flag, "inf"], config_cls)
+    assert e.value.code == 2 and f"{flag} must be a finite number, got inf" in capsys.readouterr().err
 
 
 def test_ctrl_c_outside_the_training_steps_is_one_line_not_a_traceback(monkeypatch, capsys):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from gpt.kernels import COMPILE_MODES
-from gpt.model import PRESETS
+from gpt.model import PRESETS, GPTConfig
 from pipelines import CUSTOM, PRETRAIN_DATASETS
 from shards import cli
 
@@ -99,12 +100,21 @@ class RunConfig:
         """Raise ValueError, naming the flag, for the first number out of its range."""
         rules = [(self.POSITIVE, lambda v: v > 0, "positive"), (self.NON_NEGATIVE, lambda v: v >= 0, "0 or more"),
                  (("min_lr_ratio",), lambda v: 0 <= v <= 1, "within [0, 1]"),
-                 (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)")]
+                 (("beta1", "beta2"), lambda v: 0 <= v < 1, "within [0, 1)"),
+                 (("seed",), lambda v: 0 <= v < 2 ** 64, "within [0, 2**64)"),  # numpy's and torch's seeds
+                 (("padded_vocab",), lambda v: v >= GPTConfig.vocab_size,
+                  f"at least the vocabulary's {GPTConfig.vocab_size}"),
+                 # the process group's timeout: 1e9 minutes ran under torchrun, 1.4e12 or more was a traceback
+                 (("dist_timeout",), lambda v: v <= 1e8, "at most 100000000 (minutes)")]
         for names, ok, what in rules:
             for name in names:
                 value = getattr(self, name)
                 if value is not None and not ok(value):
                     raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value}")
+        for field in dataclasses.fields(self):  # inf passes the ranges above: --lr inf made every weight nan
+            value = getattr(self, field.name)
+            if isinstance(value, float) and math.isinf(value):
+                raise ValueError(f"--{field.name.replace('_', '-')} must be a finite number, got {value}")
         if self.compile_mode != "default" and not self.compile:
             raise ValueError(f"--compile-mode {self.compile_mode} needs --compile")
 
