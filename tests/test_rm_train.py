@@ -21,8 +21,8 @@ from train.log import read_log
 from train.rm import RMTrainConfig, bt_losses, main, sequences
 from train_shards import SMALL_EOT as EOT
 from train_shards import one_thread  # noqa: F401 (an autouse fixture)
-from train_shards import (assert_same_ending, assert_same_values, files_of_run, make_pairs, run_two_ranks,
-                          small_model, stop_after_first_checkpoint, stopped_copy, write_pref_shards)
+from train_shards import (assert_two_rank_resume_is_exact, assert_two_ranks_equal_one, make_pairs, run_two_ranks,
+                          small_model, stop_after_first_checkpoint, write_pref_shards)
 
 FLAGS = ["--seq-len", "32", "--warmup", "1", "--show", "0", "--no-progress"]
 
@@ -148,17 +148,13 @@ def ddp_run(setup):
 
 
 def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(setup, reference_run, ddp_run):
-    assert read_log(ddp_run)[1]["accumulation"] == 2 and reference_run[1]["accumulation"] == 4
-    assert sorted(compared(reference_run)) == list(range(STEPS + 1))
-    assert_same_values(compared(read_log(ddp_run)), compared(reference_run))
-    assert files_of_run(ddp_run) == files_of_run(setup["tmp"] / "reference")  # rank 0 alone writes the run's files
+    assert_two_ranks_equal_one(ddp_run, setup["tmp"] / "reference", reference_run, compared, STEPS)
 
 
 def test_two_ranks_resumed_from_a_checkpoint_give_the_uninterrupted_two_rank_run(setup, ddp_run):
-    run_dir = stopped_copy(ddp_run, setup["tmp"] / "ddp-resumed", 3)  # stopped between two evaluations
-    run_two_ranks("rm", flags(setup, run_dir, *RUN, "--micro-batch", "2", "--resume"))
-    assert compared(read_log(run_dir)) == compared(read_log(ddp_run))  # bit for bit
-    assert_same_ending(run_dir, ddp_run, STEPS)
+    copy = setup["tmp"] / "ddp-resumed"
+    assert_two_rank_resume_is_exact("rm", ddp_run, copy, flags(setup, copy, *RUN, "--micro-batch", "2"), compared,
+                                    STEPS)
 
 
 def test_sigterm_then_resume_gives_the_same_losses(setup, reference_run, capsys):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from gpt.model import GPT, preset
 from shards.format import write_shard
 from shards.manifest import write_manifest
 from shards.sft import write_sft_shard
+from train.log import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 EOT = 50256
@@ -134,6 +136,27 @@ def assert_same_ending(run_dir: Path, reference: Path, steps: int) -> None:
     assert (run_dir / "ckpt" / "best").read_text() == (reference / "ckpt" / "best").read_text()
 
 
+def assert_two_ranks_equal_one(ddp_run: Path, reference: Path, reference_log: list[dict], compared: Callable,
+                               steps: int) -> None:
+    """A run of 2 ranks with 2 micro-batches per step each gives the values (`compared`: a log's {step: {name:
+    value}}) of the 1-rank run `reference` with 4, whose log is `reference_log`, and the same files: rank 0 alone
+    writes them."""
+    assert read_log(ddp_run)[1]["accumulation"] == 2 and reference_log[1]["accumulation"] == 4
+    assert sorted(compared(reference_log)) == list(range(steps + 1))
+    assert_same_values(compared(read_log(ddp_run)), compared(reference_log))
+    assert files_of_run(ddp_run) == files_of_run(reference)  # rank 0 alone writes the run's files
+
+
+def assert_two_rank_resume_is_exact(stage: str, ddp_run: Path, copy: Path, argv: list[str], compared: Callable,
+                                    steps: int) -> None:
+    """`ddp_run` copied to `copy` as stopped after step 3 and resumed on 2 ranks with `argv` (whose run folder is
+    `copy`) gives its log values (`compared`), final weights and best checkpoint, bit for bit."""
+    stopped_copy(ddp_run, copy, 3)  # stopped between two evaluations
+    run_two_ranks(stage, [*argv, "--resume"])
+    assert compared(read_log(copy)) == compared(read_log(ddp_run))  # bit for bit
+    assert_same_ending(copy, ddp_run, steps)
+
+
 def stopped_copy(run_dir: Path, copy: Path, step: int) -> Path:
     """A copy of a finished run folder as a run stopped after `step` (a checkpoint step) left it: the checkpoints
     after it gone, `latest` at it, and `best` as its state.json recorded it (none, or that checkpoint's); its
@@ -155,8 +178,8 @@ def stopped_copy(run_dir: Path, copy: Path, step: int) -> Path:
 def stop_after_first_checkpoint(stage: str, argv: list[str], run_dir: Path, env: dict | None = None) -> str:
     """Start `python -m train <stage> argv` (`env`: trainer_env()), send it SIGTERM once `run_dir` holds a
     checkpoint; it must exit with 143 after saving one. Returns its output."""
-    proc = subprocess.Popen(trainer_command(stage, 1) + argv, cwd=ROOT, env=env or trainer_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(trainer_command(stage, 1) + argv, cwd=ROOT, env=env or trainer_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (run_dir / "ckpt" / "latest").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
