@@ -40,13 +40,19 @@ def remake(folder: Path) -> str:
     return f" (edited by hand? remove {folder} and make the shards again)"
 
 
+def not_a_folder(path: Path, what: str) -> str | None:
+    """What is wrong with `path` where a folder belongs: a file (not `what`, the folder wanted and a hint), or
+    nothing there; None for a folder."""
+    if path.is_file():
+        return f"{path}: a file, not {what}"
+    return None if path.is_dir() else f"{path}: no such folder"
+
+
 def _missing(directory: Path) -> str:
     """Why `directory` has no manifest: no such folder, a folder above stage folders (`DATA_DIR/sample-pretrain`
     or `DATA_DIR` for `DATA_DIR/sample-pretrain/<fingerprint>`), or a stage that has not finished."""
-    if directory.is_file():
-        return f"{directory}: a file, not a shards folder (pass the folder that holds {MANIFEST})"
-    if not directory.is_dir():
-        return f"{directory}: no such folder"
+    if problem := not_a_folder(directory, f"a shards folder (pass the folder that holds {MANIFEST})"):
+        return problem
     inner = sorted(str(m.parent) for pattern in (f"*/{MANIFEST}", f"*/*/{MANIFEST}") for m in directory.glob(pattern))
     if inner:
         return (f"{directory / MANIFEST}: no manifest; {directory} holds the finished stage folder(s) "

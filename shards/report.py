@@ -25,7 +25,7 @@ import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import lock_held
-from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, remake, running_tasks
+from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, not_a_folder, remake, running_tasks
 from .progress import bytes_bar
 from .sft import open_sft_shard
 from .tokenizer import EOT, VOCAB_SIZE
@@ -162,7 +162,9 @@ def check_pair(folder: Path, entry: dict) -> str | None:
 
 
 def _clip(text: str) -> str:
-    return text if len(text) <= DECODE_CHARS else text[:DECODE_CHARS] + f" … [{len(text) - DECODE_CHARS:,} more chars]"
+    if len(text) <= DECODE_CHARS:
+        return text
+    return text[:DECODE_CHARS] + f" … [{len(text) - DECODE_CHARS:,} more chars]"
 
 
 def decode(folder: Path, manifest: dict, n: int) -> None:
@@ -255,9 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     leftovers = unfinished(args.dir) if args.dir.is_dir() else []
     if not folders:
         print_unfinished(leftovers)
-        problem = (f"no {MANIFEST} under {args.dir}" if args.dir.is_dir() else f"{args.dir}: a file, not a folder "
-                   f"(pass the shards folder that holds {MANIFEST}, or a folder above it: DATA_DIR)"
-                   if args.dir.exists() else f"{args.dir}: no such folder")
+        problem = not_a_folder(args.dir, f"a folder (pass the shards folder that holds {MANIFEST}, or a folder "
+                                         "above it: DATA_DIR)") or f"no {MANIFEST} under {args.dir}"
         print(f"error: {problem}", file=sys.stderr)
         return 1
     bad = 0
