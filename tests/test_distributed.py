@@ -83,31 +83,36 @@ def test_the_process_group_waits_dist_timeout_minutes(monkeypatch, tmp_path):
 
 ENDING_RANK = """
 import sys, time, torch, torch.distributed as torch_dist
-from train.distributed import exit_process
+from train.distributed import run_process
 rank, store = int(sys.argv[1]), sys.argv[2]
 torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
 if rank == 1:  # leaves a second after joining: rank 0's all-reduce then fails, on its gloo worker thread
     time.sleep(1)
-    exit_process(0)
+    run_process(lambda: 0)
 x = torch.ones(4, requires_grad=True)
 x.register_hook(lambda grad: (torch_dist.all_reduce(torch.ones(4), async_op=True), grad)[1])
 x.sum().backward()  # the all-reduce launched in the backward pass, as DDP's are
 sys.setswitchinterval(100)  # the main thread keeps the GIL while the worker drops the failed all-reduce
+sys.excepthook = lambda *exc: None  # nor does an exception that escapes give it up by printing its traceback
 started = time.monotonic()
 while time.monotonic() < started + 2:  # no output either: a write would let the worker have the GIL
     pass
-exit_process(3)
+run_process(ENDING)
 """
 
 
-def test_a_rank_ends_with_its_status_while_a_gloo_worker_still_drops_a_backward_collective(tmp_path):
-    """A rank's end under torchrun (train.distributed.exit_process) must not run the interpreter's shutdown: a gloo
+@pytest.mark.parametrize("ending, status", [("lambda: 3", 3), ("lambda: 1 / 0", 1)], ids=["returns", "raises"])
+def test_a_rank_ends_with_its_status_while_a_gloo_worker_still_drops_a_backward_collective(tmp_path, ending, status):
+    """A rank's end under torchrun (train.distributed.run_process) must not run the interpreter's shutdown: a gloo
     worker that frees a backward pass's collective then aborts the process (pytorch/pytorch#190489; CI saw a 2-rank
     run that had finished end in SIGABRT). Here rank 0's worker is made to wait for the GIL into that shutdown; the
-    same program ending with sys.exit aborts every time."""
+    same program ending with sys.exit aborts every time. A trainer's `main` that raises (a bug, an out-of-memory
+    error) ends the same way, with its traceback and status 1."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2"}
-    ranks = [subprocess.Popen([sys.executable, "-c", ENDING_RANK, str(rank), str(tmp_path / "store")],
+    program = ENDING_RANK.replace("ENDING", ending)
+    ranks = [subprocess.Popen([sys.executable, "-c", program, str(rank), str(tmp_path / "store")],
                               env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for rank in (1, 0)]
     outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
-    assert [rank.returncode for rank in ranks] == [0, 3], outputs
+    assert [rank.returncode for rank in ranks] == [0, status], outputs
+    assert ("ZeroDivisionError: division by zero" in outputs[1]) == (status == 1), outputs

@@ -10,6 +10,6 @@ Public surface (imported from the modules):
   global batches);
 - `train.tasks`: the RL rewards (`load_reward`: the built-in arithmetic task, GSM8K, a reward model);
 - `train.checkpoint`: `save_checkpoint`, `latest_checkpoint`, `load_training_state`, `best_evaluations`;
-- `train.distributed`: `Dist`, `process_group`, `exit_process` (a trainer process's end); `train.log`: `RunLog`,
+- `train.distributed`: `Dist`, `process_group`, `run_process` (a trainer process's end); `train.log`: `RunLog`,
   `read_log`.
 """

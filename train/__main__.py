@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-from train.distributed import exit_process
+from train.distributed import run_process
 
 COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm", "rl": "train.rl"}
 
@@ -21,4 +21,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_process(main)

@@ -41,7 +41,7 @@ from .answers import answer_text, answers_to, instruction
 from .checkpoint import best_evaluations
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, pairs
-from .distributed import exit_process, process_group
+from .distributed import process_group, run_process
 from .loop import RUN_ERRORS, Hooks, exit_status, train
 from .model import build_model, check_context, frozen, resolve_sft_init
 
@@ -195,4 +195,4 @@ def _report(cfg: DPOTrainConfig, data: PrefData, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_process(main)

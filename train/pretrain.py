@@ -17,7 +17,7 @@ from shards.tokenizer import get_encoding
 from .answers import TRAINING_DECODING
 from .config import parse_args
 from .data import PretrainData
-from .distributed import exit_process, process_group
+from .distributed import process_group, run_process
 from .loop import RUN_ERRORS, Hooks, exit_status, train
 from .model import build_model, check_context, resolve_init
 
@@ -59,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_process(main)

@@ -61,7 +61,7 @@ from .answers import TRAINING_DECODING, answer_text, answers_to, ended, instruct
 from .checkpoint import latest_checkpoint, read_state, resolve_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, PromptData, SFTData, pad_examples, rank_slice, with_answer
-from .distributed import Dist, exit_process, process_group
+from .distributed import Dist, process_group, run_process
 from .log import read_log
 from .loop import RUN_ERRORS, Hooks, TrainingError, autocast, exit_status, train
 from .model import build_model, check_context, frozen, resolve_sft_init, resumed_checkpoint, same_checkpoint
@@ -416,4 +416,4 @@ def _report(cfg: RLTrainConfig, data: PromptData, reward: tasks.Reward, dist: Di
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_process(main)

@@ -45,7 +45,7 @@ from .answers import instruction
 from .checkpoint import best_evaluations
 from .config import RunConfig, parse_args, set_recipes
 from .data import PrefData, pairs
-from .distributed import exit_process, process_group
+from .distributed import process_group, run_process
 from .loop import RUN_ERRORS, Hooks, exit_status, train
 from .model import build_model, check_context, resolve_sft_init
 
@@ -180,4 +180,4 @@ def _report(cfg: RMTrainConfig, data: PrefData, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_process(main)

@@ -38,7 +38,7 @@ from .answers import answer_text, answers_to, instruction
 from .checkpoint import best_evaluations, latest_checkpoint
 from .config import RunConfig, parse_args, set_recipes
 from .data import SFTData, rank_slice
-from .distributed import Dist, exit_process, process_group
+from .distributed import Dist, process_group, run_process
 from .loop import RUN_ERRORS, Hooks, autocast, exit_status, token_loss, train
 from .model import build_model, check_context, resolve_init, resumed_checkpoint
 
@@ -184,4 +184,4 @@ def _report(cfg: SFTTrainConfig, data: SFTData, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    run_process(main)
