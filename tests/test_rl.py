@@ -523,7 +523,8 @@ def test_recipes_and_show_config(capsys):
                          (["--reward", "gsm8k"], "--reward gsm8k reads the gsm8k SFT shards: pass --dataset gsm8k"),
                          (["--reward", "chess"], "--reward 'chess': choose arithmetic, gsm8k or rm:PATH"),
                          (["--reward", "rm:"], "--reward rm:PATH needs the reward model's PATH"),
-                         (["--updates", "0"], "--updates must be positive")):
+                         (["--updates", "0"], "--updates must be positive"),
+                         (["--task-seed", "-1"], "--task-seed must be 0 or more, got -1")):
         with pytest.raises(SystemExit):
             parse_args(bad, RLTrainConfig)
         assert message in capsys.readouterr().err, bad
