@@ -87,6 +87,10 @@ class RewardModel(nn.Module):
         """The float32 reward [n] of each (prompt, answer): the prompt rendered with the Alpaca template
         (`render_prompt`), prompt and answer tokenized apart and joined, then EOT, as the preference shards
         encode a pair's side."""
+        for name, texts in (("prompts", prompts), ("answers", answers)):
+            if isinstance(texts, str):  # a string is a sequence too: each of its characters would be scored
+                raise ValueError(f"{name} must be a list of strings, got a string (one pair: "
+                                 f"score([prompt], [answer]))")
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         enc = get_encoding()
