@@ -83,6 +83,9 @@ def test_score_encodes_prompt_and_answer_as_the_preference_shards_do(model):
         model.score_tokens([[1], [1] * 128])
     with pytest.raises(ValueError, match=r"sequence 0 holds a token outside the vocabulary \[0, 50257\)"):
         model.score_tokens([[50257]])
+    for size in (0, -1, 2.5):  # -1 scored no batch and returned torch.empty's garbage
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+            model.score(PROMPTS, ANSWERS, batch_size=size)
 
 
 def test_scoring_leaves_no_gradient_and_the_mode_as_it_was(model):
