@@ -15,6 +15,7 @@ that is not 0, our EOT) and `load_reward_model` loads it.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -61,6 +62,8 @@ class RewardModel(nn.Module):
         """The float32 reward [n] of each token sequence (rendered-prompt tokens, then answer tokens), with one EOT
         appended when it does not already end with EOT; the reward is read at that EOT. Sequences are scored
         `batch_size` at a time, similar lengths together."""
+        if not isinstance(batch_size, numbers.Integral) or batch_size < 1:  # else no batch ran: garbage returned
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         rows = [[int(t) for t in s] for s in sequences]
         rows = [row if row and row[-1] == EOT else [*row, EOT] for row in rows]
         for i, row in enumerate(rows):
@@ -87,6 +90,10 @@ class RewardModel(nn.Module):
         """The float32 reward [n] of each (prompt, answer): the prompt rendered with the Alpaca template
         (`render_prompt`), prompt and answer tokenized apart and joined, then EOT, as the preference shards
         encode a pair's side."""
+        for name, texts in (("prompts", prompts), ("answers", answers)):
+            if isinstance(texts, str):  # a string is a sequence too: each of its characters would be scored
+                raise ValueError(f"{name} must be a list of strings, got a string (one pair: "
+                                 f"score([prompt], [answer]))")
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         enc = get_encoding()

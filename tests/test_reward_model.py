@@ -74,11 +74,18 @@ def test_score_encodes_prompt_and_answer_as_the_preference_shards_do(model):
     assert model.score([], []).shape == (0,)
     with pytest.raises(ValueError, match="2 prompts but 1 answers"):
         model.score(PROMPTS[:2], ANSWERS[:1])
+    with pytest.raises(ValueError, match=r"prompts must be a list of strings, got a string \(one pair: score\("):
+        model.score("abc", "xyz")  # scored as three one-character prompts, silently
+    with pytest.raises(ValueError, match="answers must be a list of strings, got a string"):
+        model.score(["Tell me a joke."], "Why did the robot cross the road?")
     with pytest.raises(ValueError, match="sequence 1 has 129 tokens with its EOT, more than the reward model's "
                                          "context of 128"):
         model.score_tokens([[1], [1] * 128])
     with pytest.raises(ValueError, match=r"sequence 0 holds a token outside the vocabulary \[0, 50257\)"):
         model.score_tokens([[50257]])
+    for size in (0, -1, 2.5):  # -1 scored no batch and returned torch.empty's garbage
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
+            model.score(PROMPTS, ANSWERS, batch_size=size)
 
 
 def test_scoring_leaves_no_gradient_and_the_mode_as_it_was(model):

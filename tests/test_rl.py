@@ -434,7 +434,8 @@ def test_the_built_in_task_scores_hand_made_answers():
 
 @pytest.mark.parametrize("text, number", [
     ("so 3 + 4 = 7\n#### 7", 7), ("#### 1,234", 1234), ("#### -5", -5), ("####  $18.50 dollars", 18.5),
-    ("#### 3\nmore #### 4", 4), ("the answer is 42", None), ("#### none", None), ("", None)])
+    ("#### 3\nmore #### 4", 4), ("the answer is 42", None), ("#### none", None), ("", None), ("#### .5", 0.5),
+    ("#### -.25 left", -0.25), ("#### 7.", 7)])
 def test_gsm8k_reads_the_number_after_the_last_marks(text, number):
     got = gsm8k.final_number(text)
     assert (got is None and number is None) or float(got) == number
@@ -442,8 +443,9 @@ def test_gsm8k_reads_the_number_after_the_last_marks(text, number):
 
 def test_gsm8k_reward_is_exact_match_of_the_final_number():
     reference = "She has 1,200 + 34 = 1,234 pens.\n#### 1,234"
-    answers = ["#### 1234", "1,234 pens\n#### 1,234", "#### 1234.0", "#### 1235", "1234", "#### 12 34", ""]
-    assert gsm8k.reward(["p"] * len(answers), [reference] * len(answers), answers) == [1, 1, 1, 0, 0, 0, 0]
+    answers = ["#### 1234", "1,234 pens\n#### 1,234", "#### 1234.0", "#### 1235", "1234", "#### 12 34", "",
+               "#### .1234"]
+    assert gsm8k.reward(["p"] * len(answers), [reference] * len(answers), answers) == [1, 1, 1, 0, 0, 0, 0, 0]
 
 
 def test_a_reward_model_scores_prompt_and_answer_tokens_through_its_adapter():
@@ -523,7 +525,8 @@ def test_recipes_and_show_config(capsys):
                          (["--reward", "gsm8k"], "--reward gsm8k reads the gsm8k SFT shards: pass --dataset gsm8k"),
                          (["--reward", "chess"], "--reward 'chess': choose arithmetic, gsm8k or rm:PATH"),
                          (["--reward", "rm:"], "--reward rm:PATH needs the reward model's PATH"),
-                         (["--updates", "0"], "--updates must be positive")):
+                         (["--updates", "0"], "--updates must be positive"),
+                         (["--task-seed", "-1"], "--task-seed must be 0 or more, got -1")):
         with pytest.raises(SystemExit):
             parse_args(bad, RLTrainConfig)
         assert message in capsys.readouterr().err, bad

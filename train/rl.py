@@ -82,7 +82,8 @@ class RLTrainConfig(RunConfig):
         "reward", "prompts", "task_seed", "batch_prompts", "micro_batch", "group", "max_new", "top_k", "updates",
         "clip", "kl_beta", "mean_only", "eval_prompts")
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_prompts", "max_new", "top_k", "updates")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("clip", "kl_beta", "eval_prompts", "show")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("task_seed", "clip", "kl_beta", "eval_prompts",
+                                                                        "show")
     HELP: ClassVar[dict[str, str]] = {
         **RunConfig.HELP,
         "reward": "arithmetic (the built-in task), gsm8k (its SFT shards), or rm:PATH (a reward model)",

@@ -12,7 +12,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 MARK = "####"
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+NUMBER = re.compile(r"-?(?:\d[\d,]*(?:\.\d+)?|\.\d+)")  # 1,234 and 18.50; .5 is 0.5, never 5
 
 
 def final_number(text: str) -> Decimal | None:
