@@ -414,11 +414,11 @@ def test_two_ranks_with_updates_keep_their_own_samples_and_resume_in_the_middle_
 # ---- rewards --------------------------------------------------------------------------------------------------
 
 def test_the_built_in_task_scores_hand_made_answers():
-    answers = ["12", " 12 apples", "It is 14, or 12", "no idea", "2", "-12", "0", "twelve"]
-    references = ["12"] * 6 + ["0", "12"]
+    answers = ["12", " 12 apples", "It is 14, or 12", "no idea", "2", "-12", "0", "twelve", "9" * 5000]
+    references = ["12"] * 6 + ["0", "12", "12"]
     assert arithmetic.NEAR == 0.5 and arithmetic.SPREAD == 5  # the numbers below
-    assert arithmetic.reward(["p"] * 8, references, answers) == pytest.approx(
-        [1.0, 1.0, 0.5 / (1 + 2 / 5), 0.0, 0.5 / (1 + 10 / 5), 0.5 / (1 + 24 / 5), 1.0, 0.0])
+    assert arithmetic.reward(["p"] * 9, references, answers) == pytest.approx(  # int() refuses 5,000 digits
+        [1.0, 1.0, 0.5 / (1 + 2 / 5), 0.0, 0.5 / (1 + 10 / 5), 0.5 / (1 + 24 / 5), 1.0, 0.0, 0.0])
     train, val = arithmetic.problems(0)
     assert len(val) == 20 and len(train) + len(val) == 50 * 5
     assert not set(train) & set(val), "no held-out problem is trained on"

@@ -5,12 +5,12 @@ every such pair (250), shuffled by `seed`; the first VAL_PROBLEMS are held out, 
 held-out problem is ever trained on.
 
 The reward reads the answer's first integer: 1 when it is the sum, else partial credit for a near miss,
-`NEAR / (1 + |guess - sum| / SPREAD)`, and 0 for an answer without an integer. The partial credit is what lets
-a tiny chat model that has never seen a sum learn at all: the sample's SFT model puts a number in about 1 of
-60 sampled answers, and none is right, so a group's rewards differ only by whether, and how near, its
-answers' numbers are (the group's std scales the advantages: the tiny rewards of far numbers count too). The
-sums lie near a (b is small), so copying the prompt's first number already scores about half. What a short
-run's rising reward measures is answering with a number, then one in the sums' range: docs/rl.md.
+`NEAR / (1 + |guess - sum| / SPREAD)`, and 0 for an answer without an integer (or with one of over LONGEST digits).
+The partial credit is what lets a tiny chat model that has never seen a sum learn at all: the sample's SFT model
+puts a number in about 1 of 60 sampled answers, and none is right, so a group's rewards differ only by whether, and
+how near, its answers' numbers are (the group's std scales the advantages: the tiny rewards of far numbers count
+too). The sums lie near a (b is small), so copying the prompt's first number already scores about half. What a
+short run's rising reward measures is answering with a number, then one in the sums' range: docs/rl.md.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ LARGEST, STEP = 49, 4  # a in [0, LARGEST], b in [0, STEP]
 VAL_PROBLEMS = 20
 NEAR, SPREAD = 0.5, 5
 INTEGER = re.compile(r"-?\d+")
+LONGEST = 40  # digits of an answer's integer that still get partial credit (which is below 1e-38 there)
 
 
 def problems(seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -55,7 +56,7 @@ def examples(seed: int) -> tuple[list, list, dict]:
 def score(reference: str, answer: str) -> float:
     """1 for the right sum as the answer's first integer, partial credit for another integer, else 0."""
     found = INTEGER.search(answer)
-    if found is None:
+    if found is None or len(found.group()) > LONGEST:  # a long run of digits: no credit (and int() refuses 4,300)
         return 0.0
     miss = abs(int(found.group()) - int(reference))
     return 1.0 if miss == 0 else NEAR / (1 + miss / SPREAD)
