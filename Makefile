@@ -115,7 +115,7 @@ demo-rl: $(STAMP) ## after `make demo`: the reward model, then RL on the built-i
 	$(MAKE) --no-print-directory rl RESUME=1
 
 test: $(STAMP) ## run the test suite (offline)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(ARGS)
 
 shards: pretrain-shards sft-shards pref-shards ## tokenize the pretraining, the SFT and the preference data
 
@@ -133,7 +133,7 @@ pref-shards: $(STAMP) ## download (if needed) and tokenize the preference pairs 
 	  $(if $(PREF_SOURCE),--source $(PREF_SOURCE)) $(ARGS)
 
 inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
-	$(PY) -m shards inspect $(DATA_DIR) --verify --decode 2
+	$(PY) -m shards inspect $(DATA_DIR) --verify --decode 2 $(ARGS)
 
 pretrain: $(STAMP) ## pretrain GPT-2 on the shards (NGPU=8 for a node; NNODES, NODE_RANK, MASTER_ADDR for several)
 	$(TRAIN_LAUNCH) -m train pretrain $(TRAIN_FLAGS) --run-dir $(RUN_DIR)/pretrain $(ARGS)

@@ -4,7 +4,8 @@
 `stream` yields the new token of every row at each step; `generate` collects them. Internally the
 real tokens of each row are moved to the right end of the batch (left padding), so every row appends
 its next token at the same cache column; each row's positions count only its real tokens, and padding
-keys are masked out, so a row generates exactly what it would generate alone.
+keys are masked out, so a row generates exactly what it would generate alone (greedily: sampled rows share the
+generator, so a batch draws other tokens than each row alone with the same seed).
 
 The result of `generate` is one list of new tokens per row, EOT included when the row produced it (so
 `row[-1] == EOT` tells a finished answer from one cut by `max_steps` or the context).

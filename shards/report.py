@@ -167,6 +167,14 @@ def _clip(text: str) -> str:
     return text[:DECODE_CHARS] + f" … [{len(text) - DECODE_CHARS:,} more chars]"
 
 
+def _text(enc, path: Path, tokens: np.ndarray) -> str:
+    """The clipped text of `tokens` read from `path`; an id outside the vocabulary is a ShardError naming the file
+    (tiktoken's own KeyError would read as a manifest without that key)."""
+    if len(tokens) and int(tokens.max()) >= enc.n_vocab:
+        raise ShardError(f"{path}: token id {int(tokens.max())} is outside the vocabulary of {enc.n_vocab}")
+    return _clip(enc.decode(tokens.tolist()))
+
+
 def decode(folder: Path, manifest: dict, n: int) -> None:
     """Print the first n documents (or examples) of the folder's first shard, or its first n pairs (preferences:
     of the first split that has any)."""
@@ -184,9 +192,9 @@ def decode(folder: Path, manifest: dict, n: int) -> None:
                 start = prompt_length(mask)
                 print(f"--- {pairs['split']} pair {i} ({start} prompt tokens, {len(tokens) - start} chosen, "
                       f"{len(other) - start} rejected)")
-                print("PROMPT: " + _clip(enc.decode(tokens[:start].tolist())))
-                print("CHOSEN: " + _clip(enc.decode(tokens[start:].tolist())))
-                print("REJECTED: " + _clip(enc.decode(other[prompt_length(other_mask):].tolist())))
+                print("PROMPT: " + _text(enc, folder / pairs["chosen"], tokens[:start]))
+                print("CHOSEN: " + _text(enc, folder / pairs["chosen"], tokens[start:]))
+                print("REJECTED: " + _text(enc, folder / pairs["rejected"], other[prompt_length(other_mask):]))
         return
     path = folder / shards[0]["file"]
     if manifest.get("kind") == "sft":
@@ -195,15 +203,15 @@ def decode(folder: Path, manifest: dict, n: int) -> None:
             tokens, mask = shard.example(i)
             start = prompt_length(mask)
             print(f"--- {path.name} example {i} ({len(tokens)} tokens, {len(tokens) - start} supervised)")
-            print("PROMPT: " + _clip(enc.decode(tokens[:start].tolist())))
-            print("ANSWER: " + _clip(enc.decode(tokens[start:].tolist())))
+            print("PROMPT: " + _text(enc, path, tokens[:start]))
+            print("ANSWER: " + _text(enc, path, tokens[start:]))
         return
     tokens = open_tokens(path)
     docs = read_docs(folder / shards[0]["docs_file"]).tolist() + [len(tokens)]
     for i in range(min(n, len(docs) - 1)):
         a, b = docs[i], docs[i + 1]
         print(f"--- {path.name} document {i} (tokens {a}..{b})")
-        print(_clip(enc.decode(tokens[a + 1:b].tolist())))
+        print(_text(enc, path, tokens[a + 1:b]))
 
 
 def unfinished(root: Path) -> list[Path]:

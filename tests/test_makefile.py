@@ -147,6 +147,14 @@ def test_verify_and_extend_variables(stub, target):
     assert {"--no-verify-data", "--extend", "--resume"} <= set(argv) and argv[argv.index("--steps") + 1] == "9"
 
 
+@pytest.mark.parametrize("target, args, command", [("inspect", "--decode 5", ["-m", "shards", "inspect", "data"]),
+                                                    ("test", "-k resume -x", ["-m", "pytest", "-q", "tests"])])
+def test_args_reach_every_command(stub, target, args, command):
+    """make help: ARGS passes extra flags to the underlying command (inspect and test dropped them)."""
+    assert stub(target, f"ARGS={args}") == [*command, *(["--verify", "--decode", "2"] if target == "inspect" else []),
+                                            *args.split()]
+
+
 def test_clean_leaves_exports_alone(tmp_path):
     kept = [tmp_path / "runs" / "sample" / "sft-hf", tmp_path / "runs" / "fineweb10B" / "pretrain",
             tmp_path / "data" / "fineweb10B-pretrain"]

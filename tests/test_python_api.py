@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from gpt import generate, get_encoding, load_model, tokenize_batch_input
@@ -48,3 +49,13 @@ def test_gpt_does_not_import_train():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'train'))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_pyproject_names_every_package():
+    """setuptools installs only the packages pyproject.toml names, subpackages included: a wheel (`pip install .`)
+    lacked train.tasks, and `python -m train rl` could not import its rewards."""
+    tomllib = pytest.importorskip("tomllib")
+    named = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in named if "." not in top
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found == named

@@ -88,6 +88,17 @@ def test_inspect_verifies_and_decodes_sft(tmp_path, capsys):
     assert "ANSWER: -!<|endoftext|>" in out  # tokens 12, 0 ("!"), EOT are the supervised part of example 0
 
 
+def test_inspect_decode_names_a_shard_with_a_token_outside_the_vocabulary(tmp_path, capsys):
+    _sft_folder(tmp_path)
+    path = tmp_path / "sft_val_000000.bin"
+    raw = bytearray(path.read_bytes())
+    raw[HEADER_BYTES + 2 * 6:HEADER_BYTES + 2 * 7] = b"\xff\xff"  # example 1's first answer token: 65535
+    path.write_bytes(bytes(raw))
+    assert report.main([str(tmp_path), "--decode", "2"]) == 1  # without --verify, decoding meets it
+    assert capsys.readouterr().err == (f"BAD {path}: token id 65535 is outside the vocabulary of 50257\n"
+                                       "error: 1 bad file(s)\n")  # was: "manifest.json: an entry has no 'Invalid token"
+
+
 def test_inspect_names_a_total_edited_into_a_string(tmp_path, capsys):
     manifest = _sft_folder(tmp_path)
     write_manifest(tmp_path, {**manifest, "totals": {"tokens": "9", "shards": 1}})  # edited by hand

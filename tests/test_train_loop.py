@@ -188,6 +188,18 @@ def test_values_out_of_range_are_usage_errors(flags, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_model_other_than_inits_is_a_usage_error(small, capsys):
+    """--init's checkpoint is the model trained: a --model of another shape beside it was silently ignored."""
+    init = small[1]
+    assert parse_args(["--init", str(init), "--model", "nano"]).model == "nano"  # its shape: accepted
+    assert parse_args(["--init", str(init)]).init == str(init)  # the recipe's model (tiny) is no choice of the user's
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--init", str(init), "--model", "tiny"])
+    assert e.value.code == 2 and (f"--model tiny is not the model of --init {init} (2 layers, 2 heads, width 32, "
+                                  "context 64): the run trains --init's model; drop --model (MODEL=)"
+                                  in capsys.readouterr().err)
+
+
 @pytest.mark.parametrize("stage, flag", [("dpo", "--beta"), ("rm", "--margin"), ("rl", "--kl-beta")])
 def test_an_infinite_number_is_a_usage_error_in_every_stage(stage, flag, capsys):
     """Each stage's own float flags too: `--beta inf` would only end at step 1, in a nan loss."""

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gpt.checkpoint import load_config
 from gpt.kernels import COMPILE_MODES
 from gpt.model import PRESETS, GPTConfig
 from pipelines import CUSTOM, PRETRAIN_DATASETS
@@ -172,6 +173,20 @@ def _recipe_help(config_cls):
     return text
 
 
+def _another_model(model: str, init) -> str | None:
+    """Why a --model given beside --init names another model than --init's, which the run trains (--model was
+    ignored), or None; an --init that cannot be read is left to the run, which names what is wrong with it."""
+    try:
+        start = load_config(init)
+    except (OSError, ValueError):
+        return None
+    shape = (start.n_layer, start.n_head, start.n_embd, start.block_size)
+    if shape == (PRESETS[model].n_layer, PRESETS[model].n_head, PRESETS[model].n_embd, PRESETS[model].block_size):
+        return None
+    return (f"--model {model} is not the model of --init {init} ({shape[0]} layers, {shape[1]} heads, width "
+            f"{shape[2]}, context {shape[3]}): the run trains --init's model; drop --model (MODEL=)")
+
+
 def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain"):
     """One flag per field of `config_cls` (a flag not given is absent from the result), and --show-config."""
     parser = cli.build_parser(config_cls, prog, " ".join(config_cls.__doc__.split()), _recipe_help(config_cls),
@@ -197,6 +212,8 @@ def parse_args(argv=None, config_cls=TrainConfig, prog: str = "python -m train p
         cfg.check()
     except ValueError as e:
         parser.error(str(e))
+    if "model" in given and cfg.init and (problem := _another_model(cfg.model, cfg.init)):
+        parser.error(problem)
     if show:
         print(json.dumps(cfg.to_dict(), indent=1))
         raise SystemExit(0)
