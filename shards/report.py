@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify", action="store_true", help="check every file against its manifest")
     p.add_argument("--decode", type=int, default=0, metavar="N", help="print N decoded documents per folder")
     args = p.parse_args(argv)
+    if args.decode < 0:
+        p.error(f"--decode must be 0 or more, got {args.decode}")
     folders = find_manifests(args.dir) if args.dir.is_dir() else []
     leftovers = unfinished(args.dir) if args.dir.is_dir() else []
     if not folders:

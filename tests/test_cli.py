@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,3 +47,14 @@ def test_a_field_without_a_flag_type_is_refused():
 
     with pytest.raises(TypeError, match="no command-line flag for a field of type"):
         cli.build_parser(Bad, "prog", "")
+
+
+@pytest.mark.parametrize("package", ["train", "pipelines"])
+def test_a_dispatcher_prints_its_usage_for_help_and_refuses_an_unknown_command(package, capsys):
+    """`python -m train --help` is a request (status 0, standard output); no command or another is a usage error."""
+    main = importlib.import_module(f"{package}.__main__").main
+    for argv, status in ((["--help"], 0), (["-h"], 0), ([], 2), (["nope"], 2)):
+        assert main(argv) == status
+        out, err = capsys.readouterr()
+        assert (out if status == 0 else err).startswith(f"usage: python -m {package} {{pretrain,sft,")
+        assert (err if status == 0 else out) == ""

@@ -86,6 +86,9 @@ def test_inspect_verifies_and_decodes_sft(tmp_path, capsys):
     assert "examples" in out and "verified" in out
     assert out.count("PROMPT: ") == 2 and out.count("ANSWER: ") == 2
     assert "ANSWER: -!<|endoftext|>" in out  # tokens 12, 0 ("!"), EOT are the supervised part of example 0
+    with pytest.raises(SystemExit):  # was: accepted, and nothing decoded
+        report.main([str(tmp_path), "--decode", "-1"])
+    assert "--decode must be 0 or more, got -1" in capsys.readouterr().err
 
 
 def test_inspect_decode_names_a_shard_with_a_token_outside_the_vocabulary(tmp_path, capsys):

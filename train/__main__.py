@@ -10,8 +10,12 @@ COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo"
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    usage = f"usage: python -m train {{{','.join(COMMANDS)}}} [flags]  (--help for each)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m train {{{','.join(COMMANDS)}}} [flags]  (--help for each)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     try:
         return importlib.import_module(COMMANDS[argv[0]]).main(argv[1:]) or 0
