@@ -279,7 +279,12 @@ def _get_range(url: str, part: Path, have: int, size: int, bar, where: str) -> N
     with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
         if response.status_code >= 400:
             response.read()
-            hf_raise_for_status(response)
+            try:
+                hf_raise_for_status(response)
+            except HfHubHTTPError as e:  # the CDN's URL names only the sha256: name the file
+                if _transient(e):
+                    raise
+                raise DownloadError(f"{where}: {e}") from e
         start = 0
         if response.status_code == 206:
             sent = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))

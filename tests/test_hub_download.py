@@ -190,3 +190,17 @@ def test_fake_hub_answers_huggingface_hub_like_the_hub(tmp_path, monkeypatch):
     assert (meta.commit_hash, meta.etag, meta.size) == \
         (FakeHub.COMMIT, hashlib.sha256(FILES[name]).hexdigest(), len(FILES[name]))
     assert Path(path).read_bytes() == FILES[name]
+
+
+def test_a_refused_file_fails_naming_it_and_keeps_the_files_before_it(tmp_path, monkeypatch):
+    """A 404 or 403 of the CDN (whose URL names only the sha256) is reported with the file's name."""
+    name = "sample/001.parquet"
+    for status in (404, 403):
+        dest = tmp_path / str(status)
+        with serve(monkeypatch, {name: [status]}):
+            with pytest.raises(DownloadError, match=rf"^{REPO}@5eed01234567:{name}: .*{status}"):
+                download(REPO, NAMES, "main", dest)
+            assert (dest / "sample/000.parquet").read_bytes() == FILES["sample/000.parquet"]
+            assert not (dest / name).exists()
+            assert download(REPO, NAMES, "main", dest) == expected()
+        assert_exactly_the_files(dest)
