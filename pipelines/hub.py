@@ -111,9 +111,17 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, (httpx2.TransportError, _ShortRead))
 
 
+def _retry_after(error: Exception) -> float:
+    """The seconds an HTTP error's Retry-After header asks for (a 429 of the hub's rate limit, a 503), or 0."""
+    response = getattr(error, "response", None)
+    value = response.headers.get("Retry-After", "").strip() if response is not None else ""
+    return float(value) if value.isdigit() else 0.0
+
+
 def _with_retries(what: str, call, received=lambda: 0, size: int = 0):
-    """`call()`, retried with backoff on connection errors and 408/429/5xx. For a download, `received()` is
-    the bytes of `size` kept so far: a failed try that added some starts the count of failures in a row again."""
+    """`call()`, retried with backoff on connection errors and 408/429/5xx (waiting at least what a Retry-After
+    header asks for). For a download, `received()` is the bytes of `size` kept so far: a failed try that added
+    some starts the count of failures in a row again."""
     failures, have = 0, received()
     while True:
         try:
@@ -127,9 +135,10 @@ def _with_retries(what: str, call, received=lambda: 0, size: int = 0):
                 kept = f", {now} of {size} bytes kept for the next run" if size else ""
                 raise DownloadError(f"{what}: giving up after {failures} failed tries in a row{kept}: {e}") from e
             first_line = (str(e) or type(e).__name__).splitlines()[0]
-            tqdm.write(f"{what}: {first_line}; retrying in {RETRY.wait(failures):g} s (failed try {failures} of "
+            wait = max(RETRY.wait(failures), _retry_after(e))
+            tqdm.write(f"{what}: {first_line}; retrying in {wait:g} s (failed try {failures} of "
                        f"{RETRY.tries} in a row)", file=sys.stderr)  # a wait of minutes is not a silent hang
-            time.sleep(RETRY.wait(failures))
+            time.sleep(wait)
 
 
 def download(repo_id: str, filenames: list[str], revision: str, dest_dir: Path,

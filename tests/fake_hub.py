@@ -12,9 +12,10 @@ dataset repos at one fixed commit (`FakeHub.COMMIT`, also reachable as the branc
 
 Faults are scripted per file path (or "api" for the two metadata calls): each request that serves the file's
 bytes (or an API answer) takes the next action of its list, then the file is served normally. Actions:
-an int (answer with that HTTP status), "drop" (send half of the bytes asked for, then close the connection),
-"hang" (send half, then stall until the server stops), "ignore-range" (answer 200 with the whole file),
-"corrupt" (flip one byte). Every request is logged in `requests` as (method, path, Range header or None).
+an int (answer with that HTTP status), a (status, {header: value}) pair (that status with those headers, e.g.
+(429, {"Retry-After": "1"})), "drop" (send half of the bytes asked for, then close the connection), "hang"
+(send half, then stall until the server stops), "ignore-range" (answer 200 with the whole file), "corrupt"
+(flip one byte). Every request is logged in `requests` as (method, path, Range header or None).
 
     with FakeHub({"org/name": {"data/a.parquet": payload}}, faults={"data/a.parquet": [503, "drop"]}) as hub:
         hub.point_huggingface_hub(monkeypatch)   # or pass hub.env() to a subprocess
@@ -145,8 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         form = parse_qs(self.rfile.read(length).decode()) if length else {}
         fault = self.hub.next_fault("api")
-        if isinstance(fault, int):
-            return self._error(fault, None, "scripted fault")
+        if isinstance(fault, (int, tuple)):
+            return self._scripted_error(fault)
         files = self._files(repo, revision)
         if files is None:
             return
@@ -183,8 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, path: str, data: bytes, body: bool, headers: dict) -> None:
         fault = self.hub.next_fault(path) if body else None
-        if isinstance(fault, int):
-            return self._error(fault, None, "scripted fault")
+        if isinstance(fault, (int, tuple)):
+            return self._scripted_error(fault)
         start, end = 0, len(data)
         asked = _RANGE.fullmatch(self.headers.get("Range", ""))
         status = 200
@@ -218,10 +219,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {"Content-Type": "application/json", "Content-Length": str(len(payload))})
         self.wfile.write(payload)
 
-    def _error(self, status: int, code: str | None, message: str) -> None:
+    def _scripted_error(self, fault: int | tuple[int, dict]) -> None:
+        status, headers = fault if isinstance(fault, tuple) else (fault, {})
+        self._error(status, None, "scripted fault", headers)
+
+    def _error(self, status: int, code: str | None, message: str, extra_headers: dict | None = None) -> None:
         payload = json.dumps({"error": message}).encode()
         headers = {"Content-Type": "application/json", "Content-Length": str(len(payload)),
-                   "X-Error-Message": message}
+                   "X-Error-Message": message, **(extra_headers or {})}
         if code:
             headers["X-Error-Code"] = code
         self._send(status, headers)

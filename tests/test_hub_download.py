@@ -204,3 +204,16 @@ def test_a_refused_file_fails_naming_it_and_keeps_the_files_before_it(tmp_path, 
             assert not (dest / name).exists()
             assert download(REPO, NAMES, "main", dest) == expected()
         assert_exactly_the_files(dest)
+
+
+def test_a_429_waits_as_long_as_its_retry_after_says(tmp_path, monkeypatch, capsys):
+    """The hub's rate limit answers 429 with Retry-After: retrying sooner (the backoff's first waits) is refused
+    again, and 8 quick tries gave up in about two minutes where the server asked for five."""
+    name = "sample/000.parquet"
+    with serve(monkeypatch, {"api": [(429, {"Retry-After": "1"})], name: [(503, {"Retry-After": "1"})]}):
+        t0 = time.monotonic()
+        assert download(REPO, [name], "main", tmp_path) == expected([name])
+        assert time.monotonic() - t0 >= 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
+    assert len(lines) == 2 and all(line.endswith("; retrying in 1 s (failed try 1 of 4 in a row)") for line in lines)
+    assert_exactly_the_files(tmp_path, [name])
