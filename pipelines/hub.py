@@ -286,6 +286,11 @@ def _get_range(url: str, part: Path, have: int, size: int, bar, where: str) -> N
     if have:
         headers["Range"] = f"bytes={have}-"
     with get_session().stream("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+        if response.status_code == 416 and have:  # the server's copy ends before `have`: not the announced file
+            part.unlink()
+            raise DownloadError(f"{where}: the server has no bytes from {have} on (416 Range Not Satisfiable), "
+                                f"the hub announced {size} bytes; the partial download was deleted, run again to "
+                                "download it again")
         if response.status_code >= 400:
             response.read()
             try:
@@ -308,7 +313,10 @@ def _get_range(url: str, part: Path, have: int, size: int, bar, where: str) -> N
             f.truncate()
             for chunk in response.iter_bytes():
                 if start + len(chunk) > size:
-                    raise DownloadError(f"{where}: the server sent more than the {size} bytes the hub announced")
+                    f.close()
+                    part.unlink()
+                    raise DownloadError(f"{where}: the server sent more than the {size} bytes the hub announced; "
+                                        "the partial download was deleted, run again to download it again")
                 f.write(chunk)
                 start += len(chunk)
                 bar.update(len(chunk))

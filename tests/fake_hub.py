@@ -15,7 +15,7 @@ bytes (or an API answer) takes the next action of its list, then the file is ser
 an int (answer with that HTTP status), a (status, {header: value}) pair (that status with those headers, e.g.
 (429, {"Retry-After": "1"})), "drop" (send half of the bytes asked for, then close the connection), "hang"
 (send half, then stall until the server stops), "ignore-range" (answer 200 with the whole file), "corrupt"
-(flip one byte). Every request is logged in `requests` as (method, path, Range header or None).
+(flip one byte), "truncate" / "extend" (serve a copy 1,000 bytes shorter / longer than the metadata says). Every request is logged in `requests` as (method, path, Range header or None).
 
     with FakeHub({"org/name": {"data/a.parquet": payload}}, faults={"data/a.parquet": [503, "drop"]}) as hub:
         hub.point_huggingface_hub(monkeypatch)   # or pass hub.env() to a subprocess
@@ -186,6 +186,10 @@ class _Handler(BaseHTTPRequestHandler):
         fault = self.hub.next_fault(path) if body else None
         if isinstance(fault, (int, tuple)):
             return self._scripted_error(fault)
+        if fault == "truncate":
+            data = data[:-1000]
+        elif fault == "extend":
+            data = data + bytes(1000)
         start, end = 0, len(data)
         asked = _RANGE.fullmatch(self.headers.get("Range", ""))
         status = 200

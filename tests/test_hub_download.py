@@ -217,3 +217,19 @@ def test_a_429_waits_as_long_as_its_retry_after_says(tmp_path, monkeypatch, caps
     lines = [line for line in capsys.readouterr().err.splitlines() if "retrying" in line]
     assert len(lines) == 2 and all(line.endswith("; retrying in 1 s (failed try 1 of 4 in a row)") for line in lines)
     assert_exactly_the_files(tmp_path, [name])
+
+
+@pytest.mark.parametrize("fault", ["truncate", "extend"])
+def test_a_served_file_of_another_size_fails_naming_it_and_the_next_run_starts_over(tmp_path, monkeypatch, fault):
+    """A CDN copy shorter than the hub's metadata ends in a 416 for the missing bytes' range, one longer sends
+    more than announced: both stop with an error naming the file and delete the partial download (before, a
+    short copy left a partial file that every later run asked the same range of, failing with an unnamed 416)."""
+    name = "sample/001.parquet"
+    with serve(monkeypatch, {name: [fault] * (2 if fault == "truncate" else 1)}) as fake:  # the first run's GETs
+        with pytest.raises(DownloadError, match=rf"^{REPO}@5eed01234567:{name}: the server .*200001 bytes"):
+            download(REPO, NAMES, "main", tmp_path)
+        assert not (tmp_path / name).exists() and not list(tmp_path.rglob("*.part"))
+        assert download(REPO, NAMES, "main", tmp_path) == expected()
+    assert_exactly_the_files(tmp_path)
+    gets = [r for m, p, r in fake.requests if m == "GET" and p == cdn_path(name)]
+    assert gets[-1] is None  # the last run started over
