@@ -1,8 +1,9 @@
 """`make bench-generate`: new tokens/s of our `generate` against transformers' `generate`, same run.
 
 Both models hold the same weights (ours at random init, converted with `gpt.hf.to_hf`; 124M fp32 by
-default), get the same prompts (batch 1: the first one; batch 8: prompts of different lengths, right-padded
-for ours, left-padded for transformers as it requires) and threads, and decode greedily with a KV cache for
+default; the preset's context grown where the longest prompt and its new tokens would overrun it), get the
+same prompts (batch 1: the first one; batch 8: prompts of different lengths, right-padded for ours,
+left-padded for transformers as it requires) and threads, and decode greedily with a KV cache for
 exactly `new_tokens` tokens (neither has an end token: EOT is a token like any other), prefill included.
 The greedy tokens are checked equal. Runs alternate between the two in rounds, after a warmup, so that load
 from other processes hits both alike; the median gives tokens/s.
@@ -93,7 +94,8 @@ def run(cfg: BenchConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    ours = GPT(preset(cfg.model)).eval()
+    longest = tokenize_batch_input(PROMPTS)[0].shape[1]  # a context for every prompt and all its new tokens
+    ours = GPT(preset(cfg.model, block_size=max(preset(cfg.model).block_size, longest + cfg.new_tokens))).eval()
     hf = to_hf(ours)
     buffer = torch.ones(cfg.bandwidth_mib * 2**20 // 4)
     bandwidths = [read_bandwidth(buffer)]

@@ -774,6 +774,17 @@ def test_bench_generate_runs_and_both_models_generate_the_same_tokens(capsys):
     assert "same tokens: True" in out and "batch 8: ours at" in out and "(goal >= 70%)" in out
 
 
+def test_bench_generate_runs_past_the_presets_context(capsys):
+    """The nano preset's context is 64 tokens: a prompt plus the default 64 new tokens overran it (transformers'
+    position table raised an IndexError, and our decoding stopped early while tokens/s counted every token)."""
+    from bench import generate as bench_generate
+
+    pytest.importorskip("transformers")
+    assert bench_generate.main(["--model", "nano", "--new-tokens", "60", "--batch-sizes", "1", "--rounds", "1",
+                                "--bandwidth-mib", "8"]) == 0
+    assert "same tokens: True" in capsys.readouterr().out
+
+
 def test_the_benchmarks_transformers_greedy_is_ours_when_eot_is_chosen():
     """The benchmarks compare our greedy tokens (eot=-1) with transformers': with an EOT that wins some steps, both
     emit it and go on (transformers' min_new_tokens would have forbidden it, and the comparison failed)."""
