@@ -13,3 +13,10 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def require_positive(cfg, prog: str, *fields: str) -> None:
+    """Exit with a usage message naming the flag when one of `fields` of `cfg` is below 1 (no step to time)."""
+    for field in fields:
+        if getattr(cfg, field) < 1:
+            raise SystemExit(f"{prog}: --{field.replace('_', '-')} must be at least 1, got {getattr(cfg, field)}")

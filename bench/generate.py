@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench import cpu_name
+from bench import cpu_name, require_positive
 from gpt.hf import to_hf
 from gpt.inference import generate, tokenize_batch_input
 from gpt.model import GPT, preset
@@ -57,7 +57,9 @@ class BenchConfig:
 
 
 def parse_args(argv=None) -> BenchConfig:
-    return cli.parse(BenchConfig, argv, "python -m bench.generate", __doc__.splitlines()[0])
+    cfg = cli.parse(BenchConfig, argv, "python -m bench.generate", __doc__.splitlines()[0])
+    require_positive(cfg, "bench.generate", "new_tokens", "rounds")
+    return cfg
 
 
 def read_bandwidth(buffer: torch.Tensor, repeats: int = 3) -> float:

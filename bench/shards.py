@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench import cpu_name
+from bench import cpu_name, require_positive
 from pipelines import sources, tokenize_stage
 from shards import cli
 from shards.manifest import load_manifest
@@ -79,6 +79,7 @@ def ours(folder: Path, workers: int, round_: int) -> tuple[int, float, int]:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = cli.parse(BenchConfig, argv, "python -m bench.shards", __doc__)
+    require_positive(cfg, "bench.shards", "repeat", "workers", "rounds")
     with tempfile.TemporaryDirectory(prefix="bench-shards-") as tmp:
         folder = Path(tmp)
         texts = make_input(folder, cfg.repeat)

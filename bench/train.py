@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from bench import cpu_name
+from bench import cpu_name, require_positive
 from gpt.hf import from_hf, to_hf
 from gpt.kernels import COMPILE_MODES, compile_options
 from gpt.model import GPT, preset
@@ -50,7 +50,9 @@ class BenchConfig:
 
 
 def parse_args(argv=None) -> BenchConfig:
-    return cli.parse(BenchConfig, argv, "python -m bench.train", __doc__.splitlines()[0])
+    cfg = cli.parse(BenchConfig, argv, "python -m bench.train", __doc__.splitlines()[0])
+    require_positive(cfg, "bench.train", "batch", "seq_len", "rounds")
+    return cfg
 
 
 class Trainer:

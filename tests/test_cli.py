@@ -58,3 +58,12 @@ def test_a_dispatcher_prints_its_usage_for_help_and_refuses_an_unknown_command(p
         out, err = capsys.readouterr()
         assert (out if status == 0 else err).startswith(f"usage: python -m {package} {{pretrain,sft,")
         assert (err if status == 0 else out) == ""
+
+
+@pytest.mark.parametrize("module, flag", [("bench.shards", "--rounds"), ("bench.shards", "--workers"),
+                                          ("bench.train", "--rounds"), ("bench.generate", "--new-tokens")])
+def test_a_benchmark_refuses_a_count_below_one(module, flag):
+    """--rounds 0 ended in a ZeroDivisionError (bench.train), a StatisticsError (bench.generate) or an
+    UnboundLocalError (bench.shards), after building the models or the input; now a usage message at once."""
+    with pytest.raises(SystemExit, match=f"{module}: {flag} must be at least 1, got 0"):
+        importlib.import_module(module).main([flag, "0"])
