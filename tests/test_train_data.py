@@ -115,6 +115,21 @@ def test_bad_batch_and_data_errors(shards, tmp_path):
         data(shards)
 
 
+
+def test_a_manifest_whose_totals_disagree_with_its_shards_is_refused(shards):
+    """A shard listed twice in a hand-edited manifest (or one left out) was trained on silently, although `make
+    inspect` reports that manifest as bad: the trainers read the totals it checks too."""
+    path = shards / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["totals"] = {"tokens": sum(e["num_tokens"] for e in manifest["shards"]), "shards": len(manifest["shards"])}
+    path.write_text(json.dumps(manifest))
+    assert data(shards).train.num_rows == (2999 // SEQ) + (1999 // SEQ)  # a manifest that agrees
+    manifest["shards"].append(manifest["shards"][1])  # train_000001.bin once more
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=re.escape(f"{path}: its totals say 6,000 tokens, its shards list 9,000 "
+                                                      f"(edited by hand? remove {shards} and make the shards again)")):
+        data(shards)
+
 def test_an_empty_validation_split_blames_eval_tokens_only_when_they_are_the_cause(shards):
     with pytest.raises(ValueError) as e:  # the validation shard holds 1000 tokens
         PretrainData(shards, 1000, 1000, 1, eval_tokens=10485760)

@@ -40,6 +40,7 @@ import torch
 from gpt.inference import pad_batch
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError, load_manifest, manifest_sha256
+from shards.report import check_totals
 from shards.sft import SFTShard, open_sft_shard
 from shards.verify import CACHE, verify_files
 
@@ -102,8 +103,11 @@ def accumulation_steps(rows_per_step: int, micro_batch: int, world_size: int, ba
 
 
 def _open_manifest(directory: Path, kind: str) -> tuple[dict, str]:
-    """The manifest of a shard folder, checked to be of `kind` ("pretrain", "sft" or "prefs"), and its sha256."""
+    """The manifest of a shard folder, checked to be of `kind` ("pretrain", "sft" or "prefs") and to list the shards
+    its totals count (as `make inspect` checks: an entry repeated or removed by hand), and its sha256."""
     manifest = load_manifest(directory)
+    if problem := check_totals(directory, manifest):
+        raise ManifestError(problem)
     if manifest.get("kind") != kind:
         target = "pref-shards" if kind == "prefs" else f"{kind}-shards"
         raise ManifestError(f"{directory / 'manifest.json'}: kind {manifest.get('kind')!r}, expected {kind!r} "
