@@ -40,6 +40,19 @@ def remake(folder: Path) -> str:
     return f" (edited by hand? remove {folder} and make the shards again)"
 
 
+def check_totals(folder: Path, manifest: dict) -> str | None:
+    """What disagrees between the manifest's totals and its list of shards (an entry removed by hand, say):
+    the tokens, and the number of shards where the totals count them. None when they agree."""
+    totals, entries = manifest.get("totals") or {}, manifest.get("shards") or []
+    listed = {"tokens": sum(e["num_tokens"] for e in entries), "shards": len(entries)}
+    for key, value in listed.items():
+        if key in totals and totals[key] != value:
+            said = f"{totals[key]:,}" if type(totals[key]) is int else repr(totals[key])  # a hand edit: "9", 9.0
+            return (f"{folder / MANIFEST}: its totals say {said} {key}, its shards list {value:,}"
+                    f"{remake(folder)}")
+    return None
+
+
 def not_a_folder(path: Path, what: str) -> str | None:
     """What is wrong with `path` where a folder belongs: a file (not `what`, the folder wanted and a hint), or
     nothing there; None for a folder."""

@@ -25,7 +25,7 @@ import numpy as np
 
 from .format import ShardError, open_tokens, read_docs, read_header
 from .io import lock_held
-from .manifest import MANIFEST, PARTS, ManifestError, load_manifest, not_a_folder, remake, running_tasks
+from .manifest import MANIFEST, PARTS, ManifestError, check_totals, load_manifest, not_a_folder, running_tasks
 from .progress import bytes_bar
 from .sft import open_sft_shard
 from .tokenizer import EOT, VOCAB_SIZE
@@ -123,19 +123,6 @@ def verify(folder: Path, manifest: dict) -> list[str]:
     if problem := check_totals(folder, manifest):
         problems.append(problem)
     return problems
-
-
-def check_totals(folder: Path, manifest: dict) -> str | None:
-    """What disagrees between the manifest's totals and its list of shards (an entry removed by hand, say):
-    the tokens, and the number of shards where the totals count them. None when they agree."""
-    totals, entries = manifest.get("totals") or {}, manifest.get("shards") or []
-    listed = {"tokens": sum(e["num_tokens"] for e in entries), "shards": len(entries)}
-    for key, value in listed.items():
-        if key in totals and totals[key] != value:
-            said = f"{totals[key]:,}" if type(totals[key]) is int else repr(totals[key])  # a hand edit: "9", 9.0
-            return (f"{folder / MANIFEST}: its totals say {said} {key}, its shards list {value:,}"
-                    f"{remake(folder)}")
-    return None
 
 
 def prompt_length(mask: np.ndarray) -> int:

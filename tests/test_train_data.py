@@ -115,7 +115,6 @@ def test_bad_batch_and_data_errors(shards, tmp_path):
         data(shards)
 
 
-
 def test_a_manifest_whose_totals_disagree_with_its_shards_is_refused(shards):
     """A shard listed twice in a hand-edited manifest (or one left out) was trained on silently, although `make
     inspect` reports that manifest as bad: the trainers read the totals it checks too."""
@@ -129,6 +128,7 @@ def test_a_manifest_whose_totals_disagree_with_its_shards_is_refused(shards):
     with pytest.raises(ManifestError, match=re.escape(f"{path}: its totals say 6,000 tokens, its shards list 9,000 "
                                                       f"(edited by hand? remove {shards} and make the shards again)")):
         data(shards)
+
 
 def test_an_empty_validation_split_blames_eval_tokens_only_when_they_are_the_cause(shards):
     with pytest.raises(ValueError) as e:  # the validation shard holds 1000 tokens

@@ -39,8 +39,7 @@ import torch
 
 from gpt.inference import pad_batch
 from shards.format import ShardError, open_tokens
-from shards.manifest import ManifestError, load_manifest, manifest_sha256
-from shards.report import check_totals
+from shards.manifest import ManifestError, check_totals, load_manifest, manifest_sha256
 from shards.sft import SFTShard, open_sft_shard
 from shards.verify import CACHE, verify_files
 
