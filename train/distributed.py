@@ -110,12 +110,13 @@ def under_torchrun() -> bool:
 def run_process(main: Callable[[], int | None]) -> NoReturn:
     """Run a trainer's `main()` and end the process with its status (None: 0; an exception that escapes it: its
     traceback, then 1, or 130 for a Ctrl-C); a rank of torchrun's at once, its output flushed, without the
-    interpreter's shutdown. A collective launched in a backward pass (DDP's all-reduces) holds a Python object of the thread's state, which
-    the process group's worker thread frees when it drops the collective; once the interpreter has begun to shut
-    down, that thread's wait for the GIL ends it inside a C++ destructor, and the whole process aborts ('terminate
-    called without an active exception', pytorch/pytorch#190489). Neither destroy_process_group nor a barrier rules
-    that out: DDP keeps the group's threads alive past the first, and a worker may drop its last collective after
-    the second has returned. Every file of the run is closed by then (`main`'s `finally` blocks have run)."""
+    interpreter's shutdown. A collective launched in a backward pass (DDP's all-reduces) holds a Python object of
+    the thread's state, which the process group's worker thread frees when it drops the collective; once the
+    interpreter has begun to shut down, that thread's wait for the GIL ends it inside a C++ destructor, and the
+    whole process aborts ('terminate called without an active exception', pytorch/pytorch#190489). Neither
+    destroy_process_group nor a barrier rules that out: DDP keeps the group's threads alive past the first, and a
+    worker may drop its last collective after the second has returned. Every file of the run is closed by then
+    (`main`'s `finally` blocks have run)."""
     try:
         status = main() or 0
     except SystemExit as e:  # argparse's, its usage error printed
