@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -92,7 +93,18 @@ def parallel_map(work: Callable, jobs: Iterable, count: int, workers: int, initi
             initializer(*initargs)
         yield from map(work, jobs)
         return
-    with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (initializer, initargs)) as pool:
+    # Ctrl-C is held back while the pool starts: the workers inherit the blocked signal, so one that is still
+    # starting (Python's start-up, unpickling `initargs`: before _start_worker ignores Ctrl-C) prints no traceback
+    # of its own. Multiprocessing's resource tracker is started first, as starting it unblocks Ctrl-C.
+    resource_tracker.ensure_running()
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(workers, _start_worker, (initializer, initargs))
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+        raise
+    with pool:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)  # a Ctrl-C held back is raised here: the pool stops
         # Pool's own list of its processes (private, but the only sign: a Pool replaces a dead worker silently and
         # never answers its job; ProcessPoolExecutor, which reports it, leaves orphans when the parent is killed)
         started = {process.pid for process in pool._pool}

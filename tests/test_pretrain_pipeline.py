@@ -212,8 +212,8 @@ def test_killed_run_resumes_to_identical_bytes(src, reference, tmp_path, where, 
 
 
 INTERRUPTER = """
-import os, signal, sys
-from pipelines import pretrain, tokenize_stage
+import multiprocessing, os, signal, sys, threading
+from pipelines import pretrain, stage, tokenize_stage
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's Ctrl-C finds it
 original = tokenize_stage.parallel_map
 def interrupting(*args, **kwargs):
@@ -221,21 +221,30 @@ def interrupting(*args, **kwargs):
         if k == 2:  # Ctrl-C reaches the whole process group: this process and its workers
             os.killpg(0, signal.SIGINT)
         yield result
-tokenize_stage.parallel_map = interrupting
+class Starting:  # Ctrl-C 50 ms into the start of the pool: its workers are starting (unpickling the tokenizer)
+    def Pool(self, *args, **kwargs):
+        threading.Timer(0.05, os.killpg, (0, signal.SIGINT)).start()
+        return multiprocessing.get_context("spawn").Pool(*args, **kwargs)
+if sys.argv.pop(1) == "started":
+    tokenize_stage.parallel_map = interrupting
+else:
+    stage.multiprocessing = type("M", (), {"get_context": staticmethod(lambda method: Starting())})
 sys.exit(pretrain.main(sys.argv[1:]))
 """
 
 
-def test_ctrl_c_says_what_is_kept_without_tracebacks_then_resumes(src, reference, tmp_path):
+@pytest.mark.parametrize("when", ["started", "starting"])
+def test_ctrl_c_says_what_is_kept_without_tracebacks_then_resumes(src, reference, tmp_path, when):
     args = ["--source", str(src[0]), "--data-dir", str(tmp_path), *FLAGS[:-1], "2"]  # two worker processes
-    proc = subprocess.run([sys.executable, "-c", INTERRUPTER, *args], cwd=REPO, capture_output=True, timeout=120,
-                          start_new_session=True)
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTER, when, *args], cwd=REPO, capture_output=True,
+                          timeout=120, start_new_session=True)
     err = proc.stderr.decode()
     assert proc.returncode == 130, err
     assert "interrupted: the finished work is kept; run the same command again to continue" in err
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err  # not the parent's, nor a worker's
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err  # not the parent's, nor a worker's
     out = out_dir(tmp_path, src[0])
-    assert not (out / "manifest.json").exists() and list((out / "parts").glob("*.json"))
+    assert not (out / "manifest.json").exists()
+    assert when == "starting" or list((out / "parts").glob("*.json"))
     assert run(tmp_path, src[0]) == 0
     assert contents(out) == reference[1]
 
