@@ -27,7 +27,7 @@ import torch
 from shards.tokenizer import EOT, get_encoding
 
 from .checkpoint import saved_chat_template
-from .inference import generate, pad_batch, stream, tokenize_batch_input
+from .inference import _check_options, generate, pad_batch, stream, tokenize_batch_input
 from .template import CHAT_TEMPLATE, render_prompt
 
 CKPT_HELP = ("checkpoint folder (ours or Hugging Face's), or a run folder: its best checkpoint (ckpt/best) if it "
@@ -107,7 +107,15 @@ def _load(args, command: str):
         raise SystemExit(f"{command}: {e}") from None
 
 
-def _options(args) -> dict:
+def _options(args, command: str) -> dict:
+    """The decoding options of the command line, checked before any prompt: a bad one stops the command (a chat
+    would otherwise refuse every line it reads)."""
+    try:
+        _check_options(args.temperature, args.max_steps, args.top_k, args.top_p, args.repetition_penalty)
+    except ValueError as e:
+        raise SystemExit(f"{command}: {e}") from None
+    if not -2 ** 63 <= args.seed < 2 ** 64:
+        raise SystemExit(f"{command}: --seed must be an integer from -2**63 to 2**64 - 1, got {args.seed}")
     return dict(temperature=args.temperature, max_steps=args.max_steps, top_k=args.top_k, top_p=args.top_p,
                 generator=torch.Generator(device=args.device).manual_seed(args.seed), truncate=args.truncate,
                 repetition_penalty=args.repetition_penalty)
@@ -121,9 +129,10 @@ def run_generate(args) -> int:
     model = _load(args, "generate")
     template = _template(args, "generate")
     prompts = [render_prompt(p) if template else p for p in args.prompt]
+    options = _options(args, "generate")
     try:
         input_ids, masks = tokenize_batch_input(prompts)
-        rows = generate(model, input_ids, masks, **_options(args), progress=True)
+        rows = generate(model, input_ids, masks, **options, progress=True)
     except ValueError as e:
         raise SystemExit(f"generate: {e}") from None
     enc = get_encoding()
@@ -169,7 +178,7 @@ def run_chat(args, stdin=None, stdout=None) -> int:
     history = History(model.config.block_size - args.max_steps) if template else None
     interactive = stdin.isatty()
     enc = get_encoding()
-    options = _options(args)
+    options = _options(args, "chat")
     mode = "Alpaca template, with history" if template else "plain completion, no history"
     print(f"chat with {args.ckpt} ({mode}); /help lists the commands", file=stdout)
     while True:

@@ -155,12 +155,17 @@ def load_reward_model(path, device="cpu", padded_vocab_size: int | None = None, 
                       dtype=torch.float32) -> RewardModel:
     """A reward model (gpt.reward), in eval mode on `device`, from a folder `save_model` wrote it to (or a run
     folder: `resolve_checkpoint`), or a transformers `GPT2ForSequenceClassification` GPT-2 folder with one
-    label; arguments and errors as `load_model`'s."""
+    label and `pad_token_id` 0 or none (transformers then reads the reward at the closing EOT too); arguments and
+    errors as `load_model`'s."""
     folder = resolve_checkpoint(path)
     config, raw = _read_config(folder, padded_vocab_size)
     if not _is_reward(raw):
         raise ValueError(f"{folder / 'config.json'}: not a reward model (architectures {raw.get('architectures')!r}, "
                          f"not [{REWARD_ARCHITECTURE!r}]); gpt.load_model loads it")
+    if raw.get("pad_token_id") not in (0, None):  # ours say 0; with none, transformers reads the last token too
+        raise ValueError(f"{folder / 'config.json'}: pad_token_id={raw['pad_token_id']!r} is not supported: "
+                         f"transformers reads the reward at each row's last token that is not {raw['pad_token_id']!r}, "
+                         "this reward model at the row's closing EOT (pad_token_id 0 or none)")
     tensors, weights = _read_folder_weights(folder, raw)
     head = tensors.pop(SCORE, None)
     if head is None or tuple(head.shape) != (1, config.n_embd):

@@ -36,6 +36,9 @@ _REQUIRED_HF = {
     "add_cross_attention": (False,),
     "tie_word_embeddings": (True,),
 }
+# transformers' other names for GPT2Config's sizes (its attribute_map), which a config.json may hold instead
+_HF_ALIASES = {"n_embd": "hidden_size", "n_positions": "max_position_embeddings", "n_head": "num_attention_heads",
+               "n_layer": "num_hidden_layers"}
 
 
 def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: int | None = None) -> GPTConfig:
@@ -45,15 +48,23 @@ def config_from_hf(hf: dict, *, source: str = "config.json", padded_vocab_size: 
     for key, allowed in _REQUIRED_HF.items():
         if key in hf and hf[key] not in allowed:
             raise ValueError(f"{source}: {key}={hf[key]!r} is not supported (GPT-2 uses {allowed[0]!r})")
-    n_embd = hf.get("n_embd", 768)
+    n_embd = _hf_size(hf, "n_embd", 768, source)
     if hf.get("n_inner") not in (None, 4 * n_embd):
         raise ValueError(f"{source}: n_inner={hf['n_inner']} is not supported (GPT-2 uses 4 * n_embd)")
     try:
-        return GPTConfig(block_size=hf.get("n_positions", 1024), vocab_size=hf.get("vocab_size", 50257),
-                         n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=n_embd,
-                         padded_vocab_size=padded_vocab_size)
+        return GPTConfig(block_size=_hf_size(hf, "n_positions", 1024, source), vocab_size=hf.get("vocab_size", 50257),
+                         n_layer=_hf_size(hf, "n_layer", 12, source), n_head=_hf_size(hf, "n_head", 12, source),
+                         n_embd=n_embd, padded_vocab_size=padded_vocab_size)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: {e}") from None
+
+
+def _hf_size(hf: dict, key: str, default: int, source: str):
+    """GPT2Config's `key` (e.g. n_head) in `hf`, or under its alias (num_attention_heads), as transformers reads it."""
+    alias = _HF_ALIASES[key]
+    if key in hf and alias in hf and hf[key] != hf[alias]:
+        raise ValueError(f"{source}: {key}={hf[key]!r} and {alias}={hf[alias]!r} disagree")
+    return hf.get(key, hf.get(alias, default))
 
 
 def hf_config(config: GPTConfig, reward: bool = False, dtype: torch.dtype = torch.float32) -> dict:

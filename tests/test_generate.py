@@ -625,6 +625,25 @@ def test_generate_command_reports_bad_input(checkpoints, tmp_path):
         main(["export-hf", str(broken), str(tmp_path / "out")])
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "-1"], "temperature must be"),
+    (["--top-p", "0"], "top_p must be"),
+    (["--top-k", "0"], "top_k must be"),
+    (["--max-steps", "-1"], "max_steps must be"),
+    (["--repetition-penalty", "0"], "repetition_penalty must be"),
+    (["--seed", str(2 ** 64)], r"--seed must be an integer from -2\*\*63 to 2\*\*64 - 1, got 18446744073709551616"),
+])
+def test_a_bad_option_stops_chat_before_the_first_prompt(checkpoints, monkeypatch, capsys, flags, message):
+    """As `generate` does: a chat does not refuse every line it reads, one by one, with exit status 0."""
+    stdin = io.StringIO("Hi\nHello\n")
+    monkeypatch.setattr("sys.stdin", stdin)
+    with pytest.raises(SystemExit, match=f"^chat: {message}"):
+        main(["chat", "--ckpt", str(checkpoints[0]), *flags])
+    assert stdin.tell() == 0 and "error:" not in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f"^generate: {message}"):
+        main(["generate", "--ckpt", str(checkpoints[0]), "--prompt", "Hi", *flags])
+
+
 def test_chat_streams_answers_with_the_template_of_sft_models(checkpoints, model, monkeypatch, capsys):
     plain, sft, exported = checkpoints
     enc = get_encoding()

@@ -368,6 +368,28 @@ def test_load_a_transformers_safetensors_folder(tmp_path):
     assert load_model(tmp_path / "hf", padded_vocab_size=50304).transformer.wte.weight.shape == (50304, 64)
 
 
+def test_a_config_with_transformers_other_names_for_the_sizes_loads_as_transformers_reads_it(tmp_path):
+    """num_attention_heads for n_head (GPT2Config's attribute_map): the default of 12 heads was taken instead, and with
+    n_embd 48 the model loaded with other logits (no tensor's shape tells the heads apart)."""
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_head=4, n_embd=48, n_positions=32)).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    config = json.loads(path.read_text())
+    for ours, alias in [("n_head", "num_attention_heads"), ("n_embd", "hidden_size"), ("n_layer", "num_hidden_layers"),
+                        ("n_positions", "max_position_embeddings")]:
+        config[alias] = config.pop(ours)
+    path.write_text(json.dumps(config))
+    ours = load_model(tmp_path / "hf")
+    assert (ours.config.n_head, ours.config.n_embd, ours.config.n_layer, ours.config.block_size) == (4, 48, 2, 32)
+    x = ids(T=16)
+    with torch.no_grad():
+        assert max_diff(ours(x), transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")(x).logits) <= 1e-4
+    path.write_text(json.dumps({**config, "n_head": 12}))
+    with pytest.raises(ValueError, match=r"config\.json: n_head=12 and num_attention_heads=4 disagree"):
+        load_model(tmp_path / "hf")
+
+
 @pytest.mark.parametrize("layout", ["transformer-prefixed with lm_head", "unprefixed with mask buffers"])
 def test_load_a_pytorch_model_bin_folder(tmp_path, layout):
     """As transformers wrote with safe_serialization=False, and as the original openai-community/gpt2 files are."""

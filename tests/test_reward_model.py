@@ -136,3 +136,24 @@ def test_transformers_reads_our_folder_as_gpt2_for_sequence_classification_with_
         logits = hf(input_ids=ids, attention_mask=masks).logits
     assert logits.shape == (len(rows), 1)
     assert torch.allclose(logits[:, 0], model.score_tokens(rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("pad", [None, EOT])
+def test_a_transformers_reward_model_loads_with_its_rewards_or_is_refused_for_its_pad_token(tmp_path, pad):
+    """GPT-2 has no pad token, so transformers users set pad_token_id to EOT: GPT2ForSequenceClassification then reads
+    the reward at the last token that is not EOT, where we read it at the closing EOT; such a folder loaded and gave
+    other rewards than transformers."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, num_labels=1, pad_token_id=pad)
+    hf = transformers.GPT2ForSequenceClassification(config).eval()
+    torch.nn.init.normal_(hf.score.weight)
+    hf.save_pretrained(tmp_path / "rm")
+    if pad is not None:
+        with pytest.raises(ValueError, match=f"rm/config.json: pad_token_id={EOT} is not supported: transformers reads "
+                                             f"the reward at each row's last token that is not {EOT}"):
+            load_reward_model(tmp_path / "rm")
+        return
+    with torch.no_grad():  # without a pad token transformers reads each (unpadded) row's last token, our EOT
+        rewards = [hf(torch.tensor([row])).logits.item() for row in ROWS]
+    assert torch.allclose(load_reward_model(tmp_path / "rm").score_tokens(ROWS), torch.tensor(rewards), atol=1e-5)
