@@ -27,7 +27,7 @@ import torch
 from shards.tokenizer import EOT, get_encoding
 
 from .checkpoint import saved_chat_template
-from .inference import _check_options, generate, pad_batch, stream, tokenize_batch_input
+from .inference import check_options, generate, pad_batch, stream, tokenize_batch_input
 from .template import CHAT_TEMPLATE, render_prompt
 
 CKPT_HELP = ("checkpoint folder (ours or Hugging Face's), or a run folder: its best checkpoint (ckpt/best) if it "
@@ -111,7 +111,7 @@ def _options(args, command: str) -> dict:
     """The decoding options of the command line, checked before any prompt: a bad one stops the command (a chat
     would otherwise refuse every line it reads)."""
     try:
-        _check_options(args.temperature, args.max_steps, args.top_k, args.top_p, args.repetition_penalty)
+        check_options(args.temperature, args.max_steps, args.top_k, args.top_p, args.repetition_penalty)
     except ValueError as e:
         raise SystemExit(f"{command}: {e}") from None
     if not -2 ** 63 <= args.seed < 2 ** 64:

@@ -63,7 +63,7 @@ def _integer(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def _check_options(temperature, max_steps, top_k, top_p, repetition_penalty) -> tuple:
+def check_options(temperature, max_steps, top_k, top_p, repetition_penalty) -> tuple:
     """The options as Python numbers (numpy's scalars are numbers too), or a ValueError naming the one at fault."""
     if not _real(temperature) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
@@ -153,8 +153,8 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     GPU without autocast, and `compile` also compiles its step (True: torch.compile's default mode; or one of
     `gpt.kernels.COMPILE_MODES`, e.g. "tuned"). Arguments are checked here, when `stream` is called.
     """
-    temperature, max_steps, top_k, top_p, repetition_penalty = _check_options(temperature, max_steps, top_k, top_p,
-                                                                              repetition_penalty)
+    temperature, max_steps, top_k, top_p, repetition_penalty = check_options(temperature, max_steps, top_k, top_p,
+                                                                             repetition_penalty)
     static = _static_decoding(model, use_cache, static, compile)
     rows = _prompt_rows(model, input_ids, attention_masks, max_steps, truncate)
     return _steps(model, rows, temperature, max_steps, top_k, top_p, generator, eot, use_cache, repetition_penalty,
