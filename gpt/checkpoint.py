@@ -24,6 +24,7 @@ newest (train.checkpoint writes them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -220,11 +221,37 @@ def _read_config(folder: Path, padded_vocab_size: int | None) -> tuple[GPTConfig
     if raw.get("format") == FORMAT:  # format_version 1: our own config
         return _v1_config(raw, config_path, padded_vocab_size), raw
     if raw.get("model_type") == "gpt2":
+        if FORMAT not in raw:  # ours hold GPT-2's tokenizer files as save_model copied them
+            _check_tokenizer(folder)
         saved_padding = _saved_padding(raw[FORMAT], config_path) if FORMAT in raw else None
         padded_vocab_size = saved_padding if padded_vocab_size is None else padded_vocab_size
         return config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size), raw
     raise ValueError(f"{config_path}: neither a GPT-2 model (model_type {raw.get('model_type')!r}) "
                      f"nor a {FORMAT} checkpoint")
+
+
+@functools.cache
+def _gpt2_vocab() -> dict:
+    return json.loads(Path(packaged_file("encoder.json", ENCODER_JSON_SHA256)).read_text(encoding="utf-8"))
+
+
+def _check_tokenizer(folder: Path) -> None:
+    """Refuse a Hugging Face folder whose tokenizer files (`vocab.json`, `tokenizer.json`) hold another vocabulary
+    than GPT-2's: its model's token ids would be read and written as GPT-2's (our shards, generate, chat, export)."""
+    for name in ("vocab.json", "tokenizer.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if name == "tokenizer.json":
+            vocab = (vocab.get("model") or {}).get("vocab") if isinstance(vocab, dict) else None
+        if vocab != _gpt2_vocab():
+            size = f"{len(vocab):,} tokens" if isinstance(vocab, dict) else "no vocabulary"
+            raise ValueError(f"{path}: a tokenizer other than GPT-2's ({size}, not GPT-2's 50,257 of the same ids); "
+                             "this project reads and writes GPT-2's tokens only")
 
 
 def _saved_padding(fields: dict, config_path: Path) -> int | None:

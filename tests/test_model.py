@@ -390,6 +390,31 @@ def test_a_config_with_transformers_other_names_for_the_sizes_loads_as_transform
         load_model(tmp_path / "hf")
 
 
+def test_a_folder_with_another_tokenizer_than_gpt2s_is_refused(tmp_path):
+    """A GPT-2 model of another tokenizer (one for another language, say) loaded without a word, and every token id
+    was then read and written as GPT-2's. transformers' own GPT-2 tokenizer files (vocab.json, tokenizer.json) pass."""
+    hf = tiny_hf_model(seed=3)
+    hf.save_pretrained(tmp_path / "hf")
+    save_model(load_model(tmp_path / "hf"), tmp_path / "ours")  # our folder: GPT-2's tokenizer files
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "ours")
+    tokenizer.save_pretrained(tmp_path / "hf")  # tokenizer.json, as transformers writes it
+    for name in ("vocab.json", "merges.txt"):  # and the slow tokenizer's files, as openai-community/gpt2 holds them
+        (tmp_path / "hf" / name).write_bytes((tmp_path / "ours" / name).read_bytes())
+    load_model(tmp_path / "hf")
+    for name in ("tokenizer.json", "vocab.json"):
+        path = tmp_path / "hf" / name
+        raw = json.loads(path.read_text())
+        vocab = raw["model"]["vocab"] if name == "tokenizer.json" else raw
+        vocab["Hello"], vocab["Hi"] = vocab["Hi"], vocab["Hello"]  # two ids swapped: another tokenizer
+        path.write_text(json.dumps(raw))
+        with pytest.raises(ValueError, match=re.escape(f"{path}: a tokenizer other than GPT-2's (50,257 tokens, not "
+                                                       "GPT-2's 50,257 of the same ids)")):
+            load_model(tmp_path / "hf")
+        vocab["Hello"], vocab["Hi"] = vocab["Hi"], vocab["Hello"]
+        path.write_text(json.dumps(raw))
+    load_model(tmp_path / "hf")
+
+
 @pytest.mark.parametrize("layout", ["transformer-prefixed with lm_head", "unprefixed with mask buffers"])
 def test_load_a_pytorch_model_bin_folder(tmp_path, layout):
     """As transformers wrote with safe_serialization=False, and as the original openai-community/gpt2 files are."""
