@@ -193,7 +193,7 @@ def run_chat(args, stdin=None, stdout=None) -> int:
             if interactive:
                 print(file=stdout)
             return 0
-        text = line.rstrip("\n")
+        text = line.removesuffix("\n").removesuffix("\r")  # a line ending, LF or CRLF, is not the prompt's
         command = text.strip()
         if command == "/quit":
             return 0

@@ -717,6 +717,21 @@ def test_chat_keeps_the_conversation_as_the_chat_template_renders_it(chat_model,
     assert enc.decode(calls[2][0]) == rendered
 
 
+def test_a_windows_line_ending_is_not_part_of_the_prompt(chat_model, monkeypatch, capsys):
+    """Lines piped from a file saved on Windows end in CRLF: the chat kept the CR, so an SFT model read
+    "...?\r\n\n### Response:\n", a prompt it was never trained on, instead of the shards' prompt."""
+    model, sft = chat_model
+    calls = chat_prompts(monkeypatch)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a colour.\r\nSay hi 🙂\r\n"))
+    assert main(["chat", "--ckpt", str(sft), "--max-steps", "3", "--template", "none"]) == 0
+    enc = get_encoding()
+    assert [prompt for prompt, _ in calls] == [enc.encode_ordinary(q) for q in ("Name a colour.", "Say hi 🙂")]
+    calls.clear()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Name a colour.\r\n"))
+    assert main(["chat", "--ckpt", str(sft), "--max-steps", "3"]) == 0
+    assert calls[0][0] == enc.encode_ordinary(ALPACA_NO_INPUT.format(instruction="Name a colour."))
+
+
 def test_chat_commands_reset_and_help_and_ctrl_d(chat_model, checkpoints, monkeypatch, capsys):
     from gpt import chat
 

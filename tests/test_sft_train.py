@@ -191,7 +191,7 @@ def test_two_gloo_ranks_give_the_losses_of_one_rank_with_twice_the_accumulation(
     assert [r["step"] for r in logs[1]] == [r["step"] for r in logs[2]] == [0, 1, 2, 3, 4]
     assert logs[1][1]["accumulation"] == 4 and logs[2][1]["accumulation"] == 2
     for one, two in zip(logs[1], logs[2]):
-        for key in ("loss", "val_loss", "eot_rate"):
+        for key in ("loss", "grad_norm", "val_loss", "eot_rate"):  # grad_norm: the gradients, not only the loss
             assert (key in one) == (key in two)
             if key in one:
                 assert two[key] == pytest.approx(one[key], abs=1e-5), (one["step"], key)
