@@ -310,6 +310,29 @@ def test_plain_progress_of_a_resumed_run_times_from_its_first_step_not_its_late_
         "pretrain: 12/1,010 steps (1.2%), 01:31 elapsed, 16:38 left, loss 3.0000, val_loss 4.0000"]
 
 
+def test_the_loss_plot_s_labels_fit_in_the_image(tmp_path, monkeypatch):
+    """loss.png shows every label whole: its y label was taller than the figure, cut off at the top."""
+    import matplotlib.pyplot as plt
+
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", figures.append)
+    log = RunLog(tmp_path, enabled=True, start_step=0, total_steps=2, progress=False, plot_metrics=("eot_rate",))
+    for record in ({"step": 0, "val_loss": 5.0, "eot_rate": 0.1}, {"step": 1, "loss": 4.0},
+                   {"step": 2, "loss": 3.0, "val_loss": 3.5, "eot_rate": 0.5}):
+        log.write(record)
+    log.plot()
+    log.close()
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    texts = [label for ax in fig.axes for label in (ax.xaxis.label, ax.yaxis.label) if label.get_text()]
+    assert len(texts) == 3  # step, the loss, eot_rate
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, \
+            (text.get_text(), box, fig.bbox)
+    close(fig)
+
+
 def test_a_late_evaluation_joins_its_step_s_record_or_makes_one(tmp_path):
     (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(4)))
     log = RunLog(tmp_path, enabled=True, start_step=2, total_steps=4, progress=False)

@@ -113,7 +113,8 @@ class RunLog:
         if val:
             ax.plot(*zip(*val), "o-", label="validation")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss (the stage's mean: nats per token, pair or answer token)")
+        # two lines: on one, the label was taller than the figure and cut off
+        ax.set_ylabel("loss (the stage's mean:\nnats per token, pair or answer token)")
         ax.grid(alpha=0.3)
         lines, labels = ax.get_legend_handles_labels()
         extra = {k: [(r["step"], r[k]) for r in self.records if k in r] for k in self.plot_metrics}
