@@ -28,9 +28,11 @@ STEPS = 10
 
 
 def flags(setup, run_dir, micro_batch=2):
+    # --eval-tokens 160: 5 validation windows, in micro-batches of 2, 2 and 1 rows on 1 rank, and on 2 ranks of 2 and 1
+    # (3 rows) and 2: a mean of micro-batch or rank means would differ between them
     return ["--shards-dir", str(setup["shards"]), "--init", str(setup["init"]), "--run-dir", str(run_dir),
             "--model", "nano", "--seq-len", "32", "--batch-tokens", "256", "--micro-batch", str(micro_batch),
-            "--steps", str(STEPS), "--lr", "1e-2", "--warmup", "2", "--eval-every", "5", "--eval-tokens", "256",
+            "--steps", str(STEPS), "--lr", "1e-2", "--warmup", "2", "--eval-every", "5", "--eval-tokens", "160",
             "--save-every", "1", "--keep-checkpoints", "0", "--sample-tokens", "0", "--no-progress"]
 
 
