@@ -87,8 +87,10 @@ help: ## list targets and variables
 	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_PROMPTS (prefs, sft) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
+# a venv interrupted in its ensurepip (seconds, Ctrl-C) has bin/python but no pip: ensurepip gives it one
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip --default-pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)

@@ -172,6 +172,24 @@ def test_clean_leaves_exports_alone(tmp_path):
     assert all(f.exists() for f in kept) and not any(f.exists() for f in gone)
 
 
+def test_setup_after_a_venv_interrupted_before_pip_continues(tmp_path):
+    """README: Ctrl-C, then `make demo` again continues. Ctrl-C in `python -m venv` (its ensurepip takes seconds)
+    leaves .venv/bin/python without pip; the setup put pip in, not failing at every rerun with "No module named pip"."""
+    calls = tmp_path / "calls"
+    folder = tmp_path / "venv"
+    (folder / "bin").mkdir(parents=True)
+    python = folder / "bin" / "python"  # a python without pip until `-m ensurepip` gives it one
+    python.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nif [ "$2" = ensurepip ]; then touch {folder}/pip; exit 0; fi\n'
+                      f'if [ "$2" = pip ] && [ ! -e {folder}/pip ]; then echo "No module named pip" >&2; exit 1; fi\n')
+    python.chmod(0o755)
+    proc = subprocess.run(["make", "-s", "--no-print-directory", "setup", f"VENV={folder}", "PYTHON=false"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    assert lines[lines.index("-m ensurepip --default-pip") + 1].startswith("-m pip install -q -r requirements.lock")
+    assert (folder / ".installed").exists()
+
+
 def test_help_lists_every_variable():
     """README: `make help` gives the full list of variables; each one the Makefile defaults with `?=` is named
     (but PYTHON and VENV, which only the setup reads)."""
