@@ -63,10 +63,13 @@ class GPUBenchConfig:
         "json": "also write the figures to this file",
         "device": "cuda; cpu for a dry run (tests/test_generate.py: --model nano --seq-len 64 --micro-batch 4)",
         "micro_batch": "the smoke run's",
-        "compile_mode": "torch.compile's mode in every part (tuned: coordinate descent tuning; "
-                        "max-autotune-no-cudagraphs: minutes of autotuning)"}
+        "compile_mode": "torch.compile's mode in the training parts (train, smoke, profile; tuned: coordinate "
+                        "descent tuning, over 5 minutes for the train part; max-autotune-no-cudagraphs: minutes of "
+                        "autotuning)",
+        "decode_compile_mode": "that of the decoding step (graph+compile; generate's compile=True: tuned)"}
     # compared with "cuda" (bf16, synchronized timings, the card's name): cuda:1 would be timed unsynchronized
-    CHOICES: ClassVar[dict] = {"device": ("cuda", "cpu"), "compile_mode": COMPILE_MODES}
+    CHOICES: ClassVar[dict] = {"device": ("cuda", "cpu"), "compile_mode": COMPILE_MODES,
+                               "decode_compile_mode": COMPILE_MODES}
 
     parts: str = "train,smoke,decode"
     train_batches: str = "32"
@@ -80,6 +83,7 @@ class GPUBenchConfig:
     seq_len: int = 1024
     micro_batch: int = 32
     compile_mode: str = "default"
+    decode_compile_mode: str = "tuned"
 
 
 def parse_args(argv=None) -> GPUBenchConfig:
@@ -267,7 +271,7 @@ def part_decode(args) -> dict:
         static = args.device != "cuda" or None  # the static decoder is the GPU's default
         runs = {"graph": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=static),
                 "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1,
-                                                  compile=args.compile_mode, static=static),
+                                                  compile=args.decode_compile_mode, static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
         runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",") or name == "eager"}
         if hf is not None:
