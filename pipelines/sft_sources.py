@@ -176,7 +176,9 @@ def read_records(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[object, 
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: invalid UTF-8 ({e})") from None
         except (json.JSONDecodeError, RecursionError) as e:
-            raise SourceError(f"{path}: not valid JSON ({e})") from None
+            hint = ("; one object a line is JSON Lines (what `datasets`' to_json writes by default): name the file "
+                    ".jsonl") if isinstance(e, json.JSONDecodeError) and e.msg == "Extra data" else ""
+            raise SourceError(f"{path}: not valid JSON ({e}){hint}") from None
         if not isinstance(records, list):
             raise SourceError(f"{path}: expected a JSON list of objects, got {type(records).__name__}")
         yield from ((f"row {row}", record) for row, record in enumerate(records))

@@ -318,6 +318,9 @@ def _ultrafeedback_file(path: Path, rows: list[dict], chosen: list) -> Path:
     (lambda d: _put(d / "b.json", json.dumps([TRICKY[0], dict(TRICKY[0], chosen=["y"])]).encode()),
      r"b\.json, row 1: field 'chosen' is list, not a string"),
     (lambda d: _put(d / "c.jsonl", b'{"prompt": "\xff"}\n'), r"c\.jsonl, line 1: invalid UTF-8"),
+    (lambda d: _put(d / "l.json", b"".join(json.dumps(r).encode() + b"\n" for r in TRICKY[:2])),
+     r"l\.json: not valid JSON \(Extra data: line 2 column 1 \(char \d+\)\); one object a line is JSON Lines .*: "
+     r"name the file \.jsonl"),
     (lambda d: _put(d / "d.parquet", ultrafeedback_parquet(TRICKY[:2])),
      r"d\.parquet, row 0: field 'chosen' is list, not a string"),
     (lambda d: write_jsonl(d / "h.txt", [TRICKY[0]]), r"h\.txt: unsupported file type"),
