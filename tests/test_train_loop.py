@@ -641,3 +641,34 @@ def test_ddp_gradients_stay_in_the_all_reduce_buckets(small, tmp_path):
     # step 1 (under no_sync before its last micro-batch) makes a gradient per parameter, which DDP then copies into
     # its buckets; from step 2 on every micro-batch accumulates into the buckets
     assert storages[4:8] == storages[8:12] == [1, 1, 1, 1], storages
+
+
+def test_a_full_disk_while_appending_to_the_log_names_it_and_the_run_resumes(small, tmp_path, capsys, monkeypatch):
+    """A full disk at a step's log.jsonl line said only `[Errno 28] No space left on device` (twice: the buffered
+    line failed again when the log closed); it names the log now, and the run resumes from its last checkpoint."""
+    import builtins
+    import errno
+
+    import train.log
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            if b'"step": 3' in bytes(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.f.write(data)
+
+        def close(self):
+            self.f.close()
+
+    monkeypatch.setattr(train.log, "open", lambda *a, **k: Full(builtins.open(*a, **k)), raising=False)
+    run_dir = tmp_path / "run"
+    assert run_small(small, run_dir, "--steps", "4", "--save-every", "2") == 1
+    assert f"pretrain: error: [Errno 28] No space left on device while appending to {run_dir / 'log.jsonl'}" in \
+        capsys.readouterr().err
+    monkeypatch.undo()
+    assert latest_checkpoint(run_dir).name == "step-000002"
+    assert run_small(small, run_dir, "--steps", "4", "--save-every", "2", "--resume") == 0
+    assert [r["step"] for r in read_log(run_dir)] == [0, 1, 2, 3, 4]

@@ -60,14 +60,18 @@ class RunLog:
         """Replace log.jsonl with `records`, atomically, and open it for appending."""
         with atomic_write(self.dir / LOG, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in self.records)
-        self._file = open(self.dir / LOG, "a")
+        self._file = open(self.dir / LOG, "ab", buffering=0)  # no buffer: nothing left to fail again at close
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self.records.append(record)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        line = memoryview((json.dumps(record) + "\n").encode())
+        try:
+            while line:  # a write cut short by a full disk is followed by one that fails
+                line = line[self._file.write(line):]
+        except OSError as e:  # a full disk: name the file, as atomic_write does
+            raise OSError(e.errno, f"{e.strerror} while appending to {self.dir / LOG}") from e
         self._show(record)
 
     def amend(self, step: int, values: dict) -> dict:
