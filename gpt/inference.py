@@ -91,6 +91,7 @@ def _prompt_rows(model: GPT, input_ids, attention_masks, max_steps: int, truncat
         raise ValueError(f"attention_masks must be a tensor of the same shape as input_ids {tuple(input_ids.shape)}")
     if input_ids.shape[0] == 0:
         raise ValueError("no prompts: the batch is empty")
+    input_ids = input_ids.long()  # int16 or uint16 (the shards' dtype) ids compare wrongly with the vocabulary size
     if not ((attention_masks == 0) | (attention_masks == 1)).all():
         raise ValueError("attention_masks must hold only 0 and 1")
     block, vocab = model.config.block_size, model.config.vocab_size

@@ -869,3 +869,12 @@ def test_bench_gpu_takes_cuda_or_cpu_as_its_device(capsys):
         gpu.parse_args(["--device", "cuda:1"])
     assert "invalid choice: 'cuda:1'" in capsys.readouterr().err
     assert gpu.parse_args(["--device", "cpu"]).device == "cpu"
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint16])
+def test_token_ids_of_any_integer_dtype_generate_as_int64(model, dtype):
+    """uint16 is the shards' token dtype (torch.from_numpy of open_tokens); int16 ids were refused as outside the
+    vocabulary (50257 wraps in an int16 comparison), uint16 ones crashed in torch ("min_all" not implemented)."""
+    ids, masks = tokenize_batch_input(["Hi there", "Hello"])
+    want = generate(model, ids, masks, 0, 4)
+    assert generate(model, ids.to(dtype), masks, 0, 4) == want
