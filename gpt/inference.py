@@ -158,6 +158,8 @@ def stream(model: GPT, input_ids: torch.Tensor, attention_masks: torch.Tensor, t
     GPU without autocast, and `compile` also compiles its step (True: DECODE_COMPILE_MODE, "tuned"; or one of
     `gpt.kernels.COMPILE_MODES`). Arguments are checked here, when `stream` is called.
     """
+    if not isinstance(getattr(model, "_orig_mod", model), GPT):  # torch.compile's wrapper reads through to it
+        raise TypeError(f"model must be a gpt.GPT, got {type(model).__name__} (unwrap DDP first: model.module)")
     temperature, max_steps, top_k, top_p, repetition_penalty = check_options(temperature, max_steps, top_k, top_p,
                                                                              repetition_penalty)
     static = _static_decoding(model, use_cache, static, compile)

@@ -878,3 +878,13 @@ def test_token_ids_of_any_integer_dtype_generate_as_int64(model, dtype):
     ids, masks = tokenize_batch_input(["Hi there", "Hello"])
     want = generate(model, ids, masks, 0, 4)
     assert generate(model, ids.to(dtype), masks, 0, 4) == want
+
+
+def test_a_model_other_than_a_gpt_is_refused_naming_the_argument(model, monkeypatch):
+    """A DDP-wrapped model or a reward model failed deep inside with "object has no attribute 'config'"."""
+    from gpt import RewardModel
+    ids, masks = tokenize_batch_input(["Hi there"])
+    for wrong in (torch.nn.Module(), RewardModel(model)):
+        with pytest.raises(TypeError, match=f"model must be a gpt.GPT, got {type(wrong).__name__}"):
+            generate(wrong, ids, masks, 0, 2)
+    assert generate(torch.compile(model), ids, masks, 0, 2) == generate(model, ids, masks, 0, 2)
