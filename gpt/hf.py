@@ -190,6 +190,8 @@ def from_hf(hf_model_or_state, config: GPTConfig | dict | None = None, *,
 
 def build(config: GPTConfig, state: dict[str, torch.Tensor], device="cpu", dtype=torch.float32) -> GPT:
     """A GPT in eval mode holding `state` (complete, our names), built without a random initialization."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     with torch.device("meta"):
         model = GPT(config)
     state = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in state.items() if k != "lm_head.weight"}

@@ -440,6 +440,16 @@ def test_a_missing_folder_is_named(tmp_path):
         load_model(tmp_path / "nope")
 
 
+def test_a_dtype_that_is_not_a_float_torch_dtype_is_refused(tmp_path):
+    """dtype="bfloat16" failed deep in torch's to(); dtype=torch.int64 silently made a model of truncated weights."""
+    folder = save_model(GPT(preset("nano")), tmp_path / "m")
+    for dtype in ("bfloat16", torch.int64):
+        with pytest.raises(TypeError, match=re.escape(f"dtype must be a floating-point torch.dtype (e.g. "
+                                                      f"torch.bfloat16), got {dtype!r}")):
+            load_model(folder, dtype=dtype)
+    assert next(load_model(folder, dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
+
+
 def test_a_file_given_for_the_folder_is_named_as_such(tmp_path):
     """The weights file (or config.json) passed instead of its folder: the error said \"no such checkpoint folder\"
     of a file that exists."""
