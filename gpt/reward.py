@@ -64,7 +64,13 @@ class RewardModel(nn.Module):
         `batch_size` at a time, similar lengths together."""
         if not isinstance(batch_size, numbers.Integral) or batch_size < 1:  # else no batch ran: garbage returned
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        rows = [[int(t) for t in s] for s in sequences]
+        rows = []
+        for i, s in enumerate(sequences):
+            row = torch.as_tensor(s)  # float ids were truncated by int(), one flat sequence failed in iteration
+            if row.dim() != 1 or (row.numel() and (row.dtype.is_floating_point or row.dtype == torch.bool)):
+                raise ValueError(f"sequence {i} is not a list of integer token ids (one sequence: "
+                                 f"score_tokens([tokens]))")
+            rows.append(row.tolist())
         rows = [row if row and row[-1] == EOT else [*row, EOT] for row in rows]
         for i, row in enumerate(rows):
             if len(row) > self.config.block_size:

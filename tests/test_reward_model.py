@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,6 +84,13 @@ def test_score_encodes_prompt_and_answer_as_the_preference_shards_do(model):
         model.score_tokens([[1], [1] * 128])
     with pytest.raises(ValueError, match=r"sequence 0 holds a token outside the vocabulary \[0, 50257\)"):
         model.score_tokens([[50257]])
+    for wrong in ([1, 2, 3], torch.tensor([1, 2, 3]), [[1.5, 2.0]], [torch.tensor([[1, 2]])]):
+        with pytest.raises(ValueError, match=r"sequence 0 is not a list of integer token ids \(one sequence: "
+                                             r"score_tokens\(\[tokens\]\)\)"):
+            model.score_tokens(wrong)  # a flat sequence failed with "'int' object is not iterable"; floats truncated
+    one = model.score_tokens([[31373, 995]])
+    for same in (np.array([[31373, 995]], dtype=np.uint16), torch.tensor([[31373, 995]]), [(31373, 995)]):
+        assert torch.equal(model.score_tokens(same), one)
     for size in (0, -1, 2.5):  # -1 scored no batch and returned torch.empty's garbage
         with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {size}"):
             model.score(PROMPTS, ANSWERS, batch_size=size)
