@@ -37,12 +37,22 @@ def make_header(num_tokens: int, num_docs: int = 0) -> np.ndarray:
     return header
 
 
+def _uint16_tokens(path, chunk) -> np.ndarray:
+    """`chunk` as contiguous uint16, or a ShardError for ids that uint16 would wrap (negative, > 65535, not integers)."""
+    chunk = np.asarray(chunk)
+    if chunk.dtype != TOKEN_DTYPE and chunk.size and (chunk.dtype.kind not in "iu" or chunk.min() < 0
+                                                      or chunk.max() > np.iinfo(TOKEN_DTYPE).max):
+        raise ShardError(f"{path}: tokens must be integers in [0, {np.iinfo(TOKEN_DTYPE).max}] (uint16), got "
+                         f"{chunk.dtype} values from {chunk.min()} to {chunk.max()}")
+    return np.ascontiguousarray(chunk, dtype=TOKEN_DTYPE)
+
+
 def write_shard(path: str | os.PathLike, chunks: Iterable[np.ndarray], num_docs: int = 0) -> dict:
     """Write tokens (uint16 arrays, concatenated in order) to `path` atomically.
 
     Returns {"num_tokens", "bytes", "sha256"} of the written file.
     """
-    chunks = [np.ascontiguousarray(c, dtype=TOKEN_DTYPE) for c in chunks]
+    chunks = [_uint16_tokens(path, c) for c in chunks]
     num_tokens = sum(len(c) for c in chunks)
     if num_tokens > MAX_TOKENS:
         raise ShardError(f"{path}: {num_tokens:,} tokens, more than the header's int32 holds ({MAX_TOKENS:,})")

@@ -41,6 +41,17 @@ def test_more_tokens_than_the_int32_header_holds_is_named(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
 
 
+def test_token_ids_that_uint16_would_wrap_are_refused(tmp_path):
+    """70000, -1 and 1.5 were written as 4464, 65535 and 1: a shard of other tokens than given, silently."""
+    for bad in ([70000, 1], [-1, 1], [1.5, 1]):
+        with pytest.raises(ShardError, match=re.escape(f"{tmp_path / 'a.bin'}: tokens must be integers in [0, 65535] "
+                                                       "(uint16)")):
+            write_shard(tmp_path / "a.bin", [np.array(bad)], 1)
+    assert not (tmp_path / "a.bin").exists()
+    write_shard(tmp_path / "a.bin", [np.array([50256, 65535], dtype=np.int64), [7]], 1)
+    assert open_tokens(tmp_path / "a.bin").tolist() == [50256, 65535, 7]
+
+
 def test_empty_shard(tmp_path):
     write_shard(tmp_path / "e.bin", [], num_docs=0)
     assert len(open_tokens(tmp_path / "e.bin")) == 0
