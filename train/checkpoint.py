@@ -49,10 +49,31 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "state": other}
 
 
+def _damaged(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path}: {what}; the checkpoint {path.parent.name} is damaged (point {path.parent.parent}/"
+                      f"{LATEST} at an earlier step-* folder, or start a new --run-dir)")
+
+
+def _read_tensors(path: Path) -> dict:
+    """The tensors of the checkpoint file `path`; a missing or unreadable one is named, as damaged."""
+    if not path.is_file():
+        raise _damaged(path, "missing")
+    try:
+        return load_file(path)
+    except Exception as e:  # SafetensorError: a truncated or zero-byte file
+        raise _damaged(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
+
+
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    meta = json.loads((folder / "optimizer.json").read_text())
+    path = folder / "optimizer.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"not valid JSON ({e})") from None
     state: dict[int, dict] = {}
-    for key, tensor in load_file(folder / "optimizer.safetensors").items():
+    for key, tensor in _read_tensors(folder / "optimizer.safetensors").items():
         _, index, name = key.split(".", 2)
         state.setdefault(int(index), {})[name] = tensor
     for key, value in meta["state"].items():
@@ -73,7 +94,7 @@ def _rng_state() -> tuple[dict, dict]:
 
 
 def _set_rng_state(folder: Path, plain: dict) -> None:
-    tensors = load_file(folder / "rng.safetensors")
+    tensors = _read_tensors(folder / "rng.safetensors")
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():

@@ -1,0 +1,47 @@
+"""A run folder damaged between runs, then --resume: a one-line error naming the damaged file, never a traceback."""
+
+import json
+import shutil
+
+import pytest
+
+from train.pretrain import main as pretrain
+from train_shards import one_thread, small_model, stopped_copy, write_test_shards  # noqa: F401 (an autouse fixture)
+
+
+def flags(setup, run_dir):
+    return ["--shards-dir", str(setup["shards"]), "--init", str(setup["init"]), "--run-dir", str(run_dir),
+            "--model", "nano", "--seq-len", "32", "--batch-tokens", "128", "--micro-batch", "4", "--steps", "2",
+            "--eval-every", "2", "--eval-tokens", "64", "--save-every", "1", "--keep-checkpoints", "0",
+            "--sample-tokens", "0", "--no-progress", "--no-verify-data"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("damaged-run")
+    setup = {"shards": write_test_shards(tmp / "shards", eot=99), "init": small_model(tmp / "init"), "tmp": tmp}
+    assert pretrain(flags(setup, tmp / "run")) == 0
+    return setup
+
+
+def resume_damaged(setup, tmp_path, damage, capsys) -> str:
+    """Resume a copy of the run stopped after step 1, with `damage(checkpoint folder)` done to it; its error line."""
+    run = stopped_copy(setup["tmp"] / "run", tmp_path / "run", 1)
+    damage(run / "ckpt" / "step-000001")
+    capsys.readouterr()
+    assert pretrain(flags(setup, run) + ["--resume"]) == 1
+    return capsys.readouterr().err.strip()
+
+
+def truncate(name, size=None):
+    def damage(folder):
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[:len(data) // 2 if size is None else size])
+    return damage
+
+
+@pytest.mark.parametrize("name", ["optimizer.safetensors", "rng.safetensors", "optimizer.json"])
+@pytest.mark.parametrize("size", [None, 0])
+def test_a_truncated_training_state_file_is_named(setup, tmp_path, capsys, name, size):
+    err = resume_damaged(setup, tmp_path, truncate(name, size), capsys)
+    assert err.startswith("pretrain: error: ") and f"step-000001/{name}: " in err and "damaged" in err, err
