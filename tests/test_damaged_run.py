@@ -45,3 +45,28 @@ def truncate(name, size=None):
 def test_a_truncated_training_state_file_is_named(setup, tmp_path, capsys, name, size):
     err = resume_damaged(setup, tmp_path, truncate(name, size), capsys)
     assert err.startswith("pretrain: error: ") and f"step-000001/{name}: " in err and "damaged" in err, err
+
+
+def edit_state(change):
+    def damage(folder):
+        state = json.loads((folder / "state.json").read_text())
+        change(state)
+        (folder / "state.json").write_text(json.dumps(state))
+    return damage
+
+
+@pytest.mark.parametrize("damage, says", [
+    (truncate("state.json"), "not valid JSON"), (truncate("state.json", 0), "not valid JSON"),
+    (lambda folder: (folder / "state.json").write_text("[]"), "not a JSON object"),
+    (edit_state(lambda s: s.pop("rng")), "no 'rng'"), (edit_state(lambda s: s.pop("step")), "no 'step'"),
+    (edit_state(lambda s: s.pop("manifest_sha256")), "no 'manifest_sha256'"),
+    (edit_state(lambda s: s.update(step=1.0)), "'step' is 1.0, not an integer"),
+    (edit_state(lambda s: s.update(total_steps="2")), "'total_steps' is '2', not an integer"),
+    (edit_state(lambda s: s.update(config=[])), "'config' is [], not an object"),
+    (edit_state(lambda s: s.update(rng={"numpy": 1})), "'rng' states do not load"),
+    # another step's state: it used to resume from step 2 with the weights of step 1
+    (edit_state(lambda s: s.update(step=2)), "step 2, not the step-000001 of its folder"),
+])
+def test_a_damaged_state_json_is_named(setup, tmp_path, capsys, damage, says):
+    err = resume_damaged(setup, tmp_path, damage, capsys)
+    assert err.startswith("pretrain: error: ") and "step-000001/state.json: " in err and says in err, err

@@ -99,10 +99,13 @@ def _set_rng_state(folder: Path, plain: dict) -> None:
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
-    name, keys, pos, has_gauss, gauss = plain["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, state, py_gauss = plain["python"]
-    random.setstate((version, tuple(state), py_gauss))
+    try:
+        name, keys, pos, has_gauss, gauss = plain["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, state, py_gauss = plain["python"]
+        random.setstate((version, tuple(state), py_gauss))
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(folder / STATE, f"its 'rng' states do not load ({type(e).__name__}: {e})") from None
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
@@ -175,9 +178,31 @@ def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:
             shutil.rmtree(folder)
 
 
+# what a resume reads from every checkpoint's state.json, and its type
+STATE_KEYS = {"step": int, "total_steps": int, "manifest_sha256": str, "data_position": dict, "config": dict,
+              "rng": dict}
+JSON_TYPES = {int: "an integer", str: "a string", dict: "an object"}
+
+
 def read_state(folder: Path) -> dict:
-    """The state.json of checkpoint `folder`."""
-    return json.loads((folder / STATE).read_text())
+    """The state.json of checkpoint `folder`: a JSON object with `STATE_KEYS`, its step the folder's (else the
+    checkpoint is damaged: ValueError naming the file)."""
+    path = folder / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise _damaged(path, "not a JSON object")
+    for key, kind in STATE_KEYS.items():
+        if key not in state:
+            raise _damaged(path, f"no {key!r}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise _damaged(path, f"{key!r} is {state[key]!r}, not {JSON_TYPES[kind]}")
+    number = re.fullmatch(r"step-(\d+)", folder.name)
+    if number and int(number.group(1)) != state["step"]:
+        raise _damaged(path, f"step {state['step']}, not the {folder.name} of its folder")
+    return state
 
 
 def best_evaluations(run_dir: str | Path) -> tuple[Path, dict | None, dict | None, dict | None]:
