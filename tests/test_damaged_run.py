@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from train.log import read_log
 from train.pretrain import main as pretrain
 from train_shards import one_thread, small_model, stopped_copy, write_test_shards  # noqa: F401 (an autouse fixture)
 
@@ -70,3 +71,33 @@ def edit_state(change):
 def test_a_damaged_state_json_is_named(setup, tmp_path, capsys, damage, says):
     err = resume_damaged(setup, tmp_path, damage, capsys)
     assert err.startswith("pretrain: error: ") and "step-000001/state.json: " in err and says in err, err
+
+
+def edit_log(change):
+    def damage(folder):
+        log = folder.parent.parent / "log.jsonl"
+        log.write_text(change(log.read_text().splitlines()))
+    return damage
+
+
+@pytest.mark.parametrize("damage, says", [
+    (edit_log(lambda lines: "\n".join(["garbage", *lines]) + "\n"), "line 1: not JSON"),
+    (edit_log(lambda lines: "\n".join([lines[0][:10], *lines[1:]]) + "\n"), "line 1: not JSON"),
+    (edit_log(lambda lines: "\n".join([*lines, "[1]", ""])), "line 4: not a step record"),
+    (edit_log(lambda lines: "\n".join([*lines, '{"loss": 1.0}', ""])), "line 4: not a step record"),
+    (lambda folder: (folder.parent.parent / "log.jsonl").write_bytes(b"\xff\n"), "log.jsonl: not UTF-8 text"),
+])
+def test_a_damaged_log_is_named(setup, tmp_path, capsys, damage, says):
+    err = resume_damaged(setup, tmp_path, damage, capsys)
+    assert err.startswith("pretrain: error: ") and says in err, err
+
+
+def test_a_half_last_log_line_and_a_missing_plot_resume(setup, tmp_path):
+    run = stopped_copy(setup["tmp"] / "run", tmp_path / "run", 1)
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 3, "lo')
+    (run / "loss.png").unlink()
+    assert pretrain(flags(setup, run) + ["--resume"]) == 0
+    losses = lambda run_dir: [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_log(run_dir)]  # noqa: E731
+    assert losses(run) == losses(setup["tmp"] / "run")
+    assert (run / "loss.png").is_file()
