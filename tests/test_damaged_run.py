@@ -101,3 +101,10 @@ def test_a_half_last_log_line_and_a_missing_plot_resume(setup, tmp_path):
     losses = lambda run_dir: [(r["step"], r.get("loss"), r.get("val_loss")) for r in read_log(run_dir)]  # noqa: E731
     assert losses(run) == losses(setup["tmp"] / "run")
     assert (run / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("content, says", [(b"\xff\xfe\n", "ckpt/latest: not a folder name"),
+                                           (b"step-000099\n", "ckpt/latest names 'step-000099', which is missing")])
+def test_a_damaged_latest_pointer_is_named(setup, tmp_path, capsys, content, says):
+    err = resume_damaged(setup, tmp_path, lambda folder: (folder.parent / "latest").write_bytes(content), capsys)
+    assert err.startswith("pretrain: error: ") and says in err and "write the name of a complete" in err, err
