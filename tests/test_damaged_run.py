@@ -108,3 +108,18 @@ def test_a_half_last_log_line_and_a_missing_plot_resume(setup, tmp_path):
 def test_a_damaged_latest_pointer_is_named(setup, tmp_path, capsys, content, says):
     err = resume_damaged(setup, tmp_path, lambda folder: (folder.parent / "latest").write_bytes(content), capsys)
     assert err.startswith("pretrain: error: ") and says in err and "write the name of a complete" in err, err
+
+
+def edit_optimizer_json(change):
+    def damage(folder):
+        meta = json.loads((folder / "optimizer.json").read_text())
+        (folder / "optimizer.json").write_text(json.dumps(change(meta)))
+    return damage
+
+
+@pytest.mark.parametrize("change", [lambda meta: {}, lambda meta: [],
+                                    lambda meta: {**meta, "param_groups": meta["param_groups"][:1]},
+                                    lambda meta: {**meta, "state": {"x": 1}}])
+def test_an_optimizer_json_of_another_shape_is_named(setup, tmp_path, capsys, change):
+    err = resume_damaged(setup, tmp_path, edit_optimizer_json(change), capsys)
+    assert err.startswith("pretrain: error: ") and "step-000001/optimizer.json: does not fit" in err, err

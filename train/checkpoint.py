@@ -72,14 +72,19 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
         raise _damaged(path, "missing") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise _damaged(path, f"not valid JSON ({e})") from None
-    state: dict[int, dict] = {}
-    for key, tensor in _read_tensors(folder / "optimizer.safetensors").items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = tensor
-    for key, value in meta["state"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    tensors = _read_tensors(folder / "optimizer.safetensors")
+    try:
+        state: dict[int, dict] = {}
+        for key, tensor in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = tensor
+        for key, value in meta["state"].items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a JSON or tensor name not as saved
+        raise _damaged(path, f"does not fit this run's optimizer with optimizer.safetensors ({type(e).__name__}: "
+                             f"{e})") from None
 
 
 def _rng_state() -> tuple[dict, dict]:
