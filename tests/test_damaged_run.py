@@ -65,6 +65,8 @@ def edit_state(change):
     (edit_state(lambda s: s.update(total_steps="2")), "'total_steps' is '2', not an integer"),
     (edit_state(lambda s: s.update(config=[])), "'config' is [], not an object"),
     (edit_state(lambda s: s.update(rng={"numpy": 1})), "'rng' states do not load"),
+    (edit_state(lambda s: s["config"].pop("init")), "its config has no 'init'"),
+    (edit_state(lambda s: s["config"].update(init=5)), "its config's 'init' is 5, not a path or null"),
     # another step's state: it used to resume from step 2 with the weights of step 1
     (edit_state(lambda s: s.update(step=2)), "step 2, not the step-000001 of its folder"),
 ])

@@ -190,8 +190,8 @@ JSON_TYPES = {int: "an integer", str: "a string", dict: "an object"}
 
 
 def read_state(folder: Path) -> dict:
-    """The state.json of checkpoint `folder`: a JSON object with `STATE_KEYS`, its step the folder's (else the
-    checkpoint is damaged: ValueError naming the file)."""
+    """The state.json of checkpoint `folder`: a JSON object with `STATE_KEYS` (its config with `init`), its step the
+    folder's (else the checkpoint is damaged: ValueError naming the file)."""
     path = folder / STATE
     try:
         state = json.loads(path.read_text())
@@ -204,6 +204,10 @@ def read_state(folder: Path) -> dict:
             raise _damaged(path, f"no {key!r}")
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
             raise _damaged(path, f"{key!r} is {state[key]!r}, not {JSON_TYPES[kind]}")
+    if "init" not in state["config"]:  # every run's config has it (resumed_init reads it)
+        raise _damaged(path, "its config has no 'init'")
+    if not isinstance(state["config"]["init"], (str, type(None))):
+        raise _damaged(path, f"its config's 'init' is {state['config']['init']!r}, not a path or null")
     number = re.fullmatch(r"step-(\d+)", folder.name)
     if number and int(number.group(1)) != state["step"]:
         raise _damaged(path, f"step {state['step']}, not the {folder.name} of its folder")
