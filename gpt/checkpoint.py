@@ -60,9 +60,14 @@ def _pointed(run_dir: str | Path, pointer: str) -> Path | None:
     path = ckpt_root(run_dir) / pointer
     if not path.exists():
         return None
-    folder = ckpt_root(run_dir) / path.read_text().strip()
-    if not (folder / STATE).is_file():
-        raise FileNotFoundError(f"{path} names {folder}, which is missing or incomplete")
+    fix = f"write the name of a complete step-* folder of {ckpt_root(run_dir)} into it"
+    try:
+        name = path.read_text().strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a folder name (binary data); {fix}") from None
+    folder = ckpt_root(run_dir) / name
+    if not name or not (folder / STATE).is_file():
+        raise FileNotFoundError(f"{path} names {name!r}, which is missing or incomplete (no {STATE}); {fix}")
     return folder
 
 

@@ -49,16 +49,42 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "state": other}
 
 
+def _damaged(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path}: {what}; the checkpoint {path.parent.name} is damaged (point {path.parent.parent}/"
+                      f"{LATEST} at an earlier step-* folder, or start a new --run-dir)")
+
+
+def _read_tensors(path: Path) -> dict:
+    """The tensors of the checkpoint file `path`; a missing or unreadable one is named, as damaged."""
+    if not path.is_file():
+        raise _damaged(path, "missing")
+    try:
+        return load_file(path)
+    except Exception as e:  # SafetensorError: a truncated or zero-byte file
+        raise _damaged(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
+
+
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    meta = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict] = {}
-    for key, tensor in load_file(folder / "optimizer.safetensors").items():
-        _, index, name = key.split(".", 2)
-        state.setdefault(int(index), {})[name] = tensor
-    for key, value in meta["state"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    path = folder / "optimizer.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise _damaged(path, "missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"not valid JSON ({e})") from None
+    tensors = _read_tensors(folder / "optimizer.safetensors")
+    try:
+        state: dict[int, dict] = {}
+        for key, tensor in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = tensor
+        for key, value in meta["state"].items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a JSON or tensor name not as saved
+        raise _damaged(path, f"does not fit this run's optimizer with optimizer.safetensors ({type(e).__name__}: "
+                             f"{e})") from None
 
 
 def _rng_state() -> tuple[dict, dict]:
@@ -73,15 +99,18 @@ def _rng_state() -> tuple[dict, dict]:
 
 
 def _set_rng_state(folder: Path, plain: dict) -> None:
-    tensors = load_file(folder / "rng.safetensors")
+    tensors = _read_tensors(folder / "rng.safetensors")
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
-    name, keys, pos, has_gauss, gauss = plain["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, state, py_gauss = plain["python"]
-    random.setstate((version, tuple(state), py_gauss))
+    try:
+        name, keys, pos, has_gauss, gauss = plain["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+        version, state, py_gauss = plain["python"]
+        random.setstate((version, tuple(state), py_gauss))
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(folder / STATE, f"its 'rng' states do not load ({type(e).__name__}: {e})") from None
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
@@ -154,9 +183,35 @@ def _prune(root: Path, kept: tuple[Path | None, ...], keep: int) -> None:
             shutil.rmtree(folder)
 
 
+# what a resume reads from every checkpoint's state.json, and its type
+STATE_KEYS = {"step": int, "total_steps": int, "manifest_sha256": str, "data_position": dict, "config": dict,
+              "rng": dict}
+JSON_TYPES = {int: "an integer", str: "a string", dict: "an object"}
+
+
 def read_state(folder: Path) -> dict:
-    """The state.json of checkpoint `folder`."""
-    return json.loads((folder / STATE).read_text())
+    """The state.json of checkpoint `folder`: a JSON object with `STATE_KEYS` (its config with `init`), its step the
+    folder's (else the checkpoint is damaged: ValueError naming the file)."""
+    path = folder / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(path, f"not valid JSON ({e})") from None
+    if not isinstance(state, dict):
+        raise _damaged(path, "not a JSON object")
+    for key, kind in STATE_KEYS.items():
+        if key not in state:
+            raise _damaged(path, f"no {key!r}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise _damaged(path, f"{key!r} is {state[key]!r}, not {JSON_TYPES[kind]}")
+    if "init" not in state["config"]:  # every run's config has it (resumed_init reads it)
+        raise _damaged(path, "its config has no 'init'")
+    if not isinstance(state["config"]["init"], (str, type(None))):
+        raise _damaged(path, f"its config's 'init' is {state['config']['init']!r}, not a path or null")
+    number = re.fullmatch(r"step-(\d+)", folder.name)
+    if number and int(number.group(1)) != state["step"]:
+        raise _damaged(path, f"step {state['step']}, not the {folder.name} of its folder")
+    return state
 
 
 def best_evaluations(run_dir: str | Path) -> tuple[Path, dict | None, dict | None, dict | None]:

@@ -25,16 +25,29 @@ PLOT = "loss.png"
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
-    """The records of RUN_DIR/log.jsonl; a last line cut short by a killed run is left out."""
+    """The records of RUN_DIR/log.jsonl; a last line cut short by a killed run is left out. Raises ValueError naming
+    the file and line of any other that is not a step record (a JSON object with an integer `step`)."""
     path = Path(run_dir) / LOG
     if not path.exists():
         return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = [json.loads(line) for line in lines[:-1]]
+    fix = "(a --resume rewrites the log up to its checkpoint's step)"
     try:
-        records += [json.loads(line) for line in lines[-1:]]
-    except json.JSONDecodeError:
-        pass
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e}); repair or delete it {fix}") from None
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    records = []
+    for i, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:  # cut short by a killed run
+                break
+            raise ValueError(f"{path}, line {number}: not JSON ({e}); repair or delete that line {fix}") from None
+        if not isinstance(record, dict) or type(record.get("step")) is not int:
+            raise ValueError(f"{path}, line {number}: not a step record (a JSON object with an integer step); "
+                             f"repair or delete that line {fix}")
+        records.append(record)
     return records
 
 
