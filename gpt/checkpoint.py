@@ -194,8 +194,10 @@ def _is_reward(raw: dict) -> bool:
 
 def _read_folder_weights(folder: Path, raw: dict) -> tuple[dict[str, torch.Tensor], Path]:
     """The tensors of checkpoint `folder`, whose config.json is `raw`, and the file they come from: ours, or an HF
-    folder's model.safetensors, else its pytorch_model.bin."""
+    folder's model.safetensors, else its pytorch_model.bin (its tokenizer files first checked: `_check_tokenizer`)."""
     ours = raw.get("format") == FORMAT or FORMAT in raw
+    if not ours:  # ours hold GPT-2's tokenizer files as save_model copied them
+        _check_tokenizer(folder)
     weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
     missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
                else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
@@ -226,8 +228,6 @@ def _read_config(folder: Path, padded_vocab_size: int | None) -> tuple[GPTConfig
     if raw.get("format") == FORMAT:  # format_version 1: our own config
         return _v1_config(raw, config_path, padded_vocab_size), raw
     if raw.get("model_type") == "gpt2":
-        if FORMAT not in raw:  # ours hold GPT-2's tokenizer files as save_model copied them
-            _check_tokenizer(folder)
         saved_padding = _saved_padding(raw[FORMAT], config_path) if FORMAT in raw else None
         padded_vocab_size = saved_padding if padded_vocab_size is None else padded_vocab_size
         return config_from_hf(raw, source=str(config_path), padded_vocab_size=padded_vocab_size), raw
@@ -249,7 +249,7 @@ def _check_tokenizer(folder: Path) -> None:
             continue
         try:
             vocab = json.loads(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
+        except ValueError as e:  # UnicodeDecodeError too
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if name == "tokenizer.json":
             vocab = (vocab.get("model") or {}).get("vocab") if isinstance(vocab, dict) else None

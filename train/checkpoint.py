@@ -64,14 +64,19 @@ def _read_tensors(path: Path) -> dict:
         raise _damaged(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
 
 
+def _read_json(path: Path):
+    """The JSON of the checkpoint file `path`; one that does not parse is named, as damaged."""
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:  # UnicodeDecodeError too
+        raise _damaged(path, f"not valid JSON ({e})") from None
+
+
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     path = folder / "optimizer.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise _damaged(path, "missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _damaged(path, f"not valid JSON ({e})") from None
+    if not path.is_file():
+        raise _damaged(path, "missing")
+    meta = _read_json(path)
     tensors = _read_tensors(folder / "optimizer.safetensors")
     try:
         state: dict[int, dict] = {}
@@ -193,10 +198,7 @@ def read_state(folder: Path) -> dict:
     """The state.json of checkpoint `folder`: a JSON object with `STATE_KEYS` (its config with `init`), its step the
     folder's (else the checkpoint is damaged: ValueError naming the file)."""
     path = folder / STATE
-    try:
-        state = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _damaged(path, f"not valid JSON ({e})") from None
+    state = _read_json(path)
     if not isinstance(state, dict):
         raise _damaged(path, "not a JSON object")
     for key, kind in STATE_KEYS.items():
