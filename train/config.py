@@ -176,15 +176,17 @@ def _recipe_help(config_cls):
 def _another_model(model: str, init) -> str | None:
     """Why a --model given beside --init names another model than --init's, which the run trains (--model was
     ignored), or None; an --init that cannot be read is left to the run, which names what is wrong with it."""
+    def shape(config: GPTConfig) -> tuple[int, int, int, int]:
+        return config.n_layer, config.n_head, config.n_embd, config.block_size
+
     try:
-        start = load_config(init)
+        start = shape(load_config(init))
     except (OSError, ValueError):
         return None
-    shape = (start.n_layer, start.n_head, start.n_embd, start.block_size)
-    if shape == (PRESETS[model].n_layer, PRESETS[model].n_head, PRESETS[model].n_embd, PRESETS[model].block_size):
+    if start == shape(PRESETS[model]):
         return None
-    return (f"--model {model} is not the model of --init {init} ({shape[0]} layers, {shape[1]} heads, width "
-            f"{shape[2]}, context {shape[3]}): the run trains --init's model; drop --model (MODEL=)")
+    return (f"--model {model} is not the model of --init {init} ({start[0]} layers, {start[1]} heads, width "
+            f"{start[2]}, context {start[3]}): the run trains --init's model; drop --model (MODEL=)")
 
 
 def build_parser(config_cls=TrainConfig, prog: str = "python -m train pretrain"):
