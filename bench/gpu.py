@@ -13,8 +13,9 @@ error and fails the command at the end; one that would start after `--budget-s` 
    every 5 steps, an evaluation, a sample), then the run copied and resumed from its step-5 checkpoint: the
    resumed steps must give the first run's losses. Its log.jsonl gives the trainer's own tokens/s and MFU.
 3. decode: new tokens/s of `generate` (bf16 weights, greedy, `--new-tokens` per row, prefill included) at each
-   `--decode-batches`, with the static CUDA-graph decoder, eager and compiled, and transformers' `generate`
-   on the same weights; the fraction of tokens on which they agree (bf16 kernels differ) is printed beside it.
+   `--decode-batches`, with the static CUDA-graph decoder (and compiled, at `--compiled-batches`), the eager loop
+   and transformers' `generate` on the same weights; the fraction of tokens on which they agree (bf16 kernels
+   differ) and each decoder's first call (its capture or compilation) are printed beside it.
 4. profile (only when named in `--parts`): where one compiled training step of ours (the first
    `--train-batches`) spends the GPU's time, by the torch profiler: kernels by kind (matrix products and the
    rate they reach, attention, inductor's fused kernels, the optimizer, the rest) and the costliest kernels.
@@ -66,7 +67,9 @@ class GPUBenchConfig:
         "compile_mode": "torch.compile's mode in the training parts (train, smoke, profile; tuned: coordinate "
                         "descent tuning, over 5 minutes for the train part; max-autotune-no-cudagraphs: minutes of "
                         "autotuning)",
-        "decode_compile_mode": "that of the decoding step (graph+compile; generate's compile=True: tuned)"}
+        "decode_compile_mode": "that of the decoding step (graph+compile; generate's compile=True: tuned)",
+        "compiled_batches": "the decode batches at which graph+compile is timed (its compilation is most of the "
+                            "decode part's time; at batch 64 it ran as fast as the graph on an H100)"}
     # compared with "cuda" (bf16, synchronized timings, the card's name): cuda:1 would be timed unsynchronized
     CHOICES: ClassVar[dict] = {"device": ("cuda", "cpu"), "compile_mode": COMPILE_MODES,
                                "decode_compile_mode": COMPILE_MODES}
@@ -75,6 +78,7 @@ class GPUBenchConfig:
     train_batches: str = "32"
     decode_batches: str = "1,64"
     decoders: str = "graph,graph+compile"  # and always eager (the reference), and transformers' when installed
+    compiled_batches: str = "1"
     new_tokens: int = 128
     budget_s: float = 280
     json: str | None = None
@@ -97,13 +101,14 @@ def part_train(args) -> dict:
                                       warmup=3, rounds=10, compile=True, padded_vocab_size=PADDED_VOCAB_CUDA, gpu=False,
                                       compile_mode=args.compile_mode)
         r = bench_train.run(cfg, baseline=i == 0 and _has_transformers())
-        out[batch] = {k: r.get(k) for k in ("tokens_per_s", "mfu", "ratio", "first_loss")}
+        out[batch] = {k: r.get(k) for k in ("tokens_per_s", "mfu", "ratio", "first_loss", "first_step_s")}
         line = ", ".join(f"{name} {tps:,.0f} tokens/s" + (f" (MFU {r['mfu'][name]:.1%})" if "mfu" in r else "")
                          for name, tps in r["tokens_per_s"].items())
         ratio = f"; ours/transformers {r['ratio']:.2f}" if "ratio" in r else ""
         dtype = "bf16" if args.device == "cuda" else "fp32"
-        print(f"train, micro-batch {batch} x {args.seq_len}, compiled ({args.compile_mode}), {dtype}: {line}{ratio}",
-              flush=True)
+        first = ", ".join(f"{name} {s:.0f} s" for name, s in r["first_step_s"].items())
+        print(f"train, micro-batch {batch} x {args.seq_len}, compiled ({args.compile_mode}), {dtype}: {line}{ratio}; "
+              f"first step (compilation): {first}", flush=True)
     return out
 
 
@@ -122,7 +127,8 @@ def synthetic_shards(directory: Path, train_tokens: int, val_tokens: int) -> Pat
     return directory
 
 
-def _pretrain(args, run_dir: Path, shards: Path, *extra: str) -> None:
+def _pretrain(args, run_dir: Path, shards: Path, *extra: str) -> float:
+    """Runs `python -m train pretrain` for the smoke run; its wall time (start-up, compilation, steps, checkpoints)."""
     command = [sys.executable, "-m", "train", "pretrain", "--dataset", "custom", "--model", args.model,
                "--shards-dir", str(shards), "--run-dir", str(run_dir), "--seq-len", str(args.seq_len),
                "--micro-batch", str(args.micro_batch), "--batch-tokens", str(_smoke_batch(args)),
@@ -130,7 +136,9 @@ def _pretrain(args, run_dir: Path, shards: Path, *extra: str) -> None:
                "--save-every", str(SMOKE_SAVE), "--eval-tokens", str(2 * args.micro_batch * args.seq_len),
                "--compile", "--compile-mode", args.compile_mode, "--device", args.device, "--no-progress", *extra]
     print("$ " + " ".join(command), flush=True)
+    t0 = time.perf_counter()
     subprocess.run(command, check=True)
+    return time.perf_counter() - t0
 
 
 def _smoke_batch(args) -> int:
@@ -143,7 +151,7 @@ def part_smoke(args) -> dict:
         shards = synthetic_shards(tmp / "shards", _smoke_batch(args) * (SMOKE_STEPS + 1),
                                   max(4000, 3 * args.micro_batch * (args.seq_len + 1)))
         first = tmp / "run"
-        _pretrain(args, first, shards)
+        wall = [_pretrain(args, first, shards)]
         log = [json.loads(line) for line in (first / "log.jsonl").read_text().splitlines()]
         steps = {r["step"]: r for r in log if "loss" in r}
         if sorted(steps) != list(range(1, SMOKE_STEPS + 1)):
@@ -153,7 +161,7 @@ def part_smoke(args) -> dict:
         resumed = tmp / "resumed"
         shutil.copytree(first, resumed)
         (resumed / "ckpt" / "latest").write_text(f"step-{SMOKE_SAVE:06d}\n")
-        _pretrain(args, resumed, shards, "--resume")
+        wall.append(_pretrain(args, resumed, shards, "--resume"))
         again = {r["step"]: r for r in map(json.loads, (resumed / "log.jsonl").read_text().splitlines()) if "loss" in r}
         diffs = [abs(again[s]["loss"] - steps[s]["loss"]) for s in range(SMOKE_SAVE + 1, SMOKE_STEPS + 1)]
         if max(diffs) > 2e-2:  # bf16 kernels (embedding backward's atomics) are not bitwise reproducible
@@ -161,11 +169,11 @@ def part_smoke(args) -> dict:
         timed = [steps[s] for s in range(3, SMOKE_STEPS + 1)]  # after compilation
         out = {"losses": [steps[s]["loss"] for s in sorted(steps)], "resume_max_diff": max(diffs),
                "tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed),
-               "mfu": statistics.median(r["mfu"] for r in timed) if "mfu" in timed[0] else None}
+               "mfu": statistics.median(r["mfu"] for r in timed) if "mfu" in timed[0] else None, "runs_s": wall}
         mfu = f", MFU {out['mfu']:.1%}" if out["mfu"] else ""
         print(f"smoke: pretrain {SMOKE_STEPS} steps of {_smoke_batch(args):,} tokens: loss {out['losses'][0]:.3f} -> {out['losses'][-1]:.3f}; "
               f"median of steps 3-10: {out['tokens_per_s']:,.0f} tokens/s{mfu} (log.jsonl); resumed from step 5: "
-              f"losses within {out['resume_max_diff']:.1e}", flush=True)
+              f"losses within {out['resume_max_diff']:.1e}; the runs took {wall[0]:.0f} s and {wall[1]:.0f} s", flush=True)
         return out
 
 
@@ -242,17 +250,21 @@ def part_profile(args) -> dict:
     return out
 
 
-def _timed(fn, device: str, rounds: int = 3) -> tuple[float, list]:
+def _timed(fn, device: str, rounds: int = 3) -> tuple[float, list, float]:
+    """The median time of `rounds` calls of fn after a first one (graph capture, compilation), its output, and the
+    first call's time."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    out = fn()  # warmup (graph capture, compilation)
+    t0 = time.perf_counter()
+    out = fn()
     sync()
+    first = time.perf_counter() - t0
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
         fn()
         sync()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+    return statistics.median(times), out, first
 
 
 def part_decode(args) -> dict:
@@ -273,20 +285,23 @@ def part_decode(args) -> dict:
                 "graph+compile": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1,
                                                   compile=args.decode_compile_mode, static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
-        runs = {name: fn for name, fn in runs.items() if name in args.decoders.split(",") or name == "eager"}
+        runs = {name: fn for name, fn in runs.items() if name == "eager" or name in args.decoders.split(",") and
+                (name != "graph+compile" or str(batch) in args.compiled_batches.split(","))}
         if hf is not None:
             runs["transformers"] = lambda: hf_greedy(hf, ids, masks, args.new_tokens)
         results = {name: _timed(fn, args.device) for name, fn in runs.items()}
-        speeds = {name: batch * args.new_tokens / t for name, (t, _) in results.items()}
+        speeds = {name: batch * args.new_tokens / t for name, (t, _, _) in results.items()}
         reference = results["eager"][1]
         agree = {name: float(np.mean([a == b for ra, rb in zip(tokens, reference) for a, b in zip(ra, rb)]))
-                 for name, (_, tokens) in results.items()}
-        out[batch] = {"tokens_per_s": speeds, "agreement_with_eager": agree}
+                 for name, (_, tokens, _) in results.items()}
+        first = {name: f for name, (_, _, f) in results.items()}
+        out[batch] = {"tokens_per_s": speeds, "agreement_with_eager": agree, "first_call_s": first}
         hf_speed = speeds.get("transformers")
         print(f"decode, batch {batch}, {args.new_tokens} new tokens, bf16: " + "; ".join(
             f"{name} {tps:,.0f} tokens/s"
             + (f" ({tps / hf_speed:.1f}x transformers)" if hf_speed and name != "transformers" else "")
-            + f", {agree[name]:.0%} tokens as eager" for name, tps in speeds.items()), flush=True)
+            + f", {agree[name]:.0%} tokens as eager, first call {first[name]:.1f} s" for name, tps in speeds.items()),
+            flush=True)
     return out
 
 

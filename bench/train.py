@@ -111,7 +111,11 @@ def run(cfg: BenchConfig, baseline: bool = True) -> dict:
     y = torch.cat([x[:, 1:], torch.full((cfg.batch, 1), -100)], dim=1)
     x, y = x.to(cfg.device), y.to(cfg.device)
     trainers = [Trainer("ours", ours, True, cfg)] + [Trainer("transformers", hf, False, cfg)] * baseline
-    first = [t.step(x, y, timed=False) for t in trainers]
+    first, first_s = [], []
+    for t in trainers:
+        t0 = time.perf_counter()
+        first.append(t.step(x, y, timed=False))
+        first_s.append(time.perf_counter() - t0)  # with compile: its compilation
     for _ in range(cfg.warmup - 1):
         for t in trainers:
             t.step(x, y, timed=False)
@@ -121,6 +125,7 @@ def run(cfg: BenchConfig, baseline: bool = True) -> dict:
     tokens = cfg.batch * cfg.seq_len
     result = {"config": dataclasses.asdict(cfg), "threads": torch.get_num_threads(),
               "first_loss": dict(zip((t.name for t in trainers), first)),
+              "first_step_s": dict(zip((t.name for t in trainers), first_s)),
               "tokens_per_s": {t.name: tokens * len(t.times) / sum(t.times) for t in trainers},
               "tokens_per_s_fastest": {t.name: tokens / min(t.times) for t in trainers},
               "forward_backward_tokens_per_s": {t.name: tokens * len(t.fb_times) / sum(t.fb_times) for t in trainers}}
