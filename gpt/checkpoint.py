@@ -298,4 +298,18 @@ def _read_weights(path: Path, missing: str) -> dict[str, torch.Tensor]:
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # SafetensorError, OSError; torch's UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        raise _damaged(path, f"cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def _damaged(path: Path, what: str) -> ValueError:
+    """The error for the file `path` of a checkpoint folder that cannot be read: `what` is wrong, and what to do."""
+    return ValueError(f"{path}: {what}; {_fix(path.parent)}")
+
+
+def _fix(folder: Path) -> str:
+    """What a user can do about a damaged or incomplete checkpoint `folder`: a run's (RUN_DIR/ckpt/step-N, with
+    its state.json) or one downloaded, copied or exported."""
+    if (folder / STATE).is_file():
+        return (f"the checkpoint {folder.name} is damaged (load an earlier step-* folder of {folder.parent}, or point "
+                f"{folder.parent / LATEST} at one, or start a new --run-dir)")
+    return f"{folder} is damaged or incomplete (an interrupted download or copy?): download, copy or export it again"

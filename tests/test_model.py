@@ -525,6 +525,18 @@ def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
             gpt_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")])
 
 
+def test_a_truncated_weights_file_says_what_to_do(tmp_path):
+    """A truncated download or copy was named with the reader's error alone, no word of what to do about it."""
+    hf = tiny_hf_model(seed=3)
+    hf.save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=re.escape(f"{weights}: cannot read weights (") + ".*" + re.escape(
+            f"; {tmp_path / 'hf'} is damaged or incomplete (an interrupted download or copy?): download, copy or "
+            "export it again")):
+        load_model(tmp_path / "hf")
+
+
 def test_export_hf_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match=f"export-hf: {tmp_path / 'nope'}: no such checkpoint folder"):
         gpt_main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "out")])
