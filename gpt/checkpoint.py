@@ -8,7 +8,9 @@ tiktoken does), `generation_config.json`, and
 `config.json` (GPT2Config plus `"minigpt2": {"format_version": 2, "padded_vocab_size": ...}`), each written
 atomically, config.json last: a folder without it is incomplete. Folders of format_version 1 (our tensor
 names in `nn.Linear` layout, our own config.json) still load. Nothing is unpickled: HF's
-`pytorch_model.bin` is read with `torch.load(weights_only=True)`.
+`pytorch_model.bin` is read with `torch.load(weights_only=True)`. A sharded HF folder (what
+`save_pretrained(folder, max_shard_size=...)` writes: `model.safetensors.index.json`, or
+`pytorch_model.bin.index.json`, and the shard files its `weight_map` names) loads too.
 
 A reward model (gpt.reward.RewardModel) is saved the same way as transformers' `GPT2ForSequenceClassification`
 (config.json names that architecture, with one label and `pad_token_id` 0; model.safetensors adds the head,
@@ -47,6 +49,7 @@ FORMAT = "minigpt2"  # the key of our own fields in config.json
 FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 HF_PICKLE_WEIGHTS = "pytorch_model.bin"
+INDEX = ".index.json"  # a sharded HF folder: WEIGHTS + INDEX (or HF_PICKLE_WEIGHTS + INDEX) maps tensors to files
 # transformers' GPT-2 tokenizer files: the packaged files tiktoken's gpt2 encoding is built from
 TOKENIZER_FILES = {"vocab.json": ("encoder.json", ENCODER_JSON_SHA256), "merges.txt": ("vocab.bpe", VOCAB_BPE_SHA256)}
 
@@ -194,14 +197,47 @@ def _is_reward(raw: dict) -> bool:
 
 def _read_folder_weights(folder: Path, raw: dict) -> tuple[dict[str, torch.Tensor], Path]:
     """The tensors of checkpoint `folder`, whose config.json is `raw`, and the file they come from: ours, or an HF
-    folder's model.safetensors, else its pytorch_model.bin (its tokenizer files first checked: `_check_tokenizer`)."""
+    folder's model.safetensors, else its pytorch_model.bin, either whole or sharded (the `.index.json` then), in
+    transformers' order (its tokenizer files first checked: `_check_tokenizer`)."""
     ours = raw.get("format") == FORMAT or FORMAT in raw
     if not ours:  # ours hold GPT-2's tokenizer files as save_model copied them
         _check_tokenizer(folder)
-    weights = folder / WEIGHTS if ours or (folder / WEIGHTS).is_file() else folder / HF_PICKLE_WEIGHTS
-    missing = (f"{weights}: missing; {folder} holds no weights (incomplete checkpoint?)" if ours
-               else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS}")
-    return _read_weights(weights, missing), weights
+    names = ((WEIGHTS,) if raw.get("format") == FORMAT  # format_version 1: our one file
+             else (WEIGHTS, WEIGHTS + INDEX) if ours  # transformers shards ours when it saves them again
+             else (WEIGHTS, WEIGHTS + INDEX, HF_PICKLE_WEIGHTS, HF_PICKLE_WEIGHTS + INDEX))
+    weights = next((folder / name for name in names if (folder / name).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder / WEIGHTS}: missing; {folder} holds no weights (incomplete checkpoint?)"
+                                if ours else f"{folder}: holds neither {WEIGHTS} nor {HF_PICKLE_WEIGHTS} (nor a "
+                                f"sharded one's {WEIGHTS + INDEX} or {HF_PICKLE_WEIGHTS + INDEX})")
+    if weights.name.endswith(INDEX):
+        return _read_shards(weights), weights
+    return _read_weights(weights), weights
+
+
+def _read_shards(index: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded HF folder: those of each file that its `index`'s `weight_map` names, each tensor of
+    the map found in the file it names; errors name the index or the shard file at fault."""
+    try:
+        raw = json.loads(index.read_text())
+    except ValueError as e:  # UnicodeDecodeError too
+        raise _damaged(index, f"not valid JSON ({e})") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(name, str) and name and Path(name).name == name for name in weight_map.values()):
+        raise _damaged(index, "no \"weight_map\" of tensor names to shard file names")
+    tensors, found = {}, {}
+    for name in dict.fromkeys(weight_map.values()):  # each file once, in the index's order
+        path = index.parent / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing, though {index.name} names it; {_fix(index.parent)}")
+        shard = _read_weights(path)
+        found.update(dict.fromkeys(shard, name))
+        tensors.update(shard)
+    if stray := sorted(key for key, name in weight_map.items() if found.get(key) != name):
+        raise _damaged(index, f"tensor {stray[0]} is not in {weight_map[stray[0]]}, the file it names"
+                              + (f" ({len(stray) - 1} more tensors neither)" if len(stray) > 1 else ""))
+    return tensors
 
 
 def load_config(path, padded_vocab_size: int | None = None) -> GPTConfig:
@@ -289,13 +325,25 @@ def _v1_config(raw: dict, config_path: Path, padded_vocab_size: int | None) -> G
         raise ValueError(f"{config_path}: {e}") from None
 
 
-def _read_weights(path: Path, missing: str) -> dict[str, torch.Tensor]:
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, or of a pickled torch file read with `weights_only=True`."""
-    if not path.is_file():
-        raise FileNotFoundError(missing)
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # SafetensorError, OSError; torch's UnpicklingError, RuntimeError, EOFError...
-        raise ValueError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+        raise _damaged(path, f"cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def _damaged(path: Path, what: str) -> ValueError:
+    """The error for the file `path` of a checkpoint folder that cannot be read: `what` is wrong, and what to do."""
+    return ValueError(f"{path}: {what}; {_fix(path.parent)}")
+
+
+def _fix(folder: Path) -> str:
+    """What a user can do about a damaged or incomplete checkpoint `folder`: a run's (RUN_DIR/ckpt/step-N, with
+    its state.json) or one downloaded, copied or exported."""
+    if (folder / STATE).is_file():
+        return (f"the checkpoint {folder.name} is damaged (load an earlier step-* folder of {folder.parent}, or point "
+                f"{folder.parent / LATEST} at one, or start a new --run-dir)")
+    return f"{folder} is damaged or incomplete (an interrupted download or copy?): download, copy or export it again"

@@ -41,11 +41,13 @@ def truncate(name, size=None):
     return damage
 
 
-@pytest.mark.parametrize("name", ["optimizer.safetensors", "rng.safetensors", "optimizer.json"])
+@pytest.mark.parametrize("name", ["optimizer.safetensors", "rng.safetensors", "optimizer.json", "model.safetensors"])
 @pytest.mark.parametrize("size", [None, 0])
 def test_a_truncated_training_state_file_is_named(setup, tmp_path, capsys, name, size):
+    """model.safetensors was named without a word of what to do (the others said: an earlier checkpoint)."""
     err = resume_damaged(setup, tmp_path, truncate(name, size), capsys)
     assert err.startswith("pretrain: error: ") and f"step-000001/{name}: " in err and "damaged" in err, err
+    assert "at an earlier step-* folder" in err or "load an earlier step-* folder" in err, err
 
 
 def edit_state(change):

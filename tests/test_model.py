@@ -435,6 +435,78 @@ def test_load_a_pytorch_model_bin_folder(tmp_path, layout):
         assert max_diff(ours(x), hf(x).logits) <= 1e-4
 
 
+def sharded(hf, folder, pickled=False):
+    """`hf` saved as transformers saves a large model (gpt2-xl, or any with a small max_shard_size): shard files and
+    the index of their tensors; `pickled`: the pytorch_model-*.bin shards and index that transformers before 5 wrote
+    with safe_serialization=False, made from the safetensors ones. The shard files, in the index's order."""
+    hf.save_pretrained(folder, max_shard_size="100KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    files = list(dict.fromkeys(index["weight_map"].values()))
+    assert len(files) >= 3 and not (folder / "model.safetensors").exists()
+    if pickled:
+        names = {name: name.replace("model-", "pytorch_model-").replace(".safetensors", ".bin") for name in files}
+        for name in files:
+            torch.save(load_file(folder / name), folder / names[name])
+            (folder / name).unlink()
+        index["weight_map"] = {key: names[name] for key, name in index["weight_map"].items()}
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+        (folder / "model.safetensors.index.json").unlink()
+        files = list(names.values())
+    return [folder / name for name in files]
+
+
+@pytest.mark.parametrize("pickled", [False, True], ids=["safetensors", "pytorch_model.bin"])
+def test_load_a_sharded_transformers_folder(tmp_path, pickled):
+    """model.safetensors.index.json and model-0000k-of-0000N.safetensors, as save_pretrained(max_shard_size=...)
+    writes them: such a folder was refused (\"holds neither model.safetensors nor pytorch_model.bin\")."""
+    hf = tiny_hf_model(seed=5)
+    sharded(hf, tmp_path / "hf", pickled)
+    ours = load_model(tmp_path / "hf")
+    for name, tensor in hf.state_dict().items():  # every tensor as transformers holds it, bit for bit
+        mine = ours.state_dict()[name]
+        assert torch.equal(mine.t() if re.search(r"c_(attn|proj|fc)\.weight$", name) else mine, tensor), name
+    x = ids()
+    with torch.no_grad():
+        assert max_diff(ours(x), hf(x).logits) <= 1e-4
+        if not pickled:  # what transformers itself loads from the folder
+            assert max_diff(ours(x), transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf")(x).logits) <= 1e-4
+    assert gpt_main(["export-hf", str(tmp_path / "hf"), str(tmp_path / "out")]) == 0
+    with torch.no_grad():
+        assert max_diff(load_model(tmp_path / "out")(x), ours(x)) == 0
+
+
+def test_a_damaged_sharded_folder_names_the_file(tmp_path):
+    """A shard that its index names missing (an interrupted download), a tensor not in the shard the index names,
+    a truncated shard, an index that is not one: each named, with what to do."""
+    folder = tmp_path / "hf"
+    files = sharded(tiny_hf_model(seed=5), folder)
+    index = folder / "model.safetensors.index.json"
+    fix = f"{folder} is damaged or incomplete (an interrupted download or copy?): download, copy or export it again"
+    good, data = index.read_text(), files[1].read_bytes()
+    files[1].unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{files[1]}: missing, though "
+                                                          f"model.safetensors.index.json names it; {fix}")):
+        load_model(folder)
+    files[1].write_bytes(data[:len(data) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"{files[1]}: cannot read weights (") + ".*" + re.escape(fix)):
+        load_model(folder)
+    files[1].write_bytes(data)
+    raw = json.loads(good)
+    moved = next(key for key, name in raw["weight_map"].items() if name == files[0].name)
+    raw["weight_map"][moved] = files[1].name
+    index.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=re.escape(f"{index}: tensor {moved} is not in {files[1].name}, the file it "
+                                                   f"names; {fix}")):
+        load_model(folder)
+    for text, says in [(good[:len(good) // 2], "not valid JSON"), ("[]", 'no "weight_map"'),
+                       (json.dumps({"weight_map": {moved: "../model.safetensors"}}), 'no "weight_map"')]:
+        index.write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{index}: {says}") + ".*" + re.escape(fix)):
+            load_model(folder)
+    index.write_text(good)
+    load_model(folder)
+
+
 def test_a_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nope'}: no such checkpoint folder"):
         load_model(tmp_path / "nope")
@@ -523,6 +595,18 @@ def test_a_truncated_weights_file_and_a_foreign_config_are_named(tmp_path):
             load_model(tmp_path / "ckpt")
         with pytest.raises(SystemExit, match=r"export-hf: .*config\.json: not a JSON object"):
             gpt_main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "out")])
+
+
+def test_a_truncated_weights_file_says_what_to_do(tmp_path):
+    """A truncated download or copy was named with the reader's error alone, no word of what to do about it."""
+    hf = tiny_hf_model(seed=3)
+    hf.save_pretrained(tmp_path / "hf")
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=re.escape(f"{weights}: cannot read weights (") + ".*" + re.escape(
+            f"; {tmp_path / 'hf'} is damaged or incomplete (an interrupted download or copy?): download, copy or "
+            "export it again")):
+        load_model(tmp_path / "hf")
 
 
 def test_export_hf_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):

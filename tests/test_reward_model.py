@@ -165,3 +165,20 @@ def test_a_transformers_reward_model_loads_with_its_rewards_or_is_refused_for_it
     with torch.no_grad():  # without a pad token transformers reads each (unpadded) row's last token, our EOT
         rewards = [hf(torch.tensor([row])).logits.item() for row in ROWS]
     assert torch.allclose(load_reward_model(tmp_path / "rm").score_tokens(ROWS), torch.tensor(rewards), atol=1e-5)
+
+
+def test_a_sharded_transformers_reward_model_loads_with_its_rewards(tmp_path):
+    """GPT2ForSequenceClassification saved in shards (save_pretrained(max_shard_size=...)) was refused as holding no
+    weights."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, num_labels=1, pad_token_id=None)
+    hf = transformers.GPT2ForSequenceClassification(config).eval()
+    torch.nn.init.normal_(hf.score.weight)
+    hf.save_pretrained(tmp_path / "rm", max_shard_size="50KB")
+    assert (tmp_path / "rm" / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "rm" / "model.safetensors").exists()
+    with torch.no_grad():
+        rewards = [hf(torch.tensor([row])).logits.item() for row in ROWS]
+    assert is_reward_model(tmp_path / "rm")
+    assert torch.allclose(load_reward_model(tmp_path / "rm").score_tokens(ROWS), torch.tensor(rewards), atol=1e-5)
