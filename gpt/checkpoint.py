@@ -221,21 +221,21 @@ def _read_shards(index: Path) -> dict[str, torch.Tensor]:
     try:
         raw = json.loads(index.read_text())
     except ValueError as e:  # UnicodeDecodeError too
-        raise _damaged(index, f"not valid JSON ({e})") from None
+        raise damaged(index, f"not valid JSON ({e})") from None
     weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
     if not isinstance(weight_map, dict) or not weight_map or not all(
             isinstance(name, str) and name and Path(name).name == name for name in weight_map.values()):
-        raise _damaged(index, "no \"weight_map\" of tensor names to shard file names")
+        raise damaged(index, "no \"weight_map\" of tensor names to shard file names")
     tensors, found = {}, {}
     for name in dict.fromkeys(weight_map.values()):  # each file once, in the index's order
         path = index.parent / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing, though {index.name} names it; {_fix(index.parent)}")
+            raise damaged(path, f"missing, though {index.name} names it")
         shard = _read_weights(path)
         found.update(dict.fromkeys(shard, name))
         tensors.update(shard)
     if stray := sorted(key for key, name in weight_map.items() if found.get(key) != name):
-        raise _damaged(index, f"tensor {stray[0]} is not in {weight_map[stray[0]]}, the file it names"
+        raise damaged(index, f"tensor {stray[0]} is not in {weight_map[stray[0]]}, the file it names"
                               + (f" ({len(stray) - 1} more tensors neither)" if len(stray) > 1 else ""))
     return tensors
 
@@ -332,18 +332,18 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_file(path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # SafetensorError, OSError; torch's UnpicklingError, RuntimeError, EOFError...
-        raise _damaged(path, f"cannot read weights ({type(e).__name__}: {e})") from None
+        raise damaged(path, f"cannot read weights ({type(e).__name__}: {e})") from None
 
 
-def _damaged(path: Path, what: str) -> ValueError:
-    """The error for the file `path` of a checkpoint folder that cannot be read: `what` is wrong, and what to do."""
-    return ValueError(f"{path}: {what}; {_fix(path.parent)}")
-
-
-def _fix(folder: Path) -> str:
-    """What a user can do about a damaged or incomplete checkpoint `folder`: a run's (RUN_DIR/ckpt/step-N, with
-    its state.json) or one downloaded, copied or exported."""
-    if (folder / STATE).is_file():
-        return (f"the checkpoint {folder.name} is damaged (load an earlier step-* folder of {folder.parent}, or point "
-                f"{folder.parent / LATEST} at one, or start a new --run-dir)")
-    return f"{folder} is damaged or incomplete (an interrupted download or copy?): download, copy or export it again"
+def damaged(path: Path, what: str, run: bool | None = None) -> ValueError:
+    """The error for the file `path` of a checkpoint folder that cannot be read: `what` is wrong, and what a user can
+    do: a run's checkpoint (RUN_DIR/ckpt/step-N; `run` default: whether its state.json is there) or a folder that
+    was downloaded, copied or exported."""
+    folder = path.parent
+    if run is None:
+        run = (folder / STATE).is_file()
+    if run:
+        return ValueError(f"{path}: {what}; the checkpoint {folder.name} is damaged (load an earlier step-* folder of "
+                          f"{folder.parent}, or point {folder.parent / LATEST} at one, or start a new --run-dir)")
+    return ValueError(f"{path}: {what}; {folder} is damaged or incomplete (an interrupted download or copy?): "
+                      "download, copy or export it again")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save
 
 # The run folder's layout and pointers live in gpt.checkpoint (load_model takes run folders); the trainers
 # import latest_checkpoint, best_checkpoint and resolve_checkpoint from here too
-from gpt.checkpoint import (BEST, LATEST, STATE, best_checkpoint, ckpt_root, latest_checkpoint,  # noqa: F401
+from gpt.checkpoint import (BEST, LATEST, STATE, best_checkpoint, ckpt_root, damaged, latest_checkpoint,  # noqa: F401
                             resolve_checkpoint, save_model)
 from shards.io import atomic_directory, atomic_write, write_json
 
@@ -49,19 +49,14 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     return tensors, {"param_groups": sd["param_groups"], "state": other}
 
 
-def _damaged(path: Path, what: str) -> ValueError:
-    return ValueError(f"{path}: {what}; the checkpoint {path.parent.name} is damaged (point {path.parent.parent}/"
-                      f"{LATEST} at an earlier step-* folder, or start a new --run-dir)")
-
-
 def _read_tensors(path: Path) -> dict:
     """The tensors of the checkpoint file `path`; a missing or unreadable one is named, as damaged."""
     if not path.is_file():
-        raise _damaged(path, "missing")
+        raise damaged(path, "missing", run=True)
     try:
         return load_file(path)
     except Exception as e:  # SafetensorError: a truncated or zero-byte file
-        raise _damaged(path, f"cannot read tensors ({type(e).__name__}: {e})") from None
+        raise damaged(path, f"cannot read tensors ({type(e).__name__}: {e})", run=True) from None
 
 
 def _read_json(path: Path):
@@ -69,13 +64,13 @@ def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except ValueError as e:  # UnicodeDecodeError too
-        raise _damaged(path, f"not valid JSON ({e})") from None
+        raise damaged(path, f"not valid JSON ({e})", run=True) from None
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     path = folder / "optimizer.json"
     if not path.is_file():
-        raise _damaged(path, "missing")
+        raise damaged(path, "missing", run=True)
     meta = _read_json(path)
     tensors = _read_tensors(folder / "optimizer.safetensors")
     try:
@@ -88,8 +83,8 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a JSON or tensor name not as saved
-        raise _damaged(path, f"does not fit this run's optimizer with optimizer.safetensors ({type(e).__name__}: "
-                             f"{e})") from None
+        raise damaged(path, f"does not fit this run's optimizer with optimizer.safetensors ({type(e).__name__}: "
+                            f"{e})", run=True) from None
 
 
 def _rng_state() -> tuple[dict, dict]:
@@ -115,7 +110,7 @@ def _set_rng_state(folder: Path, plain: dict) -> None:
         version, state, py_gauss = plain["python"]
         random.setstate((version, tuple(state), py_gauss))
     except (KeyError, TypeError, ValueError) as e:
-        raise _damaged(folder / STATE, f"its 'rng' states do not load ({type(e).__name__}: {e})") from None
+        raise damaged(folder / STATE, f"its 'rng' states do not load ({type(e).__name__}: {e})", run=True) from None
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, optimizer, state: dict, keep: int,
@@ -200,19 +195,19 @@ def read_state(folder: Path) -> dict:
     path = folder / STATE
     state = _read_json(path)
     if not isinstance(state, dict):
-        raise _damaged(path, "not a JSON object")
+        raise damaged(path, "not a JSON object", run=True)
     for key, kind in STATE_KEYS.items():
         if key not in state:
-            raise _damaged(path, f"no {key!r}")
+            raise damaged(path, f"no {key!r}", run=True)
         if not isinstance(state[key], kind) or isinstance(state[key], bool):
-            raise _damaged(path, f"{key!r} is {state[key]!r}, not {JSON_TYPES[kind]}")
+            raise damaged(path, f"{key!r} is {state[key]!r}, not {JSON_TYPES[kind]}", run=True)
     if "init" not in state["config"]:  # every run's config has it (resumed_init reads it)
-        raise _damaged(path, "its config has no 'init'")
+        raise damaged(path, "its config has no 'init'", run=True)
     if not isinstance(state["config"]["init"], (str, type(None))):
-        raise _damaged(path, f"its config's 'init' is {state['config']['init']!r}, not a path or null")
+        raise damaged(path, f"its config's 'init' is {state['config']['init']!r}, not a path or null", run=True)
     number = re.fullmatch(r"step-(\d+)", folder.name)
     if number and int(number.group(1)) != state["step"]:
-        raise _damaged(path, f"step {state['step']}, not the {folder.name} of its folder")
+        raise damaged(path, f"step {state['step']}, not the {folder.name} of its folder", run=True)
     return state
 
 
