@@ -405,6 +405,10 @@ def test_gsm8k_download_through_the_fake_hub_keeps_its_split_and_drops_the_calcu
         (alpaca.render_prompt(GSM8K_TRAIN[0][0]), "She gives 48/2 = 24 away.\nSo 48-24 = 24 are left.\n#### 24"),
         (alpaca.render_prompt(GSM8K_TRAIN[1][0]), "1,200*3 = 3,600\n#### 3,600")]
     assert sft.run(cfg) == out, "a rerun with the hub gone needs no network"
+    assert "val_fraction" not in m["config"]
+    stat = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert sft.run(dataclasses.replace(cfg, val_fraction=0.3)) == out, "gsm8k ignores --val-fraction: one folder"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat
 
 
 def test_both_pipelines_sources_are_one_protocol(tmp_path):
