@@ -351,7 +351,7 @@ def read_jsonl(path: Path, span: tuple[int, int] | None = None) -> Iterator[tupl
         if not line.strip():
             continue
         try:
-            value = json.loads(line.decode("utf-8"))
+            value = json.loads(line.decode("utf-8").rstrip("\r\n"))  # an error's position: within this line
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}, {where}: invalid UTF-8 ({e})") from None
         except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply to parse

@@ -333,6 +333,8 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
         (folder / "x.jsonl").write_bytes(b"".join(lines))
     elif name == "json":
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "unterminated\n')
+    elif name == "brace":  # the JSON error's position is within the line, not past its end ("line 2 column 1")
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "a"\r\n' + jsonl_bytes(docs[3:5]))
     elif name == "type":
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": 42}\n')
     elif name == "zst_truncated":
@@ -357,6 +359,7 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
     ("truncated", r"x\.parquet: not a readable parquet file"),
     ("utf8", r"x\.jsonl, line 3: invalid UTF-8"),
     ("json", r"x\.jsonl, line 4: not valid JSON"),
+    ("brace", r"x\.jsonl, line 4: not valid JSON \(Expecting ',' delimiter: line 1 column 13 \(char 12\)\)"),
     ("type", r"x\.jsonl, line 4: 'text' is a int, expected a string"),
     ("deep", r"x\.jsonl, line 4: not valid JSON \(maximum recursion depth"),
     ("array", r"x\.jsonl, line 2: expected an object with 'text', got list"),
