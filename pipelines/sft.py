@@ -83,11 +83,15 @@ def load_source(cfg: SFTConfig) -> sft_sources.ExampleSource:
 
 
 def stage_config(cfg: SFTConfig, source: dict) -> dict:
-    """Everything the output depends on: it names the output folder and is stored in the manifest."""
-    return {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]), "duplicates": "skipped",
-            "block_size": cfg.block_size, "truncate": cfg.truncate, "val_fraction": cfg.val_fraction,
-            "chunk_examples": cfg.chunk_examples, "template_sha256": template.TEMPLATE_SHA256,
-            "tokenizer_sha256": ranks_sha256()}
+    """Everything the output depends on: it names the output folder and is stored in the manifest (not
+    val_fraction for gsm8k, which keeps its own split: the flag changes nothing there)."""
+    config = {"stage": "sft", "dataset": cfg.name(), "source_sha256": sha256_json(source["files"]),
+              "duplicates": "skipped", "block_size": cfg.block_size, "truncate": cfg.truncate,
+              "val_fraction": cfg.val_fraction, "chunk_examples": cfg.chunk_examples,
+              "template_sha256": template.TEMPLATE_SHA256, "tokenizer_sha256": ranks_sha256()}
+    if cfg.name() == "gsm8k":
+        del config["val_fraction"]
+    return config
 
 
 def _tokenize_chunk(job: tuple) -> None:

@@ -172,7 +172,7 @@ def read_records(path: Path, fields: tuple[str, ...]) -> Iterator[tuple[object, 
         yield from read_jsonl(path)
     else:
         try:
-            records = json.loads(path.read_bytes().decode("utf-8"))
+            records = json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark first is read past
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}: invalid UTF-8 ({e})") from None
         except (json.JSONDecodeError, RecursionError) as e:

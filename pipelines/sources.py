@@ -44,6 +44,7 @@ BATCH_ROWS = 1024
 # A plain .jsonl file is cut into units of work of this many bytes (a unit reads the lines that start in
 # its range), so one large file is tokenized by every worker; a .jsonl.zst stream cannot be cut.
 JSONL_UNIT_BYTES = 1 << 26
+BOM = "\ufeff".encode()  # the UTF-8 byte-order mark that may open a user's file (read past, there only)
 
 
 class SourceError(ValueError):
@@ -306,16 +307,19 @@ class Line:
 
 def _lines(path: Path, span: tuple[int, int] | None = None) -> Iterator[tuple[int | None, bytes]]:
     """(byte offset, line) of a .jsonl file, or of its lines that start inside `span`; (None, line) of a
-    .jsonl.zst stream."""
+    .jsonl.zst stream. A UTF-8 byte-order mark at the start of the file (or stream), as Windows tools write,
+    is left out; anywhere else it stays, and its line is not valid JSON."""
     with open(path, "rb") as raw:
         if path.name.endswith(".zst"):
-            rest = b""
+            rest, first = b"", True
             for chunk in _zstd_chunks(raw, path):
                 lines = (rest + chunk).split(b"\n")
                 rest = lines.pop()
+                if first and lines:
+                    lines[0], first = lines[0].removeprefix(BOM), False
                 yield from ((None, line + b"\n") for line in lines)
             if rest:
-                yield None, rest
+                yield None, rest.removeprefix(BOM) if first else rest
             return
         start, end = span or (0, None)
         if start > 0:
@@ -327,7 +331,7 @@ def _lines(path: Path, span: tuple[int, int] | None = None) -> Iterator[tuple[in
             line = raw.readline()
             if not line:
                 return
-            yield offset, line
+            yield offset, line.removeprefix(BOM) if offset == 0 else line
             offset += len(line)
 
 
@@ -347,7 +351,7 @@ def read_jsonl(path: Path, span: tuple[int, int] | None = None) -> Iterator[tupl
         if not line.strip():
             continue
         try:
-            value = json.loads(line.decode("utf-8"))
+            value = json.loads(line.decode("utf-8").rstrip("\r\n"))  # an error's position: within this line
         except UnicodeDecodeError as e:
             raise SourceError(f"{path}, {where}: invalid UTF-8 ({e})") from None
         except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deeply to parse

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 import gpt.template as alpaca
 from fake_hub import FakeHub
@@ -312,6 +313,21 @@ def _ultrafeedback_file(path: Path, rows: list[dict], chosen: list) -> Path:
     return path
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".jsonl.zst"])
+def test_a_byte_order_mark_at_the_start_of_the_file_is_read_past(tmp_path, suffix):
+    """Windows tools write a UTF-8 BOM first (pandas and datasets read past it): the same shards as without it."""
+    records = TRICKY[:5] + many_pairs(20)
+    if suffix == ".json":
+        text = json.dumps(records, ensure_ascii=False).encode()
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    pack = zstandard.ZstdCompressor().compress if suffix == ".jsonl.zst" else bytes
+    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
+    plain.write_bytes(pack(text))
+    marked.write_bytes(pack("\ufeff".encode() + text))
+    assert_same_shards(run(tmp_path, marked), run(tmp_path, plain))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: write_jsonl(d / "a.jsonl", [TRICKY[0], {"prompt": "x", "chosen": "y"}]),
      r"a\.jsonl, line 2: missing field 'rejected'"),
@@ -325,6 +341,8 @@ def _ultrafeedback_file(path: Path, rows: list[dict], chosen: list) -> Path:
      r"d\.parquet, row 0: field 'chosen' is list, not a string"),
     (lambda d: write_jsonl(d / "h.txt", [TRICKY[0]]), r"h\.txt: unsupported file type"),
     (lambda d: write_jsonl(d / "i.jsonl", TRICKY[6:]), r"i\.jsonl: every pair was dropped"),
+    (lambda d: _put(d / "m.jsonl", json.dumps(TRICKY[0]).encode() + "\n\ufeff".encode() + json.dumps(TRICKY[1]).encode()),
+     r"m\.jsonl, line 2: not valid JSON \(Unexpected UTF-8 BOM"),  # a byte-order mark is read past first only
 ])
 def test_bad_input_names_file_and_row(tmp_path, capsys, make, message):
     src = make(tmp_path)

@@ -333,6 +333,8 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
         (folder / "x.jsonl").write_bytes(b"".join(lines))
     elif name == "json":
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "unterminated\n')
+    elif name == "brace":  # the JSON error's position is within the line, not past its end ("line 2 column 1")
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": "a"\r\n' + jsonl_bytes(docs[3:5]))
     elif name == "type":
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:3]) + b'{"text": 42}\n')
     elif name == "zst_truncated":
@@ -344,6 +346,8 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
         (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:1]) + b'["text", "a"]\n')
     elif name == "zst_empty":
         (folder / "x.jsonl.zst").write_bytes(b"")
+    elif name == "bom_mid":  # a byte-order mark is read past at the start of the file only
+        (folder / "x.jsonl").write_bytes(jsonl_bytes(docs[:1]) + "\ufeff".encode() + jsonl_bytes(docs[1:3]))
     elif name == "zst_corrupt":
         (folder / "x.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl_bytes(docs))[:-20] + bytes(20))
     return folder
@@ -355,9 +359,11 @@ def _bad_input(tmp_path: Path, name: str) -> Path:
     ("truncated", r"x\.parquet: not a readable parquet file"),
     ("utf8", r"x\.jsonl, line 3: invalid UTF-8"),
     ("json", r"x\.jsonl, line 4: not valid JSON"),
+    ("brace", r"x\.jsonl, line 4: not valid JSON \(Expecting ',' delimiter: line 1 column 13 \(char 12\)\)"),
     ("type", r"x\.jsonl, line 4: 'text' is a int, expected a string"),
     ("deep", r"x\.jsonl, line 4: not valid JSON \(maximum recursion depth"),
     ("array", r"x\.jsonl, line 2: expected an object with 'text', got list"),
+    ("bom_mid", r"x\.jsonl, line 2: not valid JSON \(Unexpected UTF-8 BOM"),
     ("zst_empty", r"x\.jsonl\.zst: an empty file, not a zstd stream"),
     ("zst_truncated", r"x\.jsonl\.zst: the zstd stream ends inside a frame"),
     ("zst_corrupt", r"x\.jsonl\.zst: (corrupt zstd stream after line \d+|the zstd stream ends inside a frame)"),
@@ -574,6 +580,27 @@ def test_jsonl_units_read_every_line_once_and_name_lines_exactly(tmp_path):
     whole = [(str(where), value) for where, value in sources.read_jsonl(path)]
     assert [w for w, _ in whole] == ["line 1", "line 3", "line 4", "line 6", "line 7", "line 8"]
     for unit_bytes in range(1, len(path.read_bytes()) + 2):
+        spans = [(k * unit_bytes, (k + 1) * unit_bytes) for k in range(-(-path.stat().st_size // unit_bytes))]
+        assert [(str(w), v) for span in spans for w, v in sources.read_jsonl(path, span)] == whole, unit_bytes
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_read_past(src, reference, tmp_path):
+    """Windows tools write a UTF-8 BOM first (pandas and datasets read past it): the same shards as without it,
+    in a plain .jsonl (every unit, however small) and at the start of a .jsonl.zst stream."""
+    bom = "\ufeff".encode()
+    root = tmp_path / "bom"
+    shutil.copytree(src[0], root)
+    (root / "d.jsonl").write_bytes(bom + (src[0] / "d.jsonl").read_bytes())
+    first, second = (zstandard.ZstdCompressor().compress(part) for part in (bom, jsonl_bytes(src[1][-100:-40])))
+    (root / "c.jsonl.zst").write_bytes(first + second)  # the mark alone in a frame of its own
+    assert run(tmp_path / "data", root) == 0
+    files, ref = contents(out_dir(tmp_path / "data", root)), dict(reference[1])
+    m, ref_m = json.loads(files.pop("manifest.json")), json.loads(ref.pop("manifest.json"))
+    assert files == ref and m["shards"] == ref_m["shards"] and m["totals"] == ref_m["totals"]
+    path = root / "d.jsonl"
+    whole = [(str(where), value) for where, value in sources.read_jsonl(src[0] / "d.jsonl")]
+    assert [(str(where), value) for where, value in sources.read_jsonl(path)] == whole
+    for unit_bytes in (1, 2, 3, 4, 50):
         spans = [(k * unit_bytes, (k + 1) * unit_bytes) for k in range(-(-path.stat().st_size // unit_bytes))]
         assert [(str(w), v) for span in spans for w, v in sources.read_jsonl(path, span)] == whole, unit_bytes
 

@@ -435,7 +435,9 @@ def test_the_built_in_task_scores_hand_made_answers():
 @pytest.mark.parametrize("text, number", [
     ("so 3 + 4 = 7\n#### 7", 7), ("#### 1,234", 1234), ("#### -5", -5), ("####  $18.50 dollars", 18.5),
     ("#### 3\nmore #### 4", 4), ("the answer is 42", None), ("#### none", None), ("", None), ("#### .5", 0.5),
-    ("#### -.25 left", -0.25), ("#### 7.", 7)])
+    ("#### -.25 left", -0.25), ("#### 7.", 7), ("#### -$5", -5), ("#### $-5", -5), ("#### -5.00", -5),
+    ("#### \u22125", -5), ("#### \u2212$5", -5), ("#### -1,000", -1000), ("#### -.5", -0.5), ("#### 3 - 5", 3),
+    ("#### a-b 5", 5)])
 def test_gsm8k_reads_the_number_after_the_last_marks(text, number):
     got = gsm8k.final_number(text)
     assert (got is None and number is None) or float(got) == number
@@ -446,6 +448,12 @@ def test_gsm8k_reward_is_exact_match_of_the_final_number():
     answers = ["#### 1234", "1,234 pens\n#### 1,234", "#### 1234.0", "#### 1235", "1234", "#### 12 34", "",
                "#### .1234"]
     assert gsm8k.reward(["p"] * len(answers), [reference] * len(answers), answers) == [1, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_gsm8k_reward_keeps_the_sign_of_a_negative_answer():
+    reference = "She owes $5.\n#### -5"
+    answers = ["#### -$5", "#### $-5", "#### -5.00", "#### \u22125", "#### $5", "#### 5"]
+    assert gsm8k.reward(["p"] * len(answers), [reference] * len(answers), answers) == [1, 1, 1, 1, 0, 0]
 
 
 def test_a_reward_model_scores_prompt_and_answer_tokens_through_its_adapter():

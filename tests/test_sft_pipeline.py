@@ -252,6 +252,21 @@ def _truncated_parquet(path: Path) -> Path:
     return _put(path, whole.read_bytes()[:300])
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".jsonl.zst"])
+def test_a_byte_order_mark_at_the_start_of_the_file_is_read_past(tmp_path, suffix):
+    """Windows tools write a UTF-8 BOM first (pandas and datasets read past it): the same shards as without it."""
+    records = TRICKY[:5] + many_examples(20)
+    if suffix == ".json":
+        text = json.dumps(records, ensure_ascii=False).encode()
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    pack = zstandard.ZstdCompressor().compress if suffix == ".jsonl.zst" else bytes
+    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
+    plain.write_bytes(pack(text))
+    marked.write_bytes(pack("\ufeff".encode() + text))
+    assert_same_shards(run(tmp_path, marked), run(tmp_path, plain))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: write_jsonl(d / "a.jsonl", [TRICKY[0], {"instruction": "x", "input": ""}]),
      r"a\.jsonl, line 2: missing field 'output'"),
@@ -270,6 +285,10 @@ def _truncated_parquet(path: Path) -> Path:
     (lambda d: _put(d / "n.json", b"[" * 100_000 + b"]" * 100_000), r"n\.json: not valid JSON \(maximum recursion"),
     (lambda d: _put(d / "n.jsonl", b'{"instruction": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"),
      r"n\.jsonl, line 1: not valid JSON \(maximum recursion"),
+    (lambda d: _put(d / "m.jsonl", json.dumps(TRICKY[0]).encode() + "\n\ufeff".encode() + json.dumps(TRICKY[1]).encode()),
+     r"m\.jsonl, line 2: not valid JSON \(Unexpected UTF-8 BOM"),  # a byte-order mark is read past first only
+    (lambda d: _put(d / "m.json", b"[" + "\ufeff".encode() + json.dumps(TRICKY[0]).encode() + b"]"),
+     r"m\.json: not valid JSON"),
     (lambda d: write_jsonl(d / "h.txt", [TRICKY[0]]), r"h\.txt: unsupported file type"),
     (lambda d: write_jsonl(d / "i.jsonl", [TRICKY[5], TRICKY[6]]), r"i\.jsonl: every example was skipped"),
 ])
@@ -386,6 +405,10 @@ def test_gsm8k_download_through_the_fake_hub_keeps_its_split_and_drops_the_calcu
         (alpaca.render_prompt(GSM8K_TRAIN[0][0]), "She gives 48/2 = 24 away.\nSo 48-24 = 24 are left.\n#### 24"),
         (alpaca.render_prompt(GSM8K_TRAIN[1][0]), "1,200*3 = 3,600\n#### 3,600")]
     assert sft.run(cfg) == out, "a rerun with the hub gone needs no network"
+    assert "val_fraction" not in m["config"]
+    stat = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert sft.run(dataclasses.replace(cfg, val_fraction=0.3)) == out, "gsm8k ignores --val-fraction: one folder"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat
 
 
 def test_both_pipelines_sources_are_one_protocol(tmp_path):
