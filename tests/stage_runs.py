@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import zstandard
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -28,6 +30,20 @@ def assert_same_shards(one: Path, two: Path) -> None:
     assert not differ, f"different bytes: {differ}"
     assert manifest["shards"] == other["shards"], "the manifests' shards differ"
     assert manifest["totals"] == other["totals"], (manifest["totals"], other["totals"])
+
+
+def with_and_without_bom(folder: Path, records: list, suffix: str) -> tuple[Path, Path]:
+    """`records` written to two source files of `suffix` (.json: one list; .jsonl and .jsonl.zst: a line each), the
+    first opened by a UTF-8 byte-order mark, as Windows tools write it."""
+    if suffix == ".json":
+        text = json.dumps(records, ensure_ascii=False).encode()
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    pack = zstandard.ZstdCompressor().compress if suffix == ".jsonl.zst" else bytes
+    marked, plain = folder / f"marked{suffix}", folder / f"plain{suffix}"
+    marked.write_bytes(pack("\ufeff".encode() + text))
+    plain.write_bytes(pack(text))
+    return marked, plain
 
 
 def sigkill_after_a_chunk(command: str, data_dir: Path, folder: str, args: list[str]) -> Path:

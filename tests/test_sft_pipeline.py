@@ -16,7 +16,7 @@ import pytest
 import zstandard
 
 from fake_hub import FakeHub
-from stage_runs import assert_same_shards, files_of, sigkill_after_a_chunk
+from stage_runs import assert_same_shards, files_of, sigkill_after_a_chunk, with_and_without_bom
 import gpt.template as alpaca
 from pipelines import hub, sft, sft_sources
 from pipelines.stage import output_dir
@@ -255,15 +255,7 @@ def _truncated_parquet(path: Path) -> Path:
 @pytest.mark.parametrize("suffix", [".json", ".jsonl", ".jsonl.zst"])
 def test_a_byte_order_mark_at_the_start_of_the_file_is_read_past(tmp_path, suffix):
     """Windows tools write a UTF-8 BOM first (pandas and datasets read past it): the same shards as without it."""
-    records = TRICKY[:5] + many_examples(20)
-    if suffix == ".json":
-        text = json.dumps(records, ensure_ascii=False).encode()
-    else:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-    pack = zstandard.ZstdCompressor().compress if suffix == ".jsonl.zst" else bytes
-    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
-    plain.write_bytes(pack(text))
-    marked.write_bytes(pack("\ufeff".encode() + text))
+    marked, plain = with_and_without_bom(tmp_path, TRICKY[:5] + many_examples(20), suffix)
     assert_same_shards(run(tmp_path, marked), run(tmp_path, plain))
 
 
