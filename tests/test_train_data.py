@@ -10,8 +10,10 @@ import torch
 from pipelines.stage import find_shards_dir
 from shards.format import ShardError, open_tokens
 from shards.manifest import ManifestError
-from train.data import BatchPlan, PretrainData, accumulation_steps, micro_batches, rank_slice
-from train_shards import write_test_shards
+from shards.manifest import write_manifest
+from train.data import (BatchPlan, PrefData, PretrainData, PromptData, SFTData, accumulation_steps, micro_batches,
+                        rank_slice)
+from train_shards import make_pairs, write_examples, write_pref_shards, write_test_shards
 
 SEQ = 16
 
@@ -113,6 +115,35 @@ def test_bad_batch_and_data_errors(shards, tmp_path):
     (shards / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="train_000001.bin: 3000 tokens, the manifest says 3001"):
         data(shards)
+
+
+def test_too_small_a_train_split_names_the_shards_folder_and_the_flag_of_each_stage(shards, tmp_path):
+    """"the train split has N rows, fewer than one global batch of M" named neither the shards folder nor the flag
+    that sets the global batch: each stage's reader names both."""
+    with pytest.raises(ValueError) as e:  # 187 + 124 windows of 17 tokens
+        data(shards, batch_tokens=1000 * SEQ)
+    assert str(e.value) == (f"{shards}: the train split has 311 windows of 17 tokens, fewer than one global batch "
+                            f"of 1,000; lower --batch-tokens to at most 4,976 or add data")
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    rows = [([11, 12], [21, 22])] * 3
+    write_manifest(sft, {"kind": "sft", "shards": [{**write_examples(sft / f"{split}.bin", rows), "split": split}
+                                                   for split in ("val", "train")]})
+    with pytest.raises(ValueError, match=re.escape(f"{sft}: the train split has 3 examples whose sequences fit in 17 "
+                                                   f"tokens, fewer than one global batch of 4; lower --batch-examples "
+                                                   f"to at most 3 or add data")):
+        SFTData(sft, 16, 4, 0)
+    prefs = write_pref_shards(tmp_path / "prefs", make_pairs(3, 0), make_pairs(2, 1))
+    with pytest.raises(ValueError, match=re.escape(f"{prefs}: the train split has 3 pairs whose sequences fit in 17 "
+                                                   f"tokens, fewer than one global batch of 4; lower --batch-pairs")):
+        PrefData(prefs, 16, 4, 0)
+    with pytest.raises(ValueError, match=re.escape(f"{prefs}: the train split has 3 pairs, fewer than one global "
+                                                   f"batch of 4; lower --batch-prompts to at most 3")):
+        PrefData(prefs, None, 4, 0, batch_flag="--batch-prompts")  # RL's reader of the preference shards' prompts
+    reader = SFTData(sft, None, 1, 0)
+    with pytest.raises(ValueError, match=re.escape(f"{sft}: the train split has 3 prompts of at most 12 tokens, "
+                                                   f"fewer than one global batch of 4; lower --batch-prompts")):
+        PromptData.from_shards(reader, 16, max_new=4, batch_prompts=4, seed=0)
 
 
 def test_a_manifest_whose_totals_disagree_with_its_shards_is_refused(shards):

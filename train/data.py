@@ -58,9 +58,12 @@ class BatchPlan:
     """Which of `num_rows` rows make global batch `step`: `rows_per_step` rows of a seeded permutation per epoch;
     with `repeats` > 1 (RL's updates per batch of prompts), each batch serves that many steps in a row."""
 
-    def __init__(self, num_rows: int, rows_per_step: int, seed: int, what: str = "rows", repeats: int = 1):
+    def __init__(self, num_rows: int, rows_per_step: int, seed: int, what: str = "rows", repeats: int = 1, *,
+                 where: str | Path = "", flag: str = "", per_row: int = 1):
         if num_rows < rows_per_step:
-            raise ValueError(f"the train split has {num_rows} {what}, fewer than one global batch of {rows_per_step}")
+            hint = f"; lower {flag} to at most {num_rows * per_row:,} or add data" if flag else ""
+            raise ValueError(f"{f'{where}: ' if where else ''}the train split has {num_rows:,} {what}, fewer than one "
+                             f"global batch of {rows_per_step:,}{hint}")
         self.num_rows, self.rows_per_step, self.seed, self.repeats = num_rows, rows_per_step, seed, repeats
         self.batches_per_epoch = num_rows // rows_per_step  # the remainder of each epoch is left out
         self.steps_per_epoch = self.batches_per_epoch * repeats
@@ -169,7 +172,8 @@ class PretrainData:
             raise ValueError(f"--eval-tokens {eval_tokens} < --seq-len {seq_len}: no validation window" if
                              eval_tokens < seq_len else
                              f"{self.dir}: the validation split holds no window of {seq_len + 1} tokens")
-        self.plan = BatchPlan(self.train.num_rows, batch_tokens // seq_len, seed, f"windows of {seq_len + 1} tokens")
+        self.plan = BatchPlan(self.train.num_rows, batch_tokens // seq_len, seed, f"windows of {seq_len + 1} tokens",
+                              where=self.dir, flag="--batch-tokens", per_row=seq_len)
         self.rows_per_step = self.plan.rows_per_step
 
     def _open(self, shard: dict) -> np.ndarray:
@@ -219,8 +223,10 @@ class ExampleData:
     KIND = ""  # the manifest's kind
     SIDES: tuple[str | None, ...] = (None,)
     rows_name = "rows"
+    BATCH_FLAG = ""  # the flag that sets `batch_rows`, for messages (RL's readers take --batch-prompts: `batch_flag`)
 
-    def __init__(self, shards_dir: str | Path, seq_len: int | None, batch_rows: int, seed: int, eval_rows: int = 0):
+    def __init__(self, shards_dir: str | Path, seq_len: int | None, batch_rows: int, seed: int, eval_rows: int = 0,
+                 batch_flag: str | None = None):
         self.dir = Path(shards_dir)
         manifest, self.manifest_sha256 = _open_manifest(self.dir, self.KIND)
         self.seq_len = seq_len
@@ -231,7 +237,8 @@ class ExampleData:
         if eval_rows > 0:
             self.val_ids = self.val_ids[:eval_rows]
         fitting = f" whose sequences fit in {seq_len + 1} tokens" if seq_len is not None else ""
-        self.plan = BatchPlan(len(self.train_ids), batch_rows, seed, self.rows_name + fitting)
+        self.plan = BatchPlan(len(self.train_ids), batch_rows, seed, self.rows_name + fitting, where=self.dir,
+                              flag=batch_flag or self.BATCH_FLAG)
         self.rows_per_step = self.plan.rows_per_step
 
     def _split(self, manifest: dict, split: str, what: str) -> tuple[tuple[SFTShard, ...], np.ndarray]:
@@ -299,6 +306,7 @@ class SFTData(ExampleData):
 
     KIND = "sft"
     rows_name = "examples"
+    BATCH_FLAG = "--batch-examples"
 
 
 class PrefData(ExampleData):
@@ -308,6 +316,7 @@ class PrefData(ExampleData):
     KIND = "prefs"
     SIDES = ("chosen", "rejected")
     rows_name = "pairs"
+    BATCH_FLAG = "--batch-pairs"
 
 
 def pairs(batch: tuple) -> int:
@@ -346,7 +355,7 @@ class PromptData:
         self.dir, self.manifest_sha256, self.shard_entries = Path(directory), manifest_sha256, list(shard_entries)
         self.seq_len = seq_len
         self.plan = BatchPlan(len(self.train), batch_prompts, seed, f"prompts of at most {seq_len - max_new} tokens",
-                              updates)
+                              updates, where=directory, flag="--batch-prompts")
         self.rows_per_step = batch_prompts
 
     @classmethod

@@ -341,7 +341,8 @@ def load_prompts(cfg: RLTrainConfig) -> PromptData:
                           manifest_sha256=task.fingerprint(description))
     kind = "sft" if cfg.reward == "gsm8k" else cfg.prompts
     shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, kind, cfg.dataset)
-    reader = (SFTData if kind == "sft" else PrefData)(shards_dir, None, cfg.batch_prompts, cfg.seed)
+    reader = (SFTData if kind == "sft" else PrefData)(shards_dir, None, cfg.batch_prompts, cfg.seed,
+                                                      batch_flag="--batch-prompts")
     return PromptData.from_shards(reader, cfg.seq_len, cfg.max_new, cfg.batch_prompts, cfg.seed, cfg.updates,
                                   cfg.eval_prompts)
 
