@@ -573,6 +573,28 @@ def test_an_extension_of_a_run_that_ended_in_its_warmup_runs_at_the_final_lr(sma
     assert [r["lr"] for r in read_log(run_dir) if r["step"] > 2] == [pytest.approx(6e-4)] * 3
 
 
+def test_a_warmup_longer_than_the_run_and_steps_beyond_an_epoch_are_noticed_at_the_start(small, tmp_path, capsys):
+    """--steps below --warmup (the learning rate never reached its peak) and --steps beyond one epoch (the rows
+    came again) started without a word: each is one notice at the start, and a run with neither has none."""
+    assert run_small(small, tmp_path / "plain", "--steps", "3", "--eval-every", "3") == 0
+    assert "notice" not in capsys.readouterr().out
+    assert run_small(small, tmp_path / "short", "--steps", "2", "--warmup", "5", "--eval-every", "2") == 0
+    out = capsys.readouterr().out
+    assert ("notice: the learning rate rises to 0.0024 and never reaches --lr 0.006: --warmup 5 is longer than the "
+            "run's 2 steps (lower --warmup, or more --steps)") in out and out.count("notice") == 1
+    assert run_small(small, tmp_path / "short", "--steps", "3", "--warmup", "5", "--eval-every", "2", "--resume",
+                     "--extend") == 0
+    assert ("notice: the learning rate rises to 0.0024 and never reaches --lr 0.006: --warmup 5 is longer than the 2 "
+            "steps of its learning rate schedule (the run's first total)") in capsys.readouterr().out
+    assert run_small(small, tmp_path / "long", "--steps", "24", "--eval-every", "24", "--save-every", "12") == 0
+    out = capsys.readouterr().out  # 93 + 62 windows of 33 tokens, 8 per step: 19 steps per epoch
+    assert ("notice: 24 steps (--steps) are 1.26 epochs of the train split (19 steps each): after the first epoch "
+            "its rows come again, in a new order each epoch (--epochs N trains whole epochs)") in out
+    assert out.count("notice") == 1
+    assert run_small(small, tmp_path / "epochs", "--epochs", "2", "--eval-every", "38", "--save-every", "38") == 0
+    assert "notice" not in capsys.readouterr().out  # whole epochs, as asked
+
+
 def test_fetch_pins_contiguous_batches_for_the_gpu(shards, monkeypatch):
     """On a GPU `_fetch` copies each micro-batch from pinned memory without waiting. Pretraining's inputs and targets
     are strided views of one [B, T + 1] window buffer: pinned as they were, the copy to the GPU made them contiguous

@@ -334,6 +334,8 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
         if state is not None and total != state["total_steps"]:
             log.print(f"extended from {state['total_steps']} to {total} steps: the learning rate schedule still ends "
                       f"at step {schedule['schedule_steps']}, the steps after it run at {cfg.lr * cfg.min_lr_ratio:g}")
+        for notice in _notices(cfg, data, total, schedule["schedule_steps"]) if start < total else ():
+            log.print(notice)
         stop = _StopFlag(dist.is_main)
         previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS
                     if signal.getsignal(sig) is not signal.SIG_IGN}  # a job started ignoring Ctrl-C (nohup) still does
@@ -345,6 +347,23 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             log.close()
+
+
+def _notices(cfg: RunConfig, data, total: int, schedule_steps: int) -> list[str]:
+    """What a run's start says of settings that are legal but easy to get wrong: a warmup longer than the run (the
+    learning rate never reaches --lr), and --steps beyond one epoch (the train rows come again)."""
+    notices = []
+    if schedule_steps < cfg.warmup:
+        steps = (f"the run's {schedule_steps} steps (lower --warmup, or more --steps)" if schedule_steps == total
+                 else f"the {schedule_steps} steps of its learning rate schedule (the run's first total)")
+        notices.append(f"notice: the learning rate rises to {lr_at(schedule_steps - 1, cfg, schedule_steps):g} and "
+                       f"never reaches --lr {cfg.lr:g}: --warmup {cfg.warmup} is longer than {steps}")
+    per_epoch = data.plan.steps_per_epoch
+    if cfg.steps is not None and total > per_epoch:
+        notices.append(f"notice: {total:,} steps (--steps) are {total / per_epoch:.2f} epochs of the train split "
+                       f"({per_epoch:,} steps each): after the first epoch its rows come again, in a new order "
+                       f"each epoch (--epochs N trains whole epochs)")
+    return notices
 
 
 def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
