@@ -274,6 +274,7 @@ def test_progress_outside_a_terminal_is_plain_lines(tmp_path, capsys, monkeypatc
 
     clock = iter([90.0, 100.0, 130.0, 161.0, 170.0, 175.0])  # the log's start, then steps 11 to 15
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(11)))
     log = RunLog(tmp_path, enabled=True, start_step=10, total_steps=15, progress=True, desc="pretrain")
     log.amend(10, {"val_loss": 4.5})  # the evaluation before the first step
     for step in range(11, 16):
@@ -559,6 +560,33 @@ def test_a_resumed_run_keeps_recording_where_it_started_and_refuses_another_init
     shutil.copytree(init, other)
     assert run(shards, run_dir, "--sample-tokens", "0", "--steps", "4", "--resume", "--init", str(other)) == 1
     assert f"the run started from {init}, not {other}" in capsys.readouterr().err
+
+
+def test_a_resume_without_its_log_warns_that_the_log_and_plot_lack_the_earlier_steps(small, tmp_path, capsys):
+    """A resumed run whose log.jsonl was deleted went on silently, its loss plot starting at the checkpoint: it now
+    warns, naming the file; a resume with its log says nothing of it."""
+    run_dir = tmp_path / "run"
+    flags = ("--steps", "4", "--save-every", "2", "--eval-every", "2", "--keep-checkpoints", "0")
+    assert run_small(small, run_dir, *flags) == 0
+
+    def rewind():
+        shutil.rmtree(run_dir / "ckpt" / "step-000004", ignore_errors=True)
+        (run_dir / "ckpt" / "latest").write_text("step-000002\n")
+
+    rewind()
+    capsys.readouterr()
+    assert run_small(small, run_dir, *flags, "--resume") == 0
+    assert "warning" not in capsys.readouterr().err
+    rewind()
+    (run_dir / "log.jsonl").unlink()
+    assert run_small(small, run_dir, *flags, "--resume") == 0
+    assert (f"warning: {run_dir / 'log.jsonl'} is missing; this run resumes at step 2, so its log and loss.png lack "
+            f"steps 0 to 2") in capsys.readouterr().err
+    assert [r["step"] for r in read_log(run_dir)] == [2, 3, 4]  # the missed evaluation at step 2, then the steps
+    rewind()
+    (run_dir / "log.jsonl").write_text("")
+    assert run_small(small, run_dir, *flags, "--resume") == 0
+    assert "log.jsonl holds no step record; this run resumes at step 2" in capsys.readouterr().err
 
 
 def test_an_extension_of_a_run_that_ended_in_its_warmup_runs_at_the_final_lr(small, tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -67,7 +68,19 @@ class RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         # a fresh start (step 0) begins an empty log: a failed attempt's step-0 record is not this run's
         self.records = [r for r in read_log(self.dir) if r["step"] <= start_step] if start_step else []
+        if start_step and not any(r["step"] == start_step for r in self.records):
+            self._warn_lost(start_step)
         self._rewrite()
+
+    def _warn_lost(self, start_step: int) -> None:
+        """Warn that a resumed run's log lacks the steps up to its checkpoint's (deleted, or an older copy put
+        back): the log and the loss plot then lack them too."""
+        path = self.dir / LOG
+        first = self.records[-1]["step"] + 1 if self.records else 0
+        held = ("is missing" if not path.exists() else f"ends at step {first - 1}" if self.records else
+                "holds no step record")
+        tqdm.write(f"warning: {path} {held}; this run resumes at step {start_step}, so its log and {PLOT} lack "
+                   f"steps {first} to {start_step}", file=sys.stderr)
 
     def _rewrite(self) -> None:
         """Replace log.jsonl with `records`, atomically, and open it for appending."""
