@@ -91,10 +91,12 @@ def _read_cache(path: Path) -> dict:
         return {}
 
 
-def verify_files(folder: str | os.PathLike, entries: list[dict], vocab_size: int, progress: bool = True) -> int:
+def verify_files(folder: str | os.PathLike, entries: list[dict], vocab_size: int,
+                 progress: bool = True) -> tuple[int, bool]:
     """Check every file a trainer reads for the manifest `entries` of `folder` (`check_file`, token ids below
     `vocab_size`), reading only those not remembered unchanged in `folder/.verified.json`, with a progress bar
-    over the bytes read; remember the files that pass. Returns the number of bytes read.
+    over the bytes read; remember the files that pass. Returns the number of bytes read, and whether what they
+    found is remembered (False, after a warning, where `.verified.json` cannot be written: a read-only folder).
 
     Raises ShardError naming the first bad file and saying to run `make inspect`."""
     folder = Path(folder)
@@ -104,7 +106,7 @@ def verify_files(folder: str | os.PathLike, entries: list[dict], vocab_size: int
     stats = {name: _stat(folder / name) for name, *_ in files}
     known = {name: cache[name] for name in stats if name in cache and cache[name].get("stat") == stats[name]}
     todo = sum(size for name, size, *_ in files if name not in known)
-    remembered = dict(known)
+    remembered, saved = dict(known), True
     try:
         with bytes_bar(todo, f"verify {folder.name}", progress) as bar:
             for name, size, sha256, tokens in files:
@@ -117,13 +119,16 @@ def verify_files(folder: str | os.PathLike, entries: list[dict], vocab_size: int
                          f"then remove {folder} and make the shards again") from None
     finally:
         if todo and remembered != known:
-            _write_cache(cache_path, {**cache, **remembered})
-    return todo
+            saved = _write_cache(cache_path, {**cache, **remembered})
+    return todo, saved
 
 
-def _write_cache(path: Path, files: dict) -> None:
+def _write_cache(path: Path, files: dict) -> bool:
+    """Write the remembered facts; False, after a warning, when the file cannot be written."""
     try:
         write_json(path, {"version": CACHE_VERSION, "files": files})
     except OSError as e:  # a read-only data folder: verified again at the next start
         print(f"warning: cannot remember the verified shard files in {path} ({e}); the next start reads them "
               "again", file=sys.stderr)
+        return False
+    return True

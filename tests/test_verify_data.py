@@ -116,12 +116,12 @@ def test_verified_files_are_remembered_and_a_changed_one_is_read_again(small, tm
     real = shards.verify.file_facts
     monkeypatch.setattr(shards.verify, "file_facts", lambda path, *a, **k: reads.append(path.name) or real(path, *a, **k))
     total = sum(e["bytes"] for e in entries)
-    assert verify_files(shards_dir, entries, 256) == total
+    assert verify_files(shards_dir, entries, 256) == (total, True)
     assert sorted(reads) == sorted(e["file"] for e in entries)
     cache = json.loads((shards_dir / CACHE).read_text())
     assert sorted(cache["files"]) == sorted(reads) and cache["files"]["val_000000.bin"]["max_token"] == 196
     reads.clear()
-    assert verify_files(shards_dir, entries, 256) == 0 and reads == []  # a restart reads nothing
+    assert verify_files(shards_dir, entries, 256) == (0, True) and reads == []  # a restart reads nothing
     # A token id the remembered facts already rule out: refused without reading
     with pytest.raises(ValueError, match="token id 196 is outside the vocabulary of 150"):
         verify_files(shards_dir, entries, 150)
@@ -130,7 +130,7 @@ def test_verified_files_are_remembered_and_a_changed_one_is_read_again(small, tm
     path = shards_dir / "train_000001.bin"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
-    assert verify_files(shards_dir, entries, 256) == st.st_size and reads == [path.name]
+    assert verify_files(shards_dir, entries, 256) == (st.st_size, True) and reads == [path.name]
     # Same size, and the mtime set back after the edit (cp -p, touch -r): the ctime tells, the hash refuses
     reads.clear()
     st = path.stat()
@@ -148,6 +148,23 @@ def test_verified_files_are_remembered_and_a_changed_one_is_read_again(small, tm
     capsys.readouterr()
     assert run_pretrain(small, tmp_path / "run", "--steps", "4", "--resume") == 1
     assert f"{shards_dir / 'train_000002.bin'}: sha256" in capsys.readouterr().err
+
+
+def test_a_read_only_shards_folder_is_not_said_to_be_remembered(small, tmp_path, monkeypatch, capsys):
+    """Where .verified.json cannot be written (a read-only shards folder), the run warned that it cannot remember
+    the check and then said the check was "remembered in .verified.json": both now say it is read again."""
+    def read_only(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shards.verify, "write_json", read_only)
+    for run in ("first", "second"):
+        assert run_pretrain(small, tmp_path / run) == 0
+        captured = capsys.readouterr()
+        assert f"cannot remember the verified shard files in {small[0] / CACHE}" in captured.err
+        assert f"verified the shard files of {small[0]} (" in captured.out
+        assert "not remembered: read again at the next start)" in captured.out
+        assert "remembered in" not in captured.out
+    assert not (small[0] / CACHE).exists()
 
 
 def test_one_rank_per_node_verifies_and_a_bad_file_stops_every_rank(small, tmp_path):

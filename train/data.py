@@ -48,10 +48,10 @@ def verify_data(data, vocab_size: int, progress: bool) -> None:
     """Check every shard file `data` reads (PretrainData, SFTData: its `shard_entries`) against the manifest,
     token ids below `vocab_size`, before its first use (shards.verify); files remembered unchanged are not read."""
     start = time.perf_counter()
-    read = verify_files(data.dir, data.shard_entries, vocab_size, progress)
+    read, saved = verify_files(data.dir, data.shard_entries, vocab_size, progress)
     if read:
         print(f"verified the shard files of {data.dir} ({read:,} bytes read in {time.perf_counter() - start:.2f} s, "
-              f"remembered in {CACHE})")
+              f"{f'remembered in {CACHE}' if saved else 'not remembered: read again at the next start'})")
 
 
 class BatchPlan:
