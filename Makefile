@@ -12,6 +12,18 @@ arg = '$(subst ','\'',$(1))'
 path = $(call home,$(1),$(call arg,$(if $(filter -%,$(firstword $(1))),./$(1),$(1))))
 home = $(if $(filter ~/%,$(firstword $(1))),$(subst ^'~/,~/',^$(2)),$(2))
 
+# A yes/no variable, named by $(1): 1 when its value is 1, yes, true or on, empty when 0, no, false, off or empty (in
+# any case: COMPILE=True, VERIFY=NO); any other value stops make with a message naming the variable
+lower = $(subst A,a,$(subst B,b,$(subst C,c,$(subst D,d,$(subst E,e,$(subst F,f,$(subst G,g,$(subst H,h,$(subst I,i,\
+  $(subst J,j,$(subst K,k,$(subst L,l,$(subst M,m,$(subst N,n,$(subst O,o,$(subst P,p,$(subst Q,q,$(subst R,r,\
+  $(subst S,s,$(subst T,t,$(subst U,u,$(subst V,v,$(subst W,w,$(subst X,x,$(subst Y,y,$(subst Z,z,$(1)))))))))))))))))))))))))))
+yes = $(strip $(call yes_value,$(1),$(strip $(call lower,$($(1))))))
+yes_value = $(if $(filter-out 0 1,$(words $(2))),$(call not_yes_no,$(1)),$(if $(filter 1 yes true on,$(2)),1,\
+  $(if $(filter-out 0 no false off,$(2)),$(call not_yes_no,$(1)))))
+not_yes_no = $(error $(1)=$($(1)) is not understood: a yes/no variable takes 1, yes, true or on, or 0, no, false or off)
+YES_NO = RESUME EXTEND COMPILE VERIFY
+yes_no_checked := $(foreach v,$(YES_NO),$(call yes,$(v)))
+
 # Data
 DATA_DIR ?= data
 DATASET ?= sample
@@ -42,8 +54,8 @@ ARGS ?=
 RUN_FLAGS = $(if $(STEPS),--steps $(STEPS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(MICRO_BATCH),--micro-batch $(MICRO_BATCH)) \
   $(if $(SEQ_LEN),--seq-len $(SEQ_LEN)) $(if $(LR),--lr $(LR)) $(if $(WARMUP),--warmup $(WARMUP)) \
   $(if $(EVAL_EVERY),--eval-every $(EVAL_EVERY)) $(if $(SAVE_EVERY),--save-every $(SAVE_EVERY)) \
-  $(if $(filter 1 yes true,$(RESUME)),--resume) $(if $(filter 1 yes true,$(EXTEND)),--extend) $(if $(INIT),--init $(call path,$(INIT))) \
-  $(if $(filter 1 yes true,$(COMPILE)),--compile) $(if $(SEED),--seed $(SEED)) $(if $(filter 0 no false,$(VERIFY)),--no-verify-data)
+  $(if $(call yes,RESUME),--resume) $(if $(call yes,EXTEND),--extend) $(if $(INIT),--init $(call path,$(INIT))) \
+  $(if $(call yes,COMPILE),--compile) $(if $(SEED),--seed $(SEED)) $(if $(strip $(VERIFY)),$(if $(call yes,VERIFY),,--no-verify-data))
 # Pretraining: the global batch counts tokens (python -m train pretrain --help)
 TRAIN_FLAGS = --dataset $(PRETRAIN_DATASET) $(if $(RECIPE),--recipe $(RECIPE)) --data-dir $(call path,$(DATA_DIR)) $(if $(MODEL),--model $(MODEL)) \
   $(if $(BATCH_TOKENS),--batch-tokens $(BATCH_TOKENS)) $(RUN_FLAGS)
@@ -87,7 +99,7 @@ help: ## list targets and variables
 	@echo "  SHARD_TOKENS=$(SHARD_TOKENS) VAL_TOKENS= TASK_INDEX=$(TASK_INDEX) NUM_TASKS=$(NUM_TASKS)"
 	@echo "  NGPU=$(NGPU) NNODES=$(NNODES) NODE_RANK=$(NODE_RANK) MASTER_ADDR=$(MASTER_ADDR) MASTER_PORT=$(MASTER_PORT) RUN_DIR=$(RUN_DIR)"
 	@echo "  trainer: RECIPE (sample, gpt2-124m) MODEL STEPS EPOCHS BATCH_TOKENS MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
-	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check)"
+	@echo "    COMPILE SEED VERIFY=0 (skip the shards' check); RESUME EXTEND COMPILE VERIFY take 1, yes, true, on or 0, no, false, off"
 	@echo "  sft: SFT_RECIPE (sample, alpaca) SFT_DATASET STEPS EPOCHS BATCH_EXAMPLES MICRO_BATCH SEQ_LEN LR WARMUP EVAL_EVERY SAVE_EVERY RESUME EXTEND INIT"
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"

@@ -147,6 +147,38 @@ def test_verify_and_extend_variables(stub, target):
     assert {"--no-verify-data", "--extend", "--resume"} <= set(argv) and argv[argv.index("--steps") + 1] == "9"
 
 
+def make_fails(tmp_path, *args) -> str:
+    """`make -n` of `args` that stops before running anything: its error message."""
+    folder = tmp_path / "fails" / "venv"
+    if not folder.exists():
+        venv(tmp_path / "fails", "exit 1")
+    proc = subprocess.run(["make", "-n", "--no-print-directory", *args, f"VENV={folder}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and not proc.stdout, proc.stdout
+    return proc.stderr
+
+
+@pytest.mark.parametrize("variable, flag", [("COMPILE", "--compile"), ("RESUME", "--resume"), ("EXTEND", "--extend")])
+def test_yes_no_variables_take_any_case_and_refuse_what_they_do_not_understand(stub, tmp_path, variable, flag):
+    """COMPILE=True (or TRUE) was ignored, as was any value but 1, yes and true, silently: the case variants of
+    1/yes/true/on and 0/no/false/off are understood, and anything else stops make, naming the variable."""
+    for value in ("1", "yes", "True", "TRUE", "On"):
+        assert flag in stub("pretrain", f"{variable}={value}")
+    for value in ("0", "no", "False", "OFF", ""):
+        assert flag not in stub("pretrain", f"{variable}={value}")
+    for value in ("maybe", "2", "yes please"):
+        assert (f"{variable}={value} is not understood: a yes/no variable takes 1, yes, true or on, or 0, no, false "
+                f"or off") in make_fails(tmp_path, "pretrain", f"{variable}={value}")
+
+
+def test_verify_takes_any_case_and_refuses_what_it_does_not_understand(stub, tmp_path):
+    for value in ("0", "No", "FALSE", "off"):
+        assert "--no-verify-data" in stub("sft", f"VERIFY={value}")
+    for value in ("1", "Yes", "TRUE", ""):
+        assert "--no-verify-data" not in stub("sft", f"VERIFY={value}")
+    assert "VERIFY=nope is not understood" in make_fails(tmp_path, "sft", "VERIFY=nope")
+
+
 @pytest.mark.parametrize("target, args, command", [("inspect", "--decode 5", ["-m", "shards", "inspect", "data"]),
                                                     ("test", "-k resume -x", ["-m", "pytest", "-q", "tests"])])
 def test_args_reach_every_command(stub, target, args, command):
