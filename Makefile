@@ -82,10 +82,14 @@ RL_FLAGS = --reward $(call arg,$(REWARD)) --prompts $(RL_PROMPTS) \
   $(if $(GROUP),--group $(GROUP)) $(if $(MAX_NEW),--max-new $(MAX_NEW)) $(if $(KL_BETA),--kl-beta $(KL_BETA)) \
   $(if $(UPDATES),--updates $(UPDATES)) $(RUN_FLAGS)
 # One plain process for NGPU=1 on one node, else torchrun (--standalone on one node); on SIGTERM torchrun
-# gives the workers 300 s (not its default 30) to write their checkpoint before it kills them
+# gives the workers 300 s (not its default 30) to write their checkpoint before it kills them. A node other than
+# node 0 needs MASTER_ADDR (its default, 127.0.0.1, is itself: it would wait for torchrun's timeout)
 TRAIN_LAUNCH = $(if $(and $(filter 1,$(NGPU)),$(filter 1,$(NNODES))),$(PY),$(PY) -m torch.distributed.run \
   --shutdown-timeout=300 --nproc_per_node=$(NGPU) $(if $(filter 1,$(NNODES)),--standalone,--nnodes=$(NNODES) --node_rank=$(NODE_RANK) \
-  --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT)))
+  --master_addr=$(MASTER_ADDR) --master_port=$(MASTER_PORT) $(NODE_NEEDS_MASTER)))
+NODE_NEEDS_MASTER = $(if $(and $(filter-out 0,$(NODE_RANK)),$(filter file,$(origin MASTER_ADDR))),$(error NODE_RANK=$(NODE_RANK) \
+  of NNODES=$(NNODES): set MASTER_ADDR to the address of node 0 (NODE_RANK=0), which every node reaches; without it this \
+  node waits for itself, 127.0.0.1, until torchrun's timeout))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm rl \

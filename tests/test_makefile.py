@@ -179,6 +179,19 @@ def test_verify_takes_any_case_and_refuses_what_it_does_not_understand(stub, tmp
     assert "VERIFY=nope is not understood" in make_fails(tmp_path, "sft", "VERIFY=nope")
 
 
+def test_a_node_other_than_node_0_needs_master_addr(stub, tmp_path):
+    """NNODES=2 NODE_RANK=1 without MASTER_ADDR gave torchrun 127.0.0.1, the node itself: it waited for node 0 until
+    torchrun's timeout. It now stops at once, asking for MASTER_ADDR."""
+    assert ("NODE_RANK=1 of NNODES=2: set MASTER_ADDR to the address of node 0 (NODE_RANK=0), which every node "
+            "reaches") in make_fails(tmp_path, "pretrain", "NGPU=8", "NNODES=2", "NODE_RANK=1")
+    argv = stub("pretrain", "NGPU=8", "NNODES=2", "NODE_RANK=1", "MASTER_ADDR=node0")
+    assert argv[:3] == ["-m", "torch.distributed.run", "--shutdown-timeout=300"]
+    assert {"--nnodes=2", "--node_rank=1", "--master_addr=node0"} <= set(argv)
+    argv = stub("sft", "NGPU=8", "NNODES=2", "NODE_RANK=1", env={"MASTER_ADDR": "node0"})  # from the environment
+    assert "--master_addr=node0" in argv
+    assert "--master_addr=127.0.0.1" in stub("pretrain", "NGPU=8", "NNODES=2", "NODE_RANK=0")  # node 0 is the master
+
+
 @pytest.mark.parametrize("target, args, command", [("inspect", "--decode 5", ["-m", "shards", "inspect", "data"]),
                                                     ("test", "-k resume -x", ["-m", "pytest", "-q", "tests"])])
 def test_args_reach_every_command(stub, target, args, command):
