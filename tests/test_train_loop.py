@@ -623,6 +623,20 @@ def test_a_warmup_longer_than_the_run_and_steps_beyond_an_epoch_are_noticed_at_t
     assert "notice" not in capsys.readouterr().out  # whole epochs, as asked
 
 
+def test_a_recipes_own_steps_beyond_an_epoch_are_not_noticed():
+    """The sample recipes run several epochs of the small sample on purpose (the demo printed the notice for its
+    DPO and reward-model runs); the same --steps given over a recipe that has other steps are noticed."""
+    from types import SimpleNamespace
+
+    from train.loop import _notices
+    sample = TrainConfig.RECIPES["sample"]
+    data = SimpleNamespace(plan=SimpleNamespace(steps_per_epoch=sample.steps // 3))
+    assert _notices(sample, data, sample.steps, sample.steps) == []
+    other = dataclasses.replace(sample, steps=sample.steps + 1)
+    notices = _notices(other, data, other.steps, other.steps)
+    assert len(notices) == 1 and notices[0].startswith(f"notice: {other.steps} steps (--steps) are 3.00 epochs")
+
+
 def test_fetch_pins_contiguous_batches_for_the_gpu(shards, monkeypatch):
     """On a GPU `_fetch` copies each micro-batch from pinned memory without waiting. Pretraining's inputs and targets
     are strided views of one [B, T + 1] window buffer: pinned as they were, the copy to the GPU made them contiguous

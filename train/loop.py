@@ -351,7 +351,8 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
 
 def _notices(cfg: RunConfig, data, total: int, schedule_steps: int) -> list[str]:
     """What a run's start says of settings that are legal but easy to get wrong: a warmup longer than the run (the
-    learning rate never reaches --lr), and --steps beyond one epoch (the train rows come again)."""
+    learning rate never reaches --lr), and --steps beyond one epoch (the train rows come again; not of a recipe's
+    own steps: the sample recipes run several epochs of the small sample on purpose)."""
     notices = []
     if schedule_steps < cfg.warmup:
         steps = (f"the run's {schedule_steps} steps (lower --warmup, or more --steps)" if schedule_steps == total
@@ -359,7 +360,8 @@ def _notices(cfg: RunConfig, data, total: int, schedule_steps: int) -> list[str]
         notices.append(f"notice: the learning rate rises to {lr_at(schedule_steps - 1, cfg, schedule_steps):g} and "
                        f"never reaches --lr {cfg.lr:g}: --warmup {cfg.warmup} is longer than {steps}")
     per_epoch = data.plan.steps_per_epoch
-    if cfg.steps is not None and total > per_epoch:
+    recipe = type(cfg).RECIPES.get(cfg.recipe)
+    if cfg.steps is not None and total > per_epoch and (recipe is None or cfg.steps != recipe.steps):
         notices.append(f"notice: {total:,} steps (--steps) are {total / per_epoch:.2f} epochs of the train split "
                        f"({per_epoch:,} steps each): after the first epoch its rows come again, in a new order "
                        f"each epoch (--epochs N trains whole epochs)")
