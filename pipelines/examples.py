@@ -10,9 +10,11 @@ shard, shards/sft.py) and `parts/<index>.json` (its counters, last); `assemble` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import numpy as np
 
 
 from gpt import template
-from pipelines.sources import SourceError
+from pipelines.sources import SourceError, check_unchanged
 from pipelines.stage import PARTS, parallel_map
 from shards.io import remove_temporaries, write_json
 from shards.progress import progress_bar
@@ -111,6 +113,28 @@ def run_chunks(out: Path, rows: Iterable, num_chunks: int, size: int, work, conf
         for _ in parallel_map(work, jobs, len(pending), workers):
             bar.update()
     return parts
+
+
+@contextlib.contextmanager
+def reading(parts: Path, files: list[Path], seen: list[dict]):
+    """Around the work that reads `files`: a SourceError naming the first one changed since `seen`
+    (`pipelines.sources.file_stats`, taken before the files were hashed), also in place of the work's own error (a
+    file rewritten under its reader reads as invalid JSON at a line that is fine, or as fewer rows than planned).
+    The parts, maybe of a mix of its old and new content, are removed: a rerun tokenizes the file again."""
+    try:
+        yield
+    except Exception:
+        _check_read(parts, files, seen)
+        raise
+    _check_read(parts, files, seen)
+
+
+def _check_read(parts: Path, files: list[Path], seen: list[dict]) -> None:
+    try:
+        check_unchanged(files, seen)
+    except SourceError:
+        shutil.rmtree(parts, ignore_errors=True)
+        raise
 
 
 def counters(parts: Path, num_chunks: int, names: Iterable[str]) -> dict:

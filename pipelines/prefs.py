@@ -25,8 +25,8 @@ from typing import ClassVar
 from gpt import template
 from pipelines import CUSTOM, PREF_DATASETS, examples, pref_sources
 from pipelines.examples import SPLITS
-from pipelines.sources import SourceError, check_verified
-from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
+from pipelines.sources import SourceError, check_verified, file_stats
+from pipelines.stage import PARTS, command, finish, finished, output_dir, run_once, shards_folder
 from shards import cli
 from shards.io import sha256_json
 from shards.tokenizer import describe, ranks_sha256
@@ -139,6 +139,7 @@ def run(cfg: PrefsConfig) -> Path:
     if cfg.chunk_pairs < 1:
         raise ValueError(f"--chunk-pairs must be positive, got {cfg.chunk_pairs}")
     source = load_source(cfg)
+    seen = file_stats(source.files)  # a file rewritten from here on is named before the manifest is written
     source_info = source.describe()
     config = stage_config(cfg, source, source_info)
     out = output_dir(cfg.data_dir, shards_folder(cfg.name(), "prefs"), config)
@@ -146,16 +147,18 @@ def run(cfg: PrefsConfig) -> Path:
         print(f"prefs: {out} is complete, nothing to do")
         return out
     check_verified(source.files, source.verified, source.stage_dir)
-    num_chunks = examples.plan(source.pairs(), source.files, cfg.chunk_pairs, "pairs")
+    with examples.reading(out / PARTS, source.files, seen):
+        num_chunks = examples.plan(source.pairs(), source.files, cfg.chunk_pairs, "pairs")
 
     def build() -> dict:
-        parts = examples.run_chunks(out, source.pairs(), num_chunks, cfg.chunk_pairs, _tokenize_chunk, cfg,
-                                    cfg.workers, f"prefs {cfg.name()}")
-        totals = examples.counters(parts, num_chunks, COUNTERS)
-        if totals["rows"] == sum(totals[k] for k in COUNTERS[1:]):
-            raise SourceError(f"{', '.join(map(str, source.files))}: every pair was dropped (empty, identical "
-                              f"answers, or longer than max_tokens {cfg.max_tokens})")
-        entries, pairs, totals = _assemble(out, parts, num_chunks, totals)
+        with examples.reading(out / PARTS, source.files, seen):
+            parts = examples.run_chunks(out, source.pairs(), num_chunks, cfg.chunk_pairs, _tokenize_chunk, cfg,
+                                        cfg.workers, f"prefs {cfg.name()}")
+            totals = examples.counters(parts, num_chunks, COUNTERS)
+            if totals["rows"] == sum(totals[k] for k in COUNTERS[1:]):
+                raise SourceError(f"{', '.join(map(str, source.files))}: every pair was dropped (empty, identical "
+                                  f"answers, or longer than max_tokens {cfg.max_tokens})")
+            entries, pairs, totals = _assemble(out, parts, num_chunks, totals)
         split = ({"method": "the dataset's own: train_prefs is train, test_prefs is val"}
                  if source.kind == "ultrafeedback" else
                  {"method": "sha256 of [prompt, \"\"] < val_fraction", "val_fraction": cfg.val_fraction})

@@ -28,8 +28,8 @@ from typing import ClassVar
 from gpt import template
 from pipelines import CUSTOM, SFT_DATASETS, examples, sft_sources
 from pipelines.examples import SPLITS, encode_example, is_val  # noqa: F401 (the stage's API: is_val, encode_example)
-from pipelines.sources import check_verified
-from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
+from pipelines.sources import check_verified, file_stats
+from pipelines.stage import PARTS, command, finish, finished, output_dir, run_once, shards_folder
 from shards import cli
 from shards.io import sha256_json
 from shards.tokenizer import EOT, describe, ranks_sha256
@@ -151,6 +151,7 @@ def run(cfg: SFTConfig) -> Path:
     if cfg.chunk_examples < 1:
         raise ValueError(f"--chunk-examples must be positive, got {cfg.chunk_examples}")
     source = load_source(cfg)
+    seen = file_stats(source.files)  # a file rewritten from here on is named before the manifest is written
     source_info = source.describe()
     config = stage_config(cfg, source_info)
     out = output_dir(cfg.data_dir, shards_folder(cfg.name(), "sft"), config)
@@ -158,16 +159,18 @@ def run(cfg: SFTConfig) -> Path:
         print(f"sft: {out} is complete, nothing to do")
         return out
     check_verified(source.files, source.verified, source.stage_dir)
-    num_chunks = examples.plan(source.examples(), source.files, cfg.chunk_examples, "examples")
+    with examples.reading(out / PARTS, source.files, seen):
+        num_chunks = examples.plan(source.examples(), source.files, cfg.chunk_examples, "examples")
 
     def build() -> dict:
-        parts = examples.run_chunks(out, _marked(source.examples()), num_chunks, cfg.chunk_examples, _tokenize_chunk, cfg,
-                                    cfg.workers, f"sft {cfg.name()}")
-        totals = examples.counters(parts, num_chunks, COUNTERS)
-        if totals["rows"] == totals["empty_output"] + totals["duplicates"] + totals["dropped_too_long"]:
-            raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
-                                          f"(empty output or longer than block_size {cfg.block_size})")
-        entries, totals = _assemble(out, parts, num_chunks, totals)
+        with examples.reading(out / PARTS, source.files, seen):
+            parts = examples.run_chunks(out, _marked(source.examples()), num_chunks, cfg.chunk_examples,
+                                        _tokenize_chunk, cfg, cfg.workers, f"sft {cfg.name()}")
+            totals = examples.counters(parts, num_chunks, COUNTERS)
+            if totals["rows"] == totals["empty_output"] + totals["duplicates"] + totals["dropped_too_long"]:
+                raise sft_sources.SourceError(f"{', '.join(map(str, source.files))}: every example was skipped "
+                                              f"(empty output or longer than block_size {cfg.block_size})")
+            entries, totals = _assemble(out, parts, num_chunks, totals)
         manifest = {"kind": "sft", "name": out.parent.name, "config": config, "source": source_info,
                     "tokenizer": describe(), "template": examples.template_record(),
                     "split": ({"method": "the dataset's own: train is train, test is val"} if source.kind == "gsm8k"

@@ -11,8 +11,8 @@
 
 A source is read in units of work: a parquet row group, 64 MiB of a jsonl file (the lines that start in
 them), or a whole jsonl.zst file.
-Every reading error names the file (and the line for jsonl). `read_jsonl` and `hash_files` serve the
-SFT sources too.
+Every reading error names the file (and the line for jsonl). `read_jsonl`, `hash_files` and `check_unchanged` serve
+the SFT and preference stages too.
 """
 
 from __future__ import annotations
@@ -140,9 +140,7 @@ def local_source(path: str | Path) -> TextSource:
     if not files:
         raise SourceError(f"{root}: no {', '.join(SUFFIXES)} files in it")
     base = root.parent if root.is_file() else root
-    stats = [p.stat() for p in files]
-    identity = [{"file": str(p.relative_to(base)), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
-                for p, st in zip(files, stats)]
+    identity = [{"file": str(p.relative_to(base)), **stats} for p, stats in zip(files, file_stats(files))]
     return TextSource(CUSTOM, files, identity, {"dataset": str(root), "revision": None, "files": None})
 
 
@@ -163,9 +161,9 @@ def describe_local(source: TextSource) -> dict:
     """The manifest's "source" of a local folder: every input with its size and sha256 (hashed now, after
     tokenizing); a SourceError if a file changed since the run read its identity (the hash would not be of
     the bytes tokenized)."""
-    _check_unchanged(source)
+    check_unchanged(source.files, source.identity)
     files = hash_files(source.files, [ident["file"] for ident in source.identity])
-    _check_unchanged(source)
+    check_unchanged(source.files, source.identity)
     return {**source.description, "files": files}
 
 
@@ -184,9 +182,17 @@ def check_verified(files: list[Path], records: list[dict] | None, stage_dir: Pat
                               "again to download (or convert) it anew")
 
 
-def _check_unchanged(source: TextSource) -> None:
-    """A SourceError naming the first local input whose size or mtime is no longer the one in its identity."""
-    for path, ident in zip(source.files, source.identity):
+def file_stats(paths: list[Path]) -> list[dict]:
+    """{"bytes", "mtime_ns"} of each file now: what `check_unchanged` compares with at the end of a run."""
+    return [{"bytes": st.st_size, "mtime_ns": st.st_mtime_ns} for st in (p.stat() for p in paths)]
+
+
+def check_unchanged(files: list[Path], identity: list[dict]) -> None:
+    """A SourceError naming the first of `files` whose size or mtime is no longer the one in `identity` (a local
+    source's, or `file_stats` taken when a stage started): a file rewritten while the stage read it."""
+    for path, ident in zip(files, identity):
+        if not path.exists():
+            raise SourceError(f"{path}: removed during this run; nothing is finished")
         st = path.stat()
         if (st.st_size, st.st_mtime_ns) != (ident["bytes"], ident["mtime_ns"]):
             raise SourceError(f"{path}: changed during this run (size or mtime differs from when it was read: "

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -177,6 +178,34 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
     assert run(tmp_path, src, "crash", chunk_pairs=10) == out
     assert calls == list(range(3, 10)), "finished chunks are not redone"
     assert files_of(out) == reference
+
+
+@pytest.mark.parametrize("when", ["in_place_mid_run", "replaced_after_planning"])
+def test_a_source_file_rewritten_during_the_run_is_named_and_nothing_is_finished(tmp_path, monkeypatch, capsys, when):
+    src = write_jsonl(tmp_path / "s.jsonl", many_pairs(100))
+    reference = files_of(run(tmp_path, src, "ref", chunk_pairs=10))
+    other = many_pairs(120)[20:]  # as many pairs, other texts
+    if when == "in_place_mid_run":  # the reader, at its offset in the new text, sees a broken line
+        real = prefs._tokenize_chunk
+        monkeypatch.setattr(prefs, "_tokenize_chunk",
+                            lambda job: (job[1] == 2 and write_jsonl(src, other), real(job)))
+    else:  # every chunk is of the new text, under the folder named by the old text's hash
+        real_plan = examples.plan
+
+        def plan_then_replace(*args):
+            count = real_plan(*args)
+            os.replace(write_jsonl(tmp_path / "new.jsonl", other), src)
+            return count
+
+        monkeypatch.setattr(examples, "plan", plan_then_replace)
+    args = ["--source", str(src), "--data-dir", str(tmp_path / "data"), "--workers", "1", "--chunk-pairs", "10"]
+    assert prefs.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{src}: changed during this run" in err and "not valid JSON" not in err
+    assert not list((tmp_path / "data").rglob("manifest.json")) and not list((tmp_path / "data").rglob("parts"))
+    monkeypatch.undo()
+    write_jsonl(src, many_pairs(100))  # the old text again, so the same folder: its parts are not reused
+    assert files_of(run(tmp_path, src, chunk_pairs=10)) == reference
 
 
 def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):

@@ -202,6 +202,25 @@ def test_resume_after_a_crash_mid_run(tmp_path, monkeypatch):
     assert files_of(out) == reference
 
 
+def test_a_source_file_rewritten_during_the_run_is_named_and_nothing_is_finished(tmp_path, monkeypatch, capsys):
+    src = write_jsonl(tmp_path / "s.jsonl", many_examples(100))
+    real = sft._tokenize_chunk
+
+    def rewrite_during_the_third(job):
+        if job[1] == 2:  # chunks 0 and 1 are of the old rows, the rest of the new
+            write_jsonl(src, many_examples(120, words=6))
+        real(job)
+
+    monkeypatch.setattr(sft, "_tokenize_chunk", rewrite_during_the_third)
+    args = ["--source", str(src), "--data-dir", str(tmp_path / "data"), "--workers", "1", "--chunk-examples", "10"]
+    assert sft.main(args) == 1
+    assert f"{src}: changed during this run" in capsys.readouterr().err
+    assert not list((tmp_path / "data").rglob("manifest.json")) and not list((tmp_path / "data").rglob("parts"))
+    monkeypatch.setattr(sft, "_tokenize_chunk", real)
+    out = run(tmp_path, src, chunk_examples=10)
+    assert files_of(out) == files_of(run(tmp_path, src, "clean", chunk_examples=10)), "a rerun reads the new file"
+
+
 def test_sigkill_and_rerun_gives_identical_bytes(tmp_path):
     src = write_jsonl(tmp_path / "s.jsonl", many_examples(100))
     args = ["--source", str(src), "--workers", "1", "--chunk-examples", "5"]  # 20 chunks, each fsynced
