@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import torch
 
@@ -339,7 +339,7 @@ class Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/")
+        path = unquote(urlsplit(self.path).path).rstrip("/")
         if path == "/v1/models":
             self._json(200, {"object": "list", "data": [self.server.card()]})
         elif path == f"/v1/models/{self.server.name}":

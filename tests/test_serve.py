@@ -361,7 +361,10 @@ def test_concurrent_requests_queue_and_both_complete(url):
     assert text
 
 
-def test_a_client_gone_mid_stream_does_not_stop_the_server(url):
+def test_a_client_gone_mid_stream_does_not_stop_the_server(url, monkeypatch):
+    """The generation of a client gone stops at the next piece it cannot send, and the next request is answered."""
+    tokens, add = [], Choice.add
+    monkeypatch.setattr(Choice, "add", lambda self, token: tokens.append(token) or add(self, token))
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"prompt": "Hello", "max_tokens": 120, "temperature": 1, "stream": True}).encode()
     for _ in range(3):
@@ -372,6 +375,7 @@ def test_a_client_gone_mid_stream_does_not_stop_the_server(url):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset on close
     status, answer = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 5, "temperature": 0})
     assert status == 200 and answer["choices"][0]["finish_reason"] in ("length", "stop")
+    assert len(tokens) < 3 * 60 + 5  # not the 3 * 120 tokens asked for
 
 
 def test_keep_alive_connection_serves_several_requests(url):
@@ -422,3 +426,12 @@ def test_serve_command_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(argv)
     assert message in str(stopped.value.code) + capsys.readouterr().err
+
+
+def test_serve_command_says_when_the_port_is_taken(checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit, match=f"^serve: cannot listen on 127.0.0.1:{port}: "):
+            main(["--ckpt", str(checkpoint), "--port", str(port)])
