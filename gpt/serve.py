@@ -155,8 +155,8 @@ class Server(ThreadingHTTPServer):
             steps = stream(self.model, *pad_batch(rows), **options)
             try:
                 for step in steps:
-                    events = [(i, choice.add(token), choice.finish) for i, (choice, token) in enumerate(zip(choices, step))
-                              if choice.finish is None and token is not None]
+                    events = [(i, choice.add(token), choice.finish) for i, (choice, token)
+                              in enumerate(zip(choices, step)) if choice.finish is None and token is not None]
                     events = [event for event in events if event[1] or event[2]]
                     if events:
                         yield events
@@ -178,7 +178,8 @@ def _number(body: dict, name: str, default, *, integer: bool = False, low=None, 
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or \
             (isinstance(value, float) and not math.isfinite(value)):
         raise RequestError(f"{name} must be {kind}, got {json.dumps(value)}", name)
-    if (low is not None and value < low) or (high is not None and value > high) or (above is not None and value <= above):
+    if (low is not None and value < low) or (high is not None and value > high) or \
+            (above is not None and value <= above):
         bounds = [f"> {above}" if above is not None else None, f">= {low}" if low is not None else None,
                   f"<= {high}" if high is not None else None]
         raise RequestError(f"{name} must be {kind} {' and '.join(b for b in bounds if b)}, got {value}", name)
@@ -402,8 +403,9 @@ class Handler(BaseHTTPRequestHandler):
             answers = [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
                        for i, (text, reason) in enumerate(zip(texts, finish))]
         completion = sum(choice.tokens for choice in choices)
-        self._json(200, {**head, "choices": answers, "usage": {
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}})
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}
+        self._json(200, {**head, "choices": answers, "usage": usage})
 
     def _stream(self, head: dict, events, choices: list[Choice], chat: bool, prompt_tokens: int | None) -> None:
         head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
@@ -462,7 +464,8 @@ class Handler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             self.close_connection = True
             raise RequestError(f"the request body must be a JSON object of at most {MAX_BODY} bytes "
-                               f"(Content-Length {self.headers.get('Content-Length')})", None, 413 if length > 0 else 400)
+                               f"(Content-Length {self.headers.get('Content-Length')})", None,
+                               413 if length > 0 else 400)
         raw = self.rfile.read(length)
         try:
             body = json.loads(raw)

@@ -330,7 +330,8 @@ def test_a_model_without_the_template_chats_one_plain_message(model):
         got, answer = call(url, "/v1/chat/completions", {"messages": [
             {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
             {"role": "user", "content": "Bye"}]})
-        assert got == 400 and answer["error"]["param"] == "messages" and "no chat template" in answer["error"]["message"]
+        assert got == 400 and answer["error"]["param"] == "messages"
+        assert "no chat template" in answer["error"]["message"]
     finally:
         server.shutdown()
         server.server_close()
@@ -435,3 +436,19 @@ def test_serve_command_says_when_the_port_is_taken(checkpoint):
         port = taken.getsockname()[1]
         with pytest.raises(SystemExit, match=f"^serve: cannot listen on 127.0.0.1:{port}: "):
             main(["--ckpt", str(checkpoint), "--port", str(port)])
+
+
+def test_a_body_over_the_limit_is_refused_unread(url):
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", "/v1/completions")
+        connection.putheader("Content-Length", str(64 * 2**20))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413 and "at most 16777216 bytes" in json.loads(response.read())["error"]["message"]
+        assert response.getheader("Connection") == "close"
+    finally:
+        connection.close()
