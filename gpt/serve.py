@@ -310,9 +310,9 @@ def chat_request(server: Server, body: dict) -> tuple:
         raise RequestError(f"messages[{len(messages) - 1}] is the assistant's: the conversation must end with a user "
                            "message, which the model answers", f"messages[{len(messages) - 1}].role")
     if not server.template and len(messages) > 1:
-        raise RequestError(f"this model has no chat template (a pretrained model: --template none): a chat is one user "
-                           f"message, completed as plain text, got {len(messages)} messages; use /v1/completions or "
-                           "--template alpaca", "messages")
+        raise RequestError(f"this model has no chat template (a pretrained model, or --template none): a chat is "
+                           f"one user message, completed as plain text, got {len(messages)} messages; use "
+                           "/v1/completions or --template alpaca", "messages")
     options = _options(server, body, None)
     enc = get_encoding()
     tokens = []
