@@ -93,7 +93,7 @@ NODE_NEEDS_MASTER = $(if $(and $(filter-out 0,$(NODE_RANK)),$(filter file,$(orig
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm rl \
-        export-hf generate chat bench bench-shards bench-train bench-generate bench-gpu clean
+        export-hf generate chat serve bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
 	@echo "minigpt2 targets:"
@@ -108,6 +108,7 @@ help: ## list targets and variables
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_PROMPTS (prefs, sft) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
+	@echo "  serve: CKPT HOST=$(HOST) PORT=$(PORT)"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 # a venv interrupted in its ensurepip (seconds, Ctrl-C) has bin/python but no pip: ensurepip gives it one
@@ -190,6 +191,12 @@ generate: $(STAMP) ## print the completion of PROMPT by CKPT (TEMPERATURE, MAX_S
 
 chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template for SFT checkpoints)
 	$(PY) -m gpt chat $(GEN_FLAGS) $(ARGS)
+
+# The OpenAI-compatible server (docs/inference.md): HOST (127.0.0.1: this machine only) and PORT
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: $(STAMP) ## serve CKPT over HTTP with OpenAI's API at http://HOST:PORT/v1 (completions, chat completions)
+	$(PY) -m gpt.serve --ckpt $(call path,$(CKPT)) --host $(call arg,$(HOST)) --port $(call arg,$(PORT)) $(ARGS)
 
 export-hf: $(STAMP) ## write OUT (default: CKPT-hf), a folder transformers.GPT2LMHeadModel loads, from CKPT
 	$(PY) -m gpt export-hf $(call path,$(CKPT)) $(call path,$(or $(OUT),$(patsubst %/,%,$(CKPT))-hf)) $(ARGS)

@@ -200,6 +200,15 @@ def test_args_reach_every_command(stub, target, args, command):
                                             *args.split()]
 
 
+def test_serve_takes_the_checkpoint_host_and_port(stub):
+    """docs/inference.md: `make serve CKPT=... PORT=...` runs the OpenAI-compatible server."""
+    assert stub("serve", "CKPT=runs/x/sft", "PORT=9000") == ["-m", "gpt.serve", "--ckpt", "runs/x/sft", "--host",
+                                                             "127.0.0.1", "--port", "9000"]
+    assert stub("serve", "HOST=0.0.0.0", "ARGS=--max-tokens-limit 64")[-6:] == [
+        "--host", "0.0.0.0", "--port", "8000", "--max-tokens-limit", "64"]
+    assert stub("serve")[3] == "runs/sample/sft"
+
+
 def test_clean_leaves_exports_alone(tmp_path):
     kept = [tmp_path / "runs" / "sample" / "sft-hf", tmp_path / "runs" / "fineweb10B" / "pretrain",
             tmp_path / "data" / "fineweb10B-pretrain"]
@@ -268,7 +277,7 @@ def test_paths_reach_every_command_as_one_argument(stub, value):
             assert argv[argv.index(start) + 1] == f"{shown}/r/{'pretrain' if target == 'sft' else 'sft'}"
         if target == "rl":
             assert argv[argv.index("--reward") + 1] == f"rm:{value}/rm"
-    for target in ["generate", "chat"]:
+    for target in ["generate", "chat", "serve"]:
         argv = stub(target, f"CKPT={value}/c")
         assert argv[argv.index("--ckpt") + 1] == f"{shown}/c"
     assert stub("export-hf", f"CKPT={value}/c")[3:] == [f"{shown}/c", f"{shown}/c-hf"]
