@@ -196,7 +196,7 @@ chat: $(STAMP) ## interactive chat with CKPT, answers streamed (Alpaca template 
 HOST ?= 127.0.0.1
 PORT ?= 8000
 serve: $(STAMP) ## serve CKPT over HTTP with OpenAI's API at http://HOST:PORT/v1 (completions, chat completions)
-	$(PY) -m gpt.serve --ckpt $(call path,$(CKPT)) --host $(call arg,$(HOST)) --port $(call arg,$(PORT)) $(ARGS)
+	$(PY) -m gpt serve --ckpt $(call path,$(CKPT)) --host $(call arg,$(HOST)) --port $(call arg,$(PORT)) $(ARGS)
 
 export-hf: $(STAMP) ## write OUT (default: CKPT-hf), a folder transformers.GPT2LMHeadModel loads, from CKPT
 	$(PY) -m gpt export-hf $(call path,$(CKPT)) $(call path,$(or $(OUT),$(patsubst %/,%,$(CKPT))-hf)) $(ARGS)

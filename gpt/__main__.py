@@ -1,4 +1,4 @@
-"""`python -m gpt`: export-hf, generate, chat."""
+"""`python -m gpt`: export-hf, generate, chat, serve (the OpenAI-compatible server: `gpt.serve`, its own flags)."""
 
 import argparse
 import sys
@@ -8,6 +8,10 @@ from . import chat
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from . import serve
+        return serve.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m gpt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export-hf", help="write the model alone (no training state) as a folder that "
@@ -19,6 +23,7 @@ def main(argv=None) -> int:
     chat.add_arguments(p, chat=False)
     p = sub.add_parser("chat", help="interactive chat, streaming answers")
     chat.add_arguments(p, chat=True)
+    sub.add_parser("serve", help="an OpenAI-compatible HTTP server (python -m gpt serve --help)")
     args = parser.parse_args(argv)
     if args.command == "export-hf":
         return _export_hf(args)

@@ -80,15 +80,17 @@ def uses_template(ckpt, choice: str) -> bool:
         raise ValueError(f"{state}: not a JSON object") from None
 
 
-def _template(args, command: str) -> bool:
+def template_for(args, command: str) -> bool:
+    """Whether `command` (generate, chat, serve) renders prompts in the Alpaca template (--template, auto: from the
+    checkpoint); a checkpoint that cannot tell exits naming the flag."""
     try:
         return uses_template(args.ckpt, args.template)
     except ValueError as e:
         raise SystemExit(f"{command}: {e}; pass --template alpaca or none") from None
 
 
-def _load(args, command: str):
-    """The model of --ckpt; a run folder stands for its best or latest checkpoint (args.ckpt is updated to it)."""
+def load_for(args, command: str):
+    """The model of --ckpt for `command` (generate, chat, serve), on --device; a run folder stands for its best or latest checkpoint (args.ckpt is updated to it)."""
     from .checkpoint import load_model, resolve_checkpoint
     from .kernels import native_bf16
 
@@ -126,8 +128,8 @@ def run_generate(args) -> int:
     for i, prompt in enumerate(args.prompt, 1):  # checked before the template makes every prompt non-empty
         if not prompt:
             raise SystemExit(f"generate: prompt {i} of {len(args.prompt)} is empty")
-    model = _load(args, "generate")
-    template = _template(args, "generate")
+    model = load_for(args, "generate")
+    template = template_for(args, "generate")
     prompts = [render_prompt(p) if template else p for p in args.prompt]
     options = _options(args, "generate")
     try:
@@ -173,8 +175,8 @@ def run_chat(args, stdin=None, stdout=None) -> int:
     template the conversation so far comes before each prompt (History; /reset forgets it). Ctrl-C during an
     answer stops that answer, which is then left out of the history with its prompt."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    model = _load(args, "chat")
-    template = _template(args, "chat")
+    model = load_for(args, "chat")
+    template = template_for(args, "chat")
     history = History(model.config.block_size - args.max_steps) if template else None
     interactive = stdin.isatty()
     enc = get_encoding()

@@ -1,4 +1,4 @@
-"""`python -m gpt.serve`: an OpenAI-compatible HTTP server for one checkpoint (`make serve`).
+"""`python -m gpt serve`: an OpenAI-compatible HTTP server for one checkpoint (`make serve`).
 
 The checkpoint (ours, a run folder, or a Hugging Face GPT-2 folder) is loaded once; the standard library's
 `ThreadingHTTPServer` answers `GET /v1/models`, `POST /v1/completions` and `POST /v1/chat/completions` in
@@ -492,7 +492,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def parse_args(argv: list[str] | None) -> ServeConfig:
     description = ServeConfig.__doc__.rstrip(".") + " (docs/inference.md)."
-    parser = cli.build_parser(ServeConfig, "python -m gpt.serve", description)
+    parser = cli.build_parser(ServeConfig, "python -m gpt serve", description)
     config = ServeConfig(**vars(parser.parse_args(argv)))
     if config.ckpt is None:
         parser.error("--ckpt is required: a checkpoint folder or a run folder")
@@ -504,14 +504,14 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .chat import _load, _template
+    from .chat import load_for, template_for
 
     config = parse_args(argv)
     if config.max_tokens_limit is not None and config.max_tokens_limit < 1:
         raise SystemExit(f"serve: --max-tokens-limit must be at least 1, got {config.max_tokens_limit}")
     name = config.model_name or Path(config.ckpt).resolve().name
-    model = _load(config, "serve")  # config.ckpt becomes the checkpoint folder a run folder stands for
-    template = _template(config, "serve")
+    model = load_for(config, "serve")  # config.ckpt becomes the checkpoint folder a run folder stands for
+    template = template_for(config, "serve")
     try:
         server = Server((config.host, config.port), model, name, template, config.max_tokens_limit)
     except OSError as e:
@@ -527,7 +527,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

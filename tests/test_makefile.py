@@ -202,11 +202,11 @@ def test_args_reach_every_command(stub, target, args, command):
 
 def test_serve_takes_the_checkpoint_host_and_port(stub):
     """docs/inference.md: `make serve CKPT=... PORT=...` runs the OpenAI-compatible server."""
-    assert stub("serve", "CKPT=runs/x/sft", "PORT=9000") == ["-m", "gpt.serve", "--ckpt", "runs/x/sft", "--host",
+    assert stub("serve", "CKPT=runs/x/sft", "PORT=9000") == ["-m", "gpt", "serve", "--ckpt", "runs/x/sft", "--host",
                                                              "127.0.0.1", "--port", "9000"]
     assert stub("serve", "HOST=0.0.0.0", "ARGS=--max-tokens-limit 64")[-6:] == [
         "--host", "0.0.0.0", "--port", "8000", "--max-tokens-limit", "64"]
-    assert stub("serve")[3] == "runs/sample/sft"
+    assert stub("serve")[4] == "runs/sample/sft"
 
 
 def test_clean_leaves_exports_alone(tmp_path):

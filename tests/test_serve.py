@@ -1,4 +1,4 @@
-"""The OpenAI-compatible server (`python -m gpt.serve`): a tiny checkpoint served on 127.0.0.1, called over HTTP as
+"""The OpenAI-compatible server (`python -m gpt serve`): a tiny checkpoint served on 127.0.0.1, called over HTTP as
 a client would: completions equal `generate`'s, chat renders the conversation as `make chat` does, streams equal
 answers, stop strings, errors, concurrent requests, a client gone mid-stream, Ctrl-C."""
 
@@ -400,9 +400,9 @@ def test_keep_alive_connection_serves_several_requests(url):
 
 
 def test_serve_command_loads_the_checkpoint_and_stops_on_ctrl_c(checkpoint):
-    """`python -m gpt.serve --ckpt DIR --port 0` prints where it serves, answers, and Ctrl-C ends it with status 0."""
+    """`python -m gpt serve --ckpt DIR --port 0` prints where it serves, answers, and Ctrl-C ends it with status 0."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "gpt.serve", "--ckpt", str(checkpoint), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "gpt", "serve", "--ckpt", str(checkpoint), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
