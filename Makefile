@@ -92,8 +92,8 @@ NODE_NEEDS_MASTER = $(if $(and $(filter-out 0,$(NODE_RANK)),$(filter file,$(orig
   node waits for itself, 127.0.0.1, until torchrun's timeout))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm rl \
-        export-hf generate chat bench bench-shards bench-train bench-generate bench-gpu clean
+.PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards hellaswag-shards inspect pretrain \
+        sft dpo rm rl hellaswag export-hf generate chat bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
 	@echo "minigpt2 targets:"
@@ -156,6 +156,9 @@ sft-shards: $(STAMP) ## download (if needed) and tokenize the SFT data into mask
 pref-shards: $(STAMP) ## download (if needed) and tokenize the preference pairs into chosen/rejected shards
 	$(PY) -m pipelines prefs --dataset $(PREF_DATASET) --data-dir $(call path,$(DATA_DIR)) --workers $(WORKERS) \
 	  $(if $(PREF_SOURCE),--source $(call path,$(PREF_SOURCE))) $(ARGS)
+
+hellaswag-shards: $(STAMP) ## download (if needed) and tokenize HellaSwag's validation split (docs/evaluation.md)
+	$(PY) -m pipelines hellaswag --data-dir $(call path,$(DATA_DIR)) $(ARGS)
 
 inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
 	$(PY) -m shards inspect $(call path,$(DATA_DIR)) --verify --decode 2 $(ARGS)

@@ -3,7 +3,8 @@
 Public surface (imported from the modules, so that a worker process loads only what it needs):
 - `pipelines.pretrain.run(PretrainConfig)`, `pipelines.sft.run(SFTConfig)` and `pipelines.prefs.run(PrefsConfig)`:
   the three stages, also `python -m pipelines pretrain|sft|prefs` (`make pretrain-shards`, `make sft-shards`,
-  `make pref-shards`);
+  `make pref-shards`); `pipelines.hellaswag.run(HellaSwagConfig)`, the HellaSwag evaluation shards
+  (`python -m pipelines hellaswag`, `make hellaswag-shards`; scored by train/hellaswag.py);
 - `pipelines.hub.download`: verified, resumable downloads of pinned hub files (`hub.SOURCES`);
 - `pipelines.sources`, `pipelines.sft_sources` and `pipelines.pref_sources`: what each dataset reads, and how
   (`TextSource`, `ExampleSource`, `PairSource`: each a `pipelines.stage.Source`; `SourceError`);

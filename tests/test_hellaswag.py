@@ -1,0 +1,126 @@
+"""HellaSwag: the data stage through a fake hub (tests/fake_hub.py), the scoring against transformers on the same
+weights, 2 gloo processes against 1, and the in-training evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fake_hub import FakeHub
+from pipelines import hellaswag, hub
+from shards.manifest import load_manifest
+from shards.report import main as inspect_main
+from shards.sft import open_sft_shard
+from shards.tokenizer import get_encoding
+
+VALIDATION = "data/validation-00000-of-00001.parquet"
+EXAMPLES = [
+    {"ind": 24, "activity_label": "Roof shingle removal",
+     "ctx": "A man is sitting on a roof. he", "label": "3",
+     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                 "is holding a rubik's cube.", "starts pulling up roofing on a roof."]},
+    {"ind": 92, "activity_label": "Clean and jerk",
+     "ctx": "A lady walks to a barbell. She bends down and grabs the pole. the lady", "label": "3",
+     "endings": ["swings and lands in her arms.", "pulls the barbell forward.", "pulls a rope attached to the barbell.",
+                 "stands and lifts the weight over her head."]},
+    {"ind": 106, "activity_label": "Canoeing", "ctx": "Two women in a child are shown in a canoe while a man pulls "
+     "the canoe while standing in the water, with other individuals visible in the background. the child and a "
+     "different man", "label": "2",
+     "endings": ["are then shown paddling down a river in a boat while a woman talks.",
+                 "are driving the canoe, they go down the river flowing side to side.",
+                 "sit in a canoe while the man paddles.", "walking go down the rapids, while the man in his "
+                 "helicopter almost falls and goes out of canoehood."]},
+    {"ind": 114, "activity_label": "High jump", "ctx": "A boy is running down a track. the boy", "label": "2",
+     "endings": ["runs into a car.", "gets in a mat.", "lifts his body above the height of a pole.",
+                 "stands on his hands and springs."]},
+    {"ind": 200, "activity_label": "Unicode", "ctx": "Café owners — naïvely — say “hi”. they", "label": "0",
+     "endings": ["smile.", "  leave twice.", "", "order ☕ and 🍰."]},
+]
+
+
+def hellaswag_parquet(rows: list[dict]) -> bytes:
+    buf = io.BytesIO()
+    columns = ("ind", "activity_label", "ctx", "endings", "label")
+    pq.write_table(pa.table({c: [r[c] for r in rows] for c in columns}), buf)
+    return buf.getvalue()
+
+
+def run_stage(tmp_path, monkeypatch, rows, faults=None):
+    """The stage on `rows`, the hub faked at a commit of its own; returns the output folder."""
+    monkeypatch.setitem(hub.SOURCES, "hellaswag", dataclasses.replace(hub.HELLASWAG, revision=FakeHub.COMMIT))
+    monkeypatch.setattr(hub, "RETRY", hub.Retry(tries=6, first_s=0.01, max_s=0.05))
+    with FakeHub({"Rowan/hellaswag": {VALIDATION: hellaswag_parquet(rows)}}, faults=faults or {}) as server:
+        server.point_huggingface_hub(monkeypatch)
+        return hellaswag.run(hellaswag.HellaSwagConfig(data_dir=str(tmp_path)))
+
+
+def test_the_pinned_source_is_rowan_hellaswag_validation():
+    assert (hub.HELLASWAG.repo_id, hub.HELLASWAG.repo_type, hub.HELLASWAG.files) == (
+        "Rowan/hellaswag", "dataset", (VALIDATION,))
+    assert hub.HELLASWAG.revision == "9c75cc00ec2e1f93893cbd25ba617ee30eb70d88"
+    assert re.fullmatch(r"[0-9a-f]{40}", hub.HELLASWAG.revision), "a pinned commit, not a branch"
+
+
+def test_stage_downloads_verifies_and_tokenizes_as_build_nanogpt(tmp_path, monkeypatch, capsys):
+    out = run_stage(tmp_path, monkeypatch, EXAMPLES, faults={VALIDATION: [503, "drop"]})
+    assert out.parent == tmp_path / "hellaswag-eval"
+    m = load_manifest(out)
+    payload = hellaswag_parquet(EXAMPLES)
+    assert m["kind"] == "hellaswag" and m["source"]["dataset"] == "Rowan/hellaswag"
+    assert m["source"]["files"] == [{"file": VALIDATION, "bytes": len(payload),
+                                     "sha256": hashlib.sha256(payload).hexdigest()}]
+    assert m["totals"]["examples"] == 5 and m["totals"]["rows"] == 20
+    enc = get_encoding()
+    shard = open_sft_shard(out / "val.bin")
+    assert len(shard) == 20
+    for i, example in enumerate(EXAMPLES):
+        context = enc.encode(example["ctx"])
+        for j, ending in enumerate(example["endings"]):
+            tokens, mask = shard.example(4 * i + j)
+            expected = context + enc.encode(" " + ending)
+            assert tokens.tolist() == expected
+            assert mask.tolist() == [0] * len(context) + [1] * (len(expected) - len(context))
+    labels = np.fromfile(out / "val.labels", dtype=np.uint8)
+    assert labels.tolist() == [int(e["label"]) for e in EXAMPLES]
+    entry = m["shards"][0]
+    assert entry["labels_sha256"] == hashlib.sha256(labels.tobytes()).hexdigest()
+    assert entry["split"] == "val" and entry["num_examples"] == 20
+    assert inspect_main([str(tmp_path), "--verify", "--decode", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "CONTEXT: A man is sitting on a roof. he" in shown
+    assert "ENDING 3 (right):  starts pulling up roofing on a roof." in shown
+
+    stat = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    assert hellaswag.run(hellaswag.HellaSwagConfig(data_dir=str(tmp_path))) == out, "a rerun needs no network"
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == stat, "and writes nothing"
+    assert "is complete, nothing to do" in capsys.readouterr().out
+
+
+def test_a_changed_labels_file_fails_inspect_naming_it(tmp_path, monkeypatch, capsys):
+    out = run_stage(tmp_path, monkeypatch, EXAMPLES[:2])
+    (out / "val.labels").write_bytes(bytes([3, 1]))
+    assert inspect_main([str(out), "--verify"]) == 1
+    assert f"BAD {out / 'val.labels'}: sha256" in capsys.readouterr().err
+
+
+def _bad(field, value):
+    return [EXAMPLES[0], {**EXAMPLES[1], field: value}]
+
+
+@pytest.mark.parametrize("rows, message", [
+    (_bad("endings", ["a", "b", "c"]), r"row 1: endings is \['a', 'b', 'c'\], expected a list of 4 strings"),
+    (_bad("label", "4"), r"row 1: label is '4', expected \"0\" to \"3\""),
+    (_bad("label", ""), r"row 1: label is '', expected \"0\" to \"3\""),
+    (_bad("ctx", ""), r"row 1: ctx is '', expected a non-empty string"),
+], ids=["three-endings", "label-4", "no-label", "no-context"])
+def test_bad_rows_are_named_with_file_and_row(tmp_path, monkeypatch, capsys, rows, message):
+    with pytest.raises(ValueError, match=re.escape(VALIDATION.split("/")[-1]) + ", " + message):
+        run_stage(tmp_path, monkeypatch, rows)
+    assert not list((tmp_path / "hellaswag-eval").glob("*/manifest.json"))
