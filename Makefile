@@ -108,6 +108,7 @@ help: ## list targets and variables
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_PROMPTS (prefs, sft) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
+	@echo "  hellaswag: CKPT (default RUN_DIR/pretrain) LIMIT NGPU"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
 # a venv interrupted in its ensurepip (seconds, Ctrl-C) has bin/python but no pip: ensurepip gives it one
@@ -176,6 +177,12 @@ rm: $(STAMP) ## train a reward model from the SFT run's checkpoint (or INIT) on 
 	$(TRAIN_LAUNCH) -m train rm $(RM_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/rm) $(ARGS)
 rl: $(STAMP) ## online RL (GRPO) of the SFT run's checkpoint (or INIT) on REWARD=arithmetic|gsm8k|rm:PATH; NGPU as for sft
 	$(TRAIN_LAUNCH) -m train rl $(RL_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/rl) $(ARGS)
+
+# HellaSwag (docs/evaluation.md): CKPT= (default: the pretraining run, RUN_DIR/pretrain), LIMIT= the first N examples
+HELLASWAG_CKPT = $(if $(filter file,$(origin CKPT)),$(RUN_DIR)/pretrain,$(CKPT))
+hellaswag: $(STAMP) ## HellaSwag acc and acc_norm of CKPT (default RUN_DIR/pretrain; LIMIT: the first N examples); NGPU as for pretrain
+	$(TRAIN_LAUNCH) -m train hellaswag --ckpt $(call path,$(HELLASWAG_CKPT)) --data-dir $(call path,$(DATA_DIR)) \
+	  $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft

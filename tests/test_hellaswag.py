@@ -124,3 +124,133 @@ def test_bad_rows_are_named_with_file_and_row(tmp_path, monkeypatch, capsys, row
     with pytest.raises(ValueError, match=re.escape(VALIDATION.split("/")[-1]) + ", " + message):
         run_stage(tmp_path, monkeypatch, rows)
     assert not list((tmp_path / "hellaswag-eval").glob("*/manifest.json"))
+
+
+# --- scoring -----------------------------------------------------------------------------------------------------
+
+LONG = {"ind": 300, "activity_label": "Long", "label": "1",
+        "ctx": " ".join(["The people keep walking along the shore and talking about the weather."] * 6) + " they",
+        "endings": ["stop.", "sit down on the warm sand and watch the waves.", "run.", "fly away into the sky."]}
+
+
+def tiny_model(seed: int = 0):
+    import torch
+    from gpt.model import GPT, preset
+    torch.manual_seed(seed)
+    return GPT(preset("nano")).eval()
+
+
+def hf_losses(hf, tokens: list[int], start: int, context: int) -> tuple[float, float]:
+    """Summed and mean loss of tokens[start:] given what precedes them, by transformers, on the last `context`."""
+    import torch
+    cut = max(0, len(tokens) - context)
+    tokens, start = tokens[cut:], max(1, start - cut)
+    with torch.no_grad():
+        logits = hf(torch.tensor([tokens])).logits[0].double()
+    logp = torch.log_softmax(logits[:-1], dim=-1)
+    losses = -logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])][start - 1:]
+    return losses.sum().item(), losses.mean().item()
+
+
+def test_scores_equal_transformers_on_the_same_weights(tmp_path, monkeypatch):
+    import torch
+    from gpt.hf import to_hf
+    from train import hellaswag as score
+    from train.distributed import Dist
+
+    out = run_stage(tmp_path, monkeypatch, EXAMPLES + [LONG])
+    data = score.HellaSwagData(out)
+    model = tiny_model()
+    hf = to_hf(model)
+    enc = get_encoding()
+    expected_right = [0, 0]
+    for i, example in enumerate(EXAMPLES + [LONG]):
+        context = enc.encode(example["ctx"])
+        theirs = [hf_losses(hf, context + enc.encode(" " + e), len(context), model.config.block_size)
+                  for e in example["endings"]]
+        sums, counts = score.ending_losses(model, data.rows(i), torch.device("cpu"))
+        mean = (sums / counts).tolist()
+        for j in range(4):
+            assert sums[j].item() == pytest.approx(theirs[j][0], abs=1e-5)
+            assert mean[j] == pytest.approx(theirs[j][1], abs=1e-5)
+        label = int(example["label"])
+        expected_right[0] += min(range(4), key=lambda j: theirs[j][0]) == label
+        expected_right[1] += min(range(4), key=lambda j: theirs[j][1]) == label
+    assert len(enc.encode(LONG["ctx"])) > model.config.block_size, "a row cut from the left"
+    for batch in (1, 3, 8):
+        result = score.evaluate(model, data, Dist(), batch_examples=batch, progress=False)
+        assert (result["examples"], result["correct"], result["correct_norm"]) == (6, *expected_right)
+    assert score.evaluate(model, data, Dist(), limit=2, progress=False)["examples"] == 2
+    assert not model.training
+
+
+def test_cli_scores_our_checkpoint_and_a_transformers_folder_alike(tmp_path, monkeypatch, capsys):
+    import json
+    from gpt.checkpoint import save_model
+    from gpt.hf import to_hf
+    from train.__main__ import main
+
+    out = run_stage(tmp_path, monkeypatch, EXAMPLES)
+    model = tiny_model(1)
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    save_model(model, ours)
+    to_hf(model).save_pretrained(theirs)
+    capsys.readouterr()
+    assert main(["hellaswag", "--ckpt", str(ours), "--data-dir", str(tmp_path), "--batch-examples", "2"]) == 0
+    shown = capsys.readouterr().out
+    assert re.search(r"hellaswag: 5 examples of 5: acc 0\.\d{4} \(\d\), acc_norm 0\.\d{4} \(\d\) in .* s -> "
+                     + re.escape(str(ours / "hellaswag.json")), shown), shown
+    mine = json.loads((ours / "hellaswag.json").read_text())
+    assert mine["examples"] == 5 and mine["acc"] == mine["correct"] / 5 and mine["ckpt"] == str(ours)
+    result = tmp_path / "r" / "hf.json"
+    assert main(["hellaswag", "--ckpt", str(theirs), "--shards-dir", str(out), "--limit", "3",
+                 "--out", str(result)]) == 0
+    other = json.loads(result.read_text())
+    assert other["examples"] == 3 and other["limit"] == 3
+    assert main(["hellaswag", "--ckpt", str(theirs), "--shards-dir", str(out), "--out", str(result)]) == 0
+    other = json.loads(result.read_text())
+    assert (other["correct"], other["correct_norm"]) == (mine["correct"], mine["correct_norm"])
+
+
+def test_cli_names_what_is_missing(tmp_path, capsys):
+    from gpt.checkpoint import save_model
+    from train.hellaswag import main
+
+    save_model(tiny_model(), tmp_path / "m")
+    assert main(["--ckpt", str(tmp_path / "m"), "--data-dir", str(tmp_path)]) == 1
+    assert (f"hellaswag: error: no finished eval shards under {tmp_path / 'hellaswag-eval'}/ (run `make "
+            "hellaswag-shards` first, or pass --shards-dir)") in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path)]) == 1
+    assert "--ckpt is required" in capsys.readouterr().err
+
+
+def _score_rank(rank: int, world_size: int, store: str, ckpt: str, shards: str, out: str) -> None:
+    import json
+    import torch.distributed as torch_dist
+    from gpt.checkpoint import load_model
+    from train import hellaswag as score
+    from train.distributed import Dist
+
+    if world_size > 1:
+        torch_dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    dist = Dist(rank=rank, world_size=world_size)
+    result = score.evaluate(load_model(ckpt), score.HellaSwagData(shards), dist, batch_examples=2, progress=False)
+    with open(f"{out}.{world_size}.{rank}", "w") as f:
+        json.dump(result, f)
+    dist.close()
+
+
+def test_two_gloo_processes_count_what_one_does(tmp_path, monkeypatch):
+    import json
+    import torch.multiprocessing as mp
+    from gpt.checkpoint import save_model
+
+    out = run_stage(tmp_path, monkeypatch, EXAMPLES + [LONG])
+    save_model(tiny_model(2), tmp_path / "m")
+    args = (str(tmp_path / "m"), str(out), str(tmp_path / "result"))
+    _score_rank(0, 1, "", *args)
+    mp.spawn(_score_rank, args=(2, str(tmp_path / "store"), *args), nprocs=2)
+    one = json.loads((tmp_path / "result.1.0").read_text())
+    assert one["examples"] == 6
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"result.2.{rank}").read_text()) == one
