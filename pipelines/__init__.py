@@ -22,4 +22,6 @@ HUB_DATASETS = ("fineweb10B", "fineweb-edu10B")  # pinned in pipelines.hub.SOURC
 PRETRAIN_DATASETS = ("sample", *HUB_DATASETS)  # `--dataset` of `python -m pipelines pretrain`
 SFT_DATASETS = ("sample", "alpaca", "gsm8k")  # `--dataset` of `python -m pipelines sft`
 PREF_DATASETS = ("sample", "ultrafeedback")  # `--dataset` of `python -m pipelines prefs`
+HELLASWAG = "hellaswag"  # `python -m pipelines hellaswag`: its shards are DATA_DIR/hellaswag-eval/ (kind "eval")
+HELLASWAG_ENDINGS = 4  # rows per HellaSwag example in those shards: its context with each of its endings
 CUSTOM = "custom"  # the dataset name of a stage given --source (SOURCE=): the user's own files

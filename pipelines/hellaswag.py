@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import HELLASWAG, HELLASWAG_ENDINGS
 from pipelines.sft_sources import read_records
 from pipelines.sources import SourceError, check_verified, download_hub
 from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
@@ -28,9 +29,9 @@ from shards.io import remove_temporaries, sha256_json, write_bytes
 from shards.sft import write_sft_shard
 from shards.tokenizer import describe, get_encoding, ranks_sha256
 
-DATASET = "hellaswag"
+DATASET = HELLASWAG
 KIND = "eval"  # the shards folder: DATA_DIR/hellaswag-eval/<fingerprint>/
-ENDINGS = 4  # rows per example
+ENDINGS = HELLASWAG_ENDINGS  # rows per example
 FIELDS = ("ctx", "endings", "label")
 RENDERING = {"context": "encode(ctx)", "ending": "encode(' ' + ending)", "rows_per_example": ENDINGS,
              "mask": "1 on the ending's tokens"}

@@ -254,3 +254,38 @@ def test_two_gloo_processes_count_what_one_does(tmp_path, monkeypatch):
     assert one["examples"] == 6
     for rank in (0, 1):
         assert json.loads((tmp_path / f"result.2.{rank}").read_text()) == one
+
+
+# --- during pretraining -------------------------------------------------------------------------------------------
+
+def test_hellaswag_every_logs_acc_norm_and_leaves_the_losses_alone(tmp_path, monkeypatch):
+    from train.log import read_log
+    from train.pretrain import main as pretrain
+    from train_shards import write_test_shards
+
+    run_stage(tmp_path, monkeypatch, EXAMPLES + [LONG])
+    shards = write_test_shards(tmp_path / "shards")
+    flags = ["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--model", "nano", "--seq-len", "32",
+             "--batch-tokens", "256", "--micro-batch", "4", "--warmup", "2", "--eval-tokens", "256", "--no-progress",
+             "--steps", "5", "--eval-every", "2", "--sample-tokens", "0"]
+    assert pretrain([*flags, "--run-dir", str(tmp_path / "plain")]) == 0
+    assert pretrain([*flags, "--run-dir", str(tmp_path / "hs"), "--hellaswag-every", "3",
+                     "--hellaswag-examples", "4"]) == 0
+    plain, hs = read_log(tmp_path / "plain"), read_log(tmp_path / "hs")
+    keys = ("step", "loss", "val_loss", "grad_norm", "lr")
+    assert [{k: r[k] for k in keys if k in r} for r in hs] == [{k: r[k] for k in keys if k in r} for r in plain]
+    assert [r["step"] for r in hs if "hellaswag_acc_norm" in r] == [0, 3, 5]
+    assert not any("hellaswag_acc_norm" in r for r in plain)
+    assert all(r["hellaswag_acc_norm"] in (0, 0.25, 0.5, 0.75, 1) for r in hs if "hellaswag_acc_norm" in r)
+    final = "ckpt/step-000005/model.safetensors"
+    assert (tmp_path / "hs" / final).read_bytes() == (tmp_path / "plain" / final).read_bytes()
+
+
+def test_hellaswag_every_without_the_shards_says_what_to_run(tmp_path, capsys):
+    from train.pretrain import main as pretrain
+    from train_shards import write_test_shards
+
+    shards = write_test_shards(tmp_path / "shards")
+    assert pretrain(["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
+                     "--model", "nano", "--seq-len", "32", "--hellaswag-every", "10"]) == 1
+    assert "run `make hellaswag-shards` first" in capsys.readouterr().err

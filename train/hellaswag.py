@@ -28,7 +28,7 @@ import torch
 
 from gpt.checkpoint import load_model, resolve_checkpoint
 from gpt.model import GPT
-from pipelines.hellaswag import DATASET, ENDINGS, KIND
+from pipelines import HELLASWAG, HELLASWAG_ENDINGS as ENDINGS
 from pipelines.stage import find_shards_dir
 from shards import cli
 from shards.format import ShardError
@@ -100,7 +100,7 @@ class HellaSwagData:
 
 
 def find_data(data_dir: str, shards_dir: str | None) -> HellaSwagData:
-    return HellaSwagData(shards_dir or find_shards_dir(data_dir, KIND, DATASET))
+    return HellaSwagData(shards_dir or find_shards_dir(data_dir, "eval", HELLASWAG))
 
 
 def batch_rows(rows: list[tuple[np.ndarray, int]], context: int) -> tuple[torch.Tensor, torch.Tensor]:
