@@ -214,7 +214,7 @@ def test_cli_scores_our_checkpoint_and_a_transformers_folder_alike(tmp_path, mon
 
 def test_cli_names_what_is_missing(tmp_path, capsys):
     from gpt.checkpoint import save_model
-    from train.hellaswag import main
+    from train.evaluate import main
 
     save_model(tiny_model(), tmp_path / "m")
     assert main(["--ckpt", str(tmp_path / "m"), "--data-dir", str(tmp_path)]) == 1

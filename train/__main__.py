@@ -7,7 +7,7 @@ import sys
 from train.distributed import run_process
 
 COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm", "rl": "train.rl",
-            "hellaswag": "train.hellaswag"}
+            "hellaswag": "train.evaluate"}
 
 
 def main(argv=None) -> int:
