@@ -92,8 +92,8 @@ NODE_NEEDS_MASTER = $(if $(and $(filter-out 0,$(NODE_RANK)),$(filter file,$(orig
   node waits for itself, 127.0.0.1, until torchrun's timeout))
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards inspect pretrain sft dpo rm rl \
-        export-hf generate chat serve bench bench-shards bench-train bench-generate bench-gpu clean
+.PHONY: help setup demo demo-rl test shards pretrain-shards sft-shards pref-shards hellaswag-shards inspect pretrain \
+        sft dpo rm rl hellaswag export-hf generate chat serve bench bench-shards bench-train bench-generate bench-gpu clean
 
 help: ## list targets and variables
 	@echo "minigpt2 targets:"
@@ -108,6 +108,7 @@ help: ## list targets and variables
 	@echo "  dpo: DPO_RECIPE (sample, ultrafeedback) PREF_DATASET BETA LABEL_SMOOTHING BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rm: RM_RECIPE (sample, ultrafeedback) PREF_DATASET MARGIN CENTER_COEF BATCH_PAIRS STEPS EPOCHS LR ... INIT"
 	@echo "  rl: REWARD=$(REWARD) (arithmetic, gsm8k, rm:PATH) RL_PROMPTS (prefs, sft) RL_RECIPE (sample, gsm8k) GROUP MAX_NEW KL_BETA UPDATES BATCH_PROMPTS STEPS LR ... INIT"
+	@echo "  hellaswag: CKPT (default RUN_DIR/pretrain) LIMIT NGPU"
 	@echo "  serve: CKPT HOST=$(HOST) PORT=$(PORT)"
 	@echo "  ARGS='...' passes extra flags to the underlying command"
 
@@ -158,6 +159,9 @@ pref-shards: $(STAMP) ## download (if needed) and tokenize the preference pairs 
 	$(PY) -m pipelines prefs --dataset $(PREF_DATASET) --data-dir $(call path,$(DATA_DIR)) --workers $(WORKERS) \
 	  $(if $(PREF_SOURCE),--source $(call path,$(PREF_SOURCE))) $(ARGS)
 
+hellaswag-shards: $(STAMP) ## download (if needed) and tokenize HellaSwag's validation split (docs/evaluation.md)
+	$(PY) -m pipelines hellaswag --data-dir $(call path,$(DATA_DIR)) $(ARGS)
+
 inspect: $(STAMP) ## print and verify every manifest under DATA_DIR
 	$(PY) -m shards inspect $(call path,$(DATA_DIR)) --verify --decode 2 $(ARGS)
 
@@ -174,6 +178,12 @@ rm: $(STAMP) ## train a reward model from the SFT run's checkpoint (or INIT) on 
 	$(TRAIN_LAUNCH) -m train rm $(RM_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/rm) $(ARGS)
 rl: $(STAMP) ## online RL (GRPO) of the SFT run's checkpoint (or INIT) on REWARD=arithmetic|gsm8k|rm:PATH; NGPU as for sft
 	$(TRAIN_LAUNCH) -m train rl $(RL_FLAGS) --sft-run $(call path,$(RUN_DIR)/sft) --run-dir $(call path,$(RUN_DIR)/rl) $(ARGS)
+
+# HellaSwag (docs/evaluation.md): CKPT= (default: the pretraining run, RUN_DIR/pretrain), LIMIT= the first N examples
+HELLASWAG_CKPT = $(if $(filter file,$(origin CKPT)),$(RUN_DIR)/pretrain,$(CKPT))
+hellaswag: $(STAMP) ## HellaSwag acc and acc_norm of CKPT (default RUN_DIR/pretrain; LIMIT: the first N examples); NGPU as for pretrain
+	$(TRAIN_LAUNCH) -m train hellaswag --ckpt $(call path,$(HELLASWAG_CKPT)) --data-dir $(call path,$(DATA_DIR)) \
+	  $(if $(LIMIT),--limit $(LIMIT)) $(ARGS)
 
 # Inference: CKPT is a checkpoint folder (ours or Hugging Face's) or a run folder (its best checkpoint, else its latest)
 CKPT ?= $(RUN_DIR)/sft

@@ -1,9 +1,10 @@
-"""`python -m pipelines pretrain|sft|prefs [flags]`: run a data pipeline (each module parses its own flags)."""
+"""`python -m pipelines pretrain|sft|prefs|hellaswag [flags]`: run a data pipeline (each module parses its own flags)."""
 
 import importlib
 import sys
 
-COMMANDS = {"pretrain": "pipelines.pretrain", "sft": "pipelines.sft", "prefs": "pipelines.prefs"}
+COMMANDS = {"pretrain": "pipelines.pretrain", "sft": "pipelines.sft", "prefs": "pipelines.prefs",
+            "hellaswag": "pipelines.hellaswag"}
 
 
 def main(argv=None) -> int:

@@ -62,6 +62,9 @@ class HubSource:
 # - gsm8k cc7b047b6e5bb11b4f1af84efc572db110a51b3c: the commit that dataset caches name
 #   (`openai___gsm8k/main/0.0.0/cc7b047b.../gsm8k-test.arrow`) and that evaluation and data-provenance
 #   scripts pin, with the `main` config's two files below (train 7,473 rows, test 1,319; columns question, answer).
+# - hellaswag 9c75cc00ec2e1f93893cbd25ba617ee30eb70d88: the commit "Convert dataset to Parquet" of Rowan/hellaswag,
+#   whose validation file (6.3 MB, 10,042 rows; columns ind, activity_label, ctx, endings (4 strings), label
+#   ("0".."3"), ...) is what build-nanogpt and llm.c evaluate (pipelines/hellaswag.py).
 FINEWEB_10B = HubSource("HuggingFaceFW/fineweb", "9bb295ddab0e05d785b879661af7260fed5140fc",
                         tuple(f"sample/10BT/{i:03d}_00000.parquet" for i in range(15)))
 FINEWEB_EDU_10B = HubSource("HuggingFaceFW/fineweb-edu", "87f09149ef4734204d70ed1d046ddc9ca3f2b8f9",
@@ -72,8 +75,10 @@ ULTRAFEEDBACK = HubSource("HuggingFaceH4/ultrafeedback_binarized", "3949bf5f8c17
                           ("data/train_prefs-00000-of-00001.parquet", "data/test_prefs-00000-of-00001.parquet"))
 GSM8K = HubSource("openai/gsm8k", "cc7b047b6e5bb11b4f1af84efc572db110a51b3c",
                   ("main/train-00000-of-00001.parquet", "main/test-00000-of-00001.parquet"))
+HELLASWAG = HubSource("Rowan/hellaswag", "9c75cc00ec2e1f93893cbd25ba617ee30eb70d88",
+                      ("data/validation-00000-of-00001.parquet",))
 SOURCES = {"fineweb10B": FINEWEB_10B, "fineweb-edu10B": FINEWEB_EDU_10B, "alpaca": ALPACA,
-           "ultrafeedback": ULTRAFEEDBACK, "gsm8k": GSM8K}
+           "ultrafeedback": ULTRAFEEDBACK, "gsm8k": GSM8K, "hellaswag": HELLASWAG}
 
 BOOKKEEPING = ".download"
 _COMMIT = re.compile(r"[0-9a-f]{40}")

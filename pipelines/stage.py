@@ -130,17 +130,17 @@ def _start_worker(initializer: Callable | None, initargs: tuple) -> None:
 
 # the make target that writes each kind of shards, and the variable that names its dataset
 MAKE_TARGETS = {"pretrain": ("pretrain-shards", "DATASET"), "sft": ("sft-shards", "SFT_DATASET"),
-                "prefs": ("pref-shards", "PREF_DATASET")}
+                "prefs": ("pref-shards", "PREF_DATASET"), "eval": ("hellaswag-shards", None)}
 
 
 def shards_folder(dataset: str, kind: str) -> str:
-    """The folder under DATA_DIR of the `kind` ("pretrain", "sft" or "prefs") shards of `dataset`:
+    """The folder under DATA_DIR of the `kind` ("pretrain", "sft", "prefs" or "eval") shards of `dataset`:
     `<dataset>-<kind>`."""
     return f"{dataset}-{kind}"
 
 
 def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
-    """The one finished shard folder of `dataset` that the `kind` ("pretrain", "sft" or "prefs") pipeline wrote,
+    """The one finished shard folder of `dataset` that the `kind` ("pretrain", "sft", "prefs" or "eval") pipeline wrote,
     `DATA_DIR/<dataset>-<kind>/<fingerprint>/`; an error saying what to run if there is none, and naming them
     all if there are several (a changed data setting writes a folder of its own: which one is meant is not
     guessed)."""
@@ -148,7 +148,8 @@ def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
     found = sorted(p.parent for p in base.glob(f"*/{MANIFEST}"))
     if not found:
         target, variable = MAKE_TARGETS[kind]
-        make = f"make {target} " + ("SOURCE=path" if dataset == CUSTOM else f"{variable}={dataset}")
+        make = f"make {target}" + ("" if variable is None else " SOURCE=path" if dataset == CUSTOM
+                                   else f" {variable}={dataset}")
         raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass --shards-dir)")
     if len(found) > 1:
         raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "

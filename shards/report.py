@@ -3,12 +3,12 @@
 DIR is a stage folder or any folder above (DATA_DIR): every `manifest.json` below it is shown as a table
 (file, split, tokens, documents or examples, bytes). --verify checks every shard against its manifest:
 header, size, sha256 and token ids (below the manifest tokenizer's vocabulary) of the `.bin`, size and
-sha256 of its sidecars (`.docs` for pretraining; `.mask` and `.idx` for SFT and preference shards, with masks
-only 0/1 and offsets increasing), and for preference shards that the chosen and rejected files of a split pair
-up (as many examples, the same prompt tokens), and that the manifest's totals agree with the shards it lists;
-it exits with status 1 naming each bad file.
---decode N prints N documents (pretraining), examples, prompt and answer apart (SFT), or pairs, prompt, chosen
-and rejected apart (preferences), of each folder.
+sha256 of its sidecars (`.docs` for pretraining; `.mask` and `.idx` for SFT, preference and HellaSwag shards,
+with masks only 0/1 and offsets increasing; HellaSwag's `.labels`, one 0..3 per 4 rows), and for preference
+shards that the chosen and rejected files of a split pair up (as many examples, the same prompt tokens), and
+that the manifest's totals agree with the shards it lists; it exits with status 1 naming each bad file.
+--decode N prints N documents (pretraining), examples, prompt and answer apart (SFT), pairs, prompt, chosen
+and rejected apart (preferences), or examples, context and endings apart (HellaSwag), of each folder.
 Stage folders that a run began and never finished (a `.lock` or `parts/`, no manifest) are listed at the
 end, with their size and the command that removes those no stage is writing now.
 """
@@ -32,7 +32,7 @@ from .tokenizer import EOT, VOCAB_SIZE
 from .verify import check_file
 
 DECODE_CHARS = 600
-MASKED = ("sft", "prefs")  # the kinds of manifest whose shards are SFT shards (tokens, mask, offsets)
+MASKED = ("sft", "prefs", "hellaswag")  # the kinds of manifest whose shards are SFT shards (tokens, mask, offsets)
 
 
 def find_manifests(root: Path) -> list[Path]:
@@ -89,6 +89,13 @@ def verify_shard(folder: Path, manifest: dict, entry: dict, progress=None) -> No
         if "supervised_tokens" in entry and int(shard.mask.sum(dtype=np.int64)) != entry["supervised_tokens"]:
             raise ShardError(f"{folder / entry['mask_file']}: {int(shard.mask.sum())} supervised tokens, "
                              f"the manifest says {entry['supervised_tokens']}")
+        if "labels_file" in entry:  # HellaSwag: one label (0..3) per 4 rows
+            labels_path = folder / entry["labels_file"]
+            check_file(labels_path, entry["labels_bytes"], entry["labels_sha256"], progress=progress)
+            labels = np.fromfile(labels_path, dtype=np.uint8)
+            if len(labels) * 4 != count or np.any(labels > 3):
+                raise ShardError(f"{labels_path}: {len(labels)} labels for {count} rows (4 a label), or a label "
+                                 "above 3")
     elif "docs_file" in entry:
         docs_path = folder / entry["docs_file"]
         check_file(docs_path, entry["docs_bytes"], entry["docs_sha256"], progress=progress)
@@ -106,7 +113,8 @@ def verify(folder: Path, manifest: dict) -> list[str]:
     problems = []
     entries = manifest.get("shards") or []
     sources = (manifest.get("source", {}).get("files") or []) if manifest.get("kind") == "source" else []
-    total = sum(e[key] for e in entries for key in ("bytes", "docs_bytes", "mask_bytes", "idx_bytes") if key in e)
+    total = sum(e[key] for e in entries for key in ("bytes", "docs_bytes", "mask_bytes", "idx_bytes", "labels_bytes")
+                if key in e)
     with bytes_bar(total + sum(f["bytes"] for f in sources), f"verify {folder.name}") as bar:
         for entry in entries:
             try:
@@ -184,6 +192,16 @@ def decode(folder: Path, manifest: dict, n: int) -> None:
                 print("REJECTED: " + _text(enc, folder / pairs["rejected"], other[prompt_length(other_mask):]))
         return
     path = folder / shards[0]["file"]
+    if manifest.get("kind") == "hellaswag":
+        shard, labels = open_sft_shard(path), np.fromfile(folder / shards[0]["labels_file"], dtype=np.uint8)
+        for i in range(min(n, len(labels))):
+            rows = [shard.example(4 * i + j) for j in range(4)]
+            print(f"--- {path.name} example {i} (rows {4 * i}..{4 * i + 3}, right ending {labels[i]})")
+            print("CONTEXT: " + _text(enc, path, rows[0][0][:prompt_length(rows[0][1])]))
+            for j, (tokens, mask) in enumerate(rows):
+                print(f"ENDING {j}{' (right)' if j == labels[i] else ''}: "
+                      + _text(enc, path, tokens[prompt_length(mask):]))
+        return
     if manifest.get("kind") == "sft":
         shard = open_sft_shard(path)
         for i in range(min(n, len(shard))):

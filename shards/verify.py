@@ -2,7 +2,7 @@
 
 `check_file` is the check of one file (`make inspect` runs it on every file). `verify_files` is a trainer's
 check of the files it reads, before their first use: each `.bin` (its sha256, and every token id below the
-model's vocabulary) and an SFT shard's `.mask` and `.idx` (their sha256). What a read found is remembered in
+model's vocabulary) and an SFT shard's `.mask` and `.idx` (their sha256), and HellaSwag's `.labels`. What a read found is remembered in
 `<shards folder>/.verified.json`, keyed by the file's name, size, mtime_ns, ctime_ns and inode, so a restart
 reads nothing again; a file whose stat changed in any of them is read again (ctime cannot be set back, so an
 edit that restores the mtime, as `touch -r` or `cp -p` do, is seen too). A failure raises ShardError naming
@@ -63,7 +63,7 @@ def trainer_files(folder: Path, entries: list[dict]) -> list[tuple[str, int, str
     """(file, bytes, sha256, holds tokens) of every file a trainer reads for these manifest shard entries."""
     files = []
     for entry in entries:
-        for key in ("", "mask_", "idx_"):
+        for key in ("", "mask_", "idx_", "labels_"):
             if key and f"{key}file" not in entry:
                 continue
             try:

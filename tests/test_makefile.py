@@ -300,3 +300,12 @@ def test_clean_with_a_space_in_data_dir_removes_only_the_samples_folders(tmp_pat
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert (kept / "file").exists() and not gone.exists()
+
+
+def test_hellaswag_targets(stub):
+    """docs/evaluation.md: `make hellaswag-shards`, then `make hellaswag` scores the pretraining run, or CKPT=."""
+    assert stub("hellaswag-shards", "DATA_DIR=d") == ["-m", "pipelines", "hellaswag", "--data-dir", "d"]
+    assert stub("hellaswag") == ["-m", "train", "hellaswag", "--ckpt", "runs/sample/pretrain", "--data-dir", "data"]
+    argv = stub("hellaswag", "CKPT=gpt2 folder", "LIMIT=100", "NGPU=2")
+    assert argv[:3] == ["-m", "torch.distributed.run", "--shutdown-timeout=300"]
+    assert argv[argv.index("--ckpt") + 1] == "gpt2 folder" and argv[argv.index("--limit") + 1] == "100"

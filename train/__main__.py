@@ -1,11 +1,13 @@
-"""`python -m train pretrain|sft|dpo|rm|rl [flags]`: run a trainer (each module parses its own flags)."""
+"""`python -m train pretrain|sft|dpo|rm|rl|hellaswag [flags]`: run a trainer, or the HellaSwag evaluation (each module
+parses its own flags)."""
 
 import importlib
 import sys
 
 from train.distributed import run_process
 
-COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm", "rl": "train.rl"}
+COMMANDS = {"pretrain": "train.pretrain", "sft": "train.sft", "dpo": "train.dpo", "rm": "train.rm", "rl": "train.rl",
+            "hellaswag": "train.evaluate"}
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ to this loop, and nothing else:
    and, as `val_<name>`, at each evaluation (DPO's rewards); the names of `Hooks.minima` and `Hooks.maxima`
    are the batch's minimum or maximum of something instead, logged as the minimum or maximum over the global
    batch (the reward model's extreme rewards);
-4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `plot_metrics`, and what checkpoints carry, and how
+4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `step_eval`, `plot_metrics`, and what checkpoints carry, and how
    its checkpoints load when a run resumes (`Hooks.load`: gpt.load_model, or the reward model's loader).
 `train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
 epochs).
@@ -113,6 +113,9 @@ class Hooks:
     # on-policy stages (RL): (the raw model in eval mode, step, this rank's micro-batches of train_batches) ->
     # (the micro-batches to train on, on the device; {name: value} for the step's record, the same on every rank)
     prepare: Callable[[GPT, int, list], tuple[list, dict]] | None = None
+    # metrics on a schedule of the stage's own, apart from the evaluations: (the raw model, dist, step, total steps) ->
+    # {name: value} for that step's record ({} when not due; every rank calls it), e.g. pretraining's HellaSwag
+    step_eval: Callable[[GPT, Dist, int, int], dict] | None = None
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -384,6 +387,17 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
     return record
 
 
+def _step_eval(raw: GPT, dist: Dist, hooks: Hooks, step: int, total: int) -> dict:
+    """`hooks.step_eval`'s metrics at `step` ({} without one), the model back in training mode after it."""
+    if hooks.step_eval is None:
+        return {}
+    raw.eval()
+    try:
+        return hooks.step_eval(raw, dist, step, total)
+    finally:
+        raw.train()
+
+
 def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float | None]:
     """This rank's micro-batches of global batch `step`, on the device (from pinned memory, copied without
     waiting, on a GPU), and their number of units (`hooks.count`); as read, and None, for `hooks.prepare`."""
@@ -452,7 +466,8 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             if dist.is_main:
                 finish_pruning(cfg.run_dir)
     if start == 0:
-        record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
+        record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks), **_step_eval(raw, dist, hooks,
+                                                                                                         0, total)}
         with dist.unanimous():  # rank 0's log writes, as after each step
             log.write(record)
             log.plot()
@@ -522,12 +537,14 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if _evaluates(step, cfg, total) and (step == total or not stopped):
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
+        if step == total or not stopped:
+            record.update(_step_eval(raw, dist, hooks, step, total))
         improved = hooks.keep_best and "val_loss" in record and _lowers(best, record)
         if improved:  # val_loss is all-reduced: every rank decides the same
             best = {"step": step, "val_loss": record["val_loss"]}
         with dist.unanimous():  # a failed write on rank 0 (disk full) stops every rank with rank 0's message
             log.write(record)
-            if "val_loss" in record:
+            if "val_loss" in record or any(k in record for k in hooks.plot_metrics):
                 log.plot()
             if dist.is_main and (step % cfg.save_every == 0 or step == total or stopped or improved):
                 save_checkpoint(cfg.run_dir, step, raw, optimizer, {
