@@ -20,17 +20,9 @@ from gpt.kernels import compile_options
 from gpt.model import KVCache, preset
 from gpt.template import CHAT_TEMPLATE
 from gpt.template import PROMPT_NO_INPUT as ALPACA_NO_INPUT
+from train_shards import one_thread  # noqa: F401 (an autouse fixture)
 
 PROMPTS = ["Hello there, how are", "A", "The quick brown fox jumps over the lazy dog and then", "é 日本"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not stall when other processes load the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,9 @@ from gpt.inference import pad_batch
 from gpt.model import preset
 from gpt.serve import Choice, Server, main
 from gpt.template import CHAT_TEMPLATE, render_prompt
+from train_shards import one_thread  # noqa: F401 (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
