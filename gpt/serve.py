@@ -349,9 +349,11 @@ class Handler(BaseHTTPRequestHandler):
             self._error(RequestError(f"the model {path.removeprefix('/v1/models/')!r} does not exist: this server "
                                      f"serves {self.server.name!r}", "model", 404, "model_not_found"))
         elif path in ("/v1/completions", "/v1/chat/completions"):
-            self._error(RequestError(f"{path} takes POST, not GET", None, 405))
+            self._error(RequestError(f"{path} takes POST, not {self.command}", None, 405))
         else:
-            self._error(RequestError(f"unknown URL (GET {path or '/'})", None, 404))
+            self._error(RequestError(f"unknown URL ({self.command} {path or '/'})", None, 404))
+
+    do_HEAD = do_GET  # GET's status and headers, without the body (_json)
 
     def do_POST(self) -> None:
         path = urlsplit(self.path).path.rstrip("/")
@@ -484,7 +486,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(payload)
+        if self.command != "HEAD":
+            self.wfile.write(payload)
 
     def _error(self, error: RequestError) -> None:
         self._json(error.status, error.body())

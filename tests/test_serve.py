@@ -392,6 +392,29 @@ def test_keep_alive_connection_serves_several_requests(url):
         connection.close()
 
 
+def test_head_answers_as_get_without_the_body(url):
+    """HEAD (`curl -I`, health checks) gets GET's status and headers, no body, and the connection stays usable."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        for path, status in [("/v1/models", 200), ("/v1/models/tiny-sft/", 200), ("/v1/models/gpt-4", 404),
+                             ("/v1/completions", 405)]:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            body = response.read()
+            connection.request("HEAD", path)
+            head = connection.getresponse()
+            assert (head.status, head.read()) == (status, b"") and response.status == status
+            assert head.getheader("Content-Type") == "application/json"
+            assert head.getheader("Content-Length") == str(len(body)) or status == 405  # "not HEAD", not "not GET"
+        connection.request("GET", "/v1/models")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()
+
+
 def test_serve_command_loads_the_checkpoint_and_stops_on_ctrl_c(checkpoint):
     """`python -m gpt serve --ckpt DIR --port 0` prints where it serves, answers, and Ctrl-C ends it with status 0."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
