@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -31,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 from urllib.parse import unquote, urlsplit
 
 import torch
@@ -506,7 +507,7 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     from .chat import load_for, template_for
 
     config = parse_args(argv)
@@ -529,4 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         print("serve: stopped", flush=True)
     finally:
         server.server_close()
-    return 0
+    # not the interpreter's exit: it would end a generation's thread inside torch, which aborts the process
+    # ("terminate called without an active exception", status 134); the open connections close with it
+    sys.stderr.flush()
+    os._exit(0)

@@ -436,6 +436,34 @@ def test_serve_command_loads_the_checkpoint_and_stops_on_ctrl_c(checkpoint):
             proc.kill()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_serve_command_stops_cleanly_while_a_generation_streams(tmp_path, signum):
+    """Ctrl-C or `kill` while a generation runs in another thread: status 0 and "serve: stopped", not the abort of a
+    thread ended inside torch by the interpreter's exit ("terminate called without an active exception")."""
+    torch.manual_seed(0)
+    model = GPT(preset("nano", block_size=1024)).eval()  # 1000 new tokens: the stream lasts a second or more
+    checkpoint = save_model(model, tmp_path / "long", chat_template=CHAT_TEMPLATE)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gpt", "serve", "--ckpt", str(checkpoint), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        host, port = line.split(" at http://")[1].split("/v1")[0].split(":")
+        body = json.dumps({"prompt": "Hello", "max_tokens": 1000, "temperature": 1, "seed": 0, "stream": True}).encode()
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+                      + b"\r\n\r\n" + body)
+            received = b""
+            while b"data: {" not in received:  # the first piece: the generation runs
+                received += s.recv(4096)
+            proc.send_signal(signum)
+            out, err = proc.communicate(timeout=30)
+        assert (proc.returncode, out) == (0, "serve: stopped\n") and "terminate called" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.parametrize("argv, message", [
     ([], "--ckpt is required"), (["--ckpt", "/nonexistent/ckpt"], "serve: "),
     (["--ckpt", "x", "--max-tokens-limit", "0"], "--max-tokens-limit must be at least 1")])
