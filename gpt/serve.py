@@ -513,6 +513,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
     config = parse_args(argv)
     if config.max_tokens_limit is not None and config.max_tokens_limit < 1:
         raise SystemExit(f"serve: --max-tokens-limit must be at least 1, got {config.max_tokens_limit}")
+    if not 0 <= config.port <= 65535:
+        raise SystemExit(f"serve: --port must be from 0 to 65535, got {config.port}")
     name = config.model_name or Path(config.ckpt).resolve().name
     model = load_for(config, "serve")  # config.ckpt becomes the checkpoint folder a run folder stands for
     template = template_for(config, "serve")

@@ -466,7 +466,9 @@ def test_serve_command_stops_cleanly_while_a_generation_streams(tmp_path, signum
 
 @pytest.mark.parametrize("argv, message", [
     ([], "--ckpt is required"), (["--ckpt", "/nonexistent/ckpt"], "serve: "),
-    (["--ckpt", "x", "--max-tokens-limit", "0"], "--max-tokens-limit must be at least 1")])
+    (["--ckpt", "x", "--max-tokens-limit", "0"], "--max-tokens-limit must be at least 1"),
+    (["--ckpt", "x", "--port", "80000"], "serve: --port must be from 0 to 65535, got 80000"),
+    (["--ckpt", "x", "--port", "-1"], "serve: --port must be from 0 to 65535, got -1")])
 def test_serve_command_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         main(argv)
