@@ -151,23 +151,27 @@ class Server(ThreadingHTTPServer):
     def generation(self, rows: list[list[int]], options: dict, choices: list[Choice]) -> Iterator[list[tuple]]:
         """Generate the batch `rows` under the lock into `choices` (one per row): yields each step's events, (row,
         text, finish_reason or None), for the rows that released text or ended; a row that ended takes no more
-        tokens, and the batch stops once every row has ended."""
+        tokens, and the batch stops once every row has ended. A batch ends when its longest prompt fills the
+        context: where that would cut a shorter prompt before its max_tokens, the rows are generated one by one."""
+        lengths = set(map(len, rows))
+        together = len(lengths) == 1 or max(lengths) + options["max_steps"] <= self.model.config.block_size
         with self.lock:
-            steps = stream(self.model, *pad_batch(rows), **options)
-            try:
-                for step in steps:
-                    events = [(i, choice.add(token), choice.finish) for i, (choice, token)
-                              in enumerate(zip(choices, step)) if choice.finish is None and token is not None]
-                    events = [event for event in events if event[1] or event[2]]
-                    if events:
-                        yield events
-                    if all(choice.finish for choice in choices):
-                        break
-            finally:
-                steps.close()
-            ended = [(i, choice.end(), "length") for i, choice in enumerate(choices) if choice.finish is None]
-            if ended:
-                yield ended
+            for batch in [range(len(rows))] if together else [[i] for i in range(len(rows))]:
+                steps = stream(self.model, *pad_batch([rows[i] for i in batch]), **options)
+                try:
+                    for step in steps:
+                        events = [(i, choices[i].add(token), choices[i].finish) for i, token in zip(batch, step)
+                                  if choices[i].finish is None and token is not None]
+                        events = [event for event in events if event[1] or event[2]]
+                        if events:
+                            yield events
+                        if all(choices[i].finish for i in batch):
+                            break
+                finally:
+                    steps.close()
+                ended = [(i, choices[i].end(), "length") for i in batch if choices[i].finish is None]
+                if ended:
+                    yield ended
 
 
 def _number(body: dict, name: str, default, *, integer: bool = False, low=None, high=None, above=None):

@@ -121,6 +121,21 @@ def test_the_end_of_the_context_is_length(url, model):
     assert len(row) <= 8 and answer["choices"][0]["finish_reason"] == ("stop" if row[-1] == EOT else "length")
 
 
+def test_a_long_prompt_in_a_batch_does_not_cut_the_others(url):
+    """A batch shares one context: generated together, a short prompt's choice would end ("length") when the longest
+    prompt fills the context, before its max_tokens; each choice is the one its prompt gets alone."""
+    prompts = ["Hi", " ".join(["word"] * 120), "Once upon a time"]
+    body = {"max_tokens": 50, "temperature": 0}
+    status, answer = call(url, "/v1/completions", {"prompt": prompts, **body})
+    alone = [call(url, "/v1/completions", {"prompt": prompt, **body})[1] for prompt in prompts]
+    assert status == 200 and answer["choices"] == [{**one["choices"][0], "index": i} for i, one in enumerate(alone)]
+    assert answer["usage"]["completion_tokens"] == sum(one["usage"]["completion_tokens"] for one in alone) > 100
+    status, text = call(url, "/v1/completions", {"prompt": prompts, **body, "stream": True}, raw=True)
+    for i, one in enumerate(alone):
+        assert "".join(c["choices"][0]["text"] for c in events(text) if c["choices"][0]["index"] == i) == \
+            one["choices"][0]["text"]
+
+
 def test_chat_renders_the_conversation_as_make_chat_does(url, model):
     """Each finished turn is the Alpaca prompt, the answer and EOT (chat.History), then the new prompt: the tokens
     transformers renders from the checkpoint's chat template."""
