@@ -22,7 +22,9 @@ import codecs
 import json
 import math
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -400,6 +402,9 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, head: dict, events, choices: list[Choice], chat: bool, prompt_tokens: int) -> None:
         texts, finish = [""] * len(choices), [None] * len(choices)
         for step in events:
+            if self._gone():  # the generation stops (events closed), the queued requests go on
+                self.close_connection = True
+                return
             for i, piece, reason in step:
                 texts[i] += piece
                 finish[i] = reason or finish[i]
@@ -455,6 +460,15 @@ class Handler(BaseHTTPRequestHandler):
                 self._event(error.body())
             except OSError:
                 pass
+
+    def _gone(self) -> bool:
+        """Whether the client closed the connection (an answer not streamed writes nothing until it is whole)."""
+        if not select.select([self.connection], [], [], 0)[0]:
+            return False
+        try:
+            return not self.connection.recv(1, socket.MSG_PEEK)  # EOF; the next request on the connection is not
+        except OSError:
+            return True
 
     def _event(self, data: dict) -> None:
         self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -384,6 +385,25 @@ def test_a_client_gone_mid_stream_does_not_stop_the_server(url, monkeypatch):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # reset on close
     status, answer = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 5, "temperature": 0})
     assert status == 200 and answer["choices"][0]["finish_reason"] in ("length", "stop")
+    assert len(tokens) < 3 * 60 + 5  # not the 3 * 120 tokens asked for
+
+
+def test_a_client_gone_before_its_answer_stops_its_generation(url, monkeypatch):
+    """A client that closes its connection while its answer (not streamed) is generated, at a timeout for instance:
+    the generation stops, and the requests queued behind it (the client's retries) do not wait for it."""
+    tokens, add = [], Choice.add
+    monkeypatch.setattr(Choice, "add", lambda self, token: tokens.append(token) or add(self, token))
+    host, port = url.removeprefix("http://").split(":")
+    body = json.dumps({"prompt": "Hello", "max_tokens": 120, "temperature": 0}).encode()  # 120 tokens, no EOT
+    for _ in range(3):
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+                      + b"\r\n\r\n" + body)
+            seen, waited = len(tokens), time.monotonic()
+            while len(tokens) == seen and time.monotonic() - waited < 30:  # its generation has begun
+                time.sleep(0.001)
+    status, answer = call(url, "/v1/completions", {"prompt": "Hello", "max_tokens": 5, "temperature": 0})
+    assert status == 200 and answer["usage"]["completion_tokens"] == 5
     assert len(tokens) < 3 * 60 + 5  # not the 3 * 120 tokens asked for
 
 
