@@ -471,7 +471,7 @@ class Handler(BaseHTTPRequestHandler):
             return True
 
     def _event(self, data: dict) -> None:
-        self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+        self.wfile.write(b"data: " + _encode(data) + b"\n\n")
 
     def _body(self) -> dict:
         """The request's JSON object; a RequestError for anything else."""
@@ -498,7 +498,7 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _json(self, status: int, data: dict) -> None:
-        payload = json.dumps(data, ensure_ascii=False).encode()
+        payload = _encode(data)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -510,6 +510,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, error: RequestError) -> None:
         self._json(error.status, error.body())
+
+
+def _encode(data: dict) -> bytes:
+    """JSON as UTF-8; a lone surrogate (a request's `"\\ud83d"`, quoted in an error) as its JSON escape."""
+    return json.dumps(data, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def parse_args(argv: list[str] | None) -> ServeConfig:

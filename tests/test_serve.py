@@ -309,7 +309,8 @@ def test_a_prompt_over_the_context_says_so(url):
 @pytest.mark.parametrize("method, path, body, status", [
     ("GET", "/v1/nothing", None, 404), ("POST", "/v1/nothing", {}, 404), ("GET", "/v1/completions", None, 405),
     ("GET", "/v1/models/gpt-4", None, 404), ("POST", "/v1/completions", b"{not json", 400),
-    ("POST", "/v1/completions", b"[1, 2]", 400), ("POST", "/v1/completions", b"", 400)])
+    ("POST", "/v1/completions", b"[1, 2]", 400), ("POST", "/v1/completions", b"", 400),
+    ("POST", "/v1/completions", b'{"\\ud83d": 1}', 400)])  # a lone surrogate, quoted in the error: no answer before
 def test_unknown_paths_and_bodies_that_are_not_json_objects(url, method, path, body, status):
     got, answer = call(url, path, body if method == "POST" else None)
     assert got == status and set(answer["error"]) == {"message", "type", "param", "code"}
