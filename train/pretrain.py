@@ -68,6 +68,7 @@ def main(argv=None) -> int:
                     verify_data(hellaswag, GPTConfig.vocab_size, cfg.progress)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None,
                           step_eval=hellaswag_hook(hellaswag, cfg) if hellaswag is not None else None,
+                          step_eval_keys=("hellaswag_acc_norm", "hellaswag_acc"),
                           plot_metrics=("hellaswag_acc_norm",) if hellaswag is not None else ())
             result = train(cfg, data, dist, lambda: build_model(cfg, dist, cfg.model), hooks, desc="pretrain")
     except RUN_ERRORS as e:
