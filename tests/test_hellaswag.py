@@ -141,13 +141,14 @@ def tiny_model(seed: int = 0):
 
 
 def hf_losses(hf, tokens: list[int], start: int, context: int) -> tuple[float, float]:
-    """Summed and mean loss of tokens[start:] given what precedes them, by transformers, on the last `context`."""
+    """Summed and mean loss of tokens[start:] given what precedes them, by transformers, on the last `context` + 1
+    (the model's `context` positions as inputs)."""
     import torch
-    cut = max(0, len(tokens) - context)
+    cut = max(0, len(tokens) - context - 1)
     tokens, start = tokens[cut:], max(1, start - cut)
     with torch.no_grad():
-        logits = hf(torch.tensor([tokens])).logits[0].double()
-    logp = torch.log_softmax(logits[:-1], dim=-1)
+        logits = hf(torch.tensor([tokens[:-1]])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
     losses = -logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])][start - 1:]
     return losses.sum().item(), losses.mean().item()
 
