@@ -327,3 +327,19 @@ def test_a_run_stopped_at_a_hellaswag_step_scores_it_once_when_resumed(tmp_path,
     keys = ("step", "loss", "val_loss", "hellaswag_acc_norm", "hellaswag_acc")
     assert ([{k: r[k] for k in keys if k in r} for r in read_log(tmp_path / "stopped")]
             == [{k: r[k] for k in keys if k in r} for r in read_log(tmp_path / "plain")])
+
+
+@pytest.mark.parametrize("folders", [0, 2], ids=["none", "several"])
+def test_hellaswag_every_names_its_own_flag_for_the_shards_folder(tmp_path, capsys, folders):
+    """pretrain's --shards-dir is the pretraining data: the HellaSwag folder is --hellaswag-dir."""
+    from train.pretrain import main as pretrain
+    from train_shards import write_test_shards
+
+    shards = write_test_shards(tmp_path / "shards")
+    for name in ("a" * 12, "b" * 12)[:folders]:
+        (tmp_path / "hellaswag-eval" / name).mkdir(parents=True)
+        (tmp_path / "hellaswag-eval" / name / "manifest.json").write_text("{}")
+    assert pretrain(["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
+                     "--model", "nano", "--seq-len", "32", "--hellaswag-every", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "--hellaswag-dir" in err and "--shards-dir" not in err, err

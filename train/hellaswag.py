@@ -61,8 +61,9 @@ class HellaSwagData:
         return rows
 
 
-def find_data(data_dir: str, shards_dir: str | None) -> HellaSwagData:
-    return HellaSwagData(shards_dir or find_shards_dir(data_dir, "eval", HELLASWAG))
+def find_data(data_dir: str, shards_dir: str | None, flag: str = "--shards-dir") -> HellaSwagData:
+    """The shards of `shards_dir`, else the one folder under `data_dir`; `flag`, the command's for the folder."""
+    return HellaSwagData(shards_dir or find_shards_dir(data_dir, "eval", HELLASWAG, flag))
 
 
 def batch_rows(rows: list[tuple[np.ndarray, int]], context: int) -> tuple[torch.Tensor, torch.Tensor]:
