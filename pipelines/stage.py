@@ -139,21 +139,21 @@ def shards_folder(dataset: str, kind: str) -> str:
     return f"{dataset}-{kind}"
 
 
-def find_shards_dir(data_dir: str | Path, kind: str, dataset: str) -> Path:
+def find_shards_dir(data_dir: str | Path, kind: str, dataset: str, flag: str = "--shards-dir") -> Path:
     """The one finished shard folder of `dataset` that the `kind` ("pretrain", "sft", "prefs" or "eval") pipeline wrote,
     `DATA_DIR/<dataset>-<kind>/<fingerprint>/`; an error saying what to run if there is none, and naming them
     all if there are several (a changed data setting writes a folder of its own: which one is meant is not
-    guessed)."""
+    guessed); both name `flag`, the command's flag that takes the folder."""
     base = Path(data_dir) / shards_folder(dataset, kind)
     found = sorted(p.parent for p in base.glob(f"*/{MANIFEST}"))
     if not found:
         target, variable = MAKE_TARGETS[kind]
         make = f"make {target}" + ("" if variable is None else " SOURCE=path" if dataset == CUSTOM
                                    else f" {variable}={dataset}")
-        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass --shards-dir)")
+        raise ManifestError(f"no finished {kind} shards under {base}/ (run `{make}` first, or pass {flag})")
     if len(found) > 1:
         raise ManifestError(f"several finished {kind} shard folders: {', '.join(map(str, found))}; "
-                            "choose one with --shards-dir (ARGS=\"--shards-dir ...\"), or delete the old ones")
+                            f"choose one with {flag} (ARGS=\"{flag} ...\"), or delete the old ones")
     return found[0]
 
 

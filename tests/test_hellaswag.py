@@ -141,13 +141,14 @@ def tiny_model(seed: int = 0):
 
 
 def hf_losses(hf, tokens: list[int], start: int, context: int) -> tuple[float, float]:
-    """Summed and mean loss of tokens[start:] given what precedes them, by transformers, on the last `context`."""
+    """Summed and mean loss of tokens[start:] given what precedes them, by transformers, on the last `context` + 1
+    (the model's `context` positions as inputs)."""
     import torch
-    cut = max(0, len(tokens) - context)
+    cut = max(0, len(tokens) - context - 1)
     tokens, start = tokens[cut:], max(1, start - cut)
     with torch.no_grad():
-        logits = hf(torch.tensor([tokens])).logits[0].double()
-    logp = torch.log_softmax(logits[:-1], dim=-1)
+        logits = hf(torch.tensor([tokens[:-1]])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
     losses = -logp[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])][start - 1:]
     return losses.sum().item(), losses.mean().item()
 
@@ -289,3 +290,56 @@ def test_hellaswag_every_without_the_shards_says_what_to_run(tmp_path, capsys):
     assert pretrain(["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
                      "--model", "nano", "--seq-len", "32", "--hellaswag-every", "10"]) == 1
     assert "run `make hellaswag-shards` first" in capsys.readouterr().err
+
+
+def test_a_run_stopped_at_a_hellaswag_step_scores_it_once_when_resumed(tmp_path, monkeypatch):
+    """SIGTERM during step 3 (--hellaswag-every 3; raised as the step prefetches the next one's batch): step 3 is
+    saved unscored, and the resumed run scores it first, once: its log is the uninterrupted run's."""
+    import signal
+
+    from train import loop
+    from train import pretrain as stage
+    from train.log import read_log
+    from train_shards import write_test_shards
+
+    run_stage(tmp_path, monkeypatch, EXAMPLES + [LONG])
+    shards = write_test_shards(tmp_path / "shards")
+    flags = ["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--model", "nano", "--seq-len", "32",
+             "--batch-tokens", "256", "--micro-batch", "4", "--warmup", "2", "--eval-tokens", "256", "--no-progress",
+             "--steps", "5", "--eval-every", "2", "--sample-tokens", "0", "--hellaswag-every", "3"]
+    scored, evaluate, fetch = [], stage.evaluate, loop._fetch
+    monkeypatch.setattr(stage, "evaluate", lambda *a, **k: scored.append(1) or evaluate(*a, **k))
+    assert stage.main([*flags, "--run-dir", str(tmp_path / "plain")]) == 0
+    assert len(scored) == 3  # steps 0, 3 and 5
+
+    def fetch_and_stop(data, step, *args):
+        if step == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return fetch(data, step, *args)
+
+    scored.clear()
+    monkeypatch.setattr(loop, "_fetch", fetch_and_stop)
+    assert stage.main([*flags, "--run-dir", str(tmp_path / "stopped")]) == 143
+    monkeypatch.setattr(loop, "_fetch", fetch)
+    assert "hellaswag_acc_norm" not in read_log(tmp_path / "stopped")[-1]
+    assert stage.main([*flags, "--run-dir", str(tmp_path / "stopped"), "--resume"]) == 0
+    assert len(scored) == 3, "steps 0, 3 (when resumed) and 5, each once"
+    keys = ("step", "loss", "val_loss", "hellaswag_acc_norm", "hellaswag_acc")
+    assert ([{k: r[k] for k in keys if k in r} for r in read_log(tmp_path / "stopped")]
+            == [{k: r[k] for k in keys if k in r} for r in read_log(tmp_path / "plain")])
+
+
+@pytest.mark.parametrize("folders", [0, 2], ids=["none", "several"])
+def test_hellaswag_every_names_its_own_flag_for_the_shards_folder(tmp_path, capsys, folders):
+    """pretrain's --shards-dir is the pretraining data: the HellaSwag folder is --hellaswag-dir."""
+    from train.pretrain import main as pretrain
+    from train_shards import write_test_shards
+
+    shards = write_test_shards(tmp_path / "shards")
+    for name in ("a" * 12, "b" * 12)[:folders]:
+        (tmp_path / "hellaswag-eval" / name).mkdir(parents=True)
+        (tmp_path / "hellaswag-eval" / name / "manifest.json").write_text("{}")
+    assert pretrain(["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
+                     "--model", "nano", "--seq-len", "32", "--hellaswag-every", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "--hellaswag-dir" in err and "--shards-dir" not in err, err

@@ -6,9 +6,10 @@ Each example is 4 rows of the shards, its context then one of its endings. Every
 ending's loss is the cross-entropy of its tokens given what precedes them. `acc` counts the examples whose right
 ending has the lowest summed loss, `acc_norm` those whose right ending has the lowest mean loss per token (llm.c's
 "acc_norm"; a tie goes to the first ending). Rows go `batch_examples` examples (4 rows each) at a time, padded on
-the right; a row longer than the model's context is cut from the left (the ending kept whole when it fits). The
-caller's autocast (`amp`) sets the precision: fp32 on a CPU, bf16 on a GPU. Each rank scores a strided slice of the
-examples (rank r: r, r + N, ...) and the counts are summed over ranks, so N processes count what 1 counts.
+the right; a row whose inputs (all its tokens but the last) exceed the model's context is cut from the left (the
+ending kept whole when it fits). The caller's autocast (`amp`) sets the precision: fp32 on a CPU, bf16 on a GPU.
+Each rank scores a strided slice of the examples (rank r: r, r + N, ...) and the counts are summed over ranks, so N
+processes count what 1 counts.
 """
 
 from __future__ import annotations
@@ -60,14 +61,17 @@ class HellaSwagData:
         return rows
 
 
-def find_data(data_dir: str, shards_dir: str | None) -> HellaSwagData:
-    return HellaSwagData(shards_dir or find_shards_dir(data_dir, "eval", HELLASWAG))
+def find_data(data_dir: str, shards_dir: str | None, flag: str = "--shards-dir") -> HellaSwagData:
+    """The shards of `shards_dir`, else the one folder under `data_dir`; `flag`, the command's for the folder."""
+    return HellaSwagData(shards_dir or find_shards_dir(data_dir, "eval", HELLASWAG, flag))
 
 
 def batch_rows(rows: list[tuple[np.ndarray, int]], context: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs [R, W] and targets [R, W] (-100 but on the endings' tokens) of rows (tokens, ending start), padded on
-    the right with 0; a row longer than `context` tokens keeps its last `context` (its ending, when it fits)."""
-    rows = [(tokens[-context:], max(1, start - max(0, len(tokens) - context))) for tokens, start in rows]
+    the right with 0; a row of more than `context` + 1 tokens (inputs longer than the model's `context` positions)
+    keeps its last `context` + 1 (its ending, when it fits)."""
+    keep = context + 1
+    rows = [(tokens[-keep:], max(1, start - max(0, len(tokens) - keep))) for tokens, start in rows]
     width = max(len(tokens) for tokens, _ in rows) - 1
     inputs = torch.zeros(len(rows), width, dtype=torch.long)
     targets = torch.full((len(rows), width), -100, dtype=torch.long)

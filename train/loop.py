@@ -116,6 +116,9 @@ class Hooks:
     # metrics on a schedule of the stage's own, apart from the evaluations: (the raw model, dist, step, total steps) ->
     # {name: value} for that step's record ({} when not due; every rank calls it), e.g. pretraining's HellaSwag
     step_eval: Callable[[GPT, Dist, int, int], dict] | None = None
+    # the names step_eval gives: a resumed run whose log lacks them at the step it starts from (a stop signal at
+    # that step saved it unscored) calls step_eval for that step first, as it evaluates a missed validation
+    step_eval_keys: tuple[str, ...] = ()
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -434,6 +437,17 @@ def _missed_evaluation(cfg: RunConfig, dist: Dist, log: RunLog, start: int, tota
     return dist.all_reduce_sum(torch.tensor([float(missed)], device=dist.device)).item() > 0
 
 
+def _missed_step_eval(dist: Dist, log: RunLog, hooks: Hooks, start: int, total: int) -> bool:
+    """Whether the log's record of `start`, the step a resumed run starts from (before the last), lacks every one of
+    `hooks.step_eval_keys` (a stop signal at that step saved it without calling step_eval, which then says whether
+    it was due); rank 0 reads its log, and every rank gets its answer."""
+    if hooks.step_eval is None or not hooks.step_eval_keys or start >= total:
+        return False
+    missed = dist.is_main and any(r["step"] == start and not any(k in r for k in hooks.step_eval_keys)
+                                  for r in log.records)
+    return dist.all_reduce_sum(torch.tensor([float(missed)], device=dist.device)).item() > 0
+
+
 def _lowers(best: dict | None, evaluation: dict) -> bool:
     """Whether an evaluation's val_loss is the run's best so far (keep_best): below `best`'s, or the first."""
     return best is None or evaluation["val_loss"] < best["val_loss"]
@@ -471,17 +485,24 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         with dist.unanimous():  # rank 0's log writes, as after each step
             log.write(record)
             log.plot()
-    elif _missed_evaluation(cfg, dist, log, start, total):  # evaluated now, as the loop would have before stopping
-        values = _eval_record(cfg, data, dist, raw, log, hooks)
-        # best["step"] == start: a run killed between marking this step best and amending its log
-        marked = hooks.keep_best and (_lowers(best, values) or best["step"] == start)
-        if marked:
-            best = {"step": start, "val_loss": values["val_loss"]}
-        with dist.unanimous():
-            if marked and dist.is_main:
-                mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
-            last_eval = log.amend(start, values)
-            log.plot()
+    else:  # a resumed run: what a stop signal at `start` skipped, evaluated now, as the loop would have before stopping
+        values, marked = {}, False
+        if _missed_evaluation(cfg, dist, log, start, total):
+            values = _eval_record(cfg, data, dist, raw, log, hooks)
+            # best["step"] == start: a run killed between marking this step best and amending its log
+            marked = hooks.keep_best and (_lowers(best, values) or best["step"] == start)
+            if marked:
+                best = {"step": start, "val_loss": values["val_loss"]}
+        if _missed_step_eval(dist, log, hooks, start, total):
+            values.update(_step_eval(raw, dist, hooks, start, total))  # {} when not due at `start`
+        if values:
+            with dist.unanimous():
+                if marked and dist.is_main:
+                    mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
+                record = log.amend(start, values)
+                if "val_loss" in values:
+                    last_eval = record
+                log.plot()
     step = start
     fetched = _fetch(data, step, dist, cfg, hooks) if step < total else None
     while step < total:

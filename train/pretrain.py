@@ -63,11 +63,13 @@ def main(argv=None) -> int:
                 check_context(cfg, cfg.model)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
                 data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
-                hellaswag = find_data(cfg.data_dir, cfg.hellaswag_dir) if cfg.hellaswag_every else None
+                hellaswag = (find_data(cfg.data_dir, cfg.hellaswag_dir, "--hellaswag-dir") if cfg.hellaswag_every
+                             else None)
                 if hellaswag is not None and cfg.verify_data and dist.local_rank == 0:
                     verify_data(hellaswag, GPTConfig.vocab_size, cfg.progress)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None,
                           step_eval=hellaswag_hook(hellaswag, cfg) if hellaswag is not None else None,
+                          step_eval_keys=("hellaswag_acc_norm", "hellaswag_acc"),
                           plot_metrics=("hellaswag_acc_norm",) if hellaswag is not None else ())
             result = train(cfg, data, dist, lambda: build_model(cfg, dist, cfg.model), hooks, desc="pretrain")
     except RUN_ERRORS as e:
