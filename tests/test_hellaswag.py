@@ -259,7 +259,7 @@ def test_two_gloo_processes_count_what_one_does(tmp_path, monkeypatch):
 
 # --- during pretraining -------------------------------------------------------------------------------------------
 
-def test_hellaswag_every_logs_acc_norm_and_leaves_the_losses_alone(tmp_path, monkeypatch):
+def test_hellaswag_at_each_evaluation_logs_acc_norm_and_leaves_the_losses_alone(tmp_path, monkeypatch):
     from train.log import read_log
     from train.pretrain import main as pretrain
     from train_shards import write_test_shards
@@ -270,31 +270,32 @@ def test_hellaswag_every_logs_acc_norm_and_leaves_the_losses_alone(tmp_path, mon
              "--batch-tokens", "256", "--micro-batch", "4", "--warmup", "2", "--eval-tokens", "256", "--no-progress",
              "--steps", "5", "--eval-every", "2", "--sample-tokens", "0"]
     assert pretrain([*flags, "--run-dir", str(tmp_path / "plain")]) == 0
-    assert pretrain([*flags, "--run-dir", str(tmp_path / "hs"), "--hellaswag-every", "3",
-                     "--hellaswag-examples", "4"]) == 0
+    assert pretrain([*flags, "--run-dir", str(tmp_path / "hs"), "--hellaswag", "--hellaswag-examples", "4"]) == 0
     plain, hs = read_log(tmp_path / "plain"), read_log(tmp_path / "hs")
     keys = ("step", "loss", "val_loss", "grad_norm", "lr")
     assert [{k: r[k] for k in keys if k in r} for r in hs] == [{k: r[k] for k in keys if k in r} for r in plain]
-    assert [r["step"] for r in hs if "hellaswag_acc_norm" in r] == [0, 3, 5]
+    assert [r["step"] for r in hs if "hellaswag_acc_norm" in r] == [r["step"] for r in hs if "val_loss" in r] == [0, 2,
+                                                                                                                 4, 5]
     assert not any("hellaswag_acc_norm" in r for r in plain)
     assert all(r["hellaswag_acc_norm"] in (0, 0.25, 0.5, 0.75, 1) for r in hs if "hellaswag_acc_norm" in r)
     final = "ckpt/step-000005/model.safetensors"
     assert (tmp_path / "hs" / final).read_bytes() == (tmp_path / "plain" / final).read_bytes()
 
 
-def test_hellaswag_every_without_the_shards_says_what_to_run(tmp_path, capsys):
+def test_hellaswag_without_the_shards_says_what_to_run(tmp_path, capsys):
     from train.pretrain import main as pretrain
     from train_shards import write_test_shards
 
     shards = write_test_shards(tmp_path / "shards")
     assert pretrain(["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
-                     "--model", "nano", "--seq-len", "32", "--hellaswag-every", "10"]) == 1
+                     "--model", "nano", "--seq-len", "32", "--hellaswag"]) == 1
     assert "run `make hellaswag-shards` first" in capsys.readouterr().err
 
 
-def test_a_run_stopped_at_a_hellaswag_step_scores_it_once_when_resumed(tmp_path, monkeypatch):
-    """SIGTERM during step 3 (--hellaswag-every 3; raised as the step prefetches the next one's batch): step 3 is
-    saved unscored, and the resumed run scores it first, once: its log is the uninterrupted run's."""
+def test_a_run_stopped_at_an_evaluation_step_scores_it_once_when_resumed(tmp_path, monkeypatch):
+    """SIGTERM during step 4 (an evaluation step, raised as the step prefetches the next one's batch): step 4 is
+    saved without its evaluation, and the resumed run evaluates it first, HellaSwag with it, once: its log is the
+    uninterrupted run's."""
     import signal
 
     from train import loop
@@ -306,14 +307,14 @@ def test_a_run_stopped_at_a_hellaswag_step_scores_it_once_when_resumed(tmp_path,
     shards = write_test_shards(tmp_path / "shards")
     flags = ["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--model", "nano", "--seq-len", "32",
              "--batch-tokens", "256", "--micro-batch", "4", "--warmup", "2", "--eval-tokens", "256", "--no-progress",
-             "--steps", "5", "--eval-every", "2", "--sample-tokens", "0", "--hellaswag-every", "3"]
+             "--steps", "5", "--eval-every", "2", "--sample-tokens", "0", "--hellaswag"]
     scored, evaluate, fetch = [], stage.evaluate, loop._fetch
     monkeypatch.setattr(stage, "evaluate", lambda *a, **k: scored.append(1) or evaluate(*a, **k))
     assert stage.main([*flags, "--run-dir", str(tmp_path / "plain")]) == 0
-    assert len(scored) == 3  # steps 0, 3 and 5
+    assert len(scored) == 4  # steps 0, 2, 4 and 5
 
     def fetch_and_stop(data, step, *args):
-        if step == 3:
+        if step == 4:
             signal.raise_signal(signal.SIGTERM)
         return fetch(data, step, *args)
 
@@ -321,16 +322,17 @@ def test_a_run_stopped_at_a_hellaswag_step_scores_it_once_when_resumed(tmp_path,
     monkeypatch.setattr(loop, "_fetch", fetch_and_stop)
     assert stage.main([*flags, "--run-dir", str(tmp_path / "stopped")]) == 143
     monkeypatch.setattr(loop, "_fetch", fetch)
-    assert "hellaswag_acc_norm" not in read_log(tmp_path / "stopped")[-1]
+    last = read_log(tmp_path / "stopped")[-1]
+    assert last["step"] == 4 and "val_loss" not in last and "hellaswag_acc_norm" not in last
     assert stage.main([*flags, "--run-dir", str(tmp_path / "stopped"), "--resume"]) == 0
-    assert len(scored) == 3, "steps 0, 3 (when resumed) and 5, each once"
+    assert len(scored) == 4, "steps 0, 2, 4 (when resumed) and 5, each once"
     keys = ("step", "loss", "val_loss", "hellaswag_acc_norm", "hellaswag_acc")
     assert ([{k: r[k] for k in keys if k in r} for r in read_log(tmp_path / "stopped")]
             == [{k: r[k] for k in keys if k in r} for r in read_log(tmp_path / "plain")])
 
 
 @pytest.mark.parametrize("folders", [0, 2], ids=["none", "several"])
-def test_hellaswag_every_names_its_own_flag_for_the_shards_folder(tmp_path, capsys, folders):
+def test_hellaswag_names_its_own_flag_for_the_shards_folder(tmp_path, capsys, folders):
     """pretrain's --shards-dir is the pretraining data: the HellaSwag folder is --hellaswag-dir."""
     from train.pretrain import main as pretrain
     from train_shards import write_test_shards
@@ -340,6 +342,6 @@ def test_hellaswag_every_names_its_own_flag_for_the_shards_folder(tmp_path, caps
         (tmp_path / "hellaswag-eval" / name).mkdir(parents=True)
         (tmp_path / "hellaswag-eval" / name / "manifest.json").write_text("{}")
     assert pretrain(["--shards-dir", str(shards), "--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"),
-                     "--model", "nano", "--seq-len", "32", "--hellaswag-every", "10"]) == 1
+                     "--model", "nano", "--seq-len", "32", "--hellaswag"]) == 1
     err = capsys.readouterr().err
     assert "--hellaswag-dir" in err and "--shards-dir" not in err, err

@@ -9,7 +9,7 @@ Public surface (imported from the modules):
 - `train.data`: `PretrainData`, `SFTData`, `PrefData`, `PromptData`, `BatchPlan` (the deterministic order of
   global batches);
 - `train.hellaswag`: HellaSwag's acc and acc_norm of a model (`evaluate`), which `python -m train hellaswag`
-  (`train.evaluate`, `make hellaswag`) and pretraining's `--hellaswag-every` report;
+  (`train.evaluate`, `make hellaswag`) and pretraining's `--hellaswag` report;
 - `train.tasks`: the RL rewards (`load_reward`: the built-in arithmetic task, GSM8K, a reward model);
 - `train.checkpoint`: `save_checkpoint`, `latest_checkpoint`, `load_training_state`, `best_evaluations`;
 - `train.distributed`: `Dist`, `process_group`, `run_process` (a trainer process's end); `train.log`: `RunLog`,

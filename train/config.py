@@ -128,20 +128,20 @@ class TrainConfig(RunConfig):
     RESUME_KEYS: ClassVar[tuple[str, ...]] = RunConfig.RESUME_KEYS + ("model", "batch_tokens", "eval_tokens")
 
     POSITIVE: ClassVar[tuple[str, ...]] = RunConfig.POSITIVE + ("batch_tokens", "eval_tokens")
-    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("hellaswag_every", "hellaswag_examples")
+    NON_NEGATIVE: ClassVar[tuple[str, ...]] = RunConfig.NON_NEGATIVE + ("hellaswag_examples",)
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "model": tuple(PRESETS),
                                                      "dataset": (*PRETRAIN_DATASETS, CUSTOM)}
     HELP: ClassVar[dict[str, str]] = {
         **RunConfig.HELP,
-        "hellaswag_every": "HellaSwag acc_norm every N steps (and at step 0 and the last), on every rank, logged as "
-                           "hellaswag_acc_norm (make hellaswag-shards first; docs/evaluation.md); 0: never",
+        "hellaswag": "HellaSwag's acc_norm and acc at each evaluation (--eval-every), on every rank, logged as "
+                     "hellaswag_acc_norm and hellaswag_acc (make hellaswag-shards first; docs/evaluation.md)",
         "hellaswag_examples": "the first N HellaSwag examples each time (0: all 10,042)",
         "hellaswag_dir": "the HellaSwag shards folder (default: the one under --data-dir)"}
 
     model: str = "gpt2"  # a preset of gpt.model.PRESETS (without --init)
     batch_tokens: int = 524288  # global batch in tokens (all ranks and accumulation steps)
     eval_tokens: int = 10485760  # validation tokens evaluated each time (always the same ones)
-    hellaswag_every: int = 0  # HellaSwag acc_norm every N steps (train/hellaswag.py); 0: never
+    hellaswag: bool = False  # HellaSwag at each evaluation, as llm.c (train/hellaswag.py)
     hellaswag_examples: int = 0  # the first N examples each time; 0: all
     hellaswag_dir: str | None = None  # default: the one under data_dir (DATA_DIR/hellaswag-eval/<fingerprint>/)
 

@@ -1,6 +1,6 @@
 """HellaSwag's measure, as build-nanogpt and llm.c take it: the shards of `python -m pipelines hellaswag` and a model's
 `acc` and `acc_norm` on them (`evaluate`), what `python -m train hellaswag` (train/evaluate.py) and pretraining's
-`--hellaswag-every` report.
+`--hellaswag` report.
 
 Each example is 4 rows of the shards, its context then one of its endings. Every row goes through the model; an
 ending's loss is the cross-entropy of its tokens given what precedes them. `acc` counts the examples whose right

@@ -15,7 +15,7 @@ to this loop, and nothing else:
    and, as `val_<name>`, at each evaluation (DPO's rewards); the names of `Hooks.minima` and `Hooks.maxima`
    are the batch's minimum or maximum of something instead, logged as the minimum or maximum over the global
    batch (the reward model's extreme rewards);
-4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `step_eval`, `plot_metrics`, and what checkpoints carry, and how
+4. its evaluation hooks: `Hooks.extra_eval`, `samples`, `plot_metrics`, and what checkpoints carry, and how
    its checkpoints load when a run resumes (`Hooks.load`: gpt.load_model, or the reward model's loader).
 `train(cfg, data, dist, build_model, hooks)` then runs `cfg.steps` optimizer steps (default: `cfg.epochs`
 epochs).
@@ -113,12 +113,6 @@ class Hooks:
     # on-policy stages (RL): (the raw model in eval mode, step, this rank's micro-batches of train_batches) ->
     # (the micro-batches to train on, on the device; {name: value} for the step's record, the same on every rank)
     prepare: Callable[[GPT, int, list], tuple[list, dict]] | None = None
-    # metrics on a schedule of the stage's own, apart from the evaluations: (the raw model, dist, step, total steps) ->
-    # {name: value} for that step's record ({} when not due; every rank calls it), e.g. pretraining's HellaSwag
-    step_eval: Callable[[GPT, Dist, int, int], dict] | None = None
-    # the names step_eval gives: a resumed run whose log lacks them at the step it starts from (a stop signal at
-    # that step saved it unscored) calls step_eval for that step first, as it evaluates a missed validation
-    step_eval_keys: tuple[str, ...] = ()
 
 
 def lr_at(step: int, cfg: RunConfig, total_steps: int) -> float:
@@ -390,17 +384,6 @@ def _eval_record(cfg, data, dist, raw, log, hooks) -> dict:
     return record
 
 
-def _step_eval(raw: GPT, dist: Dist, hooks: Hooks, step: int, total: int) -> dict:
-    """`hooks.step_eval`'s metrics at `step` ({} without one), the model back in training mode after it."""
-    if hooks.step_eval is None:
-        return {}
-    raw.eval()
-    try:
-        return hooks.step_eval(raw, dist, step, total)
-    finally:
-        raw.train()
-
-
 def _fetch(data, step: int, dist: Dist, cfg: RunConfig, hooks: Hooks) -> tuple[list, float | None]:
     """This rank's micro-batches of global batch `step`, on the device (from pinned memory, copied without
     waiting, on a GPU), and their number of units (`hooks.count`); as read, and None, for `hooks.prepare`."""
@@ -437,17 +420,6 @@ def _missed_evaluation(cfg: RunConfig, dist: Dist, log: RunLog, start: int, tota
     return dist.all_reduce_sum(torch.tensor([float(missed)], device=dist.device)).item() > 0
 
 
-def _missed_step_eval(dist: Dist, log: RunLog, hooks: Hooks, start: int, total: int) -> bool:
-    """Whether the log's record of `start`, the step a resumed run starts from (before the last), lacks every one of
-    `hooks.step_eval_keys` (a stop signal at that step saved it without calling step_eval, which then says whether
-    it was due); rank 0 reads its log, and every rank gets its answer."""
-    if hooks.step_eval is None or not hooks.step_eval_keys or start >= total:
-        return False
-    missed = dist.is_main and any(r["step"] == start and not any(k in r for k in hooks.step_eval_keys)
-                                  for r in log.records)
-    return dist.all_reduce_sum(torch.tensor([float(missed)], device=dist.device)).item() > 0
-
-
 def _lowers(best: dict | None, evaluation: dict) -> bool:
     """Whether an evaluation's val_loss is the run's best so far (keep_best): below `best`'s, or the first."""
     return best is None or evaluation["val_loss"] < best["val_loss"]
@@ -480,29 +452,21 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
             if dist.is_main:
                 finish_pruning(cfg.run_dir)
     if start == 0:
-        record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks), **_step_eval(raw, dist, hooks,
-                                                                                                         0, total)}
+        record = last_eval = {"step": 0, **_eval_record(cfg, data, dist, raw, log, hooks)}
         with dist.unanimous():  # rank 0's log writes, as after each step
             log.write(record)
             log.plot()
-    else:  # a resumed run: what a stop signal at `start` skipped, evaluated now, as the loop would have before stopping
-        values, marked = {}, False
-        if _missed_evaluation(cfg, dist, log, start, total):
-            values = _eval_record(cfg, data, dist, raw, log, hooks)
-            # best["step"] == start: a run killed between marking this step best and amending its log
-            marked = hooks.keep_best and (_lowers(best, values) or best["step"] == start)
-            if marked:
-                best = {"step": start, "val_loss": values["val_loss"]}
-        if _missed_step_eval(dist, log, hooks, start, total):
-            values.update(_step_eval(raw, dist, hooks, start, total))  # {} when not due at `start`
-        if values:
-            with dist.unanimous():
-                if marked and dist.is_main:
-                    mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
-                record = log.amend(start, values)
-                if "val_loss" in values:
-                    last_eval = record
-                log.plot()
+    elif _missed_evaluation(cfg, dist, log, start, total):  # evaluated now, as the loop would have before stopping
+        values = _eval_record(cfg, data, dist, raw, log, hooks)
+        # best["step"] == start: a run killed between marking this step best and amending its log
+        marked = hooks.keep_best and (_lowers(best, values) or best["step"] == start)
+        if marked:
+            best = {"step": start, "val_loss": values["val_loss"]}
+        with dist.unanimous():
+            if marked and dist.is_main:
+                mark_best(cfg.run_dir, start, best, cfg.keep_checkpoints)
+            last_eval = log.amend(start, values)
+            log.plot()
     step = start
     fetched = _fetch(data, step, dist, cfg, hooks) if step < total else None
     while step < total:
@@ -558,14 +522,12 @@ def _loop(cfg, data, dist, model, raw, optimizer, log, hooks, start, total, accu
         if _evaluates(step, cfg, total) and (step == total or not stopped):
             record.update(_eval_record(cfg, data, dist, raw, log, hooks))
             last_eval = record
-        if step == total or not stopped:
-            record.update(_step_eval(raw, dist, hooks, step, total))
         improved = hooks.keep_best and "val_loss" in record and _lowers(best, record)
         if improved:  # val_loss is all-reduced: every rank decides the same
             best = {"step": step, "val_loss": record["val_loss"]}
         with dist.unanimous():  # a failed write on rank 0 (disk full) stops every rank with rank 0's message
             log.write(record)
-            if "val_loss" in record or any(k in record for k in hooks.plot_metrics):
+            if "val_loss" in record:
                 log.plot()
             if dist.is_main and (step % cfg.save_every == 0 or step == total or stopped or improved):
                 save_checkpoint(cfg.run_dir, step, raw, optimizer, {

@@ -1,8 +1,8 @@
 """`python -m train pretrain [flags]`: pretrain GPT-2 on token shards, in one process or under torchrun.
 
 Builds the model (a preset, or `--init` weights), the shard stream of the dataset's manifest, and runs the
-shared loop (train/loop.py); with `--hellaswag-every N`, HellaSwag's acc_norm every N steps (train/hellaswag.py),
-in log.jsonl and loss.png. Exit status: 0 when done; 143 (SIGTERM) or 130 (Ctrl-C) when that signal stopped
+shared loop (train/loop.py); with `--hellaswag`, HellaSwag's acc_norm at each evaluation (train/hellaswag.py), in
+log.jsonl and loss.png. Exit status: 0 when done; 143 (SIGTERM) or 130 (Ctrl-C) when that signal stopped
 it after saving a checkpoint; 1 with a message on bad input or a non-finite loss.
 """
 
@@ -41,17 +41,15 @@ def sample_hook(prompt: str, max_steps: int):
 
 
 def hellaswag_hook(data: HellaSwagData, cfg: TrainConfig):
-    """HellaSwag's acc_norm (and acc) every `cfg.hellaswag_every` steps, at step 0 and at the last step, on the first
-    `cfg.hellaswag_examples` examples (0: all), micro-batches of about `cfg.micro_batch` rows."""
+    """HellaSwag's acc_norm (and acc) at each evaluation, on the first `cfg.hellaswag_examples` examples (0: all),
+    micro-batches of about `cfg.micro_batch` rows."""
 
-    def step_eval(model: GPT, dist, step: int, total: int) -> dict:
-        if step % cfg.hellaswag_every and step != total:
-            return {}
+    def extra_eval(model: GPT, dist) -> dict:
         result = evaluate(model, data, dist, cfg.hellaswag_examples or None, max(1, cfg.micro_batch // ENDINGS),
                           autocast(cfg, dist.device), cfg.progress)
         return {"hellaswag_acc_norm": result["acc_norm"], "hellaswag_acc": result["acc"]}
 
-    return step_eval
+    return extra_eval
 
 
 def main(argv=None) -> int:
@@ -63,13 +61,11 @@ def main(argv=None) -> int:
                 check_context(cfg, cfg.model)
                 shards_dir = cfg.shards_dir or find_shards_dir(cfg.data_dir, "pretrain", cfg.dataset)
                 data = PretrainData(shards_dir, cfg.seq_len, cfg.batch_tokens, cfg.seed, cfg.eval_tokens)
-                hellaswag = (find_data(cfg.data_dir, cfg.hellaswag_dir, "--hellaswag-dir") if cfg.hellaswag_every
-                             else None)
+                hellaswag = find_data(cfg.data_dir, cfg.hellaswag_dir, "--hellaswag-dir") if cfg.hellaswag else None
                 if hellaswag is not None and cfg.verify_data and dist.local_rank == 0:
                     verify_data(hellaswag, GPTConfig.vocab_size, cfg.progress)
             hooks = Hooks(samples=sample_hook(SAMPLE_PROMPT, cfg.sample_tokens) if cfg.sample_tokens else None,
-                          step_eval=hellaswag_hook(hellaswag, cfg) if hellaswag is not None else None,
-                          step_eval_keys=("hellaswag_acc_norm", "hellaswag_acc"),
+                          extra_eval=hellaswag_hook(hellaswag, cfg) if hellaswag is not None else None,
                           plot_metrics=("hellaswag_acc_norm",) if hellaswag is not None else ())
             result = train(cfg, data, dist, lambda: build_model(cfg, dist, cfg.model), hooks, desc="pretrain")
     except RUN_ERRORS as e:
