@@ -337,13 +337,24 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def damaged(path: Path, what: str, run: bool | None = None) -> ValueError:
     """The error for the file `path` of a checkpoint folder that cannot be read: `what` is wrong, and what a user can
-    do: a run's checkpoint (RUN_DIR/ckpt/step-N; `run` default: whether its state.json is there) or a folder that
-    was downloaded, copied or exported."""
+    do: a run's checkpoint (RUN_DIR/ckpt/step-N; `run` default: whether its state.json is there; the pointers to
+    move are those that name it, ckpt/best too, which a run folder stands for first) or a folder that was downloaded,
+    copied or exported."""
     folder = path.parent
     if run is None:
         run = (folder / STATE).is_file()
     if run:
+        pointers = [folder.parent / name for name in (LATEST, BEST) if _names(folder.parent / name, folder)]
+        point = " and ".join(map(str, pointers or [folder.parent / LATEST]))
         return ValueError(f"{path}: {what}; the checkpoint {folder.name} is damaged (load an earlier step-* folder of "
-                          f"{folder.parent}, or point {folder.parent / LATEST} at one, or start a new --run-dir)")
+                          f"{folder.parent}, or point {point} at one, or start a new --run-dir)")
     return ValueError(f"{path}: {what}; {folder} is damaged or incomplete (an interrupted download or copy?): "
                       "download, copy or export it again")
+
+
+def _names(pointer: Path, folder: Path) -> bool:
+    """Whether the pointer file `pointer` (ckpt/latest, ckpt/best) names `folder`."""
+    try:
+        return pointer.read_text().strip() == folder.name
+    except (OSError, UnicodeDecodeError):  # none, or not a pointer
+        return False

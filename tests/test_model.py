@@ -609,6 +609,29 @@ def test_a_truncated_weights_file_says_what_to_do(tmp_path):
         load_model(tmp_path / "hf")
 
 
+def test_a_damaged_best_checkpoint_names_the_pointer_that_fixes_it(tmp_path):
+    """A run folder stands for its ckpt/best (SFT, DPO, the reward model): a damaged best checkpoint said to point
+    ckpt/latest at an earlier one, which left `load_model(run)` (make chat, INIT=) on the same damaged folder; the
+    message names the pointers that name it, and following it loads the run."""
+    run, model = tmp_path / "run", tiny_gpt()
+    for step in (1, 2, 3):
+        folder = save_model(model, run / "ckpt" / f"step-{step:06d}")
+        (folder / "state.json").write_text(json.dumps({"step": step}))
+    (run / "ckpt" / "best").write_text("step-000002\n")
+    (run / "ckpt" / "latest").write_text("step-000003\n")
+    weights = run / "ckpt" / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=re.escape(f"(load an earlier step-* folder of {run / 'ckpt'}, or point "
+                                                   f"{run / 'ckpt' / 'best'} at one, or start a new --run-dir)")):
+        load_model(run)
+    (run / "ckpt" / "latest").write_text("step-000002\n")  # both name it
+    with pytest.raises(ValueError, match=re.escape(f"or point {run / 'ckpt' / 'latest'} and {run / 'ckpt' / 'best'} "
+                                                   "at one")):
+        load_model(run)
+    (run / "ckpt" / "best").write_text("step-000001\n")
+    load_model(run)
+
+
 def test_export_hf_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
     with pytest.raises(SystemExit, match=f"export-hf: {tmp_path / 'nope'}: no such checkpoint folder"):
         gpt_main(["export-hf", str(tmp_path / "nope"), str(tmp_path / "out")])
