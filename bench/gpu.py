@@ -286,7 +286,7 @@ def part_decode(args) -> dict:
                                                   compile=args.decode_compile_mode, static=static),
                 "eager": lambda: generate(model, ids, masks, 0, args.new_tokens, eot=-1, static=False)}
         runs = {name: fn for name, fn in runs.items() if name == "eager" or name in args.decoders.split(",") and
-                (name != "graph+compile" or str(batch) in args.compiled_batches.split(","))}
+                (name != "graph+compile" or batch in {int(b) for b in args.compiled_batches.split(",")})}
         if hf is not None:
             runs["transformers"] = lambda: hf_greedy(hf, ids, masks, args.new_tokens)
         results = {name: _timed(fn, args.device) for name, fn in runs.items()}

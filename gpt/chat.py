@@ -90,7 +90,8 @@ def template_for(args, command: str) -> bool:
 
 
 def load_for(args, command: str):
-    """The model of --ckpt for `command` (generate, chat, serve), on --device; a run folder stands for its best or latest checkpoint (args.ckpt is updated to it)."""
+    """The model of --ckpt for `command` (generate, chat, serve), on --device; a run folder stands for its best or
+    latest checkpoint (args.ckpt is updated to it)."""
     from .checkpoint import load_model, resolve_checkpoint
     from .kernels import native_bf16
 

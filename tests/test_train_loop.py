@@ -175,6 +175,8 @@ def test_show_config_prints_the_resolved_recipe(capsys):
     (["--dist-timeout", "1e30"], "--dist-timeout must be at most 100000000 (minutes), got 1e+30"),
     (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
     (["--compile-mode", "max-autotune-no-cudagraphs"], "--compile-mode max-autotune-no-cudagraphs needs --compile"),
+    (["--hellaswag-examples", "100"], "--hellaswag-examples needs --hellaswag"),  # else ignored without a word
+    (["--hellaswag-dir", "x"], "--hellaswag-dir needs --hellaswag"),
     (["--compile", "--compile-mode", "reduce-overhead"],
      "argument --compile-mode: invalid choice: 'reduce-overhead' (choose from 'default', 'tuned', "
      "'max-autotune-no-cudagraphs')"),

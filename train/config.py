@@ -145,6 +145,12 @@ class TrainConfig(RunConfig):
     hellaswag_examples: int = 0  # the first N examples each time; 0: all
     hellaswag_dir: str | None = None  # default: the one under data_dir (DATA_DIR/hellaswag-eval/<fingerprint>/)
 
+    def check(self) -> None:
+        super().check()
+        if not self.hellaswag and (self.hellaswag_examples or self.hellaswag_dir):
+            given = "--hellaswag-examples" if self.hellaswag_examples else "--hellaswag-dir"
+            raise ValueError(f"{given} needs --hellaswag")
+
 
 def set_recipes(config_cls, **recipes: RunConfig) -> None:
     """Name the complete configs of a stage; `--recipe` chooses among them."""

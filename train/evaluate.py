@@ -19,11 +19,11 @@ from typing import ClassVar
 from gpt.checkpoint import load_model, resolve_checkpoint
 from shards import cli
 from shards.io import write_json
-from shards.verify import verify_files
 
+from .data import verify_data
 from .distributed import Dist, process_group, run_process
 from .hellaswag import evaluate, find_data
-from .loop import RUN_ERRORS, _dtype, autocast
+from .loop import RUN_ERRORS, autocast, dtype_name
 
 RESULT = "hellaswag.json"  # written in the checkpoint's folder unless --out says otherwise
 
@@ -66,15 +66,15 @@ def run(cfg: HellaSwagEvalConfig, dist: Dist) -> dict:
         data = find_data(cfg.data_dir, cfg.shards_dir)
         model = load_model(folder, device=dist.device)
         if cfg.verify_data and dist.local_rank == 0:
-            verify_files(data.dir, data.shard_entries, model.config.vocab_size, cfg.progress)
+            verify_data(data, model.config.vocab_size, cfg.progress)
     dist.barrier()
     start = time.perf_counter()
     result = evaluate(model, data, dist, cfg.limit, cfg.batch_examples, autocast(cfg, dist.device), cfg.progress)
     seconds = time.perf_counter() - start
     out = Path(cfg.out) if cfg.out else folder / RESULT
     record = {**result, "ckpt": str(folder), "limit": cfg.limit, "of": len(data), "shards_dir": str(data.dir),
-              "manifest_sha256": data.manifest_sha256, "dtype": _dtype(cfg, dist.device), "device": str(dist.device),
-              "world_size": dist.world_size, "seconds": round(seconds, 2)}
+              "manifest_sha256": data.manifest_sha256, "dtype": dtype_name(cfg, dist.device),
+              "device": str(dist.device), "world_size": dist.world_size, "seconds": round(seconds, 2)}
     with dist.unanimous():  # rank 0's write (a read-only checkpoint folder) stops every rank with its message
         if dist.is_main:
             write_json(out, record)

@@ -138,7 +138,7 @@ def make_optimizer(model: GPT, cfg: RunConfig, device: torch.device) -> torch.op
                              fused=device.type in ("cuda", "cpu"))
 
 
-def _dtype(cfg: RunConfig, device: torch.device) -> str:
+def dtype_name(cfg: RunConfig, device: torch.device) -> str:
     """--dtype auto: bf16 autocast on a GPU with native bf16, else float32."""
     if cfg.dtype != "auto":
         return cfg.dtype
@@ -157,13 +157,13 @@ def peak_bf16_flops(device_name: str) -> float | None:
 def mfu_peak(cfg: RunConfig, device: torch.device) -> float | None:
     """The peak FLOP/s that MFU is measured against: the GPU's dense bf16 peak when the run computes in bf16;
     None (no MFU) on a CPU, on an unknown GPU, and under --dtype float32 (TF32 products peak at half of it)."""
-    if device.type != "cuda" or _dtype(cfg, device) != "bfloat16":
+    if device.type != "cuda" or dtype_name(cfg, device) != "bfloat16":
         return None
     return peak_bf16_flops(torch.cuda.get_device_name(device))
 
 
 def autocast(cfg: RunConfig, device: torch.device):
-    dtype = _dtype(cfg, device)
+    dtype = dtype_name(cfg, device)
     if dtype == "float32":
         return contextlib.nullcontext()
     if dtype == "bfloat16":
@@ -327,7 +327,7 @@ def train(cfg: RunConfig, data, dist: Dist, build_model: Callable[[], GPT], hook
         with dist.unanimous():  # rank 0 rewrites log.jsonl: a failure there stops every rank with its message
             log = RunLog(cfg.run_dir, dist.is_main, start, total, cfg.progress, desc, hooks.plot_metrics)
         log.print(f"{desc}: {dist.world_size} process(es) on {_device_name(dist.device)}, "
-                  f"{_dtype(cfg, dist.device)}{f', compiled ({cfg.compile_mode})' if cfg.compile else ''}, "
+                  f"{dtype_name(cfg, dist.device)}{f', compiled ({cfg.compile_mode})' if cfg.compile else ''}, "
                   f"{accum} micro-batch(es) of {cfg.micro_batch} per step and process")
         if folder is not None:
             log.print(f"resumed from {folder} at step {start}")

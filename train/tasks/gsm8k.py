@@ -10,7 +10,7 @@ first number after its last `####` equals the reference's (commas dropped: `####
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 MARK = "####"
 MINUS = "-\u2212"  # the hyphen-minus and the Unicode minus sign
@@ -24,10 +24,7 @@ def final_number(text: str) -> Decimal | None:
     found = NUMBER.search(text, at + len(MARK)) if at >= 0 else None
     if found is None:
         return None
-    try:
-        number = Decimal(found["digits"].replace(",", ""))
-    except InvalidOperation:  # e.g. "1,,": commas only between digits are expected
-        return None
+    number = Decimal(found["digits"].replace(",", ""))  # digits, commas and one point: always a number
     return -number if found["sign"] or found["after"] else number
 
 
