@@ -146,6 +146,11 @@ def run_generate(args) -> int:
     return 0
 
 
+def prompt_tokens(text: str, template: bool) -> list[int]:
+    """The tokens of a user's message: in the Alpaca prompt with the template, else the text as it is."""
+    return get_encoding().encode_ordinary(render_prompt(text) if template else text)
+
+
 @dataclass
 class History:
     """The finished turns of a chat, as one token sequence: each turn is its prompt (rendered in the Alpaca
@@ -207,7 +212,7 @@ def run_chat(args, stdin=None, stdout=None) -> int:
             continue
         if not command:
             continue
-        prompt = enc.encode_ordinary(render_prompt(text) if template else text)
+        prompt = prompt_tokens(text, template)
         tokens, dropped = history.with_prompt(prompt) if history is not None else (prompt, 0)
         try:
             steps = stream(model, *pad_batch([tokens]), **options)

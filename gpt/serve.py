@@ -42,9 +42,9 @@ import torch
 from shards import cli
 from shards.tokenizer import EOT, get_encoding
 
+from .chat import History, load_for, prompt_tokens, template_for
 from .inference import check_options, pad_batch, stream
 from .model import GPT
-from .template import render_prompt
 
 COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; a chat answers up to the end of the context
 MAX_BODY = 16 * 2**20  # bytes of a request body
@@ -321,13 +321,11 @@ def chat_request(server: Server, body: dict) -> tuple:
                            f"one user message, completed as plain text, got {len(messages)} messages; use "
                            "/v1/completions or --template alpaca", "messages")
     options = _options(server, body, None)
-    enc = get_encoding()
-    tokens = []
-    for message in messages:
-        if message["role"] == "user":
-            tokens += enc.encode_ordinary(render_prompt(message["content"]) if server.template else message["content"])
-        else:
-            tokens += enc.encode_ordinary(message["content"]) + [EOT]
+    contents = [message["content"] for message in messages]
+    history = History(room=math.inf)  # no turn is left out: _fits refuses a conversation over the context
+    for user, answer in zip(contents[:-1:2], contents[1::2]):
+        history.add(prompt_tokens(user, server.template), get_encoding().encode_ordinary(answer))
+    tokens, _ = history.with_prompt(prompt_tokens(contents[-1], server.template))
     if not tokens:
         raise RequestError("messages[0].content is empty: a model without the template needs a prompt",
                            "messages[0].content")
@@ -531,7 +529,6 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    from .chat import load_for, template_for
 
     config = parse_args(argv)
     if config.max_tokens_limit is not None and config.max_tokens_limit < 1:
