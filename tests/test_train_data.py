@@ -123,7 +123,8 @@ def test_too_small_a_train_split_names_the_shards_folder_and_the_flag_of_each_st
     with pytest.raises(ValueError) as e:  # 187 + 124 windows of 17 tokens
         data(shards, batch_tokens=1000 * SEQ)
     assert str(e.value) == (f"{shards}: the train split has 311 windows of 17 tokens, fewer than one global batch "
-                            f"of 1,000; lower --batch-tokens to at most 4,976 or add data")
+                            f"of 1,000; lower --batch-tokens to at most 4,976 (a multiple of what "
+                            "the micro-batches of every rank take in one pass) or add data")
     sft = tmp_path / "sft"
     sft.mkdir()
     rows = [([11, 12], [21, 22])] * 3
@@ -131,7 +132,8 @@ def test_too_small_a_train_split_names_the_shards_folder_and_the_flag_of_each_st
                                                    for split in ("val", "train")]})
     with pytest.raises(ValueError, match=re.escape(f"{sft}: the train split has 3 examples whose sequences fit in 17 "
                                                    f"tokens, fewer than one global batch of 4; lower --batch-examples "
-                                                   f"to at most 3 or add data")):
+                                                   f"to at most 3 (a multiple of what the micro-batches of every rank "
+                                                   "take in one pass) or add data")):
         SFTData(sft, 16, 4, 0)
     prefs = write_pref_shards(tmp_path / "prefs", make_pairs(3, 0), make_pairs(2, 1))
     with pytest.raises(ValueError, match=re.escape(f"{prefs}: the train split has 3 pairs whose sequences fit in 17 "

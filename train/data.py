@@ -61,7 +61,8 @@ class BatchPlan:
     def __init__(self, num_rows: int, rows_per_step: int, seed: int, what: str = "rows", repeats: int = 1, *,
                  where: str | Path = "", flag: str = "", per_row: int = 1):
         if num_rows < rows_per_step:
-            hint = f"; lower {flag} to at most {num_rows * per_row:,} or add data" if flag else ""
+            hint = (f"; lower {flag} to at most {num_rows * per_row:,} (a multiple of what the micro-batches of every "
+                    "rank take in one pass) or add data" if flag else "")
             raise ValueError(f"{f'{where}: ' if where else ''}the train split has {num_rows:,} {what}, fewer than one "
                              f"global batch of {rows_per_step:,}{hint}")
         self.num_rows, self.rows_per_step, self.seed, self.repeats = num_rows, rows_per_step, seed, repeats
