@@ -225,6 +225,18 @@ def test_cli_names_what_is_missing(tmp_path, capsys):
     assert "--ckpt is required" in capsys.readouterr().err
 
 
+def test_a_missing_labels_file_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """A HellaSwag folder without its val.labels failed with a bare "[Errno 2] No such file or directory"."""
+    from shards.format import ShardError
+    from train.hellaswag import HellaSwagData
+
+    out = run_stage(tmp_path, monkeypatch, EXAMPLES)
+    (out / "val.labels").unlink()
+    with pytest.raises(ShardError, match=re.escape(f"{out / 'val.labels'}: missing; remove {out} and run `make "
+                                                   "hellaswag-shards` again")):
+        HellaSwagData(out)
+
+
 def _score_rank(rank: int, world_size: int, store: str, ckpt: str, shards: str, out: str) -> None:
     import json
     import torch.distributed as torch_dist

@@ -44,7 +44,10 @@ class HellaSwagData:
         self.shard_entries = manifest["shards"]
         entry = self.shard_entries[0]
         self.shard = open_sft_shard(self.dir / entry["file"])
-        self.labels = np.fromfile(self.dir / entry["labels_file"], dtype=np.uint8)
+        labels = self.dir / entry["labels_file"]
+        if not labels.is_file():  # as open_sft_shard names a missing shard file
+            raise ShardError(f"{labels}: missing; remove {self.dir} and run `make hellaswag-shards` again")
+        self.labels = np.fromfile(labels, dtype=np.uint8)
         if len(self.shard) != ENDINGS * len(self.labels):
             raise ShardError(f"{self.dir / entry['labels_file']}: {len(self.labels)} labels for {len(self.shard)} "
                              f"rows ({ENDINGS} a label)")
