@@ -153,8 +153,14 @@ def assemble(out: Path, parts: Path, num_chunks: int, name: str, split: str) -> 
     mask = np.concatenate([s.mask for s in shards])
     starts = [0, *np.cumsum([len(s.tokens) for s in shards])]
     offsets = np.concatenate([[0]] + [s.offsets[1:].astype(np.int64) + a for s, a in zip(shards, starts)])
-    info = write_sft_shard(out / f"{name}.bin", tokens, mask, offsets)
-    return {"file": f"{name}.bin", "split": split, "num_tokens": info["num_tokens"],
+    return write_shard_entry(out / f"{name}.bin", split, tokens, mask, offsets)
+
+
+def write_shard_entry(path: Path, split: str, tokens: np.ndarray, mask: np.ndarray, offsets: np.ndarray) -> dict:
+    """Write the SFT shard `path` (shards/sft.py) of `split`; its manifest entry."""
+    info = write_sft_shard(path, tokens, mask, offsets)
+    name = path.stem
+    return {"file": path.name, "split": split, "num_tokens": info["num_tokens"],
             "num_examples": len(offsets) - 1, "bytes": info["bytes"], "sha256": info["sha256"],
             "mask_file": f"{name}.mask", "mask_bytes": info["mask_bytes"], "mask_sha256": info["mask_sha256"],
             "idx_file": f"{name}.idx", "idx_bytes": info["idx_bytes"], "idx_sha256": info["idx_sha256"],

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from pipelines import HELLASWAG, HELLASWAG_ENDINGS
+from pipelines.examples import write_shard_entry
 from pipelines.sft_sources import read_records
 from pipelines.sources import SourceError, check_verified, download_hub
 from pipelines.stage import command, finish, finished, output_dir, run_once, shards_folder
 from shards import cli
 from shards.io import remove_temporaries, sha256_json, write_bytes
-from shards.sft import write_sft_shard
 from shards.tokenizer import describe, get_encoding, ranks_sha256
 
 DATASET = HELLASWAG
@@ -83,13 +83,7 @@ def write_rows(path: Path, rows: list[tuple[np.ndarray, int]]) -> dict:
     mask = np.ones(len(tokens), dtype=np.uint8)
     for start, (_, context) in zip(offsets.tolist(), rows):
         mask[start: start + context] = 0
-    info = write_sft_shard(path, tokens, mask, offsets)
-    name = path.stem
-    return {"file": path.name, "split": "val", "num_tokens": info["num_tokens"], "num_examples": len(rows),
-            "bytes": info["bytes"], "sha256": info["sha256"],
-            "mask_file": f"{name}.mask", "mask_bytes": info["mask_bytes"], "mask_sha256": info["mask_sha256"],
-            "idx_file": f"{name}.idx", "idx_bytes": info["idx_bytes"], "idx_sha256": info["idx_sha256"],
-            "supervised_tokens": int(mask.sum(dtype=np.int64))}
+    return write_shard_entry(path, "val", tokens, mask, offsets)
 
 
 def stage_config(source: dict) -> dict:
